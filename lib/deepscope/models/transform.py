@@ -1,0 +1,74 @@
+"""A model's evaluation transform: resize, centre crop, normalize.
+
+Decoding workers apply the geometric part (resize + crop) and ship uint8 pixels;
+the model actor applies the normalization on its device, so that 4x fewer bytes
+travel between them.  The result equals torchvision's documented preprocessing
+`Compose([Resize(resize), CenterCrop(crop), ToTensor(), Normalize(mean, std)])`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+
+@dataclass(frozen=True)
+class Transform:
+    resize: int = 256  # shorter side after resizing
+    crop: int = 224  # side of the square centre crop
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def torchvision(self):
+        """The reference pipeline this transform reproduces (used by tests and benchmarks)."""
+        from torchvision import transforms as T
+
+        return T.Compose([
+            T.Resize(self.resize, interpolation=InterpolationMode(self.interpolation)),
+            T.CenterCrop(self.crop),
+            T.ToTensor(),
+            T.Normalize(self.mean, self.std),
+        ])
+
+    def geometry(self, img: Image.Image) -> np.ndarray:
+        """Resize and crop an RGB PIL image; returns uint8 array (3, crop, crop)."""
+        img = TF.resize(img, self.resize, interpolation=InterpolationMode(self.interpolation))
+        img = TF.center_crop(img, self.crop)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float32 normalized, on pixels' device."""
+        x = pixels.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of normalize, to float pixels in [0, 1]."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return x * std + mean
+
+    def crop_box_in_original(self, width: int, height: int) -> tuple[float, float, float]:
+        """(scale, left, top): model-input pixel (u, v) sits at original (left + u*scale, top + v*scale).
+
+        Follows torchvision: the shorter side becomes `resize`, the longer side is
+        int(resize * long / short), then a centre crop of `crop` (rounded as CenterCrop does).
+        """
+        short, long_ = (width, height) if width <= height else (height, width)
+        new_long = int(self.resize * long_ / short)
+        new_w, new_h = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        scale_x, scale_y = width / new_w, height / new_h
+        left = int(round((new_w - self.crop) / 2.0))
+        top = int(round((new_h - self.crop) / 2.0))
+        # the two scales differ by rounding only; use the mean
+        scale = (scale_x + scale_y) / 2
+        return scale, left * scale_x, top * scale_y

@@ -1,0 +1,46 @@
+"""report/index.html: the run summary, then one section per stage."""
+from __future__ import annotations
+
+import html
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}
+th{background:#f4f4f4}code{background:#f4f4f4;padding:0 3px}img{max-width:100%}
+.warn{background:#fee;border:2px solid #c00;padding:8px 12px;font-weight:bold;color:#900}
+.grid img{margin:2px}"""
+
+
+def _kv(d: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in d.items())
+    return f"<table>{rows}</table>"
+
+
+def errors_section(store, limit: int = 50) -> str:
+    import pyarrow.parquet as pq
+
+    p = store.path("errors.parquet")
+    if not p.exists():
+        return ""
+    t = pq.read_table(p).to_pylist()
+    if not t:
+        return "<p>No input failed.</p>"
+    rows = "".join(f"<tr><td>{html.escape(r['id'])}</td><td>{html.escape(r['stage'])}</td><td>{html.escape(r['error'])}</td></tr>"
+                   for r in t[:limit])
+    more = f"<p>... and {len(t) - limit} more in <code>errors.parquet</code>.</p>" if len(t) > limit else ""
+    return f"<p>{len(t)} inputs failed (<code>errors.parquet</code>):</p><table><tr><th>id</th><th>stage</th><th>error</th></tr>{rows}</table>{more}"
+
+
+def write_report(store, stages) -> None:
+    run = store.summary("run") or {}
+    warn = ('<p class="warn">RANDOM WEIGHTS: this model is untrained (test only); nothing here describes a real network.</p>'
+            if run.get("random_weights") else "")
+    keys = ("dataset", "model", "weights", "images", "failed", "computed_this_run", "wall_s", "images_per_s")
+    body = [f"<h1>deepscope report: {html.escape(str(store.root))}</h1>", warn, "<h2>Run</h2>",
+            _kv({k: run.get(k) for k in keys}), "<h2>Errors</h2>", errors_section(store)]
+    for s in stages:
+        section = s.report(store)
+        if section:
+            body += [f'<h2 id="{s.name}">{html.escape(s.name.capitalize())}</h2>', section]
+    page = f"<!doctype html><meta charset=utf-8><title>deepscope report</title><style>{CSS}</style>{''.join(body)}"
+    store.write_file("report/index.html", page)

@@ -1,0 +1,55 @@
+"""What a stage is: a config section, a per-batch function run on the model actors,
+a per-partition table, and a dataset-level finish (reductions, figures, report section).
+
+The runner knows nothing else about a stage. A stage file never imports the CLI.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class StageConfig(BaseModel):
+    """Base of every `[stage]` job-file section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stage:
+    name: ClassVar[str]
+    Config: ClassVar[type[StageConfig]]
+    needs_grad: ClassVar[bool] = False  # True: map_batch runs outside inference mode
+
+    def __init__(self, config: StageConfig, job):
+        self.config = config
+        self.job = job
+
+    def fingerprint(self) -> dict:
+        """What fixes this stage's results; a folder never mixes two fingerprints."""
+        return self.config.model_dump(mode="json")
+
+    def layers(self) -> list[str]:
+        """Layer names this stage reads; the model mapper taps their union in one forward pass."""
+        return []
+
+    # -- on the model actors ------------------------------------------------------
+    def map_batch(self, model, x: torch.Tensor, taps: dict[str, torch.Tensor], rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Results for the good rows of one batch: columns of equal length (pure, no I/O)."""
+        raise NotImplementedError
+
+    # -- on the driver ------------------------------------------------------------
+    def part_table(self, rows: dict[str, np.ndarray]) -> pa.Table:
+        """The Parquet table of one partition from its good rows (this stage's columns unprefixed)."""
+        raise NotImplementedError
+
+    def finish(self, store, log) -> dict:
+        """After every partition is written: dataset-level results and figures. Returns a summary."""
+        return {}
+
+    def report(self, store) -> str:
+        """This stage's section of report/index.html (HTML)."""
+        return ""
