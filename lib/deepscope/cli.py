@@ -73,6 +73,12 @@ def cmd_demo_data(a):
     print(f"wrote {n} images to {a.dir}")
 
 
+# Modules that add their own subcommands through add_commands(subparsers, Parser).
+# Each stage's or service's module adds one line here.
+COMMAND_MODULES = [
+]
+
+
 def build_parser() -> Parser:
     p = Parser(prog="deepscope", description="Visualizing and understanding CNNs at dataset scale, on Ray.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -100,6 +106,10 @@ def build_parser() -> Parser:
     d.add_argument("dir")
     d.add_argument("--per-photo", type=int, default=50)
     d.set_defaults(fn=cmd_demo_data)
+
+    import importlib
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub, Parser)
     return p
 
 

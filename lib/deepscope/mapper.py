@@ -61,10 +61,9 @@ def device_for_actor() -> torch.device:
 
 
 class ModelMapper:
-    def __init__(self, job: dict, threads: int = 0):
+    def __init__(self, job: dict, stages: list, threads: int = 0):
         from deepscope import job as jobmod
         from deepscope.models.registry import load_model
-        from deepscope.stages import STAGES
 
         self.job = jobmod.validate(job)
         if threads:
@@ -75,7 +74,7 @@ class ModelMapper:
         if self.job.run.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.model.module = module
-        self.stages = [STAGES[name](cfg, self.job) for name, cfg in self.job.stage_configs().items()]
+        self.stages = stages  # the driver's stage objects, with any state their prepare() computed
         self.layers = sorted({layer for s in self.stages for layer in s.layers()})
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.job.run.precision)
         self.fault_rate = float(os.environ.get(FAULT_ENV, "0") or 0)

@@ -130,6 +130,7 @@ def build_stages(job):
 
 
 def run(job) -> RunResult:
+    """Run every stage a job names: pipeline stages phase by phase, then post stages, then the report."""
     from deepscope.models.registry import load_model
 
     t_start = time.time()
@@ -149,43 +150,57 @@ def run(job) -> RunResult:
     store.clean_temporaries()
     store.metadata = {"deepscope.model": job.model.name, "deepscope.weights": loaded.weights,
                       "deepscope.random_weights": str(loaded.random_weights).lower()}
-    names = [s.name for s in stages] + [ERRORS]
-    for s in stages:
+    _remember_spec(store, job)
+    pipeline = [s for s in stages if s.pipeline]
+    for s in pipeline:
         store.open_stage(s.name, s.fingerprint())
     store.open_stage(ERRORS, {})
     keep = {p.name for p in plan}
-    for name in names:
+    for name in [s.name for s in pipeline] + [ERRORS]:
         store.drop_parts_except(name, keep | ({"listing"} if name == ERRORS else set()))
     if len(dups):
         store.write_part(ERRORS, "listing", pa.table({
             "id": dups["id"].tolist(), "path": dups["path"].tolist(), "stage": ["list"] * len(dups),
             "error": ["duplicate id: an earlier row with this id is used"] * len(dups)}, schema=schemas.ERRORS))
-    pending = [p for p in plan if not all(store.has_part(n, p.name) for n in names)]
 
     result = RunResult(out=job.out)
-    if pending:
-        result.computed = _execute(job, stages, pending, store, loaded)
-    else:
+    changed = False
+    for phase in sorted({s.phase for s in pipeline}):
+        members = [s for s in pipeline if s.phase == phase]
+        names = [s.name for s in members] + [ERRORS]
+        pending = [p for p in plan if not all(store.has_part(n, p.name) for n in names)]
+        if pending:
+            for s in members:
+                s.prepare(store)  # e.g. thresholds from an earlier phase, shipped to the actors
+            result.computed = max(result.computed, _execute(job, members, pending, store, loaded))
+            changed = True
+        for s in members:
+            if pending or store.summary(s.name) is None:
+                store.update_summary(s.name, s.finish(store, log))
+                changed = True
+    for s in stages:
+        if not s.pipeline and (changed or store.summary(s.name) is None or s.fingerprint() != store.stage_config(s.name)):
+            store.open_stage(s.name, s.fingerprint(), replace=True)
+            store.update_summary(s.name, s.finish(store, log))
+            changed = True
+    if not changed:
         log(f"nothing to do: all {len(plan)} partitions of {job.out} are complete")
 
     errors = store.read(ERRORS)
     result.images, result.failed = len(items) + len(dups), errors.num_rows
-    if pending or not (store.path("errors.parquet").exists() and store.path("report/index.html").exists()):
+    if changed or not store.path("report/index.html").exists():
         store.write_table("errors.parquet", errors)
-        for s in stages:
-            store.update_summary(s.name, s.finish(store, log))
         wall = time.time() - t_start
-        run_summary = {
+        store.update_summary("run", {
             "dataset": job.dataset.source, "model": job.model.name, "weights": loaded.weights,
             "random_weights": loaded.random_weights, "transform": loaded.transform.to_dict(),
             "stages": [s.name for s in stages], "images": result.images, "failed": result.failed,
             "computed_this_run": result.computed, "wall_s": round(wall, 2),
             "images_per_s": round(result.computed / wall, 2) if result.computed else None,
             "versions": _versions(), "run": job.run.model_dump(mode="json"),
-        }
-        store.update_summary("run", run_summary)
+        })
         from deepscope.report.html import write_report
-        write_report(store, stages)
+        write_report(store)
     result.seconds = time.time() - t_start
     result.summary = store.summary("run") or {}
     rate = f", {result.computed / result.seconds:.1f} img/s" if result.computed else ""
@@ -196,6 +211,34 @@ def run(job) -> RunResult:
                         f"({result.failed / result.images:.0%} > max_error_rate {job.run.max_error_rate:.0%}); "
                         f"see {job.out}/errors.parquet")
     return result
+
+
+def _remember_spec(store, job) -> None:
+    """Keep the union of every stage section ever run here, so `deepscope STAGE OUT` can add one."""
+    spec = store.manifest.get("spec") or {}
+    new = job.model_dump(mode="json", exclude_none=True)
+    stages = {k: v for k, v in spec.items() if k in STAGES}
+    store.manifest["spec"] = {**new, **{k: v for k, v in stages.items() if k not in new}}
+
+
+def load_spec(out: str):
+    """The job that made an output folder (for commands that add a stage to it)."""
+    from deepscope import job as jobmod
+
+    store = Store(out)
+    if not store.manifest.get("spec"):
+        raise UserError(f"{out} is not a deepscope output folder (no manifest.json with a job); run `deepscope features` first")
+    return jobmod.validate({k: v for k, v in store.manifest["spec"].items() if k not in STAGES}, f"{out}/manifest.json")
+
+
+def run_stage(out: str, stage: str, config: dict, run_overrides: dict | None = None) -> RunResult:
+    """Add one stage to an existing output folder: same dataset and model, only that stage computed."""
+    from deepscope import job as jobmod
+
+    base = load_spec(out).model_dump(mode="json", exclude_none=True)
+    base["run"] = {**base.get("run", {}), **(run_overrides or {})}
+    base["dataset"]["demo"] = False
+    return run(jobmod.validate({**base, stage: config}, "arguments"))
 
 
 def _versions() -> dict:
@@ -236,7 +279,8 @@ def _execute(job, stages, pending, store, loaded) -> int:
                         # its own memory reservation keeps Ray from fusing decoding into the model
                         # actors: decoding must stay in CPU tasks that spread over every node
                         batch_size=32, batch_format="numpy", num_cpus=1, memory=256 * 2**20)
-    ds = ds.map_batches(ModelMapper, fn_constructor_kwargs={"job": job.model_dump(mode="json"), "threads": 0 if n_gpus else threads},
+    ds = ds.map_batches(ModelMapper, fn_constructor_kwargs={"job": job.model_dump(mode="json"), "stages": stages,
+                                                           "threads": 0 if n_gpus else threads},
                         batch_size=job.run.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                         # a CPU actor reserves one CPU but runs `threads` torch threads, so that decode
                         # tasks can still be scheduled beside it (reserving all would starve them)
@@ -267,7 +311,7 @@ def _execute(job, stages, pending, store, loaded) -> int:
             last = time.time()
             log(f"  {done}/{total} images written, {failed} failed, {done / (last - t0):.1f} img/s")
     if collector.expected:
-        raise RuntimeError(f"the pipeline ended with {len(collector.expected)} partitions incomplete")
+        raise RuntimeError(f"the pipeline ended with {len(collector.expected)} partitions incomplete; run again to resume")
     log(f"  {done}/{total} images written, {failed} failed in {time.time() - t0:.1f} s; "
         f"decode {timings['decode_ms'] / 1000:.1f} s, model {timings['infer_ms'] / 1000:.1f} s, "
         f"write {timings['write_ms'] / 1000:.1f} s (summed over workers)")

@@ -90,11 +90,15 @@ class Store:
                 f"{self.root} holds results of a different job ({', '.join(diff)} differ); "
                 "use another --out or delete it")
 
-    def open_stage(self, stage: str, config: dict) -> None:
-        """Each stage's configuration is fixed once it has written a part."""
+    def stage_config(self, stage: str) -> dict | None:
+        return self.manifest["stages"].get(stage, {}).get("config")
+
+    def open_stage(self, stage: str, config: dict, replace: bool = False) -> None:
+        """Each stage's configuration is fixed once it has written a part (replace: a post stage
+        whose outputs are rewritten whole)."""
         entry = self.manifest["stages"].setdefault(stage, {"config": config, "parts": {}})
         if entry["config"] != config:
-            if entry["parts"]:
+            if entry["parts"] and not replace:
                 raise UserError(
                     f"{self.root}/{stage} was made with other [{stage}] settings "
                     f"({config_digest(entry['config'])} != {config_digest(config)}); "

@@ -31,14 +31,20 @@ def errors_section(store, limit: int = 50) -> str:
     return f"<p>{len(t)} inputs failed (<code>errors.parquet</code>):</p><table><tr><th>id</th><th>stage</th><th>error</th></tr>{rows}</table>{more}"
 
 
-def write_report(store, stages) -> None:
+def write_report(store) -> None:
+    """The report of everything this folder holds: every stage that has a summary gets its section."""
+    from deepscope.stages import STAGES
+
     run = store.summary("run") or {}
     warn = ('<p class="warn">RANDOM WEIGHTS: this model is untrained (test only); nothing here describes a real network.</p>'
             if run.get("random_weights") else "")
     keys = ("dataset", "model", "weights", "images", "failed", "computed_this_run", "wall_s", "images_per_s")
     body = [f"<h1>deepscope report: {html.escape(str(store.root))}</h1>", warn, "<h2>Run</h2>",
             _kv({k: run.get(k) for k in keys}), "<h2>Errors</h2>", errors_section(store)]
-    for s in stages:
+    for name, cls in STAGES.items():
+        if store.summary(name) is None:
+            continue
+        s = cls(cls.Config.model_validate(store.stage_config(name) or {}), job=None)
         section = s.report(store)
         if section:
             body += [f'<h2 id="{s.name}">{html.escape(s.name.capitalize())}</h2>', section]

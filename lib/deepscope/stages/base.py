@@ -23,6 +23,8 @@ class Stage:
     name: ClassVar[str]
     Config: ClassVar[type[StageConfig]]
     needs_grad: ClassVar[bool] = False  # True: map_batch runs outside inference mode
+    pipeline: ClassVar[bool] = True  # False: a post stage (index, map): only finish(), on earlier outputs
+    phase: ClassVar[int] = 1  # pipeline stages of a later phase run after every earlier phase finished
 
     def __init__(self, config: StageConfig, job):
         self.config = config
@@ -35,6 +37,10 @@ class Stage:
     def layers(self) -> list[str]:
         """Layer names this stage reads; the model mapper taps their union in one forward pass."""
         return []
+
+    def prepare(self, store) -> None:
+        """On the driver, before this stage's pass: read what earlier phases wrote (kept on self,
+        which is shipped to the model actors)."""
 
     # -- on the model actors ------------------------------------------------------
     def map_batch(self, model, x: torch.Tensor, taps: dict[str, torch.Tensor], rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
