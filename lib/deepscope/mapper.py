@@ -15,6 +15,7 @@ import torch
 
 PASSTHROUGH = ("id", "path", "label", "part", "width", "height", "error", "error_stage", "decode_ms")
 FAULT_ENV = "DEEPSCOPE_FAULT_RATE"  # tests: share of batches whose actor process kills itself
+SLOW_ENV = "DEEPSCOPE_SLOW_BATCH_S"  # tests: seconds of sleep per batch, so that a run can be interrupted
 
 
 def to_arrow(batch: dict[str, np.ndarray]):
@@ -78,6 +79,7 @@ class ModelMapper:
         self.layers = sorted({layer for s in self.stages for layer in s.layers()})
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.job.run.precision)
         self.fault_rate = float(os.environ.get(FAULT_ENV, "0") or 0)
+        self.slow_s = float(os.environ.get(SLOW_ENV, "0") or 0)
 
     def _input(self, pixels: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(pixels))
@@ -112,6 +114,8 @@ class ModelMapper:
     def _map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.fault_rate and random.random() < self.fault_rate:
             os._exit(1)  # fault injection: die like a lost node, mid-batch
+        if self.slow_s:
+            time.sleep(self.slow_s)
         t0 = time.perf_counter()
         n = len(batch["id"])
         ok = np.asarray(batch["error"]) == ""

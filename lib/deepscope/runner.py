@@ -63,6 +63,9 @@ def _configure_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # our own progress line says what matters, once a few seconds
     ctx.execution_options.preserve_order = False
+    # Ray bundles blocks until 1 MiB before handing them on; feature rows are a few KiB, so
+    # results would arrive in large lumps (and parts be written late). Stream smaller bundles.
+    ctx.target_min_block_size = 64 * 1024
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
 
@@ -270,22 +273,28 @@ def _execute(job, stages, pending, store, loaded) -> int:
     log(f"{job.out}: {total} images in {len(pending)} partitions to compute "
         f"({actors} {'GPU' if n_gpus else 'CPU'} model actor{'s' if actors > 1 else ''}, batch {job.run.batch_size})")
 
+    test_env = {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}
     limits = DecodeLimits(max_pixels=job.run.max_pixels, max_bytes=job.run.max_bytes,
                           timeout_s=job.run.decode_timeout_s)
-    # blocks of at most 32 rows, never spanning two partitions, so decoding streams early
-    blocks = [todo.iloc[i:i + 32] for i in range(0, total, 32)]
+    # small input blocks (Ray hands an actor a whole block per call and returns its rows
+    # together), so that results, progress and finished parts stream steadily
+    step = max(1, min(32, job.run.batch_size))
+    blocks = [todo.iloc[i:i + step] for i in range(0, total, step)]
     ds = ray.data.from_pandas(blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"transform": loaded.transform, "limits": limits},
                         # its own memory reservation keeps Ray from fusing decoding into the model
                         # actors: decoding must stay in CPU tasks that spread over every node
-                        batch_size=32, batch_format="numpy", num_cpus=1, memory=256 * 2**20)
+                        batch_size=step, batch_format="numpy", num_cpus=1, memory=512 * 2**20)
     ds = ds.map_batches(ModelMapper, fn_constructor_kwargs={"job": job.model_dump(mode="json"), "stages": stages,
                                                            "threads": 0 if n_gpus else threads},
                         batch_size=job.run.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                         # a CPU actor reserves one CPU but runs `threads` torch threads, so that decode
                         # tasks can still be scheduled beside it (reserving all would starve them)
                         # (Ray Data restarts lost actors and retries their batches by default)
-                        num_gpus=1 if n_gpus else 0, num_cpus=1)
+                        num_gpus=1 if n_gpus else 0, num_cpus=1,
+                        # DEEPSCOPE_* settings (fault injection in tests) reach the actors even on a
+                        # cluster that was started before they were set
+                        runtime_env={"env_vars": test_env} if test_env else None)
 
     collector = PartCollector(pending)
     done = failed = 0

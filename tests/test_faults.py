@@ -1,0 +1,77 @@
+"""Exactly once under faults: dying model actors, an interrupted driver."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from deepscope.io.store import Store
+from deepscope.mapper import FAULT_ENV
+from deepscope.runner import run
+from test_features import read_features, small_dataset, spec
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return small_dataset(tmp_path_factory.mktemp("photos"), n_per_label=8)  # 24 images
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    run(spec(photos, out, "torchvision:alexnet", "random", "fc7"))
+    return read_features(out)
+
+
+def assert_exactly_once_and_equal(out, reference):
+    t = Store(out).read("features")
+    ids = t.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(reference), "every image exactly once"
+    got = read_features(out)
+    for i in reference:
+        np.testing.assert_allclose(got[i], reference[i], rtol=1e-5, atol=1e-6)
+    assert Store(out).verify("features") == []
+    assert not list(Path(out).rglob(".*.tmp")), "no temporary file left behind"
+
+
+def test_dying_model_actors(ray_cluster, photos, reference, tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "0.1")  # 10% of model-actor calls kill their own process
+    out = tmp_path / "out"
+    res = run(spec(photos, out, "torchvision:alexnet", "random", "fc7", batch_size=2))
+    assert res.failed == 0
+    assert_exactly_once_and_equal(out, reference)
+
+
+def _cli(args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "deepscope.cli", *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_driver_resumes(photos, reference, tmp_path, sig):
+    out = tmp_path / "out"
+    args = ["features", str(photos), "--out", str(out), "--model", "torchvision:alexnet", "--weights", "random",
+            "--layer", "fc7", "--batch-size", "2"]
+    job = tmp_path / "job.toml"
+    job.write_text(f'out = "{out}"\n[dataset]\nsource = "{photos}"\n[model]\nname = "torchvision:alexnet"\n'
+                   'weights = "random"\n[run]\nbatch_size = 2\npartition_size = 4\n[features]\nlayer = "fc7"\n')
+    # slow the model down so that the interruption lands mid-run
+    p = _cli(["run", str(job)], env={"DEEPSCOPE_SLOW_BATCH_S": "0.5"})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(Store(out).parts("features")) < 2:
+        time.sleep(0.2)
+    assert len(Store(out).parts("features")) >= 2, p.communicate()[0][-2000:]
+    os.killpg(p.pid, sig)  # the whole process group: driver and its local Ray
+    p.wait(timeout=60)
+    done_before = set(Store(out).parts("features"))
+    assert len(done_before) < 6, "interrupted before the end"
+    p2 = _cli(["run", str(job)])
+    log = p2.communicate(timeout=300)[0]
+    assert p2.returncode == 0, log[-2000:]
+    assert f"{24 - 4 * len(done_before)} images in" in log, log[-2000:]  # only the missing partitions
+    assert_exactly_once_and_equal(out, reference)
