@@ -287,11 +287,12 @@ def _execute(job, stages, pending, store, loaded) -> int:
                         batch_size=step, batch_format="numpy", num_cpus=1, memory=512 * 2**20)
     ds = ds.map_batches(ModelMapper, fn_constructor_kwargs={"job": job.model_dump(mode="json"), "stages": stages,
                                                            "threads": 0 if n_gpus else threads},
-                        batch_size=job.run.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-                        # a CPU actor reserves one CPU but runs `threads` torch threads, so that decode
-                        # tasks can still be scheduled beside it (reserving all would starve them)
-                        # (Ray Data restarts lost actors and retries their batches by default)
-                        num_gpus=1 if n_gpus else 0, num_cpus=1,
+                        batch_size=job.run.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                        # A CPU actor reserves half a CPU but runs `threads` torch threads: decode tasks
+                        # must always find a CPU beside the actors, also after a lost node's actors
+                        # were restarted on the survivors (Ray restarts lost actors and retries their
+                        # batches by default), or the job would wait forever for decoded input.
+                        num_gpus=1 if n_gpus else 0, num_cpus=0 if n_gpus else 0.5,
                         # DEEPSCOPE_* settings (fault injection in tests) reach the actors even on a
                         # cluster that was started before they were set
                         runtime_env={"env_vars": test_env} if test_env else None)

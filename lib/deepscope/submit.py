@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from deepscope.errors import UserError
@@ -30,11 +31,18 @@ def submit(job_file: str, address: str, wait: bool = False) -> str:
     client = _client(address)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(job_file, Path(tmp) / "job.toml")
-        job_id = client.submit_job(
-            entrypoint="python -m deepscope.cli run job.toml",
-            runtime_env={"working_dir": tmp, "py_modules": [str(Path(deepscope.__file__).parent)]},
-            metadata={"deepscope_job": Path(job_file).name},
-        )
+        for attempt in range(30):
+            try:
+                job_id = client.submit_job(
+                    entrypoint="python -m deepscope.cli run job.toml",
+                    runtime_env={"working_dir": tmp, "py_modules": [str(Path(deepscope.__file__).parent)]},
+                    metadata={"deepscope_job": Path(job_file).name},
+                )
+                break
+            except RuntimeError as e:  # a head that just started has no job agent yet
+                if "No available agent" not in str(e) or attempt == 29:
+                    raise UserError(f"the Jobs API at {address} refused the job: {str(e).splitlines()[0][:300]}") from None
+                time.sleep(2)
     print(job_id)
     if wait:
         for line in logs_follow(address, job_id):

@@ -1,0 +1,91 @@
+"""A real multi-node Ray cluster on loopback (token auth on): a worker node dies mid-job."""
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from deepscope.io.store import Store
+from test_faults import assert_exactly_once_and_equal
+from test_features import read_features, small_dataset, spec
+
+RAY = str(Path(sys.executable).parent / "ray")
+PORT, DASH, WORKER_NM_PORT = 6391, 8275, 46391
+
+
+def _env(tmp):
+    token = tmp / "auth_token"
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+            "RAY_ADDRESS": f"127.0.0.1:{PORT}"}
+
+
+def _raylet(port):
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "raylet" in cmd and f"--node_manager_port={port}" in cmd:
+            return p
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster")
+    env = _env(tmp)
+    (tmp / "auth_token").write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={DASH}", "--disable-usage-stats"]
+    subprocess.run(head, env=env, check=True, capture_output=True)
+    subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                    f"--node-manager-port={WORKER_NM_PORT}"], env=env, check=True, capture_output=True)
+    yield env
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        try:  # stop only this cluster's processes, never another Ray on the machine
+            cmd = " ".join(p.info["cmdline"] or [])
+            if f"{PORT}" in cmd or f"{WORKER_NM_PORT}" in cmd or f"{DASH}" in cmd:
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return small_dataset(tmp_path_factory.mktemp("photos"), n_per_label=8)
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    from deepscope.runner import run
+    run(spec(photos, out, "torchvision:alexnet", "random", "fc7"))
+    return read_features(out)
+
+
+def _job(tmp, photos, out, slow=True):
+    job = tmp / "job.toml"
+    job.write_text(f'out = "{out}"\n[dataset]\nsource = "{photos}"\n[model]\nname = "torchvision:alexnet"\n'
+                   'weights = "random"\n[run]\nbatch_size = 2\npartition_size = 4\nactors = 2\n[features]\nlayer = "fc7"\n')
+    return job
+
+
+def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path):
+    out = tmp_path / "out"
+    job = _job(tmp_path, photos, out)
+    p = subprocess.Popen([sys.executable, "-m", "deepscope.cli", "run", str(job)],
+                         env={**cluster, "DEEPSCOPE_SLOW_BATCH_S": "0.7"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not Store(out).parts("features"):
+        time.sleep(0.2)
+    raylet = _raylet(WORKER_NM_PORT)
+    assert raylet is not None
+    for proc in [*raylet.children(recursive=True), raylet]:  # the node and every worker process on it
+        proc.kill()
+    log = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, log[-3000:]
+    assert_exactly_once_and_equal(out, reference)
