@@ -12,7 +12,7 @@ case "${1:-start}" in
     workers=${2:-2}; cpus=${3:-1}
     # a token is needed by every node and driver that joins (~/.ray/auth_token)
     [ -f "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ] || "$RAY" get-auth-token --generate >/dev/null
-    "$RAY" start --head --node-ip-address=127.0.0.1 --port="$PORT" --num-cpus="$cpus" \
+    "$RAY" start --head --node-ip-address=127.0.0.1 --port="$PORT" --num-cpus="$cpus" --dashboard-agent-listen-port=0 \
         --dashboard-host=127.0.0.1 --disable-usage-stats >/dev/null
     for _ in $(seq "$workers"); do
       "$RAY" start --address="127.0.0.1:$PORT" --node-ip-address=127.0.0.1 --num-cpus="$cpus" >/dev/null

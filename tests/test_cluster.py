@@ -1,4 +1,5 @@
-"""A real multi-node Ray cluster on loopback (token auth on): a worker node dies mid-job."""
+"""A real multi-node Ray cluster on loopback (token auth on): the Jobs API runs a submitted job
+file, and a worker node dies mid-job."""
 import os
 import secrets
 import shutil
@@ -22,7 +23,9 @@ PORT, DASH, WORKER_NM_PORT = 6391, 8275, 46391
 def _env(tmp):
     token = tmp / "auth_token"
     return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-            "RAY_ADDRESS": f"127.0.0.1:{PORT}"}
+            "RAY_ADDRESS": f"127.0.0.1:{PORT}",
+            # the cluster's `python` (the Jobs API entrypoint) is this venv's, as on a real cluster's image
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
 
 
 def _raylet(port):
@@ -39,10 +42,13 @@ def cluster(tmp_path_factory):
     env = _env(tmp)
     (tmp / "auth_token").write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
     head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={DASH}", "--disable-usage-stats"]
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={DASH}", "--disable-usage-stats",
+            # the agents' default ports (52365) may be taken by another Ray on this machine
+            "--dashboard-agent-listen-port=52391", "--metrics-export-port=52392"]
     subprocess.run(head, env=env, check=True, capture_output=True)
     subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                    f"--node-manager-port={WORKER_NM_PORT}"], env=env, check=True, capture_output=True)
+                    f"--node-manager-port={WORKER_NM_PORT}", "--dashboard-agent-listen-port=52393",
+                    "--metrics-export-port=52394"], env=env, check=True, capture_output=True)
     yield env
     for p in psutil.process_iter(["cmdline", "environ"]):
         try:  # stop only this cluster's processes, never another Ray on the machine
@@ -71,6 +77,16 @@ def _job(tmp, photos, out, slow=True):
     job.write_text(f'out = "{out}"\n[dataset]\nsource = "{photos}"\n[model]\nname = "torchvision:alexnet"\n'
                    'weights = "random"\n[run]\nbatch_size = 2\npartition_size = 4\nactors = 2\n[features]\nlayer = "fc7"\n')
     return job
+
+
+def test_submit_through_jobs_api(cluster, photos, reference, tmp_path):
+    out = tmp_path / "out"
+    job = _job(tmp_path, photos, out)
+    p = subprocess.run([sys.executable, "-m", "deepscope.cli", "submit", str(job), "--address",
+                        f"http://127.0.0.1:{DASH}", "--wait"], env=cluster, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "SUCCEEDED" in p.stdout.splitlines()[-1], p.stdout[-3000:]
+    assert_exactly_once_and_equal(out, reference)
 
 
 def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path):
