@@ -51,9 +51,10 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    # no address: a new local cluster, never whatever `ray start` last left on this machine
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
-             include_dashboard=False if address is None else None,
+             include_dashboard=False if address == "local" else None,
              runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}})
 
 
