@@ -76,6 +76,10 @@ def cmd_demo_data(a):
 # Modules that add their own subcommands through add_commands(subparsers, Parser).
 # Each stage's or service's module adds one line here.
 COMMAND_MODULES = [
+    "deepscope.index.commands",
+    "deepscope.submit",
+    "deepscope.visualize_units",
+    "deepscope.stages.saliency",
 ]
 
 

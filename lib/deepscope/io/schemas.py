@@ -32,3 +32,139 @@ def features(dim: int, dtype: str = "float32") -> pa.Schema:
         pa.field("label", pa.string()),
         pa.field("feature", pa.list_(FEATURE_DTYPES[dtype], dim), nullable=False),
     ])
+
+
+# patches/part-*.parquet: per input partition, each channel's best images in it (at most k per
+# channel and layer, so a part stays small whatever the partition's size).
+PATCH_CANDIDATES = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("channel", pa.int32(), nullable=False),
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),  # original image size (after EXIF orientation)
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),  # the channel's largest activation in the image
+    pa.field("position", pa.int32(), nullable=False),  # where: row * map_width + column in the layer's map
+])
+
+# patches/top-<layer>.parquet: the dataset's top k images of each channel, with the patch.
+PATCHES = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("channel", pa.int32(), nullable=False),
+    pa.field("rank", pa.int32(), nullable=False),  # 0 = the strongest; ties: smaller id first
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("row", pa.int32(), nullable=False),  # the unit in the layer's map
+    pa.field("col", pa.int32(), nullable=False),
+    pa.field("x0", pa.int32(), nullable=False),  # its receptive field in original pixels, x1/y1 exclusive
+    pa.field("y0", pa.int32(), nullable=False),
+    pa.field("x1", pa.int32(), nullable=False),
+    pa.field("y1", pa.int32(), nullable=False),
+    pa.field("patch", pa.binary()),  # PNG of that box of the original; null if the image can't be read now
+])
+
+
+def pixels(size: int) -> pa.Schema:
+    """pixels/*.parquet: one row per image, the model-input crop shrunk to size x size RGB (uint8, CHW)."""
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("pixels", pa.list_(pa.uint8(), 3 * size * size), nullable=False),
+    ])
+
+
+# index/<space>/ids.parquet: FAISS row -> the image it is (row = position; part/offset locate its vector).
+INDEX_IDS = pa.schema([
+    pa.field("row", pa.int64(), nullable=False),
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("part", pa.string(), nullable=False),
+    pa.field("offset", pa.int32(), nullable=False),
+])
+
+# Query results (deepscope query --batch): one row per (query, neighbour).
+NEIGHBOURS = pa.schema([
+    pa.field("query", pa.string(), nullable=False),  # the query's id, or "#N" for the N-th vector
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("distance", pa.float32(), nullable=False),
+])
+
+# map/coords.parquet: 2-D positions of every image (t-SNE columns null when only PCA ran).
+MAP_COORDS = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("pca_x", pa.float32(), nullable=False),
+    pa.field("pca_y", pa.float32(), nullable=False),
+    pa.field("tsne_x", pa.float32()),
+    pa.field("tsne_y", pa.float32()),
+    pa.field("tsne_sample", pa.bool_()),  # True: embedded by t-SNE; False: placed at its nearest sample point
+])
+
+
+def saliency(map_size: int) -> pa.Schema:
+    """saliency/*.parquet: one row per image and method (see docs/saliency.md)."""
+    cells = map_size * map_size
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("width", pa.int32(), nullable=False),  # original image size (for boxes and masks)
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),  # backprop, ..., or smoothgrad(backprop)
+        pa.field("target", pa.int32(), nullable=False),  # the class index the map explains
+        pa.field("target_name", pa.string()),
+        pa.field("pred", pa.int32(), nullable=False),  # the model's top class
+        pa.field("score", pa.float32(), nullable=False),  # unnormalized score (logit) of target
+        # the map over the model input (centre crop), area-averaged to map_size^2 cells, row-major,
+        # scaled so that its peak is 1 (all zeros when no gradient reached the input)
+        pa.field("map", pa.list_(pa.float16(), cells), nullable=False),
+        pa.field("entropy", pa.float32()),  # at full input resolution; NaN for an all-zero map
+        pa.field("top_mass", pa.float32()),  # share of mass in the top 5% pixels
+        pa.field("com_x", pa.float32()),  # centre of mass, fractions of the crop's width/height
+        pa.field("com_y", pa.float32()),
+        pa.field("grabcut", pa.list_(pa.bool_(), cells)),  # GrabCut object mask at map_size (null: off)
+    ])
+
+
+# saliency_stats/mean_maps.parquet: the mean mass distribution of the maps, all images and per class
+SALIENCY_MEAN_MAPS = pa.schema([
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("group", pa.string(), nullable=False),  # "(all)" or a class (the label, else the target class)
+    pa.field("images", pa.int64(), nullable=False),
+    pa.field("map", pa.list_(pa.float32()), nullable=False),  # map_size^2 cells summing to 1
+    pa.field("com_x", pa.float32()),
+    pa.field("com_y", pa.float32()),
+    pa.field("centre_mass", pa.float32()),  # mass in the central box of half width and height (uniform: 0.25)
+])
+
+# saliency_stats/objects.parquet: saliency mass inside each annotated object (the bias finder)
+SALIENCY_OBJECTS = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("group", pa.string(), nullable=False),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("truth", pa.string(), nullable=False),  # "box" or "mask"
+    pa.field("area", pa.float32()),  # share of the crop the object covers (a uniform map's inside mass)
+    pa.field("inside_mass", pa.float32()),  # share of the saliency mass inside the object
+    pa.field("lift", pa.float32()),  # inside_mass / area: < 1 looks at the object less than chance
+    pa.field("grabcut_iou", pa.float32()),  # IoU of the GrabCut mask with the object (null: GrabCut off)
+])
+
+# saliency_stats/classes.parquet: per class, ranked by the saliency mass outside its objects
+SALIENCY_CLASSES = pa.schema([
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("group", pa.string(), nullable=False),
+    pa.field("images", pa.int64(), nullable=False),
+    pa.field("area", pa.float32()),
+    pa.field("inside_mass", pa.float32()),
+    pa.field("outside_mass", pa.float32()),
+    pa.field("grabcut_iou", pa.float32()),
+    pa.field("flagged", pa.bool_(), nullable=False),  # mean inside_mass < mean area: decided off the object
+])

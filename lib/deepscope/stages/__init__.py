@@ -3,5 +3,10 @@
 Adding a stage: one file here (plus its algorithm in algos/) and one line below.
 """
 from deepscope.stages.features import Features
+from deepscope.stages.index import Index
+from deepscope.stages.map import Map
+from deepscope.stages.pixels import Pixels
+from deepscope.stages.patches import Patches
+from deepscope.stages.saliency import Saliency
 
-STAGES = {cls.name: cls for cls in (Features,)}
+STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Map, Patches, Saliency,)}

@@ -1,0 +1,116 @@
+"""Saliency throughput: the deepscope stage (Ray start-up included) against a loop that calls Captum
+one image at a time, same model (lite0), same images, decoding included for both.
+
+    .venv/bin/python bench/saliency.py [--images 96] [--slow-images 4]
+
+The baseline per image: read + decode + torchvision preprocessing, a forward pass for the
+predicted class, then the Captum method with its defaults (occlusion: 15x15 window, stride 8,
+one window per forward pass).  The stage runs the same methods and settings on the model actor,
+in batches, writes Parquet and computes the dataset statistics; GrabCut is off except in the
+last row (it is extra work the baseline does not do).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+logging.getLogger("ray").setLevel(logging.ERROR)
+
+from deepscope import job as jobmod  # noqa: E402
+from deepscope.algos.saliency import default_cam_layer  # noqa: E402
+from deepscope.demo_data import make_demo_data  # noqa: E402
+from deepscope.io.decode import decode  # noqa: E402
+from deepscope.io.sources import read_bytes  # noqa: E402
+from deepscope.models.registry import load_model  # noqa: E402
+
+
+def captum_loop(loaded, method: str, paths: list[str]) -> float:
+    """Images per second of the one-image-at-a-time Captum loop."""
+    from captum.attr import GuidedBackprop, IntegratedGradients, LayerGradCam, Occlusion, Saliency
+
+    model, tf = loaded.module, loaded.transform.torchvision()
+    kwargs = {}
+    if method == "backprop":
+        algo = Saliency(model)
+    elif method == "guided":
+        algo = GuidedBackprop(model)
+    elif method == "integrated_gradients":
+        algo = IntegratedGradients(model)
+        kwargs = {"n_steps": 50}
+    elif method == "occlusion":
+        algo = Occlusion(model)
+        kwargs = {"sliding_window_shapes": (3, 15, 15), "strides": (3, 8, 8)}
+    else:
+        x = torch.zeros(1, 3, loaded.transform.crop, loaded.transform.crop)
+        algo = LayerGradCam(model, dict(model.named_modules())[default_cam_layer(model, x)])
+    t0 = time.perf_counter()
+    for p in paths:
+        img, _, _ = decode(read_bytes(p))
+        x = tf(img)[None]
+        with torch.no_grad():
+            target = model(x).argmax(1)
+        attr = algo.attribute(x, target=target, **kwargs)
+        attr.detach().abs().amax(1).numpy()
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def stage(data: str, method: str, paths: list[str], workdir: str, grabcut: bool = False) -> float:
+    """Images per second of `deepscope run` with a [saliency] section, Ray start-up included."""
+    import ray
+
+    from deepscope.runner import run
+
+    if ray.is_initialized():
+        ray.shutdown()
+    manifest = Path(workdir) / f"{method}-{len(paths)}-{grabcut}.csv"
+    manifest.write_text("path\n" + "\n".join(paths) + "\n")
+    out = Path(workdir) / f"out-{method}-{len(paths)}-{grabcut}"
+    slow = method in ("occlusion", "integrated_gradients")
+    spec = jobmod.validate({"out": str(out), "dataset": {"source": str(manifest)}, "model": {"name": "lite0"},
+                            "run": {"batch_size": 4 if slow else 16, "partition_size": 256},
+                            "saliency": {"method": method, "grabcut": grabcut, "eval_batch": 32}}, "bench")
+    t0 = time.perf_counter()
+    # a fresh local cluster, timed: plain ray.init() would join any cluster that `ray start` left
+    # running on this machine (see /tmp/ray/ray_current_cluster), and not pay its start-up
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    run(spec)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=96, help="images for backprop, guided, gradcam")
+    ap.add_argument("--slow-images", type=int, default=4, help="images for occlusion and integrated gradients")
+    a = ap.parse_args()
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "demo"
+        make_demo_data(data, per_photo=max(1, -(-a.images // 6)))
+        paths = sorted(str(p) for p in data.rglob("*.jpg"))
+        loaded = load_model("lite0")
+        rows = []
+        for method, n, grabcut in (("backprop", a.images, False), ("guided", a.images, False),
+                                   ("gradcam", a.images, False), ("integrated_gradients", 4 * a.slow_images, False),
+                                   ("occlusion", a.slow_images, False), ("backprop", a.images, True)):
+            chosen = paths[:n]
+            base = captum_loop(loaded, method, chosen) if not grabcut else rows[0][3]
+            ours = stage(str(data), method, chosen, tmp, grabcut)
+            rows.append((method + (" +grabcut" if grabcut else ""), n, "", base, ours))
+            print(f"  {method}: captum {base:.3f} img/s, deepscope {ours:.3f} img/s", file=sys.stderr, flush=True)
+    print(f"\nlite0, {os.cpu_count()} CPU cores, torch {torch.__version__}; deepscope times include Ray start-up\n")
+    print(f"{'method':28s} {'images':>6s} {'captum loop img/s':>18s} {'deepscope img/s':>16s} {'speed-up':>9s}")
+    for name, n, _, base, ours in rows:
+        print(f"{name:28s} {n:6d} {base:18.3f} {ours:16.3f} {ours / base:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

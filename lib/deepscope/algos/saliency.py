@@ -1,0 +1,187 @@
+"""Saliency maps for a batch: which input pixels move a class score.  Captum computes every method.
+
+Each method gives one non-negative map per image at the input resolution, (N, H, W) float32:
+
+  backprop              |d score / d x|, max over RGB (Simonyan et al. 2014): Captum Saliency
+  guided                guided backprop (Springenberg et al. 2015), |.| max over RGB: Captum
+                        GuidedBackprop, whose gating also covers ReLU6 here (lite0 uses ReLU6)
+  integrated_gradients  path integral of the gradient from a constant baseline (Sundararajan et al.
+                        2017), |.| summed over RGB: Captum IntegratedGradients
+  occlusion             drop of the score when a window is filled with a constant (Zeiler & Fergus
+                        2014), positive part: Captum Occlusion, many windows per forward pass
+  gradcam               ReLU of the gradient-weighted channel sum of a layer (Selvaraju et al. 2017),
+                        bilinearly upsampled to the input: Captum LayerGradCam
+
+SmoothGrad (Smilkov et al. 2017) averages the raw attributions of any method over noisy copies of
+the input (Captum NoiseTunnel) before the reduction above.
+
+`score` is the unnormalized class score (the logit), as in the lecture: softmax probabilities
+can rise by lowering the other classes, which says less about the target class itself.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from captum._utils.common import _register_backward_hook
+from captum.attr import (GuidedBackprop, IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion,
+                         Saliency)
+from torch import nn
+
+METHODS = ("backprop", "guided", "integrated_gradients", "occlusion", "gradcam")
+
+
+@dataclass(frozen=True)
+class Options:
+    window: int = 15  # occlusion: side of the square window, input pixels
+    stride: int = 8  # occlusion: step between windows
+    fill: torch.Tensor | float = 0.0  # occlusion fill and IG baseline, in normalized input space:
+    #                                   a scalar or a (1, C, 1, 1) per-channel colour
+    steps: int = 50  # integrated gradients: Riemann steps
+    layer: nn.Module | None = None  # gradcam: the module whose output is weighted
+    layer_input: bool = False  # gradcam: weight the module's input instead of its output
+    smoothgrad: int = 0  # noisy samples averaged (0: no SmoothGrad)
+    noise: float = 0.15  # SmoothGrad noise stdev, in normalized input units
+    eval_batch: int = 64  # forward passes per evaluation (occlusion windows, IG steps, noise samples)
+    seed: int = 0  # SmoothGrad noise
+
+
+class GuidedBackpropReLU6(GuidedBackprop):
+    """Captum's guided backprop, gating ReLU6 modules as well as ReLU: only positive gradients
+    pass back through either (ReLU6's own gradient already zeroes x <= 0 and x >= 6)."""
+
+    def _register_hooks(self, module: nn.Module) -> None:
+        if isinstance(module, nn.ReLU6):
+            # the very hook Captum puts on nn.ReLU (captum._utils.common, as its ReLU code uses)
+            self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
+        else:
+            super()._register_hooks(module)
+
+
+def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str,
+              opts: Options = Options()) -> torch.Tensor:
+    """(N, C, H, W) normalized inputs, (N,) class indices -> (N, H, W) non-negative maps."""
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; one of {', '.join(METHODS)}")
+    n = x.shape[0]
+    target = target.to(x.device).long()
+    kwargs: dict = {"target": target}
+    if method == "backprop":
+        algo = Saliency(model)
+        kwargs["abs"] = False  # abs after SmoothGrad's mean, as for the other methods
+    elif method == "guided":
+        algo = GuidedBackpropReLU6(model)
+    elif method == "integrated_gradients":
+        algo = IntegratedGradients(model)
+        kwargs.update(baselines=_baseline(opts.fill, x), n_steps=opts.steps,
+                      internal_batch_size=max(opts.eval_batch, n))  # Captum needs every image in each chunk
+    elif method == "occlusion":
+        algo = Occlusion(model)
+        c = x.shape[1]
+        kwargs.update(sliding_window_shapes=(c, opts.window, opts.window), strides=(c, opts.stride, opts.stride),
+                      baselines=_baseline(opts.fill, x),
+                      # Captum evaluates this many windows of every image in one forward pass
+                      perturbations_per_eval=max(1, opts.eval_batch // n))
+    else:
+        if opts.layer is None:
+            raise ValueError("gradcam needs a layer")
+        algo = LayerGradCam(model, opts.layer)
+        kwargs.update(relu_attributions=True, attribute_to_layer_input=opts.layer_input)
+
+    # input gradients are what these methods read (asking for them here also keeps Captum quiet)
+    x = x.detach().clone().requires_grad_(method in ("backprop", "guided", "integrated_gradients"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks")  # Captum, on every guided call
+        if opts.smoothgrad:
+            tunnel = NoiseTunnel(algo)
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(opts.seed)
+                attr = tunnel.attribute(x, nt_type="smoothgrad", nt_samples=opts.smoothgrad, stdevs=float(opts.noise),
+                                        nt_samples_batch_size=max(1, opts.eval_batch // n), **kwargs)
+        else:
+            attr = algo.attribute(x, **kwargs)
+    return reduce_attribution(attr.detach().float(), method, x.shape[-2:])
+
+
+def reduce_attribution(attr: torch.Tensor, method: str, size) -> torch.Tensor:
+    """A method's raw attribution -> (N, H, W) non-negative map (see the table at the top)."""
+    if method in ("backprop", "guided"):
+        return attr.abs().amax(1)
+    if method == "integrated_gradients":
+        return attr.abs().sum(1)
+    if method == "occlusion":
+        return attr.mean(1).clamp_min(0)  # the window spans every channel: channels are equal
+    cam = F.interpolate(attr, size=tuple(size), mode="bilinear", align_corners=False)
+    return cam[:, 0].clamp_min(0)
+
+
+def _baseline(fill, x: torch.Tensor):
+    if isinstance(fill, torch.Tensor):
+        return fill.to(x.device, x.dtype).expand(1, *x.shape[1:]).contiguous()
+    return float(fill)
+
+
+def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The Grad-CAM layer when none is named: the last module, in execution order, that gives a
+    spatial map (N, C, H, W) with H, W > 1 and runs once per forward pass (a module called twice,
+    like lite0's shared activation, has no single output to weight)."""
+    calls: dict[str, int] = {}
+    order: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(mod, args, out, name=name):
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1 and out.shape[-2] > 1:
+                order.append(name)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    once = [name for name in order if calls[name] == 1]
+    return once[-1] if once else None
+
+
+# ---------------------------------------------------------------------------- per-map statistics
+
+def map_stats(maps: torch.Tensor, top: float = 0.05) -> dict[str, torch.Tensor]:
+    """(N, H, W) non-negative maps -> per-image statistics of the map as a distribution of mass:
+
+    entropy    Shannon entropy over pixels / log(H*W): 0 = one pixel, 1 = uniform
+    top_mass   share of the mass in the `top` (5%) most salient pixels (uniform: 0.05)
+    com_x/y    centre of mass, as fractions of the width and height (0.5 = centre)
+
+    An all-zero map (no gradient reached the input) gives NaN everywhere.
+    """
+    n, h, w = maps.shape
+    flat = maps.reshape(n, -1).double()
+    total = flat.sum(1, keepdim=True)
+    p = flat / total
+    plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p))
+    entropy = -plogp.sum(1) / math.log(h * w)
+    k = max(1, math.ceil(top * h * w))
+    top_mass = p.topk(k, dim=1).values.sum(1)
+    p2 = p.reshape(n, h, w)
+    xs = (torch.arange(w, dtype=p.dtype, device=p.device) + 0.5) / w
+    ys = (torch.arange(h, dtype=p.dtype, device=p.device) + 0.5) / h
+    com_x = (p2.sum(1) * xs).sum(1)
+    com_y = (p2.sum(2) * ys).sum(1)
+    empty = total[:, 0] <= 0
+    out = {"entropy": entropy, "top_mass": top_mass, "com_x": com_x, "com_y": com_y}
+    return {k: torch.where(empty, torch.full_like(v, float("nan")), v).float() for k, v in out.items()}
+
+
+def shrink(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) -> (N, size, size) by area averaging, scaled so that each map's peak is 1."""
+    small = F.adaptive_avg_pool2d(maps[:, None].float(), size)[:, 0]
+    peak = small.flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny)
+    return small / peak[:, None, None]

@@ -1,0 +1,454 @@
+"""Build a FAISS index over a stage's vectors: choose it, train it on a sample, fill it in chunks,
+tune its search parameters against exact search, and write it with its id mapping.
+
+Memory on the driver is the index (or, when sharded, one chunk) plus one chunk of vectors: the
+feature table is streamed part by part and never held as one matrix.  Sharded builds fill the
+shards in parallel Ray tasks from chunks put in the object store.
+
+Internally every index is L2: for the cosine metric the vectors are L2-normalised first, and
+|a - b|^2 / 2 = 1 - cos(a, b) turns the squared L2 distance back into the cosine distance.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from deepscope.errors import UserError
+from deepscope.io import schemas
+from deepscope.io.store import sha256
+
+SPACES = {"features": ("features", "feature"), "pixels": ("pixels", "pixels")}  # space -> (stage, column)
+KINDS = ("flat", "ivf_flat", "ivf_pq", "opq_ivf_pq", "hnsw")
+K = 10  # recall@K is what the tuning reaches for
+HNSW_M = 32  # graph degree: FAISS's usual value, a good speed/recall trade-off
+HNSW_MAX_DIM = 128  # above this, IVF scans beat graph walks on build time at the same recall
+IVF_PROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+HNSW_EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
+
+
+@dataclass
+class Plan:
+    kind: str
+    factory: str  # FAISS index_factory string of one shard
+    shards: int
+    nlist: int  # IVF lists (0: not IVF)
+    m: int  # PQ bytes per vector (0: not PQ)
+    shard_bytes: int  # estimated memory of one shard
+    reason: str
+
+
+def estimate_bytes(kind: str, n: int, d: int, nlist: int = 0, m: int = 0) -> int:
+    """Memory of an index of n vectors (ids are 8 bytes a vector in IVF lists and ID maps)."""
+    if kind == "flat":
+        return n * (d * 4 + 8)
+    if kind == "hnsw":
+        return n * (d * 4 + 2 * HNSW_M * 4 + 8)  # level 0 holds 2M links; upper levels are small
+    if kind == "ivf_flat":
+        return n * (d * 4 + 8) + nlist * d * 4
+    # codes and ids, centroids, codebooks, and FAISS's precomputed distance tables (nlist x m x 256)
+    pq = n * (m + 8) + nlist * d * 4 + d * 256 * 4 + nlist * m * 256 * 4
+    return pq + (d * d * 4 if kind == "opq_ivf_pq" else 0)
+
+
+def default_nlist(n: int, train_max: int) -> int:
+    """About 4 sqrt(n) lists, a power of two, with at least 39 training points per list."""
+    cap = max(1, min(4 * math.sqrt(n), n // 39, train_max // 39))
+    return 2 ** int(math.log2(cap))
+
+
+def pq_bytes(d: int, n: int, nlist: int, budget: int) -> int:
+    """The most PQ bytes per vector that fit: a divisor of d, from 4 dimensions per byte (sub-quantizer)
+    up to 64 (and at least 8 bytes); shorter codes lose too much, so 0 then (shard instead)."""
+    lowest = max(min(8, d), math.ceil(d / 64))
+    fits = [m for m in range(lowest, min(max(d // 4, 1), 256) + 1)
+            if d % m == 0 and estimate_bytes("opq_ivf_pq", n, d, nlist, m) <= budget]
+    return max(fits) if fits else 0
+
+
+def factory(kind: str, d: int, nlist: int, m: int) -> str:
+    return {"flat": "IDMap,Flat", "hnsw": f"IDMap,HNSW{HNSW_M}", "ivf_flat": f"IVF{nlist},Flat",
+            "ivf_pq": f"IVF{nlist},PQ{m}x8", "opq_ivf_pq": f"OPQ{m},IVF{nlist},PQ{m}x8"}[kind]
+
+
+def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: int = 20_000,
+           shards: int = 0, nlist: int = 0, train_max: int = 100_000) -> Plan:
+    """The index for n vectors of d dims under a memory budget per shard (machine).
+
+    auto: exact (Flat) up to flat_max vectors; above, HNSW for low dimensions and IVF-Flat
+    otherwise while the raw vectors fit the budget; IVF-PQ when they do not (OPQ's rotation
+    first when the codes get short: more than 16 dimensions per PQ byte); and when even that
+    does not fit, as many shards as needed.  shards=0 chooses the shard count too.
+    """
+    budget = memory_mb * 2**20
+
+    def plan_for(count: int, n_shards: int) -> Plan | None:
+        nl = min(nlist or default_nlist(count, train_max), count)
+        if kind != "auto":
+            m = pq_bytes(d, count, nl, budget) if kind in ("ivf_pq", "opq_ivf_pq") else 0
+            if kind in ("ivf_pq", "opq_ivf_pq") and not m:
+                m = max(x for x in range(1, min(d // 4, 8) + 1) if d % x == 0) if d >= 4 else 1
+            k, why = kind, "forced"
+        elif n <= flat_max:
+            k, m, why = "flat", 0, f"{n} <= flat_max {flat_max}: exact search"
+        elif d <= HNSW_MAX_DIM and estimate_bytes("hnsw", count, d) <= budget:
+            k, m, why = "hnsw", 0, f"low dimension ({d} <= {HNSW_MAX_DIM}) and the graph fits {memory_mb} MB"
+        elif estimate_bytes("ivf_flat", count, d, nl) <= budget:
+            k, m, why = "ivf_flat", 0, f"raw vectors fit {memory_mb} MB"
+        else:
+            m = pq_bytes(d, count, nl, budget)
+            if not m:
+                return None
+            k = "ivf_pq" if m * 16 >= d else "opq_ivf_pq"
+            why = f"raw vectors exceed {memory_mb} MB: {m}-byte PQ codes" + (" with OPQ" if k == "opq_ivf_pq" else "")
+        nl = nl if k.startswith(("ivf", "opq")) else 0
+        return Plan(k, factory(k, d, nl, m), n_shards, nl, m, estimate_bytes(k, count, d, nl, m), why)
+
+    if shards:
+        return plan_for(math.ceil(n / shards), shards)
+    for s in range(1, 1025):
+        plan = plan_for(math.ceil(n / s), s)
+        if plan is not None:
+            if s > 1:
+                plan.reason += f"; {s} shards, since one index does not fit {memory_mb} MB"
+            return plan
+    raise UserError(f"{n} vectors of {d} dims do not fit 1024 shards of {memory_mb} MB: raise memory_mb")
+
+
+# ---------------------------------------------------------------------------- bytes
+
+def serialize(index) -> bytearray:
+    """The index as bytes, in one buffer of the exact size: a counting pass first, since
+    faiss.serialize_index holds up to three copies at once (a growing vector, then an array)."""
+    size = pos = 0
+
+    def count(b):
+        nonlocal size
+        size += len(b)
+        return len(b)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    buf = bytearray(size)
+
+    def fill(b):
+        nonlocal pos
+        buf[pos:pos + len(b)] = b
+        pos += len(b)
+        return len(b)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(fill))
+    return buf
+
+
+def deserialize(data) -> faiss.Index:
+    """An index from bytes, read in pieces (no second full copy)."""
+    view, pos = memoryview(data), 0
+
+    def read(n):
+        nonlocal pos
+        piece = view[pos:pos + n].tobytes()
+        pos += len(piece)
+        return piece
+
+    return faiss.read_index(faiss.PyCallbackIOReader(read))
+
+
+# ---------------------------------------------------------------------------- reading
+
+def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list column -> (rows, d) float32."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    d = col.type.list_size
+    return np.ascontiguousarray(col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d), dtype=np.float32)
+
+
+def chunks(store, stage: str, column: str, chunk_rows: int, cosine: bool, meta: bool = False):
+    """Yield (first row, vectors, {id, path, label, part, offset} or None), parts in manifest order,
+    about chunk_rows rows at a time (memory: one chunk)."""
+    cols = [column] + (["id", "path", "label"] if meta else [])
+    buf: list = []
+    start = rows = 0
+    for part, t in store.iter_parts(stage, columns=cols):
+        if t.num_rows == 0:
+            continue  # a partition whose images all failed
+        x = matrix(t.column(column))
+        if cosine:
+            faiss.normalize_L2(x)
+        m = None
+        if meta:
+            m = {k: t.column(k).to_pylist() for k in ("id", "path", "label")}
+            m["part"] = [part] * t.num_rows
+            m["offset"] = list(range(t.num_rows))
+        buf.append((x, m))
+        rows += t.num_rows
+        if rows >= chunk_rows:
+            yield start, *_join(buf)
+            start, buf, rows = start + rows, [], 0
+    if buf:
+        yield start, *_join(buf)
+
+
+def _join(buf):
+    x = np.concatenate([b[0] for b in buf]) if len(buf) > 1 else buf[0][0]
+    if buf[0][1] is None:
+        return x, None
+    return x, {k: [v for b in buf for v in b[1][k]] for k in buf[0][1]}
+
+
+def dataset_shape(store, stage: str, column: str) -> tuple[int, int, list[str]]:
+    """(rows, dim, non-empty parts) from the manifest and one part's schema."""
+    import pyarrow.parquet as pq
+
+    parts = {p: e for p, e in store.parts(stage).items() if e["rows"]}
+    if not parts:
+        how = (f"add a [pixels] section to the job, or run `deepscope index {store.root} --pixels`" if stage == "pixels"
+               else f"run `deepscope features` into {store.root} first")
+        raise UserError(f"{store.root} has no {stage} results: {how}")
+    schema = pq.read_schema(store.path(parts[min(parts)]["file"]))
+    return sum(e["rows"] for e in parts.values()), schema.field(column).type.list_size, sorted(parts)
+
+
+def inputs_digest(store, stage: str) -> str:
+    """What the index was built from: the checksums of the stage's parts."""
+    return sha256(json.dumps(sorted((p, e["sha256"]) for p, e in store.parts(stage).items())).encode())[:16]
+
+
+# ---------------------------------------------------------------------------- tuning
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, query_rows: np.ndarray, k: int = K) -> float:
+    """Share of the exact k nearest that were found; each query's own row is left out of both lists
+    (the queries are rows of the indexed set, and finding oneself is no achievement)."""
+    hits = total = 0
+    for f, t, r in zip(found, truth, query_rows):
+        want = [i for i in t if i != r and i >= 0][:k]
+        got = set([i for i in f if i != r and i >= 0][:k])
+        hits += len(got.intersection(want))
+        total += len(want)
+    return hits / total if total else 1.0
+
+
+def candidates(plan: Plan) -> list[dict]:
+    """Search settings from cheapest to dearest."""
+    if plan.nlist:
+        return [{"nprobe": p} for p in IVF_PROBES if p < plan.nlist] + [{"nprobe": plan.nlist}]
+    if plan.kind == "hnsw":
+        return [{"ef_search": e} for e in HNSW_EFS]
+    return [{}]
+
+
+def tune(search, plan: Plan, truth: np.ndarray, query_rows: np.ndarray, target: float, log, k: int):
+    """The cheapest setting whose recall@k reaches the target (else the best one) -> (setting, recall, sweep)."""
+    sweep = []
+    best = None
+    for setting in candidates(plan):
+        t0 = time.perf_counter()
+        _, found = search(setting, k + 1)
+        ms = (time.perf_counter() - t0) * 1000 / max(len(query_rows), 1)
+        r = recall_at_k(found, truth, query_rows, k)
+        sweep.append({**setting, "recall": round(r, 4), "ms_per_query": round(ms, 3)})
+        if best is None or r > best[1]:
+            best = (setting, r)
+        if r >= target:
+            return setting, r, sweep
+    log(f"  index: recall@{k} target {target} not reached; best {best[1]:.3f} with {best[0]}")
+    return best[0], best[1], sweep
+
+
+# ---------------------------------------------------------------------------- building
+
+@dataclass
+class _Sample:
+    queries: np.ndarray  # (q, d)
+    query_rows: np.ndarray
+    train: np.ndarray | None
+
+
+def _sample(store, stage, column, n, plan, cfg, cosine) -> _Sample:
+    """One pass: held-out tuning queries and the training sample, picked by row number."""
+    rng = np.random.default_rng(cfg.seed)
+    nq = min(cfg.tune_queries, n)
+    perm = rng.permutation(n)
+    query_rows = np.sort(perm[:nq])
+    ntrain = 0
+    if plan.nlist or plan.m:
+        ntrain = min(n, cfg.train_max, max(64 * plan.nlist, 256 * 39 if plan.m else 0))
+    # training rows leave the queries out when the set is big enough
+    train_rows = np.sort(perm[nq:nq + ntrain] if n - nq >= ntrain else perm[:ntrain])
+    xq, xt = [], []
+    for start, x, _ in chunks(store, stage, column, cfg.chunk_rows, cosine):
+        for rows, out in ((query_rows, xq), (train_rows, xt)):
+            lo, hi = np.searchsorted(rows, [start, start + len(x)])
+            if hi > lo:
+                out.append(x[rows[lo:hi] - start])
+    queries = np.concatenate(xq)
+    train = np.concatenate(xt) if xt else None
+    return _Sample(queries, query_rows, train)
+
+
+def _shard_of(n: int, shards: int) -> np.ndarray:
+    """First row of each shard (and n): contiguous, nearly equal row ranges."""
+    return np.array([n * s // shards for s in range(shards + 1)])
+
+
+def build_space(store, space: str, cfg, log, address: str | None = None) -> dict:
+    """Build, tune and write the index of one space; returns its info (also written as index.json).
+    address: the Ray cluster that fills shards (default: RAY_ADDRESS or a local one)."""
+    stage, column = SPACES[space]
+    t_start = time.time()
+    n, d, _ = dataset_shape(store, stage, column)
+    metric = cfg.metric if space == "features" else "l2"  # pixel space is the lecture's L2 on pixels
+    cosine = metric == "cosine"
+    plan = choose(n, d, cfg.kind, cfg.memory_mb, cfg.flat_max, min(cfg.shards, n), cfg.nlist, cfg.train_max)
+    log(f"index {space}: {n} vectors of {d} dims -> {plan.kind} ({plan.factory}, {plan.shards} shard"
+        f"{'s' if plan.shards > 1 else ''}): {plan.reason}")
+
+    sample = _sample(store, stage, column, n, plan, cfg, cosine)
+    empty = faiss.index_factory(d, plan.factory)
+    t0 = time.time()
+    if sample.train is not None:
+        empty.train(sample.train)
+    train_s = time.time() - t0
+    del sample.train
+
+    k = min(K, n - 1) if n > 1 else 1
+    heap = faiss.ResultHeap(len(sample.queries), k + 1)  # exact neighbours of the tuning queries
+    mapping = {c: [] for c in ("id", "path", "label", "part", "offset")}
+    bounds = _shard_of(n, plan.shards)
+    t0 = time.time()
+    if plan.shards == 1:
+        shard_files, search = _fill_local(store, space, empty, stage, column, cfg, cosine, sample, heap, mapping)
+    else:
+        shard_files, search = _fill_ray(store, space, empty, bounds, stage, column, cfg, cosine, sample, heap,
+                                        mapping, plan, address)
+    add_s = time.time() - t0
+    heap.finalize()
+    truth = heap.I
+
+    ids = pa.table({"row": pa.array(np.arange(n), pa.int64()), **{c: mapping[c] for c in ("id", "path", "label", "part")},
+                    "offset": pa.array(mapping["offset"], pa.int32())}, schema=schemas.INDEX_IDS)
+    if ids.num_rows != n:
+        raise RuntimeError(f"{stage} changed while indexing ({ids.num_rows} != {n} rows); run again")
+    ids_rel = f"index/{space}/ids.parquet"
+    store.write_table(ids_rel, ids)
+
+    t0 = time.time()
+    setting, recall, sweep = ({}, 1.0, []) if plan.kind == "flat" else tune(
+        search, plan, truth, sample.query_rows, cfg.target_recall, log, k)
+    tune_s = time.time() - t0
+    info = {
+        "space": space, "stage": stage, "column": column, "rows": n, "dim": d, "metric": metric,
+        **{f: v for f, v in asdict(plan).items() if f != "shard_bytes"},
+        "estimated_mb_per_shard": round(plan.shard_bytes / 2**20, 1), "memory_mb": cfg.memory_mb,
+        "search": setting, f"recall_at_{k}": round(recall, 4), "recall_k": k, "target_recall": cfg.target_recall,
+        "target_met": recall >= cfg.target_recall, "tune_queries": len(sample.query_rows), "sweep": sweep,
+        "train_s": round(train_s, 2), "add_s": round(add_s, 2), "tune_s": round(tune_s, 2),
+        "build_s": round(time.time() - t_start, 2), "shard_files": shard_files,
+        "ids": {"file": ids_rel, "sha256": store.manifest["files"][ids_rel]["sha256"]},
+        "inputs": inputs_digest(store, stage),
+    }
+    store.write_file(f"index/{space}/index.json", json.dumps(info, indent=1))
+    log(f"index {space}: recall@{k} {recall:.3f} with {setting or 'exact search'}, built in {info['build_s']} s")
+    return info
+
+
+def _add_truth(heap, queries, x, start, k):
+    flat = faiss.IndexFlatL2(x.shape[1])
+    flat.add(x)
+    dist, rows = flat.search(queries, k + 1)
+    heap.add_result(dist, np.where(rows >= 0, rows + start, -1))
+
+
+def _fill_local(store, space, index, stage, column, cfg, cosine, sample, heap, mapping):
+    for start, x, meta in chunks(store, stage, column, cfg.chunk_rows, cosine, meta=True):
+        index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+        _add_truth(heap, sample.queries, x, start, heap.k - 1)
+        for c in mapping:
+            mapping[c] += meta[c]
+    data = serialize(index)
+    rel = f"index/{space}/shard-000.faiss"
+    store.write_file(rel, data)
+    del data
+    files = [{"file": rel, "rows": int(index.ntotal), "sha256": store.manifest["files"][rel]["sha256"]}]
+
+    def search(setting, k):
+        from deepscope.index.search import search_params
+
+        return index.search(sample.queries, k, params=search_params(index, **setting))
+
+    return files, search
+
+
+def _fill_ray(store, space, empty, bounds, stage, column, cfg, cosine, sample, heap, mapping, plan, address):
+    """Shards filled in parallel Ray tasks from chunks in the object store; written as they finish."""
+    import ray
+
+    from deepscope.runner import ensure_ray
+
+    ensure_ray(address)
+    empty_ref = ray.put(bytes(serialize(empty)))
+    pending = [[] for _ in range(plan.shards)]
+    tasks = {}
+    # a shard's task is launched once its last chunk is put, so filling overlaps reading
+    opts = {"num_cpus": 1, "memory": int(plan.shard_bytes * 1.2) + 2**26}
+    for start, x, meta in chunks(store, stage, column, cfg.chunk_rows, cosine, meta=True):
+        _add_truth(heap, sample.queries, x, start, heap.k - 1)
+        for c in mapping:
+            mapping[c] += meta[c]
+        end = start + len(x)
+        for s in range(plan.shards):
+            lo, hi = max(start, bounds[s]), min(end, bounds[s + 1])
+            if hi > lo:
+                pending[s].append(ray.put((x[lo - start:hi - start], np.arange(lo, hi, dtype=np.int64))))
+            if end >= bounds[s + 1] and s not in tasks and pending[s]:
+                tasks[s] = ray.remote(_fill_shard).options(**opts).remote(empty_ref, pending[s])
+                pending[s] = []
+    files: list = [None] * plan.shards
+    refs: list = [None] * plan.shards
+    waiting = {ref: s for s, ref in tasks.items()}
+    while waiting:
+        done, _ = ray.wait(list(waiting), num_returns=1)
+        s = waiting.pop(done[0])
+        data = ray.get(done[0])  # one shard on the driver at a time, written and dropped
+        rel = f"index/{space}/shard-{s:03d}.faiss"
+        store.write_file(rel, data)
+        files[s] = {"file": rel, "rows": int(bounds[s + 1] - bounds[s]), "sha256": store.manifest["files"][rel]["sha256"]}
+        refs[s] = done[0]
+        del data
+
+    def search(setting, k):
+        parts = ray.get([ray.remote(_search_shard).remote(ref, sample.queries, k, setting) for ref in refs])
+        return merge_knn(parts, k)
+
+    return files, search
+
+
+def _fill_shard(empty: bytes, chunk_refs: list) -> bytearray:
+    import ray
+
+    index = deserialize(empty)
+    for ref in chunk_refs:
+        x, rows = ray.get(ref)
+        index.add_with_ids(x, rows)
+        del x
+    return serialize(index)
+
+
+def _search_shard(data: bytes, queries: np.ndarray, k: int, setting: dict):
+    from deepscope.index.search import search_params
+
+    index = deserialize(data)
+    return index.search(queries, k, params=search_params(index, **setting))
+
+
+def merge_knn(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (distances, rows) of the same queries into the k best (L2: smallest first)."""
+    heap = faiss.ResultHeap(results[0][0].shape[0], k)
+    for dist, rows in results:
+        heap.add_result(np.ascontiguousarray(dist[:, :k], np.float32), np.ascontiguousarray(rows[:, :k], np.int64))
+    heap.finalize()
+    return heap.D, heap.I

@@ -1,0 +1,233 @@
+"""The neighbour-search service over an output folder's indexes (FastAPI; `deepscope serve OUT`).
+
+  POST /neighbors      multipart (an `image` upload) or JSON ({"id": ...} or {"vector": [...]}),
+                       with k (<= 1000), space (features | pixels), nprobe / ef_search -> JSON
+  GET  /images/{id}    an image of the dataset, by id: only paths in the index's id mapping
+  GET  /info           the indexes: kind, size, search setting, measured recall
+  GET  /               a small search page
+
+Everything is loaded once at start-up: indexes (each file checked against the sha256 recorded
+at build time) and the model that computes an uploaded image's features.  Nothing a client
+sends is ever fetched or opened as a path: ids are looked up, vectors searched, uploads decoded
+in memory under size and pixel limits.  Per-request settings are FAISS search parameters, so the
+shared index is never modified.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deepscope.errors import UserError
+from deepscope.index.search import Searcher, UnknownId
+from deepscope.io.decode import DecodeError, DecodeLimits
+from deepscope.io.sources import read_bytes
+from deepscope.io.store import Store
+
+MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+         ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 16 * 2**20  # whole request body
+    max_pixels: int = 40_000_000  # of an uploaded image, checked from its header before decoding
+    max_k: int = 1000
+
+
+class NeighborsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, max_length=4096)
+    vector: list[float] | None = Field(None, max_length=1 << 20)
+    k: int = Field(10, ge=1)
+    space: Literal["features", "pixels"] = "features"
+    nprobe: int | None = Field(None, ge=1)
+    ef_search: int | None = Field(None, ge=1)
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over the limit is refused with 413, by its Content-Length
+    before anything is read, or as soon as the streamed bytes pass the limit."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, f"request body larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, scope, receive, send):
+        # read and drop what the client sends (bounded), so that it gets to read our answer
+        dropped, more = 0, True
+        while more and dropped <= 8 * self.max_bytes:
+            message = await receive()
+            dropped += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        response = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, 413,
+                                headers={"Connection": "close"} if more else None)
+        await response(scope, receive, send)
+
+
+class Engine:
+    """The folder's searchers and encoder, shared by every request (read-only after start-up)."""
+
+    def __init__(self, out: str, limits: Limits):
+        from deepscope.index.encode import Encoder
+
+        self.store = Store(out)
+        spaces = ((self.store.summary("index") or {}).get("spaces") or {})
+        if not spaces:
+            raise UserError(f"{out} has no index: run `deepscope index {out}` first")
+        self.searchers = {space: Searcher(self.store, space) for space in spaces}
+        self.encoder = Encoder(out, DecodeLimits(max_pixels=limits.max_pixels, max_bytes=limits.max_upload_bytes))
+        self.limits = limits
+        self.paths: dict[str, str] = {}
+        for s in reversed(list(self.searchers.values())):  # the first space's mapping wins
+            self.paths.update(zip(s.ids, s.paths))
+
+    def answer(self, q: NeighborsQuery, image: bytes | None) -> dict:
+        s = self.searchers.get(q.space)
+        if s is None:
+            raise HTTPException(404, f"this folder has no {q.space} index (spaces: {', '.join(self.searchers)})")
+        try:
+            if image is not None:
+                vector, query = self.encoder.encode(image, q.space), {"image": "upload"}
+            elif q.id is not None:
+                vector, query = s.vectors_of([q.id]), {"id": q.id}
+            else:
+                vector, query = q.vector, {"vector": len(q.vector)}
+            setting = s.setting(q.nprobe, q.ef_search)
+            hits = s.search(vector, q.k, q.nprobe, q.ef_search)[0]
+        except UnknownId as e:
+            raise HTTPException(404, str(e)) from None
+        except DecodeError as e:
+            too_big = "decompression bomb" in str(e) or "larger than limit" in str(e)
+            raise HTTPException(413 if too_big else 400, f"bad image: {e}") from None
+        except UserError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"space": q.space, "query": query, "k": q.k, "index": s.info["kind"], "metric": s.metric,
+                "search": setting,
+                "neighbors": [{"rank": r + 1, "id": h.id, "label": h.label, "distance": h.distance,
+                               "image": "/images/" + quote(h.id)} for r, h in enumerate(hits)]}
+
+
+def _validation_message(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
+
+
+def create_app(out: str, limits: Limits = Limits()) -> FastAPI:
+    engine = Engine(out, limits)
+    app = FastAPI(title="deepscope neighbours", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
+    app.state.engine = engine
+
+    @app.post("/neighbors")
+    async def neighbors(request: Request):
+        ctype = request.headers.get("content-type", "")
+        image = None
+        if ctype.startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except HTTPException:
+                raise
+            except Exception as e:  # malformed multipart bodies
+                raise HTTPException(400, f"bad multipart form: {e}") from None
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            files = {k: v for k, v in form.items() if not isinstance(v, str)}
+            if set(files) - {"image"}:
+                raise HTTPException(422, "upload the image in the form field 'image'")
+            if "image" in files:
+                image = await files["image"].read()
+        elif ctype.startswith("application/json"):
+            try:
+                fields = await request.json()
+            except ValueError:
+                raise HTTPException(400, "the body is not valid JSON") from None
+            if not isinstance(fields, dict):
+                raise HTTPException(422, "the JSON body must be an object")
+        else:
+            raise HTTPException(415, "send multipart/form-data (an 'image' upload) or application/json "
+                                     "({\"id\": ...} or {\"vector\": [...]})")
+        try:
+            q = NeighborsQuery.model_validate(fields)
+        except ValidationError as e:
+            raise HTTPException(422, _validation_message(e)) from None
+        if (image is not None) + (q.id is not None) + (q.vector is not None) != 1:
+            raise HTTPException(422, "give exactly one query: an 'image' upload, an 'id' or a 'vector'")
+        if q.k > limits.max_k:
+            raise HTTPException(422, f"k must be at most {limits.max_k}, got {q.k}")
+        return await run_in_threadpool(engine.answer, q, image)
+
+    @app.get("/images/{image_id:path}")
+    async def image(image_id: str):
+        path = engine.paths.get(image_id)  # never a path from the client: only the mapping's paths
+        if path is None:
+            raise HTTPException(404, "unknown image id")
+        try:
+            data = await run_in_threadpool(read_bytes, path, 256 * 2**20)
+        except OSError:
+            raise HTTPException(404, "the image file is missing") from None
+        media = MEDIA.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
+        return Response(data, media_type=media, headers={"X-Content-Type-Options": "nosniff",
+                                                         "Cache-Control": "private, max-age=3600"})
+
+    @app.get("/info")
+    async def info():
+        return {"spaces": {name: s.describe() for name, s in engine.searchers.items()}, "max_k": limits.max_k,
+                "max_upload_bytes": limits.max_upload_bytes}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        options = "".join(f'<option>{name}</option>' for name in engine.searchers)
+        return PAGE.replace("{options}", options)
+
+    return app
+
+
+PAGE = """<!doctype html><meta charset=utf-8><title>deepscope: nearest neighbours</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px}#out figure{display:inline-block;
+margin:4px;text-align:center;font-size:12px}#out img{width:128px;height:128px;object-fit:cover;cursor:pointer}
+#err{color:#b00}</style>
+<h1>Nearest neighbours</h1>
+<form id=f><input type=file name=image accept="image/*" required> k <input name=k type=number value=10 min=1
+max=1000 style="width:5em"> space <select name=space>{options}</select> <button>search</button></form>
+<p>Click a result to search with it. <span id=err></span></p><div id=out></div>
+<script>
+const out = document.getElementById('out'), err = document.getElementById('err'), f = document.getElementById('f');
+async function show(resp) {
+  const body = await resp.json();
+  out.textContent = ''; err.textContent = resp.ok ? '' : body.detail;
+  for (const n of body.neighbors || []) {
+    const fig = document.createElement('figure'), img = document.createElement('img'), cap = document.createElement('figcaption');
+    img.src = n.image; img.title = n.id; img.onclick = () => byId(n.id);
+    cap.textContent = n.rank + ': ' + n.distance.toPrecision(3) + (n.label ? ' ' + n.label : '');
+    fig.append(img, cap); out.append(fig);
+  }
+}
+function byId(id) {
+  const fd = new FormData(f);
+  fetch('/neighbors', {method: 'POST', headers: {'content-type': 'application/json'},
+    body: JSON.stringify({id: id, k: +fd.get('k'), space: fd.get('space')})}).then(show);
+}
+f.onsubmit = e => { e.preventDefault(); fetch('/neighbors', {method: 'POST', body: new FormData(f)}).then(show); };
+</script>"""

@@ -1,0 +1,166 @@
+"""Map: the dataset laid out in 2-D by its features -- PCA (streamed) and t-SNE -- as coordinates in
+Parquet, a scatter coloured by label, and the "cnnembed" picture: thumbnails on a grid by position.
+
+A post stage.  PCA is scikit-learn's IncrementalPCA fitted part by part (memory: one chunk plus
+n x pca_dims projections).  t-SNE runs on those projections, on a random sample of at most
+tsne_max images (Barnes-Hut t-SNE costs minutes beyond ~10,000 points on a few cores); the
+others are placed at their nearest sampled neighbour's position.
+"""
+from __future__ import annotations
+
+import html
+import io
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from deepscope.io import schemas
+from deepscope.stages.base import Stage, StageConfig
+
+
+class MapConfig(StageConfig):
+    method: Literal["pca", "tsne"] = "tsne"  # the layout the grid uses; PCA coordinates are always written
+    pca_dims: int = Field(50, ge=2, le=1024)  # IncrementalPCA components (t-SNE's input)
+    tsne_max: int = Field(5000, ge=10)  # t-SNE on at most this many images; the rest by nearest neighbour
+    perplexity: float = Field(30.0, gt=1)
+    grid: int = Field(20, ge=2, le=64)  # thumbnails per side of the grid picture
+    thumb: int = Field(48, ge=16, le=256)  # thumbnail side, pixels
+    chunk_rows: int = Field(4096, ge=16)  # rows per IncrementalPCA.partial_fit call
+    seed: int = 0
+
+
+def _stream(store, chunk_rows: int, meta: bool = False):
+    """Feature chunks of at least chunk_rows rows (the last one of up to twice that), for partial_fit."""
+    from deepscope.index.build import chunks
+
+    held = None
+    for _, x, m in chunks(store, "features", "feature", chunk_rows, cosine=False, meta=meta):
+        if held is not None and len(x) < chunk_rows:  # a short last chunk joins the one before
+            x = np.concatenate([held[0], x])
+            m = {k: held[1][k] + m[k] for k in m} if meta else None
+            held = None
+        if held is not None:
+            yield held
+        held = (x, m)
+    if held is not None:
+        yield held
+
+
+class Map(Stage):
+    name = "map"
+    Config = MapConfig
+    pipeline = False
+
+    def finish(self, store, log):
+        from sklearn.decomposition import IncrementalPCA
+
+        from deepscope.algos.embed import place_by_neighbour, tsne
+        from deepscope.index.build import dataset_shape
+
+        c = self.config
+        n, d, _ = dataset_shape(store, "features", "feature")
+        dims = min(c.pca_dims, d, n)
+        pca = IncrementalPCA(n_components=dims)
+        for x, _ in _stream(store, max(c.chunk_rows, dims)):
+            pca.partial_fit(x)
+        z, meta = [], {"id": [], "path": [], "label": []}
+        for x, m in _stream(store, max(c.chunk_rows, dims), meta=True):
+            z.append(pca.transform(x).astype(np.float32))
+            for k in meta:
+                meta[k] += m[k]
+        z = np.concatenate(z)
+        log(f"map: PCA of {n} features ({d} -> {dims} dims, {pca.explained_variance_ratio_[:2].sum():.1%} "
+            f"of the variance in the first two)")
+
+        tsne_xy = None
+        in_sample = np.zeros(n, bool)
+        if c.method == "tsne":
+            rng = np.random.default_rng(c.seed)
+            sample = np.sort(rng.choice(n, min(n, c.tsne_max), replace=False))
+            in_sample[sample] = True
+            tsne_xy = np.empty((n, 2), np.float32)
+            tsne_xy[sample] = tsne(z[sample], c.perplexity, c.seed)
+            tsne_xy[~in_sample] = place_by_neighbour(z[sample], tsne_xy[sample], z[~in_sample])
+            log(f"map: t-SNE of {len(sample)} images" + (f", {n - len(sample)} placed by nearest neighbour"
+                                                          if n > len(sample) else ""))
+
+        null = pa.nulls(n, pa.float32())
+        coords = pa.table({
+            **{k: pa.array(v, pa.string()) for k, v in meta.items()},
+            "pca_x": pa.array(z[:, 0]), "pca_y": pa.array(z[:, 1] if dims > 1 else np.zeros(n, np.float32)),
+            "tsne_x": pa.array(tsne_xy[:, 0]) if tsne_xy is not None else null,
+            "tsne_y": pa.array(tsne_xy[:, 1]) if tsne_xy is not None else null,
+            "tsne_sample": pa.array(in_sample) if tsne_xy is not None else pa.nulls(n, pa.bool_()),
+        }, schema=schemas.MAP_COORDS)
+        store.write_table("map/coords.parquet", coords)
+        pca_xy = np.stack([coords.column("pca_x").to_numpy(), coords.column("pca_y").to_numpy()], 1)
+        store.write_file("map/scatter.png", self._scatter(pca_xy, tsne_xy, meta["label"]))
+        layout = tsne_xy if tsne_xy is not None else pca_xy
+        shown = self._grid(store, layout, meta["path"])
+        from deepscope.index.build import inputs_digest
+
+        return {"rows": n, "dim": d, "pca_dims": dims, "method": c.method, "inputs": inputs_digest(store, "features"),
+                "explained_variance_2d": round(float(pca.explained_variance_ratio_[:2].sum()), 4),
+                "tsne_sample": int(in_sample.sum()), "grid_images": shown}
+
+    def _scatter(self, pca_xy, tsne_xy, labels) -> bytes:
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        panels = [("PCA", pca_xy)] + ([("t-SNE", tsne_xy)] if tsne_xy is not None else [])
+        fig = Figure(figsize=(6 * len(panels), 5.5), dpi=100)
+        FigureCanvasAgg(fig)
+        names = sorted({lab or "(none)" for lab in labels})
+        lab = np.array([lab or "(none)" for lab in labels])
+        cmap = matplotlib.colormaps["tab20"]
+        for i, (title, xy) in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            for j, name in enumerate(names):
+                sel = lab == name
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=cmap(j % 20), label=name if len(names) <= 20 else None)
+            ax.set_title(f"{title} of the features ({len(xy)} images)")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if len(names) <= 20:
+            fig.axes[-1].legend(loc="best", fontsize=7, markerscale=2)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def _grid(self, store, xy, paths) -> int:
+        """Thumbnails of (a sample of) the images, each in the grid cell its 2-D position gets."""
+        from PIL import Image
+
+        from deepscope.algos.embed import grid_cells
+        from deepscope.index.figures import thumbnail
+
+        c = self.config
+        n = len(xy)
+        side = min(c.grid, int(np.ceil(np.sqrt(n))))
+        rng = np.random.default_rng(c.seed)
+        chosen = np.sort(rng.choice(n, min(n, side * side), replace=False))
+        cells = grid_cells(xy[chosen], side)
+        canvas = Image.new("RGB", (side * c.thumb, side * c.thumb), "white")
+        for i, cell in zip(chosen, cells):
+            canvas.paste(thumbnail(paths[i], c.thumb), ((cell % side) * c.thumb, (cell // side) * c.thumb))
+        buf = io.BytesIO()
+        canvas.save(buf, "JPEG", quality=88)
+        store.write_file("map/grid.jpg", buf.getvalue())
+        return len(chosen)
+
+    def report(self, store):
+        s = store.summary(self.name) or {}
+        if not s:
+            return ""
+        what = "t-SNE" if s.get("method") == "tsne" else "PCA"
+        sample = (f" t-SNE ran on {s['tsne_sample']} images; the others sit at their nearest sampled neighbour."
+                  if s.get("method") == "tsne" and s.get("tsne_sample", 0) < s.get("rows", 0) else "")
+        return (f"<p>{s.get('rows')} images mapped to 2-D from {s.get('dim')}-d features (PCA to {s.get('pca_dims')} "
+                f"dims, {s.get('explained_variance_2d', 0):.1%} of the variance in the first two).{sample} "
+                f"Coordinates in <code>map/coords.parquet</code>.</p>"
+                f"<p>{s.get('grid_images')} thumbnails on a grid by their {html.escape(what)} position:</p>"
+                f'<img src="../map/grid.jpg"><p>Coloured by label:</p><img src="../map/scatter.png">')

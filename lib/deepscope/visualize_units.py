@@ -1,0 +1,199 @@
+"""What units look for, from the command line: `patches` (a pipeline stage added to an output
+folder), and two one-model figures that need no dataset: `filters` (a conv layer's weights)
+and `activations` (one image's feature maps at a layer).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from deepscope.errors import UserError
+
+
+def parse_channels(text: str | None) -> list[int] | None:
+    """'0-15,32' -> [0, ..., 15, 32]; None -> None (every channel)."""
+    if text is None:
+        return None
+    out = []
+    for piece in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", piece)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise UserError(f"bad --channels {text!r}: use channel numbers and ranges, e.g. 0-15,32")
+        out += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
+    return out
+
+
+def _write(path: str, data: bytes) -> None:
+    from deepscope.io.store import _atomic_write  # a single file outside any output folder
+    from pathlib import Path
+
+    _atomic_write(Path(path), data)
+
+
+# ---------------------------------------------------------------------------- filters
+
+def conv_weight(loaded, layer: str | None) -> tuple[str, torch.Tensor]:
+    """(module name, weight (out, in, kh, kw)) of the named conv layer, or of the first one."""
+    convs = [(n, m) for n, m in loaded.module.named_modules() if getattr(m, "weight", None) is not None
+             and m.weight.ndim == 4]
+    if not convs:
+        raise UserError(f"{loaded.spec} has no convolution layer")
+    if layer is None:
+        return convs[0][0], convs[0][1].weight.detach().float().cpu()
+    modules = dict(loaded.module.named_modules())
+    if layer not in modules:
+        from deepscope.models.taps import resolve
+        resolve(loaded, layer)  # raises the unknown-layer error, with close matches
+        raise UserError(f"layer {layer!r} is an alias, not a module: name a convolution, e.g. {convs[0][0]}")
+    w = getattr(modules[layer], "weight", None)
+    if not isinstance(w, torch.Tensor) or w.ndim != 4:
+        raise UserError(f"layer {layer!r} of {loaded.spec} is a {type(modules[layer]).__name__}, not a convolution "
+                        f"with 4-d weights; convolutions: {', '.join(n for n, _ in convs[:8])}, ...")
+    return layer, w.detach().float().cpu()
+
+
+def filters_figure(weight: torch.Tensor, max_filters: int = 64, max_inputs: int = 32, tile: int = 0):
+    """Weights (out, in, kh, kw) -> PIL grid, each filter scaled by its own min and max.
+
+    in = 3 (the first layer): one RGB tile per filter, near-square grid.
+    Deeper: one row per filter (up to max_filters), one grey tile per input channel (up to max_inputs);
+    depthwise (in = 1): one grey tile per filter, near-square grid."""
+    from deepscope.report.figures import NEAREST, grid, grid_shape, normalize_per_tile
+
+    w = weight.numpy()[:max_filters]
+    side = tile or max(24, 4 * max(w.shape[2:]))
+    if w.shape[1] == 3:
+        tiles = normalize_per_tile([f.transpose(1, 2, 0) for f in w])
+        rows, cols = grid_shape(len(tiles))
+        return grid(tiles, rows, cols, pad=2, tile=side, resample=NEAREST)
+    w = w[:, :max_inputs]
+    scaled = normalize_per_tile(list(w))  # per filter: all its input slices share one scale
+    if w.shape[1] == 1:  # depthwise: one slice per filter, laid out near-square
+        rows, cols = grid_shape(len(w))
+        return grid([s[0] for s in scaled], rows, cols, pad=1, tile=side, resample=NEAREST)
+    tiles = [s[i] for s in scaled for i in range(w.shape[1])]
+    return grid(tiles, len(w), w.shape[1], pad=1, tile=side, resample=NEAREST)
+
+
+def cmd_filters(a):
+    from deepscope.models.registry import load_model
+    from deepscope.report.figures import to_png_bytes
+
+    if a.max_filters < 1 or a.max_inputs < 1:
+        raise UserError("--max-filters and --max-inputs must be at least 1")
+    loaded = load_model(a.model, a.weights)
+    name, w = conv_weight(loaded, a.layer)
+    _write(a.out, to_png_bytes(filters_figure(w, a.max_filters, a.max_inputs)))
+    what = "RGB" if w.shape[1] == 3 else f"grey, first {min(w.shape[0], a.max_filters)} filters x {min(w.shape[1], a.max_inputs)} inputs"
+    print(f"{name}: weights {'x'.join(map(str, w.shape))} ({what}) -> {a.out}")
+
+
+# ---------------------------------------------------------------------------- activations
+
+def image_input(loaded, path: str) -> torch.Tensor:
+    """One image file as the model's normalized input (1, 3, crop, crop)."""
+    from deepscope.io.decode import DecodeError, decode
+    from deepscope.io.sources import read_bytes
+
+    try:
+        img, _, _ = decode(read_bytes(path))
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+    except DecodeError as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+    return loaded.transform.normalize(torch.from_numpy(loaded.transform.geometry(img))[None])
+
+
+def feature_maps(loaded, x: torch.Tensor, layer: str) -> np.ndarray:
+    from deepscope.models.taps import forward_with_taps
+
+    _, taps = forward_with_taps(loaded, x, [layer])
+    act = taps[layer][0].float().numpy()
+    if act.ndim != 3:
+        raise UserError(f"layer {layer!r} of {loaded.spec} has output shape {act.shape}: feature maps need (C, H, W)")
+    return act
+
+
+def activations_figure(maps: np.ndarray, tile: int = 0):
+    """(C, H, W) -> PIL grid of grey maps, one shared scale (weak channels stay dark next to strong ones)."""
+    from deepscope.report.figures import NEAREST, grid, grid_shape, normalize_together
+
+    rows, cols = grid_shape(len(maps))
+    side = tile or max(16, 2 * max(maps.shape[1:]))
+    return grid(normalize_together(list(maps)), rows, cols, pad=1, tile=side, resample=NEAREST, background=(60, 60, 60))
+
+
+def strongest(maps: np.ndarray, n: int) -> list[tuple[int, float, float, int, int]]:
+    """(channel, max, mean, row, col of the max) of the n channels with the largest maximum."""
+    flat = maps.reshape(len(maps), -1)
+    best = np.argsort(-flat.max(1), kind="stable")[:n]
+    return [(int(c), float(flat[c].max()), float(flat[c].mean()), *divmod(int(flat[c].argmax()), maps.shape[2]))
+            for c in best]
+
+
+def cmd_activations(a):
+    from deepscope.models.registry import load_model
+    from deepscope.report.figures import to_png_bytes
+
+    loaded = load_model(a.model, a.weights)
+    maps = feature_maps(loaded, image_input(loaded, a.image), a.layer)
+    _write(a.out, to_png_bytes(activations_figure(maps)))
+    print(f"{a.layer}: {len(maps)} maps of {maps.shape[1]}x{maps.shape[2]} -> {a.out}")
+    print(f"{'channel':>7} {'max':>10} {'mean':>10}  at (row, col)")
+    for c, mx, mean, i, j in strongest(maps, a.top):
+        print(f"{c:>7} {mx:>10.4f} {mean:>10.4f}  ({i}, {j})")
+
+
+# ---------------------------------------------------------------------------- patches
+
+def cmd_patches(a):
+    from deepscope.runner import load_spec, run_stage
+    from deepscope.stages.patches import Patches
+
+    if a.k < 1:
+        raise UserError("--k must be at least 1")
+    config = {"layers": a.layer, "k": a.k, "max_side": a.max_side, "tile": a.tile}
+    channels = parse_channels(a.channels)
+    if channels is not None:
+        config["channels"] = channels
+    # names checked first: a folder that already has patches would otherwise only say its settings differ
+    Patches(Patches.Config.model_validate(config), load_spec(a.out)).measure(receptive_fields=False)
+    overrides = {k: v for k, v in {"batch_size": a.batch_size, "actors": a.actors, "address": a.address}.items()
+                 if v is not None}
+    run_stage(a.out, "patches", config, overrides)
+
+
+def add_commands(sub, Parser):
+    p = sub.add_parser("patches", help="each channel's maximally activating patches, added to an output folder")
+    p.add_argument("out", help="an output folder made by `deepscope features` or `deepscope run`")
+    p.add_argument("--layer", action="append", required=True, help="layer (module name or alias); repeat for several")
+    p.add_argument("--k", type=int, default=16, help="images per channel (default 16)")
+    p.add_argument("--channels", help="e.g. 0-15,32 (default: every channel)")
+    p.add_argument("--max-side", type=int, default=256, help="longest side of a stored patch, px (0: full size)")
+    p.add_argument("--tile", type=int, default=64, help="grid cell side, px")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--actors", type=int)
+    p.add_argument("--address")
+    p.set_defaults(fn=cmd_patches)
+
+    f = sub.add_parser("filters", help="a conv layer's weights as an image grid (default: the first layer)")
+    f.add_argument("model", help="lite0 | torchvision:NAME | timm:NAME")
+    f.add_argument("--layer", help="a convolution module (default: the first)")
+    f.add_argument("--weights")
+    f.add_argument("--out", required=True, help="PNG file")
+    f.add_argument("--max-filters", type=int, default=64)
+    f.add_argument("--max-inputs", type=int, default=32, help="input channels shown per filter (deeper layers)")
+    f.set_defaults(fn=cmd_filters)
+
+    v = sub.add_parser("activations", help="one image's feature maps at a layer, and its strongest channels")
+    v.add_argument("model")
+    v.add_argument("image")
+    v.add_argument("--layer", required=True)
+    v.add_argument("--weights")
+    v.add_argument("--out", required=True, help="PNG file")
+    v.add_argument("--top", type=int, default=10, help="strongest channels to list")
+    v.set_defaults(fn=cmd_activations)
