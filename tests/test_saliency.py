@@ -129,8 +129,8 @@ def test_batched_equals_per_image(resnet, method):
     # float64: float32 convolutions pick other kernels for other batch sizes, and a random deep
     # net's input gradients amplify that rounding to ~1% of the peak
     model = copy.deepcopy(resnet.module).double()
-    x, t = batch(3, 48).double(), torch.tensor([10, 20, 30])
-    opts = sal.Options(window=16, stride=16, steps=6, layer=model.layer3, eval_batch=4)
+    x, t = batch(3, 32).double(), torch.tensor([10, 20, 30])
+    opts = sal.Options(window=8, stride=8, steps=6, layer=model.layer3, eval_batch=4)
     together = sal.attribute(model, x, t, method, opts)
     alone = torch.cat([sal.attribute(model, x[i:i + 1], t[i:i + 1], method, opts) for i in range(3)])
     assert float(alone.max()) > 0

@@ -240,6 +240,7 @@ def run_stage(out: str, stage: str, config: dict, run_overrides: dict | None = N
     from deepscope import job as jobmod
 
     base = load_spec(out).model_dump(mode="json", exclude_none=True)
+    base["out"] = out  # the folder as given now, also when it was moved or copied since
     base["run"] = {**base.get("run", {}), **(run_overrides or {})}
     base["dataset"]["demo"] = False
     return run(jobmod.validate({**base, stage: config}, "arguments"))
