@@ -2,13 +2,11 @@
 file, and a worker node dies mid-job."""
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 

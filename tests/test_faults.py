@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from deepscope.io.store import Store
@@ -55,8 +54,6 @@ def _cli(args, env=None):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_driver_resumes(photos, reference, tmp_path, sig):
     out = tmp_path / "out"
-    args = ["features", str(photos), "--out", str(out), "--model", "torchvision:alexnet", "--weights", "random",
-            "--layer", "fc7", "--batch-size", "2"]
     job = tmp_path / "job.toml"
     job.write_text(f'out = "{out}"\n[dataset]\nsource = "{photos}"\n[model]\nname = "torchvision:alexnet"\n'
                    'weights = "random"\n[run]\nbatch_size = 2\npartition_size = 4\n[features]\nlayer = "fc7"\n')

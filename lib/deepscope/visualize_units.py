@@ -26,10 +26,9 @@ def parse_channels(text: str | None) -> list[int] | None:
 
 
 def _write(path: str, data: bytes) -> None:
-    from deepscope.io.store import _atomic_write  # a single file outside any output folder
-    from pathlib import Path
+    from deepscope.io.store import write_single_file
 
-    _atomic_write(Path(path), data)
+    write_single_file(path, data)
 
 
 # ---------------------------------------------------------------------------- filters

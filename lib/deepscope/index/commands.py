@@ -132,7 +132,7 @@ def _batch(a, searcher):
     import pyarrow.parquet as pq
 
     from deepscope.io import schemas
-    from deepscope.io.store import _atomic_write, table_bytes
+    from deepscope.io.store import table_bytes, write_single_file
 
     if not a.result:
         raise UserError("--batch needs --out RESULT.parquet")
@@ -163,7 +163,7 @@ def _batch(a, searcher):
             for k, v in (("query", name), ("rank", r), ("id", h.id), ("path", h.path), ("label", h.label),
                          ("distance", h.distance)):
                 out[k].append(v)
-    _atomic_write(Path(a.result), table_bytes(pa.table(out, schema=schemas.NEIGHBOURS)))
+    write_single_file(a.result, table_bytes(pa.table(out, schema=schemas.NEIGHBOURS)))
     print(f"{t.num_rows} queries, {len(out['id'])} neighbours -> {a.result}", file=sys.stderr)
 
 

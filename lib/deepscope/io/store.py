@@ -42,6 +42,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dfd)
 
 
+def write_single_file(path: str | os.PathLike, data: bytes) -> None:
+    """A single output file outside any output folder (a figure, a query result), atomically."""
+    _atomic_write(Path(path), data)
+
+
 def table_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
