@@ -314,6 +314,8 @@ def _execute(job, stages, pending, store, loaded) -> int:
             for s in stages:
                 if not store.has_part(s.name, part):
                     cols = {**good, **{k.split(":", 1)[1]: v[ok] for k, v in rows.items() if k.startswith(f"{s.name}:")}}
+                    for rel, data in s.part_files(part, cols).items():
+                        store.write_file(rel, data, record=False)
                     store.write_part(s.name, part, s.part_table(cols))
             store.write_part(ERRORS, part, errors_table(rows))
             timings["write_ms"] += (time.perf_counter() - tw) * 1000

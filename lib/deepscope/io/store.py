@@ -165,12 +165,15 @@ class Store:
         return bad
 
     # -- whole files ------------------------------------------------------------
-    def write_file(self, rel: str, data: bytes | str) -> Path:
-        """Any other output (report pages, images, merged tables), atomically."""
+    def write_file(self, rel: str, data: bytes | str, record: bool = True) -> Path:
+        """Any other output (report pages, images, merged tables), atomically. record=False: not
+        listed in the manifest (per-image outputs, which their stage's own table lists)."""
+        data = data.encode() if isinstance(data, str) else data
         path = self.root / rel
-        _atomic_write(path, data.encode() if isinstance(data, str) else data)
-        self.manifest.setdefault("files", {})[rel] = {"sha256": sha256(data.encode() if isinstance(data, str) else data)}
-        self._save()
+        _atomic_write(path, data)
+        if record:
+            self.manifest.setdefault("files", {})[rel] = {"sha256": sha256(data)}
+            self._save()
         return path
 
     def write_table(self, rel: str, table: pa.Table) -> Path:

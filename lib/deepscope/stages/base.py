@@ -52,6 +52,12 @@ class Stage:
         """The Parquet table of one partition from its good rows (this stage's columns unprefixed)."""
         raise NotImplementedError
 
+    def part_files(self, part: str, rows: dict[str, np.ndarray]) -> dict[str, bytes]:
+        """Files that belong to one partition (e.g. stylized images): {path relative to the output
+        folder: bytes}. The runner writes them, atomically, before the partition's table, so a
+        recorded part implies its files; a retried part rewrites the same names, never copies."""
+        return {}
+
     def finish(self, store, log) -> dict:
         """After every partition is written: dataset-level results and figures. Returns a summary."""
         return {}
