@@ -129,12 +129,25 @@ def test_batched_equals_per_image(resnet, method):
     # float64: float32 convolutions pick other kernels for other batch sizes, and a random deep
     # net's input gradients amplify that rounding to ~1% of the peak
     model = copy.deepcopy(resnet.module).double()
-    x, t = batch(3, 32).double(), torch.tensor([10, 20, 30])
+    x, t = batch(5, 32).double(), torch.tensor([10, 20, 30, 40, 50])
+    # chunks of 4 images and 1: one copy of each image per pass, then 4 (windows, steps) of one image
     opts = sal.Options(window=8, stride=8, steps=6, layer=model.layer3, eval_batch=4)
     together = sal.attribute(model, x, t, method, opts)
-    alone = torch.cat([sal.attribute(model, x[i:i + 1], t[i:i + 1], method, opts) for i in range(3)])
+    alone = torch.cat([sal.attribute(model, x[i:i + 1], t[i:i + 1], method, sal.Options(
+        window=8, stride=8, steps=6, layer=model.layer3, eval_batch=1)) for i in range(5)])
     assert float(alone.max()) > 0
     torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-9 * float(alone.max()))
+
+
+@pytest.mark.parametrize("method", ["backprop", "occlusion", "gradcam"])
+def test_channels_last_inputs_give_the_same_maps(resnet, method):
+    model = copy.deepcopy(resnet.module).double()
+    x, t = batch(2, 32).double(), torch.tensor([1, 2])
+    opts = sal.Options(window=8, stride=8, layer=model.layer3)
+    want = sal.attribute(model, x, t, method, opts)
+    model = model.to(memory_format=torch.channels_last)
+    got = sal.attribute(model, x.contiguous(memory_format=torch.channels_last), t, method, opts)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9 * float(want.max()))
 
 
 def test_smoothgrad_is_reproducible_and_tends_to_the_gradient(resnet):

@@ -43,7 +43,8 @@ class SaliencyConfig(StageConfig):
     steps: int = Field(50, ge=1)  # integrated gradients
     smoothgrad: int = Field(0, ge=0)  # SmoothGrad samples over the method(s); 0: off
     noise: float = Field(0.15, gt=0)  # SmoothGrad noise stdev, as a share of the input's value range
-    eval_batch: int = Field(32, ge=1)  # forward passes per evaluation (windows, IG steps, noise samples)
+    eval_batch: int | None = Field(None, ge=1)  # inputs per forward pass (images and their occlusion windows,
+    #                                            IG steps, noise samples); None: 4 on CPU, 128 on a GPU
     map_size: int = Field(56, ge=2, le=512)  # stored maps: map_size x map_size cells
     grabcut: bool = True  # GrabCut object masks seeded by each map
     objects: str | None = None  # csv/parquet with `id` and `box` ("x0,y0,x1,y1", original pixels) and/or
@@ -179,7 +180,7 @@ class Saliency(Stage):
         noise = cfg.noise * float(np.mean([1 / s for s in tf.std]))
         return sal.Options(window=cfg.window, stride=cfg.stride, fill=fill, steps=cfg.steps, layer=layer,
                            layer_input=layer_input, smoothgrad=cfg.smoothgrad, noise=noise,
-                           eval_batch=cfg.eval_batch)
+                           eval_batch=cfg.eval_batch or (128 if x.device.type == "cuda" else 4))
 
     # -- driver -------------------------------------------------------------------------------
     def part_table(self, rows):
