@@ -72,3 +72,42 @@ def test_interrupted_driver_resumes(photos, reference, tmp_path, sig):
     assert p2.returncode == 0, log[-2000:]
     assert f"{24 - 4 * len(done_before)} images in" in log, log[-2000:]  # only the missing partitions
     assert_exactly_once_and_equal(out, reference)
+
+
+def _group(pgid: int) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid:
+                found.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return found
+
+
+def test_failed_job_leaves_no_process_or_temporary(tmp_path):
+    """A job over its error budget exits 3, and its local Ray (raylet, workers, actors) goes with it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        (data / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff not a jpeg" * i)
+    out = tmp_path / "out"
+    job = tmp_path / "job.toml"
+    job.write_text(f'out = "{out}"\n[dataset]\nsource = "{data}"\n[model]\nname = "torchvision:alexnet"\n'
+                   'weights = "random"\n[run]\nbatch_size = 2\nmax_error_rate = 0.0\n[features]\nlayer = "fc7"\n')
+    p = _cli(["run", str(job)])
+    deadline, peak = time.time() + 120, 0
+    while p.poll() is None and time.time() < deadline:
+        peak = max(peak, len(_group(p.pid)))
+        time.sleep(0.1)
+    log = p.communicate(timeout=120)[0]
+    assert p.returncode == 3, log[-2000:]
+    assert "4 of 4 images failed" in log
+    assert peak > 3, "the job's Ray processes were seen while it ran"  # driver, GCS, raylet, workers
+    deadline = time.time() + 30
+    while _group(p.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _group(p.pid) == [], "every process of the job's local Ray has exited"
+    assert not list(out.rglob(".*.tmp"))
