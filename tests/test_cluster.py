@@ -77,6 +77,22 @@ def _job(tmp, photos, out, slow=True):
     return job
 
 
+def _alive_actors(env, wait_s: float = 30) -> list[str]:
+    """Class names of the cluster's live model actors. Ray Data's own detached singletons
+    (_StatsActor, ActorLocationTracker) serve every job of the cluster and outlive each by design."""
+    import json
+
+    deadline = time.time() + wait_s
+    while True:
+        p = subprocess.run([RAY, "list", "actors", "--address", f"http://127.0.0.1:{DASH}", "--filter", "state=ALIVE",
+                            "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr[-2000:]
+        alive = [a["class_name"] for a in json.loads(p.stdout or "[]") if "ModelMapper" in a["class_name"]]
+        if not alive or time.time() > deadline:
+            return alive
+        time.sleep(1)
+
+
 def test_submit_through_jobs_api(cluster, photos, reference, tmp_path):
     out = tmp_path / "out"
     job = _job(tmp_path, photos, out)
@@ -85,6 +101,7 @@ def test_submit_through_jobs_api(cluster, photos, reference, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "SUCCEEDED" in p.stdout.splitlines()[-1], p.stdout[-3000:]
     assert_exactly_once_and_equal(out, reference)
+    assert _alive_actors(cluster) == [], "the job's model actors ended with it"
 
 
 def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path):
@@ -96,6 +113,7 @@ def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path):
     deadline = time.time() + 180
     while time.time() < deadline and not Store(out).parts("features"):
         time.sleep(0.2)
+    assert _alive_actors(cluster, wait_s=0), "the job's model actors are seen while it runs"
     raylet = _raylet(WORKER_NM_PORT)
     assert raylet is not None
     for proc in [*raylet.children(recursive=True), raylet]:  # the node and every worker process on it
@@ -103,3 +121,4 @@ def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path):
     log = p.communicate(timeout=300)[0]
     assert p.returncode == 0, log[-3000:]
     assert_exactly_once_and_equal(out, reference)
+    assert _alive_actors(cluster) == [], "no actor of the job outlives it, also after a lost node"
