@@ -80,6 +80,7 @@ COMMAND_MODULES = [
     "deepscope.submit",
     "deepscope.visualize_units",
     "deepscope.stages.saliency",
+    "deepscope.stages.dissect",
 ]
 
 

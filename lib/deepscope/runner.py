@@ -176,7 +176,7 @@ def run(job) -> RunResult:
         if pending:
             for s in members:
                 s.prepare(store)  # e.g. thresholds from an earlier phase, shipped to the actors
-            result.computed = max(result.computed, _execute(job, members, pending, store, loaded))
+            result.computed = max(result.computed, execute(job, members, pending, store, loaded))
             changed = True
         for s in members:
             if pending or store.summary(s.name) is None:
@@ -255,7 +255,10 @@ def _versions() -> dict:
             "ray": ray.__version__}
 
 
-def _execute(job, stages, pending, store, loaded) -> int:
+def execute(job, stages, pending, store, loaded) -> int:
+    """One pass of the pipeline over the pending partitions, for the given pipeline stages; each
+    finished partition is written as one part per stage. Returns the images computed. A post stage
+    that needs passes of its own over other images (dissection over a concept set) calls it too."""
     import pandas as pd
     import ray
     import ray.data
@@ -285,8 +288,9 @@ def _execute(job, stages, pending, store, loaded) -> int:
     ds = ray.data.from_pandas(blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"transform": loaded.transform, "limits": limits},
                         # its own memory reservation keeps Ray from fusing decoding into the model
-                        # actors: decoding must stay in CPU tasks that spread over every node
-                        batch_size=step, batch_format="numpy", num_cpus=1, memory=512 * 2**20)
+                        # actors: decoding must stay in CPU tasks that spread over every node.
+                        # 1 GiB: a worker with torch imported peaks near 0.5 GiB (Ray warns below that)
+                        batch_size=step, batch_format="numpy", num_cpus=1, memory=2**30)
     ds = ds.map_batches(ModelMapper, fn_constructor_kwargs={"job": job.model_dump(mode="json"), "stages": stages,
                                                            "threads": 0 if n_gpus else threads},
                         batch_size=job.run.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),

@@ -168,3 +168,46 @@ SALIENCY_CLASSES = pa.schema([
     pa.field("grabcut_iou", pa.float32()),
     pa.field("flagged", pa.bool_(), nullable=False),  # mean inside_mass < mean area: decided off the object
 ])
+
+# dissect_thresholds/<part>.parquet (network dissection, pass 1): per unit, the partition's largest
+# activations (enough to fix the top quantile exactly) and its images of largest maximum
+DISSECT_QUANTILE_PARTS = pa.schema([
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("positions", pa.int64(), nullable=False),  # activations seen (images x map positions)
+    pa.field("top", pa.list_(pa.float32()), nullable=False),  # largest first
+    pa.field("image_ids", pa.list_(pa.string()), nullable=False),  # best images first
+    pa.field("image_paths", pa.list_(pa.string()), nullable=False),
+    pa.field("image_scores", pa.list_(pa.float32()), nullable=False),  # the unit's maximum in each
+])
+
+# dissect_counts/<part>.parquet (pass 2): per unit, pixel counts over the partition, one entry per label number
+DISSECT_COUNT_PARTS = pa.schema([
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("intersection", pa.list_(pa.int64()), nullable=False),
+    pa.field("union", pa.list_(pa.int64()), nullable=False),
+])
+
+# dissection/iou-<layer>.parquet: each unit's best concepts, rank 1 = its label
+DISSECTION = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("rank", pa.int32(), nullable=False),  # 1 = best
+    pa.field("concept", pa.string(), nullable=False),
+    pa.field("label", pa.int32(), nullable=False),  # the concept's number in label.csv
+    pa.field("category", pa.string(), nullable=False),
+    pa.field("iou", pa.float32(), nullable=False),
+    pa.field("intersection", pa.int64(), nullable=False),  # pixels, over the dataset
+    pa.field("union", pa.int64(), nullable=False),
+    pa.field("threshold", pa.float32(), nullable=False),  # the unit's top-quantile activation T_k
+    pa.field("detector", pa.bool_(), nullable=False),  # rank 1 and iou >= the configured minimum
+])
+
+# dissection/top-<layer>.parquet: each unit's images of largest maximum activation
+DISSECTION_TOP_IMAGES = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+])

@@ -8,5 +8,6 @@ from deepscope.stages.map import Map
 from deepscope.stages.pixels import Pixels
 from deepscope.stages.patches import Patches
 from deepscope.stages.saliency import Saliency
+from deepscope.stages.dissect import Dissect
 
-STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Map, Patches, Saliency,)}
+STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Map, Patches, Saliency, Dissect,)}
