@@ -23,4 +23,4 @@ bench: $(STAMP)
 	$(PY) bench/features.py
 
 clean:
-	rm -rf runs data/demo
+	rm -rf runs data/demo data/concepts
