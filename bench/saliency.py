@@ -109,19 +109,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256, help="images for backprop, guided, gradcam")
     ap.add_argument("--slow-images", type=int, default=4, help="images for occlusion and integrated gradients")
+    ap.add_argument("--methods", default="backprop,guided,gradcam,integrated_gradients,occlusion,grabcut",
+                    help="rows to measure (grabcut: backprop with GrabCut masks, against the backprop loop)")
     a = ap.parse_args()
+    wanted = set(a.methods.split(","))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "demo"
         make_demo_data(data, per_photo=max(1, -(-a.images // 6)))
         paths = sorted(str(p) for p in data.rglob("*.jpg"))
-        rows = []
+        rows, baselines = [], {}
         for method, n, grabcut in (("backprop", a.images, False), ("guided", a.images, False),
                                    ("gradcam", a.images, False), ("integrated_gradients", 2 * a.slow_images, False),
                                    ("occlusion", a.slow_images, False), ("backprop", a.images, True)):
+            if ("grabcut" if grabcut else method) not in wanted:
+                continue
             chosen = paths[:n]
-            base = captum_loop_in_ray(method, chosen) if not grabcut else rows[0][3]
+            if method not in baselines:
+                baselines[method] = captum_loop_in_ray(method, chosen)
+            base = baselines[method]
             ours = stage(str(data), method, chosen, tmp, grabcut)
             rows.append((method + (" +grabcut" if grabcut else ""), n, "", base, ours))
             print(f"  {method}: captum {base:.3f} img/s, deepscope {ours:.3f} img/s", file=sys.stderr, flush=True)
