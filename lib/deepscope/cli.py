@@ -81,6 +81,7 @@ COMMAND_MODULES = [
     "deepscope.visualize_units",
     "deepscope.stages.saliency",
     "deepscope.stages.dissect",
+    "deepscope.style_commands",
 ]
 
 

@@ -211,3 +211,15 @@ DISSECTION_TOP_IMAGES = pa.schema([
     pa.field("path", pa.string(), nullable=False),
     pa.field("score", pa.float32(), nullable=False),
 ])
+
+# stylize/*.parquet and stylized.parquet: one row per stylized image (see docs/style.md).
+STYLIZED = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),  # the source image
+    pa.field("output", pa.string(), nullable=False),  # the stylized image, relative to the output folder
+    pa.field("style", pa.string(), nullable=False),  # the style's name, or blend(a=0.3,b=0.7)
+    pa.field("width", pa.int32(), nullable=False),  # of the output image
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("bytes", pa.int64(), nullable=False),
+    pa.field("sha256", pa.string(), nullable=False),  # of the output file
+])

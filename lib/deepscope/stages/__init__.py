@@ -9,5 +9,6 @@ from deepscope.stages.pixels import Pixels
 from deepscope.stages.patches import Patches
 from deepscope.stages.saliency import Saliency
 from deepscope.stages.dissect import Dissect
+from deepscope.stages.stylize import Stylize
 
-STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Map, Patches, Saliency, Dissect,)}
+STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Map, Patches, Saliency, Dissect, Stylize,)}

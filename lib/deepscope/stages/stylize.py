@@ -1,0 +1,302 @@
+"""Stylize: every image of a dataset through a trained fast style network, as image files.
+
+The style network is read on the driver (prepare) and shipped to the model actors inside the
+stage object, so actors on other nodes need no access to the file; each actor builds it once,
+on its first batch. Images are re-read at full resolution on the actor (the pipeline's decoded
+pixels are the loss/base model's 224 px centre crop, the wrong picture to stylize), stylized at
+their original size or a given longer side, and encoded there; the encoded bytes travel back as
+a column and the runner writes them with `part_files` before the partition's table, so a
+recorded part implies its images, and a retried part rewrites the same names.
+
+The job's [model] (lite0 by default) is not used: the mapper runs it once per batch anyway (a
+224 px forward, a few percent of a 512 px stylization); the style network was trained against
+its own loss network, recorded in the network file.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import io
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field, model_validator
+
+from deepscope.errors import UserError
+from deepscope.io import schemas
+from deepscope.stages.base import Stage, StageConfig
+
+IMAGES = "stylized/images"
+BLEND_STEPS = 5  # images in the report's strip of blends between two styles
+
+
+class TrainSection(StageConfig):
+    """Train the network first when `style_model` does not exist (the demo's one-job recipe)."""
+
+    styles: list[str]  # image files or skimage:NAME
+    steps: int = Field(300, ge=1)
+    size: int = Field(128, ge=16)
+    batch_size: int = Field(4, ge=1)
+    widths: tuple[int, int, int] = (16, 32, 64)
+    res_blocks: int = Field(3, ge=0)
+    style_weight: float = 10.0
+    lr: float = 2e-3
+    model: str = "lite0"
+
+
+class StylizeConfig(StageConfig):
+    style_model: str  # a network file from `deepscope style-train`
+    style: int | str | None = None  # index or name; default the first style
+    blend: list[float] | None = None  # weights over the network's styles (instead of style)
+    size: int = Field(0, ge=0)  # longer side of the output; 0 keeps the original size
+    format: Literal["jpeg", "png"] = "jpeg"
+    quality: int = Field(90, ge=1, le=100)
+    half: bool = False  # fp16 style network on GPU (ignored on CPU)
+    train: TrainSection | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self):
+        if self.style is not None and self.blend is not None:
+            raise ValueError("give style or blend, not both")
+        return self
+
+
+def output_name(item_id: str, fmt: str) -> str:
+    """The input's relative path, with the output format's extension appended unless it has it."""
+    rel = str(item_id).replace("\\", "/").lstrip("/")
+    rel = "/".join(p for p in rel.split("/") if p not in ("", ".", ".."))  # never outside the folder
+    ext = {"jpeg": (".jpg", ".jpeg"), "png": (".png",)}[fmt]
+    return f"{IMAGES}/{rel}" if rel.lower().endswith(ext) else f"{IMAGES}/{rel}{ext[0]}"
+
+
+def stylize_images(net, images: list, weights: torch.Tensor, device, half: bool = False) -> list:
+    """PIL images -> stylized uint8 arrays (H, W, 3); images of one size go through together."""
+    from deepscope.algos.style_net import to_image
+
+    out = [None] * len(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.size, []).append(i)
+    for idx in groups.values():
+        x = torch.stack([torch.from_numpy(np.asarray(images[i], dtype=np.uint8).copy()).permute(2, 0, 1) for i in idx])
+        x = x.to(device).float().div_(255)
+        if half and device.type == "cuda":
+            x = x.half()
+        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+            y = to_image(net(x, weights[: len(idx)].to(x.dtype)))
+            y = (y.mul_(255).add_(0.5).clamp_(0, 255)).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for j, i in enumerate(idx):
+            out[i] = y[j]
+    return out
+
+
+class Stylize(Stage):
+    name = "stylize"
+    Config = StylizeConfig
+
+    def __init__(self, config, job):
+        super().__init__(config, job)
+        self.model_bytes: bytes | None = None  # set by prepare() on the driver, shipped to the actors
+        self._net = None
+
+    def fingerprint(self):
+        return self.config.model_dump(mode="json", exclude={"train"})
+
+    def prepare(self, store):
+        from deepscope.algos import style_net as sn
+
+        path = Path(self.config.style_model)
+        if not path.exists() and self.config.train is not None:
+            self._train(path)
+        if not path.exists():
+            raise UserError(f"style model not found: {path} (train one with `deepscope style-train`)")
+        data = path.read_bytes()
+        try:
+            net, _ = sn.from_bytes(data)
+            self.weights_for(net.config, 1)
+        except ValueError as e:
+            raise UserError(f"{path}: {e}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        for part, entry in store.parts(self.name).items():  # a folder never mixes two networks
+            import pyarrow.parquet as pq
+            meta = pq.read_schema(store.path(entry["file"])).metadata or {}
+            old = meta.get(b"deepscope.style_model_sha256", b"").decode()
+            if old and old != digest:
+                raise UserError(f"{store.root}/stylize was made with another version of {path}; "
+                                f"delete {store.root / 'stylize'} and {store.root / IMAGES} or use another --out")
+            break
+        self.model_bytes, self.model_sha256 = data, digest
+
+    def _train(self, path: Path):
+        from deepscope.runner import log
+        from deepscope.style_train import TrainConfig, train
+
+        t = self.config.train
+        log(f"stylize: {path} does not exist; training it on {self.job.dataset.source} first")
+        train(TrainConfig(styles=t.styles, content=self.job.dataset.source, model=t.model, size=t.size,
+                          style_size=t.size * 2, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
+                          style_weight=t.style_weight, widths=t.widths, res_blocks=t.res_blocks),
+              str(path), checkpoint_every=100)
+
+    def weights_for(self, config, n: int, device=None) -> torch.Tensor:
+        from deepscope.algos.style_net import style_weights
+
+        return style_weights(config, n, self.config.style, self.config.blend, device)
+
+    def style_label(self, config) -> str:
+        from deepscope.algos.style_net import style_index
+
+        if self.config.blend is None:
+            return config.styles[style_index(config, self.config.style)]
+        total = sum(self.config.blend)
+        return "blend(" + ",".join(f"{s}={w / total:.3g}" for s, w in zip(config.styles, self.config.blend)) + ")"
+
+    # -- on the model actors ------------------------------------------------------------
+    def _network(self, device):
+        if self._net is None:  # built once per actor, on its first batch
+            from deepscope.algos import style_net as sn
+            from deepscope.mapper import device_for_actor
+
+            net, _ = sn.from_bytes(self.model_bytes)
+            dev = device_for_actor() if device is None else device
+            net = net.to(dev)
+            if self.config.half and dev.type == "cuda":
+                net = net.half()
+            self._net = (net, dev, self.style_label(net.config))
+        return self._net
+
+    def map_batch(self, model, x, taps, rows):
+        from PIL import Image
+
+        from deepscope.io.decode import decode
+        from deepscope.io.sources import read_bytes
+        from deepscope.style_train import encode
+
+        net, device, label = self._network(x.device)
+        images = []
+        for path in rows["path"]:
+            img, _, _ = decode(read_bytes(str(path)), draft_size=self.config.size or None)
+            if self.config.size:
+                s = self.config.size / max(img.size)
+                img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.Resampling.LANCZOS)
+            images.append(img)
+        weights = self.weights_for(net.config, len(images), device)
+        outs = stylize_images(net, images, weights, device, self.config.half)
+        data = [encode(Image.fromarray(a), self.config.format, self.config.quality) for a in outs]
+        image = np.empty(len(data), dtype=object)  # one bytes object per row (np.array(data) could not hold them)
+        image[:] = data
+        return {"image": image,
+                "out_width": np.array([a.shape[1] for a in outs], np.int32),
+                "out_height": np.array([a.shape[0] for a in outs], np.int32),
+                "sha256": np.array([hashlib.sha256(d).hexdigest() for d in data], dtype=object),
+                "style": np.array([label] * len(data), dtype=object)}
+
+    # -- on the driver --------------------------------------------------------------------
+    def part_files(self, part, rows):
+        return {output_name(i, self.config.format): bytes(d)
+                for i, d in zip(rows["id"], rows.get("image", []))}
+
+    def part_table(self, rows):
+        n = len(rows["id"])
+        images = rows.get("image", [])
+        t = pa.table({
+            "id": pa.array([str(i) for i in rows["id"]], pa.string()),
+            "path": pa.array([str(p) for p in rows["path"]], pa.string()),
+            "output": pa.array([output_name(i, self.config.format) for i in rows["id"]], pa.string()),
+            "style": pa.array([str(s) for s in rows.get("style", [])], pa.string()),
+            "width": pa.array(rows.get("out_width", np.zeros(0, np.int32)), pa.int32()),
+            "height": pa.array(rows.get("out_height", np.zeros(0, np.int32)), pa.int32()),
+            "bytes": pa.array([len(d) for d in images], pa.int64()),
+            "sha256": pa.array([str(s) for s in rows.get("sha256", [])], pa.string()),
+        }, schema=schemas.STYLIZED)
+        assert t.num_rows == n
+        return t.replace_schema_metadata({"deepscope.style_model_sha256": getattr(self, "model_sha256", "")})
+
+    def finish(self, store, log):
+        from deepscope.algos import style_net as sn
+
+        rows, pixels, styles = 0, 0, set()
+        sample: list[tuple[str, str]] = []
+        rest: list[tuple[str, str]] = []
+        for _, t in store.iter_parts(self.name, columns=["path", "output", "style", "width", "height"]):
+            rows += t.num_rows
+            pixels += int(np.sum(np.asarray(t.column("width"), np.int64) * np.asarray(t.column("height"), np.int64)))
+            styles.update(t.column("style").to_pylist())
+            pairs = list(zip(t.column("path").to_pylist(), t.column("output").to_pylist()))
+            sample += pairs[:1]  # one per partition first, so the figure spans the dataset
+            rest += pairs[1:8]
+        data = self.model_bytes
+        if data is None and Path(self.config.style_model).exists():  # nothing was pending: no prepare()
+            data = Path(self.config.style_model).read_bytes()
+        net, meta = sn.from_bytes(data) if data else (None, {})
+        figure = self._figure(store, (sample[::max(1, len(sample) // 8)] + rest)[:8], net)
+        if rows:
+            store.write_table("stylized.parquet", store.read(self.name))
+        log(f"stylize: {rows} images, {pixels / 1e6:.1f} Mpx, style {', '.join(sorted(styles))} -> "
+            f"{store.root / IMAGES}")
+        return {"images": rows, "megapixels": round(pixels / 1e6, 2), "styles": sorted(styles),
+                "network_styles": net.config.styles if net else [], "model": self.config.style_model,
+                "model_sha256": getattr(self, "model_sha256", ""), "loss_network": meta.get("train", {}).get("model"),
+                "figure": figure, "table": "stylized.parquet", "folder": IMAGES}
+
+    def _figure(self, store, sample, net) -> str | None:
+        """Sources beside their stylized versions, and for a multi-style network the strip of blends
+        between its first two styles on the first image."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        from deepscope.io.decode import decode
+        from deepscope.io.sources import read_bytes
+
+        pairs = []
+        for src, out in sample:
+            try:
+                a, _, _ = decode(read_bytes(src))
+                pairs.append((a, Image.open(store.path(out)).convert("RGB")))
+            except Exception:
+                continue
+        if not pairs:
+            return None
+        blends = []
+        if net is not None and net.config.n_styles >= 2:
+            img = pairs[0][0].copy()
+            img.thumbnail((256, 256))
+            for k in range(BLEND_STEPS):
+                a = 1 - k / (BLEND_STEPS - 1)
+                w = torch.zeros(1, net.config.n_styles)
+                w[0, 0], w[0, 1] = a, 1 - a
+                blends.append((f"{net.config.styles[0]} {a:.2f} / {net.config.styles[1]} {1 - a:.2f}",
+                                stylize_images(net, [img], w, torch.device("cpu"))[0]))
+        cols = max(len(pairs), len(blends))
+        rows = 2 + (1 if blends else 0)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for j, (a, b) in enumerate(pairs):
+            axes[0, j].imshow(a)
+            axes[1, j].imshow(b)
+        axes[0, 0].set_title("sources", loc="left", fontsize=9)
+        axes[1, 0].set_title("stylized", loc="left", fontsize=9)
+        for j, (title, arr) in enumerate(blends):
+            axes[2, j].imshow(arr)
+            axes[2, j].set_title(title, fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        rel = "report/stylize.png"
+        store.write_file(rel, buf.getvalue())
+        return rel
+
+    def report(self, store):
+        s = store.summary(self.name) or {}
+        img = (f"<img class=grid loading=lazy src=\"../{html.escape(s['figure'])}\">" if s.get("figure") else "")
+        return (f"<p>{s.get('images', 0)} images ({s.get('megapixels', 0)} Mpx) stylized with "
+                f"<code>{html.escape(str(s.get('model')))}</code> (styles {html.escape(', '.join(s.get('network_styles', [])))};"
+                f" used: {html.escape(', '.join(s.get('styles', [])))}), in <code>{IMAGES}/</code>, listed in "
+                f"<code>stylized.parquet</code>.</p>{img}")
