@@ -77,6 +77,7 @@ class ModelMapper:
         self.model.module = module
         self.stages = stages  # the driver's stage objects, with any state their prepare() computed
         self.layers = sorted({layer for s in self.stages for layer in s.layers()})
+        self.forward = bool(self.layers) or any(s.uses_model and not s.needs_grad for s in self.stages)
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.job.run.precision)
         self.fault_rate = float(os.environ.get(FAULT_ENV, "0") or 0)
         self.slow_s = float(os.environ.get(SLOW_ENV, "0") or 0)
@@ -96,7 +97,7 @@ class ModelMapper:
         out = {}
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                                      enabled=self.autocast is not None):
-            _, taps = forward_with_taps(self.model, x, self.layers)
+            _, taps = forward_with_taps(self.model, x, self.layers) if self.forward else (None, {})
             for s in self.stages:
                 if not s.needs_grad:
                     for k, v in s.map_batch(self.model, x, taps, rows).items():

@@ -24,6 +24,8 @@ class Stage:
     Config: ClassVar[type[StageConfig]]
     needs_grad: ClassVar[bool] = False  # True: map_batch runs outside inference mode
     pipeline: ClassVar[bool] = True  # False: a post stage (index, map): only finish(), on earlier outputs
+    uses_model: ClassVar[bool] = True  # False: the stage brings its own network (stylize); a pass of
+    #                                    such stages only skips the job model's forward pass
     phase: ClassVar[int] = 1  # pipeline stages of a later phase run after every earlier phase finished
 
     def __init__(self, config: StageConfig, job):

@@ -96,6 +96,7 @@ def stylize_images(net, images: list, weights: torch.Tensor, device, half: bool 
 class Stylize(Stage):
     name = "stylize"
     Config = StylizeConfig
+    uses_model = False  # its own network; the job's [model] forward is skipped when nothing else needs it
 
     def __init__(self, config, job):
         super().__init__(config, job)
