@@ -80,8 +80,9 @@ COMMAND_MODULES = [
     "deepscope.submit",
     "deepscope.visualize_units",
     "deepscope.stages.saliency",
-    "deepscope.stages.dissect",
     "deepscope.style_commands",
+    "deepscope.stages.dissect",
+    "deepscope.optimize",
 ]
 
 

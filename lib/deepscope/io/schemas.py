@@ -223,3 +223,62 @@ STYLIZED = pa.schema([
     pa.field("bytes", pa.int64(), nullable=False),
     pa.field("sha256", pa.string(), nullable=False),  # of the output file
 ])
+
+# visualize/<part>.parquet: one picture per class or unit (gradient ascent), PNG under visualize/images/
+VISUALIZE = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # "class" or "unit"
+    pa.field("target", pa.int32(), nullable=False),  # class index or channel
+    pa.field("name", pa.string()),  # class name (classes of a model with names)
+    pa.field("image", pa.string(), nullable=False),  # PNG path relative to the output folder
+    pa.field("start", pa.float32()),  # target score on the initial image
+    pa.field("score", pa.float32()),  # target score on the final 8-bit picture
+    pa.field("top1", pa.int32()),  # the model's prediction on the picture
+])
+
+# dream/<part>.parquet: one DeepDream picture per image, PNG under dream/images/
+DREAM = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("image", pa.string(), nullable=False),
+    pa.field("energy_start", pa.float32()),  # 1/2 ||a||^2 at the layer, model input before and after
+    pa.field("energy_end", pa.float32()),
+])
+
+# invert/<part>.parquet: one reconstruction per (image, layer), PNG under invert/images/
+INVERT = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("image", pa.string(), nullable=False),
+    pa.field("feature_error", pa.float32()),  # ||phi(x*) - phi0||^2 / ||phi0||^2
+    pa.field("pixel_rmse", pa.float32()),  # RMS difference to the model input, pixels in [0, 1]
+])
+
+
+def robustness(n_eps: int) -> pa.Schema:
+    """robustness/<part>.parquet: per image, the smallest listed eps that changes its prediction."""
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("pred", pa.int32(), nullable=False),  # clean prediction
+        pa.field("margin", pa.float32()),  # clean top-1 minus top-2 logit
+        pa.field("min_eps", pa.float32()),  # null: no listed eps changed it
+        pa.field("adv_pred", pa.int32()),  # prediction at min_eps (null: none)
+        pa.field("changed", pa.list_(pa.bool_(), n_eps)),  # per listed eps (ascending): min_eps <= eps
+        pa.field("adversarial", pa.string()),  # PNG at min_eps, relative to the output folder (null: none)
+        pa.field("universal_pred", pa.int32()),  # prediction with the universal perturbation (null: off)
+    ])
+
+
+# robustness_classes.parquet: share of images changed at each eps, per class
+ROBUSTNESS_CLASSES = pa.schema([
+    pa.field("group", pa.string(), nullable=False),  # "(all)", the label, else the clean class name
+    pa.field("images", pa.int64(), nullable=False),
+    pa.field("eps", pa.list_(pa.float32()), nullable=False),
+    pa.field("changed_share", pa.list_(pa.float32()), nullable=False),
+    pa.field("universal_share", pa.float32()),  # share flipped by the universal perturbation (null: off)
+])

@@ -10,5 +10,9 @@ from deepscope.stages.patches import Patches
 from deepscope.stages.saliency import Saliency
 from deepscope.stages.dissect import Dissect
 from deepscope.stages.stylize import Stylize
+from deepscope.stages.dream import Dream
+from deepscope.stages.invert import Invert
+from deepscope.stages.robustness import Robustness
+from deepscope.stages.visualize import Visualize
 
-STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Map, Patches, Saliency, Dissect, Stylize,)}
+STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Map, Patches, Saliency, Dissect, Stylize, Dream, Invert, Robustness, Visualize,)}

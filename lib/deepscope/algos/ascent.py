@@ -1,0 +1,244 @@
+"""Class and unit visualization by gradient ascent (Simonyan et al. 2014; Yosinski et al. 2015).
+
+Find an image x that maximizes a target's score S(x) - l2 * ||x||^2, where the target is a class
+(its unnormalized score, the logit) or a unit of a layer (its mean activation, or its activation
+at the centre position).  Each item of a batch has its own target, so a layer's 1,280 units are
+visualized in batches.
+
+Regularizers (the lecture's "better regularizers"), applied to the image after each step:
+  jitter        a random shift of the image before each step, undone after it (Mordvintsev 2015)
+  blur          a periodic Gaussian blur: removes the high frequencies that ascent adds
+  value_clip    pixels whose norm (over RGB, from the mean colour) is in the lowest quantile -> 0
+  grad_clip     pixels whose contribution |sum_c x * dS/dx| is in the lowest quantile -> 0
+Plain ascent (all off) gives noise-like fooling images; the defaults give natural-looking ones.
+
+param = "fourier": the image is parameterized by a scaled Fourier spectrum of decorrelated colours
+(Olah et al. 2017, as in Lucid), optimized by Adam; jitter and L2 apply, blur and clipping do not
+(the 1/f spectrum scaling already favours low frequencies).
+
+Randomness (initial image, jitter) comes from one generator per item, seeded by (seed, target),
+and steps are normalized per item (the gradient's RMS): a batch computes the same pictures as its
+targets one at a time.  Only float summation order differs (CPU convolutions sum differently for
+another batch size); long runs at full size can amplify it into different details (docs/optimize.md).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torchvision.transforms.functional import gaussian_blur
+
+from deepscope.models.taps import LayerTaps
+
+# Lucid's colour correlation of ImageNet (square root of its covariance, by SVD): a decorrelated
+# colour space in which independent noise looks like natural colour noise
+COLOR_CORRELATION = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR_CORRELATION = COLOR_CORRELATION / COLOR_CORRELATION.norm(dim=0).max()
+
+
+@dataclass(frozen=True)
+class AscentSettings:
+    steps: int = 100
+    lr: float = 0.06  # pixel param: RMS of each step, normalized input units; fourier: Adam at lr / 2
+    l2: float = 1e-3  # weight of ||x||^2 (normalized input) subtracted from the score
+    blur_every: int = 4  # steps between blurs; 0: off
+    blur_sigma: float = 0.5  # Gaussian sigma, pixels
+    value_clip: float = 0.0  # quantile of pixels with the smallest norm set to the mean colour; 0: off
+    grad_clip: float = 0.0  # quantile of pixels with the smallest contribution set to the mean colour; 0: off
+    jitter: int = 8  # largest random shift, pixels; 0: off
+    param: Literal["pixel", "fourier"] = "pixel"
+    position: Literal["mean", "center"] = "mean"  # unit objective: spatial mean, or the centre position
+    size: int | None = None  # image side (default: the model's crop)
+    seed: int = 0
+
+
+PLAIN = dict(l2=0.0, blur_every=0, value_clip=0.0, grad_clip=0.0, jitter=0)  # plain ascent: fooling images
+
+
+@dataclass
+class AscentResult:
+    pixels: np.ndarray  # uint8 (N, 3, H, W): the pictures, exactly as written to PNG
+    start: np.ndarray  # float32 (N,): the target's score on the initial image
+    score: np.ndarray  # float32 (N,): the target's score on the final 8-bit picture
+    top1: np.ndarray  # int64 (N,): the model's prediction on the final 8-bit picture
+
+
+# ---------------------------------------------------------------------------- shared helpers
+
+def item_generators(seeds: list[int]) -> list[torch.Generator]:
+    gens = []
+    for s in seeds:
+        g = torch.Generator()
+        g.manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF)
+        gens.append(g)
+    return gens
+
+
+def item_seed(seed: int, kind: str, target: int) -> int:
+    """Each picture's random stream depends on what it shows, not on its place in a batch."""
+    return seed * 1_000_003 + (0 if kind == "class" else 500_000) + int(target)
+
+
+def random_shifts(gens: list[torch.Generator], jitter: int) -> list[tuple[int, int]]:
+    if jitter <= 0:
+        return [(0, 0)] * len(gens)
+    return [tuple(int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g)) for g in gens]
+
+
+def roll(x: torch.Tensor, shifts: list[tuple[int, int]], sign: int = 1) -> torch.Tensor:
+    """Shift each item of x by its own (dy, dx), wrapping around (sign=-1 undoes it)."""
+    if all(s == (0, 0) for s in shifts):
+        return x
+    return torch.stack([torch.roll(x[i], (sign * dy, sign * dx), dims=(-2, -1)) for i, (dy, dx) in enumerate(shifts)])
+
+
+def autocast(device: torch.device, amp: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp, enabled=True) if amp is not None else contextlib.nullcontext()
+
+
+def model_device(loaded) -> torch.device:
+    p = next(iter(loaded.module.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def pixel_bounds(transform, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid range of the normalized input, per channel: the images of pixels 0 and 1."""
+    mean = torch.tensor(transform.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(transform.std, device=device).view(1, 3, 1, 1)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def to_uint8(pixels01: torch.Tensor) -> torch.Tensor:
+    return pixels01.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def target_score(act: torch.Tensor, targets: torch.Tensor, position: str = "mean") -> torch.Tensor:
+    """(N,) the score of each item's target: a column of (N, C), or a channel of (N, C, H, W)
+    averaged over positions (mean) or taken at the centre position."""
+    act = act.float()
+    if act.ndim == 2:
+        return act.gather(1, targets[:, None])[:, 0]
+    chan = act[torch.arange(len(act), device=act.device), targets]
+    if chan.ndim == 1:
+        return chan
+    chan = chan.flatten(2) if chan.ndim > 3 else chan
+    if position == "center":
+        return chan[:, chan.shape[1] // 2, chan.shape[2] // 2] if chan.ndim == 3 else chan[:, chan.shape[1] // 2]
+    return chan.flatten(1).mean(1)
+
+
+def scores(loaded, x: torch.Tensor, layer: str, targets: torch.Tensor, position: str = "mean",
+           amp: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target scores (N,), logits) for normalized input x; differentiable when x requires grad."""
+    with LayerTaps(loaded, [layer], detach=False) as taps, autocast(x.device, amp):
+        logits = taps.forward(x)
+    return target_score(taps.outputs[layer], targets, position), logits.float()
+
+
+# ---------------------------------------------------------------------------- regularizers
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    k = 2 * int(np.ceil(2 * sigma)) + 1
+    return gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+def clip_small_values(x: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Set to 0 (the mean colour of the normalized input) the pixels whose RGB norm is in each
+    image's lowest `quantile`."""
+    if quantile <= 0:
+        return x
+    norm = x.norm(dim=1)  # (N, H, W)
+    cut = torch.quantile(norm.flatten(1), quantile, dim=1).view(-1, 1, 1)
+    return x * (norm >= cut)[:, None]
+
+
+def clip_small_contributions(x: torch.Tensor, grad: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Set to 0 the pixels whose contribution |sum_c x * grad| (a first-order estimate of how much
+    the score would drop if the pixel became the mean colour) is in each image's lowest `quantile`."""
+    if quantile <= 0:
+        return x
+    contrib = (x * grad).sum(1).abs()
+    cut = torch.quantile(contrib.flatten(1), quantile, dim=1).view(-1, 1, 1)
+    return x * (contrib >= cut)[:, None]
+
+
+# ---------------------------------------------------------------------------- Fourier parameterization
+
+def _frequencies(h: int, w: int, device) -> torch.Tensor:
+    fy = torch.fft.fftfreq(h, device=device)[:, None]
+    fx = torch.fft.rfftfreq(w, device=device)[None, :]
+    return torch.sqrt(fx * fx + fy * fy)
+
+
+def fourier_image(spectrum: torch.Tensor, h: int, w: int, decay: float = 1.0) -> torch.Tensor:
+    """(N, 3, h, w//2+1, 2) spectrum of decorrelated colours -> pixels in [0, 1] (N, 3, h, w)."""
+    scale = 1.0 / torch.clamp(_frequencies(h, w, spectrum.device), min=1.0 / max(h, w)) ** decay
+    scale = scale * np.sqrt(h * w) / max(h, w)
+    img = torch.fft.irfft2(torch.view_as_complex(spectrum) * scale, s=(h, w), norm="ortho")
+    img = torch.einsum("nchw,dc->ndhw", img, COLOR_CORRELATION.to(img.device))
+    return torch.sigmoid(img)
+
+
+# ---------------------------------------------------------------------------- ascent
+
+def visualize(loaded, layer: str, targets: list[int], settings: AscentSettings = AscentSettings(),
+              kind: str = "class", amp: torch.dtype | None = None) -> AscentResult:
+    """Pictures that maximize each target of `layer` (kind "class": the logits, or "unit")."""
+    s = settings
+    device = model_device(loaded)
+    tf = loaded.transform
+    size = s.size or tf.crop
+    t = torch.tensor(targets, dtype=torch.long, device=device)
+    gens = item_generators([item_seed(s.seed, kind, v) for v in targets])
+    lo, hi = pixel_bounds(tf, device)
+    mean = torch.tensor(tf.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(tf.std, device=device).view(1, 3, 1, 1)
+
+    if s.param == "fourier":
+        spec = torch.stack([torch.randn(3, size, size // 2 + 1, 2, generator=g) * 0.01 for g in gens]).to(device)
+        spec.requires_grad_(True)
+        opt = torch.optim.Adam([spec], lr=s.lr / 2)
+
+        def image() -> torch.Tensor:  # normalized input
+            return (fourier_image(spec, size, size) - mean) / std
+    else:
+        # a grey image with a little noise, in the normalized input space
+        init = torch.stack([0.5 + 0.1 * torch.randn(3, size, size, generator=g) for g in gens]).to(device)
+        x = ((init.clamp(0, 1) - mean) / std).requires_grad_(True)
+
+        def image() -> torch.Tensor:
+            return x
+
+    with torch.no_grad():
+        start = scores(loaded, image().detach(), layer, t, s.position, amp)[0]
+
+    for step in range(s.steps):
+        shifts = random_shifts(gens, s.jitter)
+        img = image()
+        score, _ = scores(loaded, roll(img, shifts), layer, t, s.position, amp)
+        objective = score - s.l2 * img.pow(2).flatten(1).sum(1)
+        if s.param == "fourier":
+            opt.zero_grad()
+            (-objective.sum()).backward()
+            opt.step()
+            continue
+        grad, = torch.autograd.grad(objective.sum(), x)
+        with torch.no_grad():
+            rms = grad.pow(2).flatten(1).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
+            x += s.lr * grad / rms
+            x.copy_(torch.max(torch.min(x, hi), lo))
+            if s.blur_every and (step + 1) % s.blur_every == 0:
+                x.copy_(blur(x, s.blur_sigma))
+            if s.value_clip:
+                x.copy_(clip_small_values(x, s.value_clip))
+            if s.grad_clip:
+                x.copy_(clip_small_contributions(x, grad, s.grad_clip))
+
+    with torch.no_grad():
+        pixels = to_uint8(image() * std + mean)
+        final, logits = scores(loaded, tf.normalize(pixels), layer, t, s.position, amp)
+    return AscentResult(pixels.cpu().numpy(), start.float().cpu().numpy(), final.float().cpu().numpy(),
+                        logits.argmax(1).cpu().numpy())

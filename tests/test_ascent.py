@@ -1,0 +1,116 @@
+"""Seeing by optimization: class/unit ascent, its regularizers, DeepDream and feature inversion,
+against known answers (lite0's real weights where the claim is about a trained network)."""
+import numpy as np
+import pytest
+import torch
+
+from deepscope.algos import ascent
+from deepscope.algos.ascent import AscentSettings, visualize
+from deepscope.algos.dream import DreamSettings, dream, dream_energy
+from deepscope.algos.invert import InvertSettings, invert, total_variation
+from deepscope.models.registry import load_model
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_model("lite0")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, lite0):
+    """One real photo at the model's input: uint8 (1, 3, 224, 224)."""
+    from deepscope.demo_data import make_demo_data
+    from deepscope.optimize import model_input
+
+    root = tmp_path_factory.mktemp("photo")
+    make_demo_data(root, per_photo=1)
+    return model_input(lite0, str(sorted(root.glob("chelsea/*"))[0]))
+
+
+def test_class_ascent_reaches_class_and_survives_blur_and_shift(lite0):
+    targets = [1, 130]  # goldfish, flamingo
+    r = visualize(lite0, "logits", targets, AscentSettings(steps=30, size=128))
+    assert (r.score - r.start > 20).all(), (r.start, r.score)  # from ~0 to far above
+    assert r.top1.tolist() == targets
+    # the picture on disk: the 8-bit pixels, normalized, predicted as the target
+    x = lite0.transform.normalize(torch.from_numpy(r.pixels))
+    with torch.no_grad():
+        assert lite0.module(x).argmax(1).tolist() == targets
+        assert lite0.module(ascent.blur(x, 0.5)).argmax(1).tolist() == targets
+        assert lite0.module(torch.roll(x, (3, 3), (2, 3))).argmax(1).tolist() == targets
+
+
+def test_batch_equals_one_at_a_time(lite0):
+    s = AscentSettings(steps=3, size=64, seed=7, value_clip=0.1, grad_clip=0.1)
+    targets = [3, 11, 5]
+    batch = visualize(lite0, "_blocks.4", targets, s, kind="unit")
+    for i, t in enumerate(targets):
+        one = visualize(lite0, "_blocks.4", [t], s, kind="unit")
+        diff = np.abs(one.pixels[0].astype(int) - batch.pixels[i].astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.01  # the same picture (float sums may round 1 level apart)
+        assert one.score[0] == pytest.approx(batch.score[i], rel=1e-3, abs=1e-3)
+    # and the seed matters: another seed, another picture
+    other = visualize(lite0, "_blocks.4", targets[:1], AscentSettings(steps=3, size=64, seed=8), kind="unit")
+    assert np.abs(other.pixels[0].astype(int) - batch.pixels[0].astype(int)).mean() > 1
+
+
+def test_unit_ascent_raises_the_unit(lite0):
+    r = visualize(lite0, "_blocks.6", [2, 9], AscentSettings(steps=3, size=48, position="center"), kind="unit")
+    assert (r.score > r.start).all()
+    f = visualize(lite0, "_blocks.6", [2], AscentSettings(steps=3, size=48, param="fourier"), kind="unit")
+    assert f.score[0] > f.start[0] and f.pixels.shape == (1, 3, 48, 48)
+
+
+def test_blur_lowers_high_frequency_energy():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+
+    def high(img):  # spectral energy above half the Nyquist frequency
+        f = torch.fft.fft2(img).abs() ** 2
+        fy, fx = torch.fft.fftfreq(32).abs()[:, None], torch.fft.fftfreq(32).abs()[None, :]
+        return float(f[..., (fy > 0.25) | (fx > 0.25)].sum())
+
+    assert high(ascent.blur(x, 1.0)) < 0.2 * high(x)
+    assert ascent.blur(torch.full((1, 3, 8, 8), 0.3), 1.0).allclose(torch.full((1, 3, 8, 8), 0.3))  # flat stays flat
+
+
+def test_clipping_zeroes_exactly_the_small_pixels():
+    # 16 pixels with RGB norms 1..16 (all channels equal: norm = v * sqrt(3))
+    v = torch.arange(1, 17, dtype=torch.float32).view(1, 1, 4, 4).repeat(1, 3, 1, 1)
+    out = ascent.clip_small_values(v, 0.25)
+    zeroed = (out == 0).all(1)[0]
+    assert zeroed.sum() == 4 and (v[0, 0][zeroed] <= 4).all() and torch.equal(out[:, :, ~zeroed], v[:, :, ~zeroed])
+    # contributions |sum_c x * g|: a gradient that reverses the order makes the LARGE values small
+    grad = 1.0 / v ** 2
+    out = ascent.clip_small_contributions(v, grad, 0.25)  # contribution = 3 / v: smallest for v = 13..16
+    zeroed = (out == 0).all(1)[0]
+    assert zeroed.sum() == 4 and (v[0, 0][zeroed] >= 13).all()
+    assert torch.equal(ascent.clip_small_values(v, 0.0), v)
+
+
+def test_jitter_roll_is_undone():
+    x = torch.randn(3, 3, 8, 8)
+    shifts = ascent.random_shifts(ascent.item_generators([1, 2, 3]), 3)
+    assert torch.equal(ascent.roll(ascent.roll(x, shifts), shifts, sign=-1), x)
+    assert shifts == ascent.random_shifts(ascent.item_generators([1, 2, 3]), 3)
+
+
+def test_dream_raises_layer_energy(lite0, photo):
+    x = torch.nn.functional.interpolate(photo.float() / 255, size=96, mode="bilinear", align_corners=False)
+    out = dream(lite0, x, "_blocks.6", DreamSettings(octaves=2, steps=3, jitter=4))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    with torch.no_grad():
+        assert dream_energy(lite0, out, "_blocks.6")[0] > 1.2 * dream_energy(lite0, x, "_blocks.6")[0]
+
+
+def test_early_layer_inverts_closer_than_late_layer(lite0, photo):
+    x = torch.nn.functional.interpolate(photo.float() / 255, size=64, mode="bilinear", align_corners=False)
+    s = InvertSettings(steps=15, lr=0.05)
+    err = {}
+    for layer in ("_blocks.1", "_blocks.10"):
+        rec, feat_err = invert(lite0, x, layer, s)
+        assert feat_err[0] < 0.9  # the features moved towards the image's
+        err[layer] = float((rec - x).pow(2).mean().sqrt())
+    assert err["_blocks.1"] < err["_blocks.10"], err
+    flat = torch.full((1, 3, 8, 8), 0.5)
+    assert total_variation(flat)[0] == 0 and total_variation(torch.rand(1, 3, 8, 8))[0] > 0
