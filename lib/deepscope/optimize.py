@@ -96,16 +96,9 @@ def layer_width(loaded, layer: str) -> int:
 
 def model_input(loaded, path: str) -> torch.Tensor:
     """The model's input pixels for an image file: uint8 (1, 3, crop, crop) after resize and crop."""
-    from deepscope.io.decode import DecodeError, decode
-    from deepscope.io.sources import read_bytes
+    from deepscope.io.decode import open_image
 
-    try:
-        rgb, _, _ = decode(read_bytes(path))
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except DecodeError as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(loaded.transform.geometry(rgb))[None]
+    return torch.from_numpy(loaded.transform.geometry(open_image(path)))[None]
 
 
 def write_index(out: str, title: str, body: str) -> None:

@@ -69,16 +69,9 @@ def load_style_image(spec: str) -> Image.Image:
         if a.dtype != np.uint8:
             a = (np.clip(a.astype(np.float64) / max(float(a.max()), 1e-9), 0, 1) * 255).astype(np.uint8)
         return Image.fromarray(a[:, :, :3])
-    from deepscope.io.decode import DecodeError, decode
-    from deepscope.io.sources import read_bytes
+    from deepscope.io.decode import open_image
 
-    try:
-        img, _, _ = decode(read_bytes(spec))
-    except FileNotFoundError:
-        raise UserError(f"style image not found: {spec}") from None
-    except DecodeError as e:
-        raise UserError(f"style image {spec}: {e}") from None
-    return img
+    return open_image(spec, "style image")
 
 
 def style_name(spec: str) -> str:

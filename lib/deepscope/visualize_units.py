@@ -93,18 +93,9 @@ def cmd_filters(a):
 
 def image_input(loaded, path: str) -> torch.Tensor:
     """One image file as the model's normalized input (1, 3, crop, crop)."""
-    from deepscope.io.decode import DecodeError, decode
-    from deepscope.io.sources import read_bytes
+    from deepscope.io.decode import open_image
 
-    try:
-        img, _, _ = decode(read_bytes(path))
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except OSError as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-    except DecodeError as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-    return loaded.transform.normalize(torch.from_numpy(loaded.transform.geometry(img))[None])
+    return loaded.transform.normalize(torch.from_numpy(loaded.transform.geometry(open_image(path)))[None])
 
 
 def feature_maps(loaded, x: torch.Tensor, layer: str) -> np.ndarray:

@@ -151,6 +151,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr...
 
 
+def open_image(path: str, what: str = "image") -> Image.Image:
+    """One image file a user named on the command line, as RGB; a missing or unreadable file is
+    one clear error line (UserError), not a traceback."""
+    from deepscope.errors import UserError
+
+    try:
+        rgb, _, _ = decode(read_bytes(path))
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (OSError, DecodeError) as e:
+        raise UserError(f"cannot read {what} {path}: {e}") from None
+    return rgb
+
+
 def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
                  limits: DecodeLimits) -> dict[str, np.ndarray]:
     """Ray Data map_batches function (numpy batch format).

@@ -19,6 +19,15 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def name_list(v, what: str) -> list:
+    """A job-file list given as a list or a comma-separated string: stripped, deduplicated, non-empty."""
+    if isinstance(v, str):
+        v = [s.strip() for s in v.split(",") if s.strip()]
+    if not v:
+        raise ValueError(f"name at least one {what}")
+    return list(dict.fromkeys(v))
+
+
 class Stage:
     name: ClassVar[str]
     Config: ClassVar[type[StageConfig]]

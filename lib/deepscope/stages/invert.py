@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from deepscope.algos.invert import InvertSettings, invert
 from deepscope.io import schemas
 from deepscope.optimize import file_stem, item_seed, png_bytes
-from deepscope.stages.base import Stage, StageConfig
+from deepscope.stages.base import Stage, StageConfig, name_list
 from deepscope.stages.dream import images_html
 
 
@@ -29,10 +29,7 @@ class InvertConfig(StageConfig):
     @field_validator("layers", mode="before")
     @classmethod
     def _split(cls, v):
-        v = [s.strip() for s in v.split(",")] if isinstance(v, str) else v
-        if not v:
-            raise ValueError("name at least one layer")
-        return list(dict.fromkeys(v))
+        return name_list(v, "layer")
 
 
 class Invert(Stage):

@@ -23,7 +23,7 @@ from deepscope.algos import saliency as sal
 from deepscope.algos.grabcut import grabcut_from_saliency, iou
 from deepscope.errors import UserError
 from deepscope.io import schemas
-from deepscope.stages.base import Stage, StageConfig
+from deepscope.stages.base import Stage, StageConfig, name_list
 
 Method = Literal["backprop", "guided", "integrated_gradients", "occlusion", "gradcam"]
 ALL = "(all)"
@@ -53,11 +53,7 @@ class SaliencyConfig(StageConfig):
     @field_validator("method", mode="before")
     @classmethod
     def _methods(cls, v):
-        if isinstance(v, str):
-            v = [m.strip() for m in v.split(",") if m.strip()]
-        if not v:
-            raise ValueError("name at least one method")
-        return list(dict.fromkeys(v))
+        return name_list(v, "method")
 
 
 class Saliency(Stage):
