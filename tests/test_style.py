@@ -147,6 +147,15 @@ def test_multi_style_blend_one_zero_is_exactly_style_a(tmp_path):
         assert torch.equal(net2(x, sn.style_weights(net.config, 2, blend=[0.3, 0.7])),
                            net(x, sn.style_weights(net.config, 2, blend=[0.3, 0.7])))
         torch.testing.assert_close(scripted(x, sn.style_weights(net.config, 2, "b")), b.clamp(0, 1))
+    # ONNX, run by onnxruntime at another size than the export's example (dynamic height and width)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(sn.onnx_bytes(net), providers=["CPUExecutionProvider"])
+    w = sn.style_weights(net.config, 2, blend=[0.3, 0.7])
+    (got,) = session.run(None, {"image": x.numpy(), "style_weights": w.numpy()})
+    with torch.no_grad():
+        want = net(x, w).clamp(0, 1)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
 
 
 def _stylize_job(data, out, model_path, **cfg):

@@ -91,7 +91,8 @@ class StyleNet(nn.Module):
         h, wd = x.shape[-2:]
         # two stride-2 steps: pad to a multiple of 4 so the output has the input's size exactly
         ph, pw = (-h) % 4, (-wd) % 4
-        y = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+        # always pad (by 0 when already a multiple): a traced export must keep the op for other sizes
+        y = F.pad(x, (0, pw, 0, ph), mode="reflect")
         for m in self.down:
             y = m(y, w)
         for m in self.res:
