@@ -67,6 +67,9 @@ def _configure_ray_data() -> None:
     # Ray bundles blocks until 1 MiB before handing them on; feature rows are a few KiB, so
     # results would arrive in large lumps (and parts be written late). Stream smaller bundles.
     ctx.target_min_block_size = 64 * 1024
+    # Model actors hold a model and its activations (GiBs) by design; Ray's high-memory detector
+    # would repeat a warning about it every 30 s. The hanging-task detector stays on.
+    ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
 
@@ -304,11 +307,12 @@ def execute(job, stages, pending, store, loaded) -> int:
                         runtime_env={"env_vars": test_env} if test_env else None)
 
     collector = PartCollector(pending)
-    done = failed = 0
+    done = failed = received = 0
     t0 = last = time.time()
     timings = defaultdict(float)
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
         batch = from_arrow(table)
+        received += len(batch["id"])
         timings["decode_ms"] += float(np.sum(batch.get("decode_ms", 0)))
         timings["infer_ms"] += float(np.sum(batch.get("infer_ms", 0)))
         for part, rows in collector.add(batch):
@@ -327,7 +331,8 @@ def execute(job, stages, pending, store, loaded) -> int:
             failed += int((~ok).sum())
         if time.time() - last > 5:
             last = time.time()
-            log(f"  {done}/{total} images written, {failed} failed, {done / (last - t0):.1f} img/s")
+            log(f"  {min(received, total)}/{total} images through the model, {done} written, {failed} failed, "
+                f"{received / (last - t0):.1f} img/s")
     if collector.expected:
         raise RuntimeError(f"the pipeline ended with {len(collector.expected)} partitions incomplete; run again to resume")
     log(f"  {done}/{total} images written, {failed} failed in {time.time() - t0:.1f} s; "
