@@ -60,12 +60,9 @@ def parse_targets(text: str, count: int, what: str) -> list[int]:
     text = (text or "").strip()
     if text == "all":
         return list(range(count))
-    out = []
-    for piece in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", piece)
-        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
-            raise UserError(f"bad --{what} {text!r}: use all, a range 0-63 or a list 3,7,10-12")
-        out += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
+    from deepscope.visualize_units import parse_channels
+
+    out = parse_channels(text, what)
     bad = [t for t in out if t >= count]
     if bad:
         raise UserError(f"--{what}: {bad[0]} does not exist (there are {count}: 0-{count - 1})")

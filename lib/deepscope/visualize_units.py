@@ -12,15 +12,15 @@ import torch
 from deepscope.errors import UserError
 
 
-def parse_channels(text: str | None) -> list[int] | None:
-    """'0-15,32' -> [0, ..., 15, 32]; None -> None (every channel)."""
+def parse_channels(text: str | None, what: str = "channels") -> list[int] | None:
+    """'0-15,32' -> [0, ..., 15, 32]; None -> None (every channel). Channels, units, classes."""
     if text is None:
         return None
     out = []
     for piece in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", piece)
         if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
-            raise UserError(f"bad --channels {text!r}: use channel numbers and ranges, e.g. 0-15,32")
+            raise UserError(f"bad --{what} {text!r}: use numbers and ranges, e.g. 0-15,32")
         out += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
     return out
 
