@@ -82,7 +82,8 @@ def captum_loop_in_ray(method: str, paths: list[str]) -> float:
     return rate
 
 
-def stage(data: str, method: str, paths: list[str], workdir: str, grabcut: bool = False) -> float:
+def stage(data: str, method: str, paths: list[str], workdir: str, grabcut: bool = False,
+          precision: str = "fp32") -> float:
     """Images per second of `deepscope run` with a [saliency] section, Ray start-up included."""
     import ray
 
@@ -92,10 +93,10 @@ def stage(data: str, method: str, paths: list[str], workdir: str, grabcut: bool 
         ray.shutdown()
     manifest = Path(workdir) / f"{method}-{len(paths)}-{grabcut}.csv"
     manifest.write_text("path\n" + "\n".join(paths) + "\n")
-    out = Path(workdir) / f"out-{method}-{len(paths)}-{grabcut}"
+    out = Path(workdir) / f"out-{method}-{len(paths)}-{grabcut}-{precision}"
     slow = method in ("occlusion", "integrated_gradients")
     spec = jobmod.validate({"out": str(out), "dataset": {"source": str(manifest)}, "model": {"name": "lite0"},
-                            "run": {"batch_size": 4 if slow else 16, "partition_size": 256},
+                            "run": {"batch_size": 4 if slow else 16, "partition_size": 256, "precision": precision},
                             "saliency": {"method": method, "grabcut": grabcut}}, "bench")
     t0 = time.perf_counter()
     # a fresh local cluster, timed: plain ray.init() would join any cluster that `ray start` left
@@ -109,8 +110,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256, help="images for backprop, guided, gradcam")
     ap.add_argument("--slow-images", type=int, default=4, help="images for occlusion and integrated gradients")
-    ap.add_argument("--methods", default="backprop,guided,gradcam,integrated_gradients,occlusion,grabcut",
-                    help="rows to measure (grabcut: backprop with GrabCut masks, against the backprop loop)")
+    ap.add_argument("--methods", default="backprop,guided,gradcam,integrated_gradients,occlusion,occlusion_bf16,grabcut",
+                    help="rows to measure (grabcut: backprop with GrabCut masks, against the backprop loop; "
+                         "occlusion_bf16: the stage with bf16 autocast, against the fp32 loop)")
     a = ap.parse_args()
     wanted = set(a.methods.split(","))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -122,15 +124,17 @@ def main():
         rows, baselines = [], {}
         for method, n, grabcut in (("backprop", a.images, False), ("guided", a.images, False),
                                    ("gradcam", a.images, False), ("integrated_gradients", 2 * a.slow_images, False),
-                                   ("occlusion", a.slow_images, False), ("backprop", a.images, True)):
+                                   ("occlusion", a.slow_images, False), ("occlusion_bf16", a.slow_images, False),
+                                   ("backprop", a.images, True)):
             if ("grabcut" if grabcut else method) not in wanted:
                 continue
+            method, precision = (method[:-5], "bf16") if method.endswith("_bf16") else (method, "fp32")
             chosen = paths[:n]
             if method not in baselines:
                 baselines[method] = captum_loop_in_ray(method, chosen)
             base = baselines[method]
-            ours = stage(str(data), method, chosen, tmp, grabcut)
-            rows.append((method + (" +grabcut" if grabcut else ""), n, "", base, ours))
+            ours = stage(str(data), method, chosen, tmp, grabcut, precision)
+            rows.append((method + (" +grabcut" if grabcut else "") + (" bf16" if precision == "bf16" else ""), n, "", base, ours))
             print(f"  {method}: captum {base:.3f} img/s, deepscope {ours:.3f} img/s", file=sys.stderr, flush=True)
     print(f"\nlite0, {os.cpu_count()} CPU cores, torch {torch.__version__}; deepscope times include Ray start-up\n")
     print(f"{'method':28s} {'images':>6s} {'captum loop img/s':>18s} {'deepscope img/s':>16s} {'speed-up':>9s}")
