@@ -179,12 +179,11 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
                   settings: dict, run: dict, log) -> dict:
     """Visualize `targets` of `layer` into an open Store: parts visualize/pNNNNN, PNGs, grid, summary."""
     import pyarrow as pa
-    import ray
     import ray.data
 
     from deepscope.io import schemas
     from deepscope.models.registry import load_model
-    from deepscope.runner import _configure_ray_data, ensure_ray
+    from deepscope.runner import start_actor_pool
 
     loaded = load_model(model, weights)  # fail fast (bad layer, bad target) before any cluster work
     width = layer_width(loaded, layer)
@@ -203,21 +202,15 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
     t0 = time.time()
     done = 0
     if pending:
-        ensure_ray(run.get("address"))
-        _configure_ray_data()
-        n_gpus = int(ray.cluster_resources().get("GPU", 0))
-        total_cpus = int(ray.cluster_resources().get("CPU", 1))
-        actors = n_gpus or int(run.get("actors") or 1)
-        threads = int(run.get("threads") or 0) or max(1, total_cpus // actors)
+        pool = start_actor_pool(run.get("address"), int(run.get("actors") or 1), run.get("threads"))
         log(f"{store.root}: {sum(len(p['targets']) for p in pending)} {kind} pictures of {layer} in {len(pending)} parts "
-            f"({actors} {'GPU' if n_gpus else 'CPU'} actor{'s' if actors > 1 else ''}, {settings.get('steps', 100)} steps)")
+            f"({pool.describe()}, {settings.get('steps', 100)} steps)")
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
         ds = ds.map_batches(VisualizeActor, fn_constructor_kwargs=dict(
             model=model, weights=weights, layer=layer, kind=kind, settings=settings,
             precision=run.get("precision", "fp32"), channels_last=run.get("channels_last", True),
-            threads=0 if n_gpus else threads),
-            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-            num_gpus=1 if n_gpus else 0, num_cpus=0 if n_gpus else 0.5)
+            threads=pool.threads),
+            batch_size=1, batch_format="numpy", **pool.map_kwargs())
         by_part: dict[str, list] = {}
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, part in enumerate(batch["part"]):

@@ -74,6 +74,40 @@ def _configure_ray_data() -> None:
         ctx.print_on_execution_start = False
 
 
+@dataclass
+class ActorPool:
+    """How many model actors, on what, with how many torch threads each: one per GPU, else the
+    job's count of CPU actors sharing the cluster's CPUs."""
+    actors: int
+    gpus: bool
+    threads: int  # torch threads per CPU actor (0 on GPU actors: torch's default)
+
+    def describe(self) -> str:
+        return f"{self.actors} {'GPU' if self.gpus else 'CPU'} model actor{'s' if self.actors > 1 else ''}"
+
+    def map_kwargs(self) -> dict:
+        """Ray Data map_batches resources. A CPU actor reserves half a CPU but runs `threads` torch
+        threads: decode tasks must always find a CPU beside the actors, also after a lost node's
+        actors were restarted on the survivors (Ray restarts lost actors and retries their batches
+        by default), or the job would wait forever for decoded input."""
+        import ray.data
+
+        return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors),
+                "num_gpus": 1 if self.gpus else 0, "num_cpus": 0 if self.gpus else 0.5}
+
+
+def start_actor_pool(address: str | None, cpu_actors: int, threads: int | None) -> ActorPool:
+    """Connect to Ray (or start it), set up Ray Data, and size the model actor pool."""
+    import ray
+
+    ensure_ray(address)
+    _configure_ray_data()
+    n_gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = n_gpus or cpu_actors
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return ActorPool(actors, bool(n_gpus), 0 if n_gpus else (threads or max(1, cpus // actors)))
+
+
 class PartCollector:
     """Gathers result rows by partition; a partition is done when every one of its ids arrived.
 
@@ -269,17 +303,12 @@ def execute(job, stages, pending, store, loaded) -> int:
     from deepscope.io.decode import DecodeLimits, decode_batch
     from deepscope.mapper import ModelMapper, from_arrow
 
-    ensure_ray(job.run.address)
-    _configure_ray_data()
-    n_gpus = int(ray.cluster_resources().get("GPU", 0))
-    total_cpus = int(ray.cluster_resources().get("CPU", 1))
-    actors = n_gpus if n_gpus else job.run.actors
-    threads = job.run.threads or max(1, total_cpus // actors)
+    pool = start_actor_pool(job.run.address, job.run.actors, job.run.threads)
     todo = pd.concat([p.items.assign(part=p.name) for p in pending], ignore_index=True)
     todo["label"] = todo["label"].fillna("")
     total = len(todo)
     log(f"{job.out}: {total} images in {len(pending)} partitions to compute "
-        f"({actors} {'GPU' if n_gpus else 'CPU'} model actor{'s' if actors > 1 else ''}, batch {job.run.batch_size})")
+        f"({pool.describe()}, batch {job.run.batch_size})")
 
     test_env = {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}
     limits = DecodeLimits(max_pixels=job.run.max_pixels, max_bytes=job.run.max_bytes,
@@ -295,13 +324,8 @@ def execute(job, stages, pending, store, loaded) -> int:
                         # 1 GiB: a worker with torch imported peaks near 0.5 GiB (Ray warns below that)
                         batch_size=step, batch_format="numpy", num_cpus=1, memory=2**30)
     ds = ds.map_batches(ModelMapper, fn_constructor_kwargs={"job": job.model_dump(mode="json"), "stages": stages,
-                                                           "threads": 0 if n_gpus else threads},
-                        batch_size=job.run.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                        # A CPU actor reserves half a CPU but runs `threads` torch threads: decode tasks
-                        # must always find a CPU beside the actors, also after a lost node's actors
-                        # were restarted on the survivors (Ray restarts lost actors and retries their
-                        # batches by default), or the job would wait forever for decoded input.
-                        num_gpus=1 if n_gpus else 0, num_cpus=0 if n_gpus else 0.5,
+                                                           "threads": pool.threads},
+                        batch_size=job.run.batch_size, batch_format="numpy", **pool.map_kwargs(),
                         # DEEPSCOPE_* settings (fault injection in tests) reach the actors even on a
                         # cluster that was started before they were set
                         runtime_env={"env_vars": test_env} if test_env else None)

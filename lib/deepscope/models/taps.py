@@ -54,7 +54,7 @@ def resolve(loaded: LoadedModel, layer: str) -> Tap:
     names = [n for n, _ in loaded.module.named_modules() if n]
     if module_name != ROOT and module_name not in names:
         close = difflib.get_close_matches(layer, list(loaded.aliases) + names, n=6, cutoff=0.6)
-        hint = f"close matches: {', '.join(close)}" if close else "list the layers with list_layers"
+        hint = f"close matches: {', '.join(close)}" if close else f"list them with `deepscope layers {loaded.spec}`"
         raise UserError(f"unknown layer {layer!r} in {loaded.spec}; {hint}")
     return Tap(layer, module_name, kind, flatten=(layer == "penultimate"))
 
