@@ -37,6 +37,7 @@ class RunConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp32 gives exact results
     channels_last: bool = True
     address: str | None = None  # Ray cluster; default RAY_ADDRESS or a new local cluster
+    verify: bool = False  # before running, also check every committed part's sha256 (sizes are always checked)
     decode_timeout_s: float = Field(10.0, gt=0)
     max_pixels: int = Field(178_956_970, ge=1)
     max_bytes: int = Field(256 * 2**20, ge=1)
@@ -90,3 +91,13 @@ def load(path: str | Path) -> JobBase:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p}: not valid TOML: {e}") from None
     return validate(data, str(p))
+
+
+def load_spec(out: str) -> JobBase:
+    """The job that made an output folder (for commands that add a stage to it)."""
+    from deepscope.io.store import Store
+
+    store = Store(out)
+    if not store.manifest.get("spec"):
+        raise UserError(f"{out} is not a deepscope output folder (no manifest.json with a job); run `deepscope features` first")
+    return validate({k: v for k, v in store.manifest["spec"].items() if k not in STAGES}, f"{out}/manifest.json")

@@ -1,8 +1,12 @@
-"""The model mapper: a Ray Data callable class, one per GPU (or per CPU slot).
+"""The model worker: a Ray Data callable class, one per GPU (or per CPU slot).
 
-Loads the model once, then for each batch runs one forward pass with every layer
-the job's stages read, and hands the activations to each stage. Rows whose decode
-failed pass through untouched, so errors and results travel the same road.
+Loads the model once. Each call receives whole partitions (decoded by a CPU task); for each
+batch of a partition it runs one forward pass with every layer the job's stages read and hands
+the activations to each stage; then it writes the partition's parts (every stage's table and
+files, and its error rows) straight to the output location, and returns only their small commit
+records, which the driver commits. Rows whose decode failed become error rows.
+A batch that runs out of accelerator memory is split in halves and retried, down to one image,
+and the size that worked is kept for the following batches.
 """
 from __future__ import annotations
 
@@ -14,56 +18,41 @@ import numpy as np
 import torch
 
 PASSTHROUGH = ("id", "path", "label", "part", "width", "height", "error", "error_stage", "decode_ms")
+OOM_ENV = "DEEPSCOPE_OOM_ABOVE"  # tests: the model raises out-of-memory on batches larger than this
 FAULT_ENV = "DEEPSCOPE_FAULT_RATE"  # tests: share of batches whose actor process kills itself
 SLOW_ENV = "DEEPSCOPE_SLOW_BATCH_S"  # tests: seconds of sleep per batch, so that a run can be interrupted
-
-
-def to_arrow(batch: dict[str, np.ndarray]):
-    """numpy columns -> an Arrow table; N-d columns become fixed-size lists (shape in field metadata).
-
-    Ray's own tensor extension type mis-converts sliced blocks back to numpy in Ray 2.60
-    ("buffer is too small"), so results travel as plain Arrow types.
-    """
-    import pyarrow as pa
-
-    fields, arrays = [], []
-    for k, v in batch.items():
-        v = np.asarray(v)
-        if v.ndim > 1:
-            flat = pa.array(np.ascontiguousarray(v).reshape(-1))
-            arrays.append(pa.FixedSizeListArray.from_arrays(flat, int(np.prod(v.shape[1:]))))
-            fields.append(pa.field(k, arrays[-1].type, metadata={"shape": ",".join(map(str, v.shape[1:]))}))
-        else:
-            arrays.append(pa.array(v.tolist() if v.dtype == object else v))
-            fields.append(pa.field(k, arrays[-1].type))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-def from_arrow(table) -> dict[str, np.ndarray]:
-    out = {}
-    for field, col in zip(table.schema, table.columns):
-        col = col.combine_chunks()
-        if field.metadata and b"shape" in field.metadata:
-            shape = tuple(int(x) for x in field.metadata[b"shape"].decode().split(","))
-            # rows of batches that failed whole have no value (null): they are error rows, zero-filled
-            values = col.flatten().to_numpy(zero_copy_only=False).reshape((-1,) + shape)
-            if col.null_count:
-                full = np.zeros((len(col),) + shape, values.dtype)
-                full[col.is_valid().to_numpy(zero_copy_only=False)] = values
-                values = full
-            out[field.name] = values
-        else:
-            out[field.name] = np.asarray(col.to_numpy(zero_copy_only=False))
-    return out
 
 
 def device_for_actor() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def errors_table(rows: dict[str, np.ndarray]):
+    import pyarrow as pa
+
+    from deepscope.io import schemas
+
+    bad = np.asarray(rows["error"]) != ""
+    stage = np.asarray(rows.get("error_stage", np.array([""] * len(bad))), dtype=object)[bad]
+    return pa.table({
+        "id": pa.array(np.asarray(rows["id"])[bad].tolist(), pa.string()),
+        "path": pa.array(np.asarray(rows["path"])[bad].tolist(), pa.string()),
+        "stage": pa.array([s or "decode" for s in stage], pa.string()),
+        "error": pa.array(np.asarray(rows["error"])[bad].tolist(), pa.string()),
+    }, schema=schemas.ERRORS)
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
 class ModelMapper:
-    def __init__(self, job: dict, stages: list, threads: int = 0):
+    ERRORS = "errors"
+
+    def __init__(self, job: dict, stages: list, threads: int = 0, out: str | None = None,
+                 metadata: dict | None = None):
         from deepscope import job as jobmod
+        from deepscope.io.store import PartWriter
         from deepscope.models.registry import load_model
 
         self.job = jobmod.validate(job)
@@ -79,8 +68,11 @@ class ModelMapper:
         self.layers = sorted({layer for s in self.stages for layer in s.layers()})
         self.forward = bool(self.layers) or any(s.uses_model and not s.needs_grad for s in self.stages)
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.job.run.precision)
+        self.batch_size = self.job.run.batch_size  # lowered for good when a batch runs out of memory
+        self.writer = PartWriter(out or self.job.out, metadata)
         self.fault_rate = float(os.environ.get(FAULT_ENV, "0") or 0)
         self.slow_s = float(os.environ.get(SLOW_ENV, "0") or 0)
+        self.oom_above = int(os.environ.get(OOM_ENV, "0") or 0)
 
     def _input(self, pixels: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(pixels))
@@ -94,6 +86,8 @@ class ModelMapper:
     def _run_stages(self, x, rows) -> dict[str, np.ndarray]:
         from deepscope.models.taps import forward_with_taps
 
+        if self.oom_above and len(x) > self.oom_above:
+            raise torch.OutOfMemoryError(f"test: out of memory above {self.oom_above} images")
         out = {}
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                                      enabled=self.autocast is not None):
@@ -109,32 +103,87 @@ class ModelMapper:
                         out[f"{s.name}:{k}"] = v
         return out
 
+    def _run_split(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch; out of memory: halves, recursively, down to one image (which then fails)."""
+        n = len(rows["id"])
+        try:
+            return self._run_stages(self._input(rows["pixels"]), rows)
+        except Exception as e:
+            if not is_oom(e) or n == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = n // 2
+            self.batch_size = min(self.batch_size, half)
+            a = self._run_split({k: v[:half] for k, v in rows.items()})
+            b = self._run_split({k: v[half:] for k, v in rows.items()})
+            return {k: np.concatenate([a[k], b[k]]) for k in a}
+
     def __call__(self, batch: dict[str, np.ndarray]):
-        return to_arrow(self._map(batch))
+        import pyarrow as pa
+
+        parts = np.asarray(batch["part"])
+        records = []
+        for part in dict.fromkeys(parts.tolist()):
+            idx = np.nonzero(parts == part)[0]
+            rows = {k: np.asarray(v)[idx] for k, v in batch.items()}
+            if len(idx) != int(rows["part_size"][0]):
+                raise RuntimeError(f"partition {part} reached a model actor incomplete ({len(idx)} of "
+                                   f"{int(rows['part_size'][0])} rows)")
+            t_model = time.time()
+            mapped = self._map(rows)
+            records += self._write(part, mapped, t_model)
+        return pa.Table.from_pylist(records)
 
     def _map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every stage's results for one partition's rows, batch by batch (columns `stage:name`)."""
         if self.fault_rate and random.random() < self.fault_rate:
-            os._exit(1)  # fault injection: die like a lost node, mid-batch
-        if self.slow_s:
-            time.sleep(self.slow_s)
-        t0 = time.perf_counter()
+            os._exit(1)  # fault injection: die like a lost node, mid-partition
         n = len(batch["id"])
-        ok = np.asarray(batch["error"]) == ""
         out = {k: batch[k] for k in PASSTHROUGH if k in batch}
         out["error"] = np.asarray(batch["error"], dtype=object).copy()
         out["error_stage"] = np.asarray(batch.get("error_stage", np.array([""] * n)), dtype=object).copy()
-        results: dict[str, np.ndarray] = {}
-        if ok.any():
-            good = {k: np.asarray(v)[ok] for k, v in batch.items()}
+        out["infer_ms"] = np.zeros(n, np.float32)
+        good_idx = np.nonzero(out["error"] == "")[0]
+        chunks: list[tuple[np.ndarray, dict]] = []
+        start = 0
+        while start < len(good_idx):
+            idx = good_idx[start:start + self.batch_size]
+            start += len(idx)
+            if self.slow_s:
+                time.sleep(self.slow_s)
+            t0 = time.perf_counter()
             try:
-                results = self._run_stages(self._input(good["pixels"]), good)
+                chunks.append((idx, self._run_split({k: np.asarray(v)[idx] for k, v in batch.items()})))
             except Exception as e:  # a model failure marks its batch; the job goes on
-                out["error"][ok] = f"{type(e).__name__}: {e}"[:500]
-                out["error_stage"][ok] = "model"
-                ok = np.zeros(n, bool)
-        for k, v in results.items():
-            full = np.zeros((n,) + v.shape[1:], dtype=v.dtype) if v.dtype != object else np.full(n, None, dtype=object)
-            full[ok] = v
+                out["error"][idx] = f"{type(e).__name__}: {e}"[:500]
+                out["error_stage"][idx] = "model"
+            out["infer_ms"][idx] = (time.perf_counter() - t0) * 1000 / len(idx)
+        for k in {k for _, r in chunks for k in r}:
+            first = next(r[k] for _, r in chunks if k in r)
+            full = np.zeros((n,) + first.shape[1:], dtype=first.dtype) if first.dtype != object else np.full(n, None, dtype=object)
+            for idx, r in chunks:
+                full[idx] = r[k]
             out[k] = full
-        out["infer_ms"] = np.full(n, (time.perf_counter() - t0) * 1000 / max(n, 1), dtype=np.float32)
         return out
+
+    def _write(self, part: str, rows: dict[str, np.ndarray], t_model: float) -> list[dict]:
+        """Write the partition's parts (files first, then tables; errors last) -> their records."""
+        import json
+
+        t0 = time.perf_counter()
+        ok = np.asarray(rows["error"]) == ""
+        good = {k: v[ok] for k, v in rows.items() if ":" not in k}
+        records = []
+        for s in self.stages:
+            cols = {**good, **{k.split(":", 1)[1]: v[ok] for k, v in rows.items() if k.startswith(f"{s.name}:")}}
+            records.append(self.writer.write(s.name, part, s.part_table(cols), s.part_files(part, cols)))
+        records.append(self.writer.write(self.ERRORS, part, errors_table(rows)))
+        write_ms = (time.perf_counter() - t0) * 1000
+        for r in records:
+            r["files"] = json.dumps(r["files"])
+            r.update(images=0, failed=0, decode_ms=0.0, infer_ms=0.0, write_ms=0.0, t_model=t_model)
+        records[-1].update(images=len(rows["id"]), failed=int((~ok).sum()),
+                           decode_ms=float(np.sum(rows.get("decode_ms", 0))),
+                           infer_ms=float(np.sum(rows["infer_ms"])), write_ms=write_ms)
+        return records

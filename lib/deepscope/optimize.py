@@ -183,7 +183,7 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
 
     from deepscope.io import schemas
     from deepscope.models.registry import load_model
-    from deepscope.runner import start_actor_pool
+    from deepscope.executor import start_actor_pool
 
     loaded = load_model(model, weights)  # fail fast (bad layer, bad target) before any cluster work
     width = layer_width(loaded, layer)

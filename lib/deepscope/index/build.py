@@ -202,14 +202,13 @@ def _join(buf):
 
 def dataset_shape(store, stage: str, column: str) -> tuple[int, int, list[str]]:
     """(rows, dim, non-empty parts) from the manifest and one part's schema."""
-    import pyarrow.parquet as pq
 
     parts = {p: e for p, e in store.parts(stage).items() if e["rows"]}
     if not parts:
         how = (f"add a [pixels] section to the job, or run `deepscope index {store.root} --pixels`" if stage == "pixels"
                else f"run `deepscope features` into {store.root} first")
         raise UserError(f"{store.root} has no {stage} results: {how}")
-    schema = pq.read_schema(store.path(parts[min(parts)]["file"]))
+    schema = store.read_schema(parts[min(parts)]["file"])
     return sum(e["rows"] for e in parts.values()), schema.field(column).type.list_size, sorted(parts)
 
 
@@ -387,7 +386,7 @@ def _fill_ray(store, space, empty, bounds, stage, column, cfg, cosine, sample, h
     """Shards filled in parallel Ray tasks from chunks in the object store; written as they finish."""
     import ray
 
-    from deepscope.runner import ensure_ray
+    from deepscope.executor import ensure_ray
 
     ensure_ray(address)
     empty_ref = ray.put(bytes(serialize(empty)))

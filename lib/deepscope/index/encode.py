@@ -15,7 +15,7 @@ from deepscope.io.store import Store
 class Encoder:
     def __init__(self, out: str, limits: DecodeLimits = DecodeLimits()):
         from deepscope.models.registry import load_model
-        from deepscope.runner import load_spec
+        from deepscope.job import load_spec
 
         spec = load_spec(out)
         store = Store(out)

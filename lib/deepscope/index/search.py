@@ -57,9 +57,9 @@ def verified_bytes(store: Store, rel: str, recorded: str) -> bytes:
     """A file's bytes, only if they match the sha256 recorded when it was written."""
     listed = store.manifest.get("files", {}).get(rel, {}).get("sha256")
     try:
-        data = store.path(rel).read_bytes()
+        data = store.read_bytes(rel)
     except OSError as e:
-        raise UserError(f"cannot read {store.root}/{rel} ({e.strerror}): rebuild with `deepscope index {store.root}`") from None
+        raise UserError(f"cannot read {store.root}/{rel} ({e.strerror or e}): rebuild with `deepscope index {store.root}`") from None
     if listed != recorded or sha256(data) != recorded:
         raise UserError(f"{store.root}/{rel} does not match the sha256 recorded at build time; refusing to open it "
                         f"(rebuild with `deepscope index {store.root}`)")
@@ -67,8 +67,10 @@ def verified_bytes(store: Store, rel: str, recorded: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)  # parts are small (partition_size rows); --id queries cluster in a few
-def _part_vectors(path: str, sha: str, column: str) -> tuple[list[str], np.ndarray]:
-    t = pq.read_table(path, columns=["id", column])
+def _part_vectors(url: str, rel: str, sha: str, column: str) -> tuple[list[str], np.ndarray]:
+    from deepscope.io.store import Location
+
+    t = Location(url).read_table(rel, columns=["id", column])
     return t.column("id").to_pylist(), matrix(t.column(column))
 
 
@@ -147,7 +149,7 @@ class Searcher:
             if row is None:
                 raise UnknownId(f"unknown id {image_id!r}: not in the {self.space} index of {self.store.root}")
             entry = parts[self.parts[row]]
-            part_ids, x = _part_vectors(str(self.store.path(entry["file"])), entry["sha256"], self.info["column"])
+            part_ids, x = _part_vectors(self.store.url, entry["file"], entry["sha256"], self.info["column"])
             if part_ids[self.offsets[row]] != image_id:
                 raise UserError(f"{self.store.root}: the index is out of date with its {self.info['stage']}: rebuild it")
             out[n] = x[self.offsets[row]]

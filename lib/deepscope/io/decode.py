@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from deepscope.io.plan import SYNTHETIC, read_partition, synthetic_image
 from deepscope.io.sources import read_bytes
 from deepscope.models.transform import Transform
 
@@ -183,8 +184,12 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
     for i, path in enumerate(paths):
         start = time.perf_counter()
         try:
-            data = read_bytes(str(path), limits.max_bytes)
-            img, width[i], height[i] = decode(data, limits, draft_size=transform.resize)
+            if str(path).startswith(SYNTHETIC):  # generated here: no file behind it
+                img = Image.fromarray(synthetic_image(int(str(path)[len(SYNTHETIC):])))
+                width[i], height[i] = img.size
+            else:
+                data = read_bytes(str(path), limits.max_bytes)
+                img, width[i], height[i] = decode(data, limits, draft_size=transform.resize)
             pixels[i] = transform.geometry(img)
         except DecodeError as e:
             error[i] = str(e)
@@ -194,3 +199,20 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
         decode_ms[i] = (time.perf_counter() - start) * 1000
     return {**batch, "pixels": pixels, "width": width, "height": height,
             "error": error, "decode_ms": decode_ms}
+
+
+def decode_partitions(batch: dict[str, np.ndarray], transform: Transform,
+                      limits: DecodeLimits) -> dict[str, np.ndarray]:
+    """Ray Data map_batches function over partition descriptors (`part`, `desc`): every item of
+    each partition, read (listing a shard's rows here, not on the driver) and decoded, as one
+    block, so that a partition reaches one model actor whole and is written there."""
+    import json
+
+    out = []
+    for part, desc in zip(batch["part"], batch["desc"]):
+        items = read_partition(json.loads(desc))
+        rows = {"id": items["id"].to_numpy(dtype=object), "path": items["path"].to_numpy(dtype=object),
+                "label": items["label"].fillna("").to_numpy(dtype=object),
+                "part": np.full(len(items), part, dtype=object), "part_size": np.full(len(items), len(items), np.int32)}
+        out.append(decode_batch(rows, transform, limits))
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}

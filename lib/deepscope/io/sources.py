@@ -1,4 +1,5 @@
-"""List the images of a dataset (folder or manifest, local or remote) and read their bytes.
+"""List the images of a dataset (folder, manifest, manifest shards, local or remote) and read
+their bytes. Planning (cutting the listing into partitions) lives in io/plan.py.
 
 Every item gets a stable `id`: its path relative to the dataset root, or the manifest's id.
 """
@@ -22,14 +23,6 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
             return f.read(max_bytes + 1 if max_bytes else -1)
     with fsspec.open(path, "rb") as f:
         return f.read(max_bytes + 1 if max_bytes else -1)
-
-
-@dataclass(frozen=True)
-class Partition:
-    """A fixed slice of the sorted items: the unit of work, retry and resume."""
-
-    name: str  # part-00003-1a2b3c4d: index plus a digest of its ids, never a run id
-    items: pd.DataFrame
 
 
 def _is_manifest(source: str) -> bool:
@@ -84,13 +77,3 @@ def list_items(source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return items[~dup].reset_index(drop=True), items[dup].reset_index(drop=True)
 
 
-def partition(items: pd.DataFrame, size: int) -> list[Partition]:
-    """Cut the sorted items into fixed slices named by position and content."""
-    import hashlib
-
-    parts = []
-    for i, start in enumerate(range(0, len(items), size)):
-        chunk = items.iloc[start:start + size].reset_index(drop=True)
-        digest = hashlib.sha1("\n".join(chunk["id"]).encode()).hexdigest()[:8]
-        parts.append(Partition(f"part-{i:05d}-{digest}", chunk))
-    return parts

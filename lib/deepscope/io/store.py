@@ -1,10 +1,21 @@
-"""The only writer of outputs: atomic files, partition-named parts, and the manifest.
+"""The only writer of outputs: parts written where they are computed, a commit log, a snapshot.
 
-A part is written under a temporary name, flushed and fsynced, renamed to a name
-derived from its input partition, and only then recorded (rows, sha256) in
-manifest.json, itself replaced atomically. Readers trust only what the manifest
-lists, so a killed writer leaves at worst an unlisted temporary file, and a retried
-partition overwrites the same name: the same rows can never be listed twice.
+An output location is a local folder or any fsspec URL (s3://, gs://, memory://). Layout:
+
+  OUT/<stage>/<part>.parquet     a part, written by the worker that computed it (PartWriter):
+                                 its files first (stylized images, ...), then its table; locally
+                                 under a temporary name renamed into place, remotely one PUT
+  OUT/_log/<stage>/<part>.json   its commit record (rows, bytes, sha256, files), one small object
+                                 per part written by the driver: committing costs the same at
+                                 the millionth part as at the first
+  OUT/manifest.json              the snapshot: the job, every stage's config and committed parts,
+                                 summaries; rewritten at phase ends and at the end of a run, which
+                                 compacts the log (the records it holds are then deleted)
+
+Readers see committed parts only. A torn record (a killed writer) does not parse and is ignored,
+so its partition is recomputed. A retried or duplicated partition writes the same names again.
+A rerun trusts only what is on disk: `check()` drops every committed part whose file is missing
+or has another size (or, with verify, another checksum), and its partition is computed again.
 """
 from __future__ import annotations
 
@@ -21,6 +32,8 @@ import pyarrow.parquet as pq
 from deepscope.errors import UserError
 
 MANIFEST = "manifest.json"
+LOG = "_log"
+FORMAT = 2
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -61,31 +74,182 @@ def config_digest(config: dict) -> str:
     return sha256(json.dumps(config, sort_keys=True, default=str).encode())[:16]
 
 
+def is_remote(url: str) -> bool:
+    return "://" in str(url) and not str(url).startswith("file://")
+
+
+class Location:
+    """A folder on some filesystem: put/get/list relative paths. Picklable (workers get a copy)."""
+
+    def __init__(self, url: str | os.PathLike):
+        self.url = str(url).rstrip("/") or "/"
+        self.remote = is_remote(self.url)
+        if not self.remote:
+            self.url = os.path.abspath(self.url.removeprefix("file://"))
+        self._fs = None
+
+    def __getstate__(self):
+        return {"url": self.url, "remote": self.remote, "_fs": None}
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            import fsspec
+
+            self._fs, _ = fsspec.core.url_to_fs(self.url)
+        return self._fs
+
+    def full(self, rel: str) -> str:
+        return f"{self.url}/{rel}" if rel else self.url
+
+    def _key(self, rel: str) -> str:
+        """The path as the filesystem object wants it (no protocol)."""
+        return self.fs._strip_protocol(self.full(rel))
+
+    def put(self, rel: str, data: bytes) -> None:
+        if self.remote:
+            self.fs.pipe_file(self._key(rel), data)  # a single PUT: atomic on object stores
+        else:
+            _atomic_write(Path(self.full(rel)), data)
+
+    def get(self, rel: str) -> bytes:
+        if self.remote:
+            return self.fs.cat_file(self._key(rel))
+        return Path(self.full(rel)).read_bytes()
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self._key(rel)) if self.remote else os.path.exists(self.full(rel))
+
+    def rm(self, rel: str) -> None:
+        try:
+            if self.remote:
+                self.fs.rm_file(self._key(rel))
+            else:
+                os.unlink(self.full(rel))
+        except FileNotFoundError:
+            pass
+
+    def sizes(self, rel: str = "") -> dict[str, int]:
+        """Every file below rel (relative path -> bytes), in one listing."""
+        if not self.remote:
+            top = Path(self.full(rel))
+            out = {}
+            for dirpath, _, files in os.walk(top):
+                for f in files:
+                    p = os.path.join(dirpath, f)
+                    try:
+                        out[os.path.relpath(p, self.url)] = os.stat(p).st_size
+                    except FileNotFoundError:
+                        pass
+            return out
+        base = self._key("")
+        try:
+            found = self.fs.find(self._key(rel), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {k[len(base) + 1:]: int(v.get("size") or 0) for k, v in found.items()}
+
+    def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        if self.remote:
+            return pq.read_table(io.BytesIO(self.get(rel)), columns=columns)
+        return pq.read_table(self.full(rel), columns=columns)
+
+    def check_writable(self) -> None:
+        """One small write and delete, so that a location that cannot be written fails before any work."""
+        probe = f".deepscope-write-probe-{os.getpid()}"
+        try:
+            if not self.remote:
+                os.makedirs(self.url, exist_ok=True)
+            self.put(probe, b"ok")
+            self.rm(probe)
+        except Exception as e:  # permission, unknown bucket, no credentials, read-only file system
+            reason = getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0]
+            raise UserError(f"cannot write to the output location {self.url}: {type(e).__name__}: {reason}") from None
+
+
+class Root(str):
+    """The output location as shown to people: a str that also joins with `/` (like a Path)."""
+
+    def __truediv__(self, other) -> "Root":
+        return Root(f"{self.rstrip('/')}/{other}")
+
+
+class PartWriter:
+    """Worker side: write one partition's files and table to the location, return its record.
+
+    The record is what the driver commits; a part is not read before that. Metadata (model,
+    weights; random weights say so) goes into every Parquet file.
+    """
+
+    def __init__(self, url: str, metadata: dict[str, str] | None = None):
+        self.loc = Location(url)
+        self.metadata = metadata or {}
+
+    def write(self, stage: str, part: str, table: pa.Table, files: dict[str, bytes] | None = None) -> dict:
+        sizes = {}
+        for rel, data in (files or {}).items():
+            self.loc.put(rel, data)
+            sizes[rel] = len(data)
+        data = table_bytes(with_metadata(table, self.metadata))
+        rel = f"{stage}/{part}.parquet"
+        self.loc.put(rel, data)
+        return {"stage": stage, "part": part, "file": rel, "rows": table.num_rows, "bytes": len(data),
+                "sha256": sha256(data), "files": sizes}
+
+
+def with_metadata(table: pa.Table, metadata: dict[str, str]) -> pa.Table:
+    meta = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+    return table.replace_schema_metadata(meta)
+
+
 class Store:
-    """An output folder: OUT/manifest.json, OUT/<stage>/<part>.parquet, OUT/report/..."""
+    """An output location: its snapshot plus its commit log, and the driver's writes to both."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.manifest = self._load()
+        self.loc = Location(root)
+        self.root = Root(self.loc.url) if self.loc.remote else Path(self.loc.url)
+        self.url = self.loc.url
         self.metadata: dict[str, str] = {}  # written into every Parquet file (model, weights: random ones say so)
+        self._logged: set[tuple[str, str]] = set()  # commit records not yet in the snapshot
+        self.manifest = self._load()
 
-    # -- manifest -------------------------------------------------------------
+    # -- snapshot and log ----------------------------------------------------------
     def _load(self) -> dict:
-        p = self.root / MANIFEST
-        if not p.exists():
-            return {"job": None, "stages": {}, "summary": {}}
         try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{p} is not a deepscope manifest ({e}); choose another --out") from None
+            raw = self.loc.get(MANIFEST) if self.loc.exists(MANIFEST) else None
+        except OSError as e:
+            raise UserError(f"cannot read {self.url}/{MANIFEST}: {e}") from None
+        if raw is None:
+            manifest = {"format": FORMAT, "job": None, "stages": {}, "summary": {}}
+        else:
+            try:
+                manifest = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{self.url}/{MANIFEST} is not a deepscope manifest ({e}); choose another --out") from None
+        for rel in sorted(self.loc.sizes(LOG)):
+            try:
+                rec = json.loads(self.loc.get(rel))
+                stage, part = rec["stage"], rec["part"]
+            except (ValueError, KeyError, OSError):
+                continue  # a torn record: its part is not committed, and will be recomputed
+            manifest["stages"].setdefault(stage, {"config": {}, "parts": {}})["parts"][part] = _entry(rec)
+            self._logged.add((stage, part))
+        return manifest
 
     def _save(self) -> None:
-        _atomic_write(self.root / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True, default=str).encode())
+        """Write the snapshot (it compacts the log: the records it holds are deleted after it)."""
+        self.manifest["format"] = FORMAT
+        self.loc.put(MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True, default=str).encode())
+        for stage, part in sorted(self._logged):
+            self.loc.rm(f"{LOG}/{stage}/{part}.json")
+        self._logged.clear()
 
     def open(self, job: dict) -> None:
-        """Claim the folder for a job configuration; refuse to mix two configurations."""
-        if self.root.exists() and not (self.root / MANIFEST).exists() and any(self.root.iterdir()):
+        """Claim the location for a job configuration; refuse to mix two configurations."""
+        if not self.loc.remote and self.root.exists() and not (self.root / MANIFEST).exists() \
+                and any(p.name != LOG for p in self.root.iterdir()):
             raise UserError(f"{self.root} exists and is not a deepscope output folder; choose another --out")
+        self.loc.check_writable()
         if self.manifest["job"] is None:
             self.manifest["job"] = job
             self._save()
@@ -99,8 +263,9 @@ class Store:
         return self.manifest["stages"].get(stage, {}).get("config")
 
     def open_stage(self, stage: str, config: dict, replace: bool = False) -> None:
-        """Each stage's configuration is fixed once it has written a part (replace: a post stage
-        whose outputs are rewritten whole)."""
+        """Each stage's configuration is fixed once it has a committed part (replace: a post stage
+        whose outputs are rewritten whole). A stage whose parts are all gone (its folder deleted)
+        takes the new configuration."""
         entry = self.manifest["stages"].setdefault(stage, {"config": config, "parts": {}})
         if entry["config"] != config:
             if entry["parts"] and not replace:
@@ -118,34 +283,71 @@ class Store:
     def has_part(self, stage: str, part: str) -> bool:
         return part in self.parts(stage)
 
-    def _with_metadata(self, table: pa.Table) -> pa.Table:
-        meta = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in self.metadata.items()}}
-        return table.replace_schema_metadata(meta)
+    def writer(self) -> PartWriter:
+        return PartWriter(self.url, self.metadata)
 
-    def write_part(self, stage: str, part: str, table: pa.Table) -> None:
-        data = table_bytes(self._with_metadata(table))
-        rel = f"{stage}/{part}.parquet"
-        _atomic_write(self.root / rel, data)
-        self.manifest["stages"].setdefault(stage, {"config": {}, "parts": {}})["parts"][part] = {
-            "file": rel, "rows": table.num_rows, "sha256": sha256(data)}
-        self._save()
+    def commit(self, record: dict) -> bool:
+        """Commit one part a worker wrote: one small record, whatever the number of parts already
+        committed. False: this part was committed already (a duplicate delivery), nothing done."""
+        stage, part = record["stage"], record["part"]
+        parts = self.manifest["stages"].setdefault(stage, {"config": {}, "parts": {}})["parts"]
+        if part in parts:
+            return False
+        entry = _entry(record)
+        self.loc.put(f"{LOG}/{stage}/{part}.json", json.dumps({"stage": stage, "part": part, **entry}).encode())
+        parts[part] = entry
+        self._logged.add((stage, part))
+        return True
+
+    def write_part(self, stage: str, part: str, table: pa.Table, files: dict[str, bytes] | None = None) -> None:
+        """Write and commit one part from the driver (post stages, tests)."""
+        self.commit(self.writer().write(stage, part, table, files))
+
+    def flush(self) -> None:
+        """Compact the log into the snapshot (end of a phase or a run)."""
+        if self._logged:
+            self._save()
 
     def drop_parts_except(self, stage: str, keep: set[str]) -> list[str]:
         """Forget (and delete) parts of partitions that are no longer in the plan."""
         parts = self.parts(stage)
         stale = [p for p in parts if p not in keep]
         for p in stale:
-            (self.root / parts.pop(p)["file"]).unlink(missing_ok=True)
+            self._forget(stage, p, parts.pop(p))
         if stale:
             self._save()
         return stale
 
+    def _forget(self, stage: str, part: str, entry: dict) -> None:
+        self.loc.rm(entry["file"])
+        self.loc.rm(f"{LOG}/{stage}/{part}.json")
+        self._logged.discard((stage, part))
+
+    def check(self, verify: bool = False) -> dict[str, list[str]]:
+        """Trust only what is on disk: drop every committed part whose table or files are missing or
+        have another size (verify: also another sha256). One listing of the location, not one call
+        per part. Returns the dropped parts by stage; their partitions will be computed again."""
+        sizes = self.loc.sizes()
+        dropped: dict[str, list[str]] = {}
+        for stage, entry in self.manifest["stages"].items():
+            for part, e in list(entry.get("parts", {}).items()):
+                ok = e["file"] in sizes and sizes[e["file"]] == e.get("bytes", sizes[e["file"]])
+                ok = ok and all(sizes.get(rel) == n for rel, n in (e.get("files") or {}).items())
+                if ok and verify:
+                    ok = sha256(self.loc.get(e["file"])) == e["sha256"]
+                if not ok:
+                    dropped.setdefault(stage, []).append(part)
+                    self._forget(stage, part, entry["parts"].pop(part))
+        if dropped:
+            self._save()
+        return dropped
+
     def read(self, stage: str, columns: list[str] | None = None) -> pa.Table:
-        """All rows of a stage, from the parts the manifest lists, in part order."""
+        """All rows of a stage, from its committed parts, in part order."""
         parts = self.parts(stage)
         if not parts:
             raise UserError(f"{self.root} has no {stage} results; run the {stage} stage first")
-        tables = [pq.read_table(self.root / parts[p]["file"], columns=columns) for p in sorted(parts)]
+        tables = [self.loc.read_table(parts[p]["file"], columns=columns) for p in sorted(parts)]
         # a partition whose images all failed writes an empty part, possibly of another shape
         nonempty = [t for t in tables if t.num_rows] or tables[:1]
         return pa.concat_tables(nonempty)
@@ -153,31 +355,44 @@ class Store:
     def iter_parts(self, stage: str, columns: list[str] | None = None):
         """Stream a stage part by part (memory: one part)."""
         for p, entry in sorted(self.parts(stage).items()):
-            yield p, pq.read_table(self.root / entry["file"], columns=columns)
+            yield p, self.loc.read_table(entry["file"], columns=columns)
+
+    def read_schema(self, rel: str) -> pa.Schema:
+        if self.loc.remote:
+            return pq.read_schema(io.BytesIO(self.loc.get(rel)))
+        return pq.read_schema(self.loc.full(rel))
 
     def verify(self, stage: str) -> list[str]:
-        """Parts whose file is missing or whose checksum differs from the manifest's."""
+        """Parts whose file is missing or whose checksum differs from the commit record's."""
         bad = []
         for p, entry in self.parts(stage).items():
-            f = self.root / entry["file"]
-            if not f.exists() or sha256(f.read_bytes()) != entry["sha256"]:
+            try:
+                ok = sha256(self.loc.get(entry["file"])) == entry["sha256"]
+            except FileNotFoundError:
+                ok = False
+            if not ok:
                 bad.append(p)
         return bad
 
     # -- whole files ------------------------------------------------------------
-    def write_file(self, rel: str, data: bytes | str, record: bool = True) -> Path:
-        """Any other output (report pages, images, merged tables), atomically. record=False: not
-        listed in the manifest (per-image outputs, which their stage's own table lists)."""
+    def write_file(self, rel: str, data: bytes | str, record: bool = True):
+        """Any other output (report pages, figures, merged tables), atomically. record=False: not
+        listed in the snapshot (per-image outputs, which their stage's own table lists)."""
         data = data.encode() if isinstance(data, str) else data
-        path = self.root / rel
-        _atomic_write(path, data)
+        self.loc.put(rel, data)
         if record:
             self.manifest.setdefault("files", {})[rel] = {"sha256": sha256(data)}
             self._save()
-        return path
+        return self.path(rel)
 
-    def write_table(self, rel: str, table: pa.Table) -> Path:
-        return self.write_file(rel, table_bytes(self._with_metadata(table)))
+    def write_table(self, rel: str, table: pa.Table):
+        return self.write_file(rel, table_bytes(with_metadata(table, self.metadata)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.loc.get(rel)
+
+    def exists(self, rel: str) -> bool:
+        return self.loc.exists(rel)
 
     def update_summary(self, stage: str, summary: dict) -> None:
         self.manifest["summary"][stage] = summary
@@ -186,14 +401,21 @@ class Store:
     def summary(self, stage: str) -> dict | None:
         return self.manifest["summary"].get(stage)
 
-    def path(self, rel: str) -> Path:
-        return self.root / rel
+    def path(self, rel: str):
+        """A local Path (local folders), or the URL of the file (remote locations)."""
+        return Root(self.loc.full(rel)) if self.loc.remote else self.root / rel
 
     def clean_temporaries(self) -> int:
-        """Remove temporary files a killed writer left behind (never listed, so never read)."""
+        """Remove temporary files a killed writer left behind (never committed, so never read)."""
         n = 0
-        if self.root.exists():
+        if not self.loc.remote and self.root.exists():
             for tmp in self.root.rglob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
                 n += 1
         return n
+
+
+def _entry(rec: dict) -> dict:
+    return {k: rec[k] for k in ("file", "rows", "bytes", "sha256", "files") if k in rec}
+
+

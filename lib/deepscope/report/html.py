@@ -17,12 +17,9 @@ def _kv(d: dict) -> str:
 
 
 def errors_section(store, limit: int = 50) -> str:
-    import pyarrow.parquet as pq
-
-    p = store.path("errors.parquet")
-    if not p.exists():
+    if not store.exists("errors.parquet"):
         return ""
-    t = pq.read_table(p).to_pylist()
+    t = store.loc.read_table("errors.parquet").to_pylist()
     if not t:
         return "<p>No input failed.</p>"
     rows = "".join(f"<tr><td>{html.escape(r['id'])}</td><td>{html.escape(r['stage'])}</td><td>{html.escape(r['error'])}</td></tr>"

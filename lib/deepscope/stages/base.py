@@ -49,28 +49,33 @@ class Stage:
         """Layer names this stage reads; the model mapper taps their union in one forward pass."""
         return []
 
-    def prepare(self, store) -> None:
+    def prepare(self, ctx) -> None:
         """On the driver, before this stage's pass: read what earlier phases wrote (kept on self,
-        which is shipped to the model actors)."""
+        which is shipped to the model actors). ctx: executor.RunContext (store, log, job, loaded
+        model, run_pass)."""
 
     # -- on the model actors ------------------------------------------------------
     def map_batch(self, model, x: torch.Tensor, taps: dict[str, torch.Tensor], rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Results for the good rows of one batch: columns of equal length (pure, no I/O)."""
         raise NotImplementedError
 
-    # -- on the driver ------------------------------------------------------------
+    # -- on the model actors, per partition ---------------------------------------
     def part_table(self, rows: dict[str, np.ndarray]) -> pa.Table:
         """The Parquet table of one partition from its good rows (this stage's columns unprefixed)."""
         raise NotImplementedError
 
     def part_files(self, part: str, rows: dict[str, np.ndarray]) -> dict[str, bytes]:
         """Files that belong to one partition (e.g. stylized images): {path relative to the output
-        folder: bytes}. The runner writes them, atomically, before the partition's table, so a
-        recorded part implies its files; a retried part rewrites the same names, never copies."""
+        folder: bytes}. The worker writes them, atomically, before the partition's table, and the
+        commit record lists them with their sizes, so a committed part implies its files and a
+        rerun recomputes a part whose files are gone; a retried part rewrites the same names."""
         return {}
 
-    def finish(self, store, log) -> dict:
-        """After every partition is written: dataset-level results and figures. Returns a summary."""
+    # -- on the driver ------------------------------------------------------------
+    def finish(self, ctx) -> dict:
+        """After every partition is committed: dataset-level results and figures. Returns a summary.
+        ctx: executor.RunContext; ctx.run_pass(stages, partitions) runs a pass of the stage's own
+        (dissection over a concept set) on the same executor and commit path."""
         return {}
 
     def report(self, store) -> str:

@@ -173,10 +173,10 @@ class Dissect(Stage):
     Config = DissectConfig
     pipeline = False  # its passes read the concept images, not the job's dataset
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         from deepscope.concepts import Concepts, make_concept_data
-        from deepscope.io.sources import partition
-        from deepscope.models.registry import load_model
+        from deepscope.io.plan import partition_items
 
         cfg, job = self.config, self.job
         self.passes = {}  # per pass computed in this run: images, seconds (the benchmark reads them)
@@ -185,23 +185,22 @@ class Dissect(Stage):
             make_concept_data(root, n=cfg.generate)
             log(f"dissect: wrote a synthetic concept dataset of {cfg.generate} images to {root}")
         concepts = Concepts.open(root)
-        loaded = load_model(job.model.name, job.model.weights)
+        loaded = ctx.loaded
         units, map_size = self._geometry(loaded)
         items = concepts.items()
         if not len(items):
             raise UserError(f"{root}/index.csv lists no image")
-        plan = partition(items, job.run.partition_size)
+        plan = partition_items(items, job.run.partition_size)
         key = {"layer": cfg.layer, "quantile": cfg.quantile, "concepts": str(root.resolve()),
                "top_images": cfg.top_images, "images": len(items)}
 
         # pass 1: thresholds
-        self._pass(store, ThresholdPass(cfg, job, len(items)), key, plan, loaded, log)
+        self._pass(ctx, ThresholdPass(cfg, job, len(items)), key, plan)
         thresholds, best = self._thresholds(store, units)
 
         # pass 2: counts (recomputed whenever the thresholds change)
         digest = hashlib.sha256(thresholds.tobytes()).hexdigest()[:16]
-        self._pass(store, CountPass(cfg, job, thresholds, concepts, loaded.transform), {**key, "thresholds": digest},
-                   plan, loaded, log)
+        self._pass(ctx, CountPass(cfg, job, thresholds, concepts, loaded.transform), {**key, "thresholds": digest}, plan)
         inter = np.zeros((units, len(concepts.names)), np.int64)
         union = np.zeros_like(inter)
         mask_errors = []
@@ -223,10 +222,9 @@ class Dissect(Stage):
                             "needs units with a spatial map (C, H, W)")
         return shape[0], shape[1:]
 
-    def _pass(self, store, stage, key, plan, loaded, log) -> None:
-        """One distributed pass over the concept images; partitions already stored are skipped."""
-        from deepscope.runner import execute
-
+    def _pass(self, ctx, stage, key, plan) -> None:
+        """One distributed pass over the concept images; partitions already committed are skipped."""
+        store, log = ctx.store, ctx.log
         if store.stage_config(stage.name) != key:  # other settings or thresholds: start this pass over
             store.drop_parts_except(stage.name, set())
             store.open_stage(stage.name, key, replace=True)
@@ -236,7 +234,7 @@ class Dissect(Stage):
             n = sum(len(p.items) for p in pending)
             log(f"dissect: {stage.name}, {n} concept images")
             t0 = time.perf_counter()
-            execute(self.job, [stage], pending, store, loaded)
+            ctx.run_pass([stage], pending)
             seconds = time.perf_counter() - t0
             self.passes[stage.name] = {"images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 2)}
 

@@ -69,7 +69,8 @@ class Dream(Stage):
             "energy_end": pa.array(np.asarray(rows.get("energy_end", []), np.float32), pa.float32()),
         }, schema=schemas.DREAM)
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         t = store.read(self.name, columns=["energy_start", "energy_end"])
         e0, e1 = np.asarray(t.column("energy_start")), np.asarray(t.column("energy_end"))
         s = {"images": t.num_rows, "layer": self.config.layer,

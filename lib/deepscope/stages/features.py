@@ -40,7 +40,8 @@ class Features(Stage):
             "feature": pa.FixedSizeListArray.from_arrays(values, dim),
         }, schema=schema)
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         rows, dim = 0, None
         labels: dict[str, int] = {}
         for _, t in store.iter_parts(self.name, columns=["label", "feature"]):

@@ -37,7 +37,8 @@ class Index(Stage):
     Config = IndexConfig
     pipeline = False
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         address = self.job.run.address if self.job is not None else None
         spaces = {space: build_space(store, space, self.config, log, address) for space in dict.fromkeys(self.config.spaces)}
         if self.config.examples and all(i["shards"] == 1 for i in spaces.values()):
@@ -77,7 +78,7 @@ class Index(Stage):
             f"<td>{i['recall_at_' + str(i['recall_k'])]}</td><td>{i['target_recall']}</td><td>{i['build_s']}</td>"
             f"<td>{html.escape(i['reason'])}</td></tr>" for space, i in s.items())
         fig = ('<p>Nearest neighbours of a few images (framed), in each space: distance under each '
-               'neighbour.</p><img src="../index/examples.png">' if store.path("index/examples.png").exists() else "")
+               'neighbour.</p><img src="../index/examples.png">' if store.exists("index/examples.png") else "")
         return (f"<table>{head}{rows}</table><p>Files in <code>index/&lt;space&gt;/</code>: the FAISS shards, "
                 "<code>ids.parquet</code> (row &rarr; id, path) and <code>index.json</code>. Query with "
                 "<code>deepscope query OUT --id ID</code> or <code>deepscope serve OUT</code>.</p>" + fig)

@@ -80,7 +80,8 @@ class Invert(Stage):
             "pixel_rmse": pa.array([float(rows[f"pixel_rmse{r[4]}"][pos[r[0]]]) for r in rec], pa.float32()),
         }, schema=schemas.INVERT)
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         t = store.read(self.name, columns=["layer", "feature_error", "pixel_rmse"]).to_pylist()
         per = {}
         for layer in self.config.layers:

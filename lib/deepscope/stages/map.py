@@ -53,7 +53,8 @@ class Map(Stage):
     Config = MapConfig
     pipeline = False
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         from sklearn.decomposition import IncrementalPCA
 
         from deepscope.algos.embed import place_by_neighbour, tsne

@@ -87,7 +87,8 @@ class Patches(Stage):
         return list(self.config.layers)
 
     # -- driver, before the pass: fail fast on bad names, measure the receptive fields --------
-    def prepare(self, store):
+    def prepare(self, ctx):
+        store = ctx.store
         self.geometry, self.transform = self.measure()
 
     def measure(self, receptive_fields: bool = True):
@@ -147,7 +148,8 @@ class Patches(Stage):
             }, schema=schemas.PATCH_CANDIDATES))
         return pa.concat_tables(tables)
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         if self.geometry is None:  # finish without a pass (an earlier run stopped before it)
             self.geometry, self.transform = self.measure()
         k = self.config.k

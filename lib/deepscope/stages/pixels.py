@@ -36,7 +36,8 @@ class Pixels(Stage):
             "pixels": pa.FixedSizeListArray.from_arrays(pa.array(values, pa.uint8()), dim),
         }, schema=schemas.pixels(self.config.size))
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         rows = sum(e["rows"] for e in store.parts(self.name).values())
         return {"rows": rows, "size": self.config.size, "dim": 3 * self.config.size ** 2}
 

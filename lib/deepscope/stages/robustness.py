@@ -62,13 +62,14 @@ class Robustness(Stage):
     def layers(self):
         return ["logits"]
 
-    def prepare(self, store):
+    def prepare(self, ctx):
+        store = ctx.store
         if not self.config.universal:
             return
         from deepscope.io.decode import decode
         from deepscope.io.sources import list_items, read_bytes
         from deepscope.models.registry import load_model
-        from deepscope.runner import log
+        log = ctx.log
 
         cfg = self.config
         loaded = load_model(self.job.model.name, self.job.model.weights)
@@ -153,7 +154,8 @@ class Robustness(Stage):
             "universal_pred": pa.array(np.asarray(uni, np.int32) if uni is not None else [None] * n, pa.int32()),
         }, schema=schemas.robustness(len(eps)))
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         from deepscope.models.registry import imagenet_class_names
 
         cfg = self.config

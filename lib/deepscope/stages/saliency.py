@@ -74,7 +74,8 @@ class Saliency(Stage):
         return ["logits"]
 
     # -- driver, before the pass: fail on bad settings before any image is computed -----------
-    def prepare(self, store):
+    def prepare(self, ctx):
+        store = ctx.store
         from deepscope.models.registry import load_model
 
         loaded = load_model(self.job.model.name, self.job.model.weights)
@@ -216,7 +217,8 @@ class Saliency(Stage):
             "grabcut": grabcut,
         }, schema=schemas.saliency(self.config.map_size))
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         from deepscope.models.registry import load_model
 
         cfg, S = self.config, self.config.map_size

@@ -5,7 +5,7 @@ stage object, so actors on other nodes need no access to the file; each actor bu
 on its first batch. Images are re-read at full resolution on the actor (the pipeline's decoded
 pixels are the loss/base model's 224 px centre crop, the wrong picture to stylize), stylized at
 their original size or a given longer side, and encoded there; the encoded bytes travel back as
-a column and the runner writes them with `part_files` before the partition's table, so a
+a column and the worker writes them with `part_files` before the partition's table, so a
 recorded part implies its images, and a retried part rewrites the same names.
 
 The job's [model] (lite0 by default) is not used: the mapper runs it once per batch anyway (a
@@ -106,12 +106,13 @@ class Stylize(Stage):
     def fingerprint(self):
         return self.config.model_dump(mode="json", exclude={"train"})
 
-    def prepare(self, store):
+    def prepare(self, ctx):
+        store = ctx.store
         from deepscope.algos import style_net as sn
 
         path = Path(self.config.style_model)
         if not path.exists() and self.config.train is not None:
-            self._train(path)
+            self._train(path, ctx.log)
         if not path.exists():
             raise UserError(f"style model not found: {path} (train one with `deepscope style-train`)")
         data = path.read_bytes()
@@ -122,8 +123,7 @@ class Stylize(Stage):
             raise UserError(f"{path}: {e}") from None
         digest = hashlib.sha256(data).hexdigest()
         for part, entry in store.parts(self.name).items():  # a folder never mixes two networks
-            import pyarrow.parquet as pq
-            meta = pq.read_schema(store.path(entry["file"])).metadata or {}
+            meta = store.read_schema(entry["file"]).metadata or {}
             old = meta.get(b"deepscope.style_model_sha256", b"").decode()
             if old and old != digest:
                 raise UserError(f"{store.root}/stylize was made with another version of {path}; "
@@ -131,8 +131,7 @@ class Stylize(Stage):
             break
         self.model_bytes, self.model_sha256 = data, digest
 
-    def _train(self, path: Path):
-        from deepscope.runner import log
+    def _train(self, path: Path, log):
         from deepscope.style_train import TrainConfig, train
 
         t = self.config.train
@@ -216,7 +215,8 @@ class Stylize(Stage):
         assert t.num_rows == n
         return t.replace_schema_metadata({"deepscope.style_model_sha256": getattr(self, "model_sha256", "")})
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         from deepscope.algos import style_net as sn
 
         rows, pixels, styles = 0, 0, set()

@@ -36,7 +36,8 @@ class Visualize(Stage):
     Config = VisualizeConfig
     pipeline = False
 
-    def finish(self, store, log):
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
         from deepscope.models.registry import load_model
         from deepscope.optimize import layer_width, parse_targets, visualize_job
 
