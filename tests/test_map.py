@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from deepscope.executor import RunContext
 from deepscope.algos.embed import grid_cells
 from deepscope.stages.map import Map, MapConfig
 from test_index import feature_store
@@ -17,7 +18,7 @@ def low_rank(n, d, seed=0):
 
 
 def run_map(store, **cfg):
-    summary = Map(MapConfig(**cfg), job=None).finish(store, lambda *a: None)
+    summary = Map(MapConfig(**cfg), job=None).finish(RunContext(store=store, job=None, log=lambda *a: None))
     return summary, pq.read_table(store.path("map/coords.parquet")).to_pydict()
 
 

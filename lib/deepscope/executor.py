@@ -35,21 +35,6 @@ def ensure_ray(address: str | None = None, log_dir: str | None = None) -> None:
              runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}})
 
 
-def configure_ray_data(block_bytes: int = 2**30) -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # our own progress line says what matters
-    ctx.execution_options.preserve_order = False
-    # a partition travels as one block from its read task to one actor: never split it
-    ctx.target_max_block_size = max(ctx.target_max_block_size or 0, block_bytes)
-    # Model actors hold a model and its activations (GiBs) by design; Ray's high-memory detector
-    # would repeat a warning about it every 30 s. The hanging-task detector stays on.
-    ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
-    if hasattr(ctx, "print_on_execution_start"):
-        ctx.print_on_execution_start = False
-
-
 @dataclass
 class ActorPool:
     """How many model actors, on what, with how many torch threads each: one per GPU, else the
@@ -61,14 +46,11 @@ class ActorPool:
     def describe(self) -> str:
         return f"{self.actors} {'GPU' if self.gpus else 'CPU'} model actor{'s' if self.actors > 1 else ''}"
 
-    def map_kwargs(self) -> dict:
-        """Ray Data map_batches resources. A CPU actor reserves half a CPU but runs `threads` torch
-        threads: read tasks must always find a CPU beside the actors, also after a lost node's
-        actors were restarted on the survivors, or the job would wait forever for decoded input."""
-        import ray.data
-
-        return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors),
-                "num_gpus": 1 if self.gpus else 0, "num_cpus": 0 if self.gpus else 0.5}
+    def remote_args(self) -> dict:
+        """Actor resources. A CPU actor reserves half a CPU but runs `threads` torch threads: read
+        tasks must always find a CPU beside the actors, also after a lost node's actors were
+        restarted on the survivors, or the job would wait forever for decoded input."""
+        return {"num_gpus": 1 if self.gpus else 0, "num_cpus": 0 if self.gpus else 0.5}
 
 
 def start_actor_pool(address: str | None, cpu_actors: int, threads: int | None) -> ActorPool:
@@ -76,7 +58,6 @@ def start_actor_pool(address: str | None, cpu_actors: int, threads: int | None) 
     import ray
 
     ensure_ray(address)
-    configure_ray_data()
     n_gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = n_gpus or cpu_actors
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -149,54 +130,130 @@ class PassStats:
     timings: dict = field(default_factory=dict)
 
 
+INLINE_BYTES = 64 * 1024  # Ray inlines smaller task and actor arguments; larger ones go to the object store
+
+
+class WorkerHost:
+    """A model actor: hosts one worker (a callable class named by import path) built from small
+    constructor arguments. Worker state too large to inline (a style network, a perturbation) is
+    read from the output location, so a restarted actor never depends on an object that may be gone."""
+
+    def __init__(self, worker: str, kwargs: bytes | None, state_url: str, state_rel: str | None):
+        import importlib
+
+        import cloudpickle
+
+        if state_rel is not None:
+            from deepscope.io.store import Location
+            kwargs = Location(state_url).get(state_rel)
+        module, name = worker.split(":")
+        self.worker = getattr(importlib.import_module(module), name)(**cloudpickle.loads(kwargs))
+
+    def run(self, batch):
+        return self.worker(batch)
+
+
+def _read(fn, desc: dict, kwargs: dict):
+    import numpy as np
+
+    return fn({k: np.asarray(v, dtype=object if k != "size" else np.int64) for k, v in desc.items()}, **kwargs)
+
+
 def execute(store, p: Pass, t_command: float | None = None) -> PassStats:
-    """Run one pass; commit every part as its record arrives. Raises when partitions are left."""
-    import ray.data
+    """Run one pass; commit every part as its record arrives. Raises when partitions are left.
+
+    Ray core, not Ray Data: each actor keeps a short queue of partitions, each read by its own CPU
+    task (anywhere in the cluster) and handed to the actor as one object; Ray restarts a lost
+    actor and retries its call (max_restarts, max_task_retries), and a read lost with its node is
+    recomputed from lineage. A partition whose call still fails is retried three times."""
+    import collections
+    import hashlib
+
+    import cloudpickle
+    import ray
 
     pool = start_actor_pool(p.address, p.actors, p.threads)
     total = sum(x.size for x in p.parts)
     log(f"{store.root}: {total} {p.unit} in {len(p.parts)} partitions to compute ({pool.describe()})")
-    descs = [{"part": x.name, "desc": json.dumps(x.desc), "size": x.size} for x in p.parts]
-    ds = ray.data.from_items(descs, override_num_blocks=len(descs))
-    if p.read is not None:
-        # its own memory reservation keeps Ray from fusing reading into the model actors: reading
-        # must stay in CPU tasks that spread over every node (a torch worker peaks near 0.5 GiB)
-        ds = ds.map_batches(p.read, fn_kwargs=p.read_kwargs, batch_size=1, batch_format="numpy",
-                            num_cpus=1, memory=2**30)
-    kwargs = {**p.worker_kwargs, "threads": pool.threads}
-    ds = ds.map_batches(p.worker, fn_constructor_kwargs=kwargs, batch_size=None, batch_format="numpy",
-                        **pool.map_kwargs(), runtime_env={"env_vars": p.env} if p.env else None)
+    t0 = time.time()
+    kwargs = cloudpickle.dumps({**p.worker_kwargs, "threads": pool.threads})
+    state_rel = None
+    if len(kwargs) > INLINE_BYTES:
+        state_rel = f"_state/{hashlib.sha256(kwargs).hexdigest()[:24]}.pkl"
+        store.loc.put(state_rel, kwargs)
+    env = {"runtime_env": {"env_vars": p.env}} if p.env else {}
+    host = ray.remote(WorkerHost).options(**pool.remote_args(), max_restarts=-1, max_task_retries=-1, **env)
+    worker = f"{p.worker.__module__}:{p.worker.__qualname__}"
+    actors = [host.remote(worker, None if state_rel else kwargs, store.url, state_rel) for _ in range(pool.actors)]
+    read = ray.remote(num_cpus=1, max_retries=3, **env)(_read) if p.read is not None else None
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    depth = max(2, -(-cpus // pool.actors) + 1)  # partitions queued per actor: reads enough ahead to feed it
+
+    queue = collections.deque(p.parts)
+    tries: collections.Counter = collections.Counter()
+    in_flight: dict = {}
+    queued: collections.Counter = collections.Counter()
+
+    def submit(a: int) -> None:
+        part = queue.popleft()
+        desc = {"part": [part.name], "desc": [json.dumps(part.desc)], "size": [part.size]}
+        batch = read.remote(p.read, desc, p.read_kwargs) if read is not None else \
+            _read(lambda b: b, desc, {})
+        in_flight[actors[a].run.remote(batch)] = (a, part)
+        queued[a] += 1
+
+    for _ in range(depth):
+        for a in range(len(actors)):
+            if queue:
+                submit(a)
 
     waiting = {x.name: set(p.commits) for x in p.parts}
     stats = PassStats()
     timings = {"decode_s": 0.0, "model_s": 0.0, "write_s": 0.0, "commit_s": 0.0}
     progress = Progress(total, p.unit)
-    t0 = time.time()
-    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-        for rec in table.to_pylist():
-            part, stage = rec["part"], rec["stage"]
-            if part not in waiting or stage not in waiting[part]:
-                continue  # a duplicate delivery of a part committed already
-            tc = time.perf_counter()
-            store.commit({**rec, "files": json.loads(rec["files"] or "{}")})
-            timings["commit_s"] += time.perf_counter() - tc
-            waiting[part].discard(stage)
-            if rec.get("images"):
-                first = rec["t_model"] - (t_command or t0)
-                stats.first_model_s = first if stats.first_model_s is None else min(stats.first_model_s, first)
-                stats.items += rec["images"]
-                stats.failed += rec["failed"]
-                timings["decode_s"] += rec["decode_ms"] / 1000
-                timings["model_s"] += rec["infer_ms"] / 1000
-                timings["write_s"] += rec["write_ms"] / 1000
-                progress.add(rec["images"], rec["failed"])
-            if not waiting[part]:
-                del waiting[part]
+    try:
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            a, part = in_flight.pop(ready[0])
+            queued[a] -= 1
+            try:
+                table = ray.get(ready[0])
+            except ray.exceptions.RayError as e:
+                tries[part.name] += 1
+                if tries[part.name] > 3:
+                    raise RuntimeError(f"partition {part.name} failed {tries[part.name]} times; last error: "
+                                       f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from None
+                queue.append(part)
+                table = None
+            for rec in table.to_pylist() if table is not None else []:
+                stage = rec["stage"]
+                if stage not in waiting.get(part.name, ()):
+                    continue  # a duplicate delivery of a part committed already
+                tc = time.perf_counter()
+                store.commit({**rec, "files": json.loads(rec["files"] or "{}")})
+                timings["commit_s"] += time.perf_counter() - tc
+                waiting[part.name].discard(stage)
+                if rec.get("images"):
+                    first = rec["t_model"] - (t_command or t0)
+                    stats.first_model_s = first if stats.first_model_s is None else min(stats.first_model_s, first)
+                    stats.items += rec["images"]
+                    stats.failed += rec["failed"]
+                    timings["decode_s"] += rec["decode_ms"] / 1000
+                    timings["model_s"] += rec["infer_ms"] / 1000
+                    timings["write_s"] += rec["write_ms"] / 1000
+                    progress.add(rec["images"], rec["failed"])
+            if not waiting.get(part.name, True):
+                del waiting[part.name]
                 stats.parts += 1
-    progress.close()
+            while queue and queued[a] < depth:
+                submit(a)
+    finally:
+        progress.close()
+        for actor in actors:
+            ray.kill(actor)
+        store.flush()
     stats.seconds = time.time() - t0
     stats.timings = {k: round(v, 2) for k, v in timings.items()}
-    store.flush()
     if waiting:
         raise RuntimeError(f"the pass ended with {len(waiting)} partitions incomplete; run again to resume")
     rate = f", {stats.items / stats.seconds:.1f} {p.unit}/s" if stats.seconds else ""

@@ -144,8 +144,10 @@ class VisualizeActor:
     """One per GPU (or CPU slot): the model, loaded once; each call visualizes one partition of targets."""
 
     def __init__(self, model: str, weights: str | None, layer: str, kind: str, settings: dict,
-                 precision: str = "fp32", channels_last: bool = True, threads: int = 0):
+                 precision: str = "fp32", channels_last: bool = True, threads: int = 0,
+                 out: str = "", metadata: dict | None = None):
         from deepscope.algos.ascent import AscentSettings
+        from deepscope.io.store import PartWriter
         from deepscope.mapper import device_for_actor
         from deepscope.models.registry import load_model
 
@@ -159,37 +161,49 @@ class VisualizeActor:
         self.loaded.module = module
         self.layer, self.kind, self.settings = layer, kind, AscentSettings(**settings)
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.writer = PartWriter(out, metadata)
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict):
+        """Whole partitions of targets in; each one's PNGs and table written here; records out."""
+        import json
+
+        import pyarrow as pa
+
         from deepscope.algos.ascent import visualize
+        from deepscope.io import schemas
 
-        parts, targets = [], []
-        for part, ts in zip(batch["part"], batch["targets"]):
-            parts += [part] * len(ts)
-            targets += [int(t) for t in ts]
-        t0 = time.perf_counter()
-        r = visualize(self.loaded, self.layer, targets, self.settings, self.kind, self.amp)
-        return {"part": np.array(parts, dtype=object), "target": np.array(targets, np.int32),
-                "png": np.array([png_bytes(p) for p in r.pixels], dtype=object), "start": r.start, "score": r.score,
-                "top1": r.top1.astype(np.int32),
-                "ms": np.full(len(targets), (time.perf_counter() - t0) * 1000 / max(len(targets), 1), np.float32)}
+        records = []
+        for part, desc in zip(batch["part"], batch["desc"]):
+            targets = [int(t) for t in json.loads(desc)["targets"]]
+            t0 = time.perf_counter()
+            r = visualize(self.loaded, self.layer, targets, self.settings, self.kind, self.amp)
+            files = {f"{VIS}/images/{self.kind}_{t:04d}.png": png_bytes(p) for t, p in zip(targets, r.pixels)}
+            names = self.loaded.class_names if self.kind == "class" else None
+            table = pa.table({
+                "layer": [self.layer] * len(targets), "kind": [self.kind] * len(targets),
+                "target": pa.array(targets, pa.int32()), "name": [names[t] if names else None for t in targets],
+                "image": list(files), "start": pa.array(np.asarray(r.start, np.float32)),
+                "score": pa.array(np.asarray(r.score, np.float32)),
+                "top1": pa.array(np.asarray(r.top1, np.int32))}, schema=schemas.VISUALIZE)
+            ms = (time.perf_counter() - t0) * 1000
+            rec = self.writer.write(VIS, part, table, files)
+            records.append({**rec, "files": json.dumps(rec["files"]), "images": len(targets), "failed": 0,
+                            "decode_ms": 0.0, "infer_ms": ms, "write_ms": 0.0, "t_model": time.time() - ms / 1000})
+        return pa.Table.from_pylist(records)
 
 
 def visualize_job(store, model: str, weights: str | None, layer: str, kind: str, targets: list[int],
                   settings: dict, run: dict, log) -> dict:
-    """Visualize `targets` of `layer` into an open Store: parts visualize/pNNNNN, PNGs, grid, summary."""
-    import pyarrow as pa
-    import ray.data
-
-    from deepscope.io import schemas
+    """Visualize `targets` of `layer` into an open Store: parts visualize/pNNNNN, PNGs, grid, summary.
+    Runs on the executor every pass runs on (actors write their parts, the driver commits)."""
+    from deepscope.executor import Pass, execute
+    from deepscope.io.plan import Partition
     from deepscope.models.registry import load_model
-    from deepscope.executor import start_actor_pool
 
     loaded = load_model(model, weights)  # fail fast (bad layer, bad target) before any cluster work
     width = layer_width(loaded, layer)
     if targets and max(targets) >= width:
         raise UserError(f"{kind} {max(targets)} does not exist: {layer} has {width}")
-    names = loaded.class_names if kind == "class" else None
     per_part = int(run.get("batch_size") or 16)
     plan = {f"p{i // per_part:05d}": targets[i:i + per_part] for i in range(0, len(targets), per_part)}
     config = {"layer": layer, "kind": kind, "targets": targets, "settings": settings}
@@ -198,45 +212,25 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
         store.drop_parts_except(VIS, set())  # a part's name says which targets, not how they were made
     store.open_stage(VIS, store.stage_config(VIS) or config)  # a job's post stage opened it already
     store.drop_parts_except(VIS, set(plan))
-    pending = [{"part": p, "targets": ts} for p, ts in plan.items() if not store.has_part(VIS, p)]
+    pending = [Partition(p, len(ts), {"kind": "targets", "targets": ts}) for p, ts in plan.items()
+               if not store.has_part(VIS, p)]
     t0 = time.time()
     done = 0
     if pending:
-        pool = start_actor_pool(run.get("address"), int(run.get("actors") or 1), run.get("threads"))
-        log(f"{store.root}: {sum(len(p['targets']) for p in pending)} {kind} pictures of {layer} in {len(pending)} parts "
-            f"({pool.describe()}, {settings.get('steps', 100)} steps)")
-        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        ds = ds.map_batches(VisualizeActor, fn_constructor_kwargs=dict(
-            model=model, weights=weights, layer=layer, kind=kind, settings=settings,
-            precision=run.get("precision", "fp32"), channels_last=run.get("channels_last", True),
-            threads=pool.threads),
-            batch_size=1, batch_format="numpy", **pool.map_kwargs())
-        by_part: dict[str, list] = {}
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i, part in enumerate(batch["part"]):
-                by_part.setdefault(part, []).append({k: batch[k][i] for k in batch})
-            for part in [p for p, rows in by_part.items() if len(rows) == len(plan[p]) and not store.has_part(VIS, p)]:
-                rows = by_part.pop(part)
-                rels = []
-                for r in rows:
-                    rel = f"{VIS}/images/{kind}_{int(r['target']):04d}.png"
-                    store.write_file(rel, bytes(r["png"]), record=False)
-                    rels.append(rel)
-                store.write_part(VIS, part, pa.table({
-                    "layer": [layer] * len(rows), "kind": [kind] * len(rows),
-                    "target": pa.array([int(r["target"]) for r in rows], pa.int32()),
-                    "name": [names[int(r["target"])] if names else None for r in rows],
-                    "image": rels, "start": pa.array([float(r["start"]) for r in rows], pa.float32()),
-                    "score": pa.array([float(r["score"]) for r in rows], pa.float32()),
-                    "top1": pa.array([int(r["top1"]) for r in rows], pa.int32())}, schema=schemas.VISUALIZE))
-                done += len(rows)
-                log(f"  {done}/{sum(len(p['targets']) for p in pending)} pictures, {done / (time.time() - t0):.2f}/s")
+        log(f"{len(pending)} parts of {kind} pictures of {layer}, {settings.get('steps', 100)} steps")
+        stats = execute(store, Pass(
+            parts=pending, commits=[VIS], worker=VisualizeActor, unit="pictures",
+            worker_kwargs=dict(model=model, weights=weights, layer=layer, kind=kind, settings=settings,
+                               precision=run.get("precision", "fp32"), channels_last=run.get("channels_last", True),
+                               out=store.url, metadata=store.metadata),
+            address=run.get("address"), actors=int(run.get("actors") or 1), threads=run.get("threads") or 0))
+        done = stats.items
     else:
         log(f"nothing to do: all {len(plan)} parts of {store.root}/{VIS} are complete")
     table = store.read(VIS)
     rows = sorted(table.to_pylist(), key=lambda r: r["target"])
     caption = [f"{r['target']}{' ' + r['name'][:14] if r['name'] else ''}\n{r['score']:.1f}" for r in rows]
-    pics = [read_png(store.path(r["image"]))[0].numpy() for r in rows]
+    pics = [read_png(io.BytesIO(store.read_bytes(r["image"])))[0].numpy() for r in rows]
     grid = f"{VIS}/grid_{re.sub(r'[^A-Za-z0-9._-]+', '_', layer)}.png"
     store.write_file(grid, grid_png(pics, caption))
     wall = time.time() - t0

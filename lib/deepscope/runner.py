@@ -59,6 +59,12 @@ def plan_job(job) -> tuple[list, int, "pd.DataFrame | None"]:
     return parts, sum(p.size for p in parts), dups
 
 
+def worker_env() -> dict:
+    """Settings the workers need wherever they run: DEEPSCOPE_* (fault injection in tests) and the
+    output location's filesystem settings and credentials (AWS_*, FSSPEC_*, GOOGLE_*)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("DEEPSCOPE_", "AWS_", "FSSPEC_", "GOOGLE_"))}
+
+
 def image_pass(job, store, loaded, stages, parts, t_command=None):
     """One pass of the image pipeline over `parts` for the given pipeline stages."""
     from deepscope.io.decode import DecodeLimits, decode_partitions
@@ -72,7 +78,7 @@ def image_pass(job, store, loaded, stages, parts, t_command=None):
                        "metadata": store.metadata},
         read=decode_partitions, read_kwargs={"transform": loaded.transform, "limits": limits},
         address=job.run.address, actors=job.run.actors, threads=job.run.threads,
-        env={k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}), t_command)
+        env=worker_env()), t_command)
 
 
 def run(job, t_command: float | None = None) -> RunResult:

@@ -41,7 +41,7 @@ class Features(Stage):
         }, schema=schema)
 
     def finish(self, ctx):
-        store, log = ctx.store, ctx.log
+        store = ctx.store
         rows, dim = 0, None
         labels: dict[str, int] = {}
         for _, t in store.iter_parts(self.name, columns=["label", "feature"]):

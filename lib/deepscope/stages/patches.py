@@ -88,7 +88,6 @@ class Patches(Stage):
 
     # -- driver, before the pass: fail fast on bad names, measure the receptive fields --------
     def prepare(self, ctx):
-        store = ctx.store
         self.geometry, self.transform = self.measure()
 
     def measure(self, receptive_fields: bool = True):

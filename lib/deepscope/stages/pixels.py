@@ -37,7 +37,7 @@ class Pixels(Stage):
         }, schema=schemas.pixels(self.config.size))
 
     def finish(self, ctx):
-        store, log = ctx.store, ctx.log
+        store = ctx.store
         rows = sum(e["rows"] for e in store.parts(self.name).values())
         return {"rows": rows, "size": self.config.size, "dim": 3 * self.config.size ** 2}
 

@@ -75,7 +75,6 @@ class Saliency(Stage):
 
     # -- driver, before the pass: fail on bad settings before any image is computed -----------
     def prepare(self, ctx):
-        store = ctx.store
         from deepscope.models.registry import load_model
 
         loaded = load_model(self.job.model.name, self.job.model.weights)
