@@ -46,6 +46,7 @@ def main() -> None:
             store = Store(Path(tmp) / "out")
             store.open({"bench": True})
             store.manifest["stages"]["features"] = {"config": {}, "parts": {f"p-{i:016x}": fake_entry(i) for i in range(k)}}
+            store.commit({"stage": "features", "part": "warm-up", **fake_entry(k)})  # the log folder exists
             times = []
             for r in range(a.repeat):
                 rec = {"stage": "features", "part": f"new-{r}", **fake_entry(k + r)}

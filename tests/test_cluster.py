@@ -78,8 +78,7 @@ def _job(tmp, photos, out, slow=True):
 
 
 def _alive_actors(env, wait_s: float = 30) -> list[str]:
-    """Class names of the cluster's live model actors. Ray Data's own detached singletons
-    (_StatsActor, ActorLocationTracker) serve every job of the cluster and outlive each by design."""
+    """Class names of the cluster's live model actors (WorkerHost)."""
     import json
 
     deadline = time.time() + wait_s
@@ -87,7 +86,8 @@ def _alive_actors(env, wait_s: float = 30) -> list[str]:
         p = subprocess.run([RAY, "list", "actors", "--address", f"http://127.0.0.1:{DASH}", "--filter", "state=ALIVE",
                             "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr[-2000:]
-        alive = [a["class_name"] for a in json.loads(p.stdout or "[]") if "ModelMapper" in a["class_name"]]
+        listed = json.loads(p.stdout) if p.stdout.strip().startswith("[") else []  # else "No resource in the cluster"
+        alive = [a["class_name"] for a in listed if "WorkerHost" in a["class_name"]]
         if not alive or time.time() > deadline:
             return alive
         time.sleep(1)

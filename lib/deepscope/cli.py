@@ -23,11 +23,13 @@ def _common_run_args(p):
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
     p.add_argument("--max-error-rate", type=float, help="fail the job when more inputs fail (default 0.5)")
+    p.add_argument("--verify", action="store_true", default=None,
+                   help="also check every committed part's sha256 before running (sizes are always checked)")
 
 
 def _run_section(a) -> dict:
     keys = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address, "precision": a.precision,
-            "max_error_rate": a.max_error_rate}
+            "max_error_rate": a.max_error_rate, "verify": getattr(a, "verify", None)}
     return {k: v for k, v in keys.items() if v is not None}
 
 
@@ -53,6 +55,8 @@ def cmd_run(a):
         spec.out = a.out
     if a.address:
         spec.run.address = a.address
+    if a.verify:
+        spec.run.verify = True
     run(spec)
 
 
@@ -91,8 +95,9 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     f = sub.add_parser("features", help="features of every image of a dataset, in Parquet")
-    f.add_argument("data", help="folder, .parquet/.csv manifest with a path column, or URL (s3://...)")
-    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("data", help="folder, .parquet/.csv manifest with a path column, a glob of manifest shards "
+                                "('shards/*.parquet'), synthetic:N, or a URL (s3://...)")
+    f.add_argument("--out", required=True, help="output folder or URL (s3://bucket/prefix, gs://...)")
     f.add_argument("--layer", default="penultimate", help="fc7, penultimate, logits or a module name")
     f.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     _common_run_args(f)
@@ -102,12 +107,18 @@ def build_parser() -> Parser:
     r.add_argument("job", help="job file (TOML)")
     r.add_argument("--out", help="override the job's output folder")
     r.add_argument("--address", help="Ray cluster address")
+    r.add_argument("--verify", action="store_true", help="also check every committed part's sha256 before running")
     r.set_defaults(fn=cmd_run)
 
     la = sub.add_parser("layers", help="list a model's layers with output shapes")
     la.add_argument("model")
     la.add_argument("--weights")
     la.set_defaults(fn=cmd_layers)
+
+    inf = sub.add_parser("info", help="what an output folder holds: job, stages, rows, errors, timings")
+    inf.add_argument("out", help="output folder or URL")
+    inf.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    inf.set_defaults(fn=lambda a: __import__("deepscope.report.info", fromlist=["cmd_info"]).cmd_info(a))
 
     d = sub.add_parser("demo-data", help="write the embedded demo dataset")
     d.add_argument("dir")
@@ -121,6 +132,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from deepscope.executor import PassFailed
     from deepscope.runner import JobFailed
 
     try:
@@ -132,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except JobFailed as e:
         print(f"deepscope: job failed: {e}", file=sys.stderr)
+        return 3
+    except PassFailed as e:
+        print(f"deepscope: job failed: {e}; run the same command again to resume", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("deepscope: interrupted; run the same command again to resume", file=sys.stderr)

@@ -23,14 +23,39 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def ensure_ray(address: str | None = None, log_dir: str | None = None) -> None:
+RAY_LOG = "logs/ray.log"  # in the output folder: Ray's own log lines, shown (with the path) when a job fails
+
+
+def quiet_ray_logging(path: str | None) -> None:
+    """Ray's Python log lines go to `path` (not the console), and the C++ core's to Ray's session
+    logs: a normal run's console holds deepscope's lines only."""
+    ray_logger = logging.getLogger("ray")
+    for h in list(ray_logger.handlers):
+        ray_logger.removeHandler(h)
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        ray_logger.addHandler(handler)
+    else:
+        ray_logger.addHandler(logging.NullHandler())
+    ray_logger.setLevel(logging.INFO)
+    ray_logger.propagate = False
+
+
+def ensure_ray(address: str | None = None, log_path: str | None = None) -> None:
+    """Connect to Ray, or start a local cluster (never whatever `ray start` last left on this machine)."""
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local" and "ray" not in sys.modules:
+        # token authentication on, said explicitly (before Ray reads it at import): Ray then
+        # generates the token without printing a warning about its default
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
         return
-    # no address: a new local cluster, never whatever `ray start` last left on this machine
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+    quiet_ray_logging(log_path)
+    ray.init(address=address, configure_logging=False, log_to_driver=False,
              include_dashboard=False if address == "local" else None,
              runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}})
 
@@ -53,11 +78,12 @@ class ActorPool:
         return {"num_gpus": 1 if self.gpus else 0, "num_cpus": 0 if self.gpus else 0.5}
 
 
-def start_actor_pool(address: str | None, cpu_actors: int, threads: int | None) -> ActorPool:
-    """Connect to Ray (or start it), set up Ray Data, and size the model actor pool."""
+def start_actor_pool(address: str | None, cpu_actors: int, threads: int | None,
+                     log_path: str | None = None) -> ActorPool:
+    """Connect to Ray (or start it) and size the model actor pool."""
+    ensure_ray(address, log_path)  # before Ray's import: it sets how a local cluster authenticates
     import ray
 
-    ensure_ray(address)
     n_gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = n_gpus or cpu_actors
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -130,6 +156,23 @@ class PassStats:
     timings: dict = field(default_factory=dict)
 
 
+class PassFailed(Exception):
+    """A partition kept failing (not its images: the code or the cluster). Rerunning resumes."""
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [x for x in str(e).strip().splitlines() if x.strip()]
+    return lines[-1].strip() if lines else type(e).__name__
+
+
+def local_log_path(store) -> str:
+    """Where Ray's log lines of this run go: OUT/logs/ray.log, or a local file for remote outputs."""
+    if not store.loc.remote:
+        return os.path.join(store.loc.url, RAY_LOG)
+    import tempfile
+    return os.path.join(tempfile.gettempdir(), "deepscope-" + store.loc.url.replace("://", "_").replace("/", "_"), "ray.log")
+
+
 INLINE_BYTES = 64 * 1024  # Ray inlines smaller task and actor arguments; larger ones go to the object store
 
 
@@ -170,9 +213,10 @@ def execute(store, p: Pass, t_command: float | None = None) -> PassStats:
     import hashlib
 
     import cloudpickle
+
+    pool = start_actor_pool(p.address, p.actors, p.threads, local_log_path(store))  # before Ray's import
     import ray
 
-    pool = start_actor_pool(p.address, p.actors, p.threads)
     total = sum(x.size for x in p.parts)
     log(f"{store.root}: {total} {p.unit} in {len(p.parts)} partitions to compute ({pool.describe()})")
     t0 = time.time()
@@ -221,8 +265,8 @@ def execute(store, p: Pass, t_command: float | None = None) -> PassStats:
             except ray.exceptions.RayError as e:
                 tries[part.name] += 1
                 if tries[part.name] > 3:
-                    raise RuntimeError(f"partition {part.name} failed {tries[part.name]} times; last error: "
-                                       f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from None
+                    raise PassFailed(f"partition {part.name} failed {tries[part.name]} times; last error: "
+                                     f"{_last_line(e)}; Ray's log: {local_log_path(store)}") from None
                 queue.append(part)
                 table = None
             for rec in table.to_pylist() if table is not None else []:
@@ -255,7 +299,7 @@ def execute(store, p: Pass, t_command: float | None = None) -> PassStats:
     stats.seconds = time.time() - t0
     stats.timings = {k: round(v, 2) for k, v in timings.items()}
     if waiting:
-        raise RuntimeError(f"the pass ended with {len(waiting)} partitions incomplete; run again to resume")
+        raise PassFailed(f"the pass ended with {len(waiting)} partitions incomplete; run again to resume")
     rate = f", {stats.items / stats.seconds:.1f} {p.unit}/s" if stats.seconds else ""
     log(f"  {stats.items}/{total} {p.unit} done, {stats.failed} failed in {stats.seconds:.1f} s{rate}; "
         f"decode {timings['decode_s']:.1f} s, model {timings['model_s']:.1f} s, write {timings['write_s']:.1f} s "

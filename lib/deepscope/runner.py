@@ -9,6 +9,7 @@ last run stopped, repairs what is missing, and a finished job does nothing.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -162,6 +163,8 @@ def run(job, t_command: float | None = None) -> RunResult:
             "images_per_s": round(result.computed / wall, 2) if result.computed else None,
             "first_image_s": round(first_model_s, 2) if first_model_s is not None else None,
             "versions": _versions(), "run": job.run.model_dump(mode="json"),
+            "command": " ".join(["deepscope", *sys.argv[1:]]) if sys.argv and "deepscope" in sys.argv[0] else None,
+            "machine": _machine(),
         })
         from deepscope.report.html import write_report
         write_report(store)
@@ -196,6 +199,17 @@ def run_stage(out: str, stage: str, config: dict, run_overrides: dict | None = N
     base["run"] = {**base.get("run", {}), **(run_overrides or {})}
     base["dataset"]["demo"] = False
     return run(jobmod.validate({**base, stage: config}, "arguments"))
+
+
+def _machine() -> dict:
+    import ray
+    import torch
+
+    res = ray.cluster_resources() if ray.is_initialized() else {}
+    return {"driver_cpus": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cluster_cpus": res.get("CPU"), "cluster_gpus": res.get("GPU", 0),
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]) if ray.is_initialized() else None}
 
 
 def _versions() -> dict:

@@ -27,6 +27,7 @@ from deepscope.models.transform import Transform
 FAMILIES = ("lite0", "torchvision", "timm", "torchscript")
 RANDOM_TEXT = "random (TEST ONLY, not a trained model)"
 IMAGENET_TRANSFORM = Transform()  # 256 / 224, ImageNet mean and std
+TORCHSCRIPT_TRANSFORM = "deepscope_transform.json"  # torch.jit.save(m, f, _extra_files={this: Transform json})
 
 
 @dataclass
@@ -168,8 +169,9 @@ def _load_torchscript(spec: str, path: str, weights: str | None) -> LoadedModel:
         raise UserError("a TorchScript file carries its own weights: drop --weights for torchscript:FILE")
     if not os.path.isfile(path):
         raise UserError(f"TorchScript file not found: {path}")
+    extra = {TORCHSCRIPT_TRANSFORM: ""}  # a file may carry its input transform (resize, crop, mean, std)
     try:
-        module = torch.jit.load(path, map_location="cpu")
+        module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
     except Exception as e:
         raise UserError(f"cannot load {path} as TorchScript ({type(e).__name__}): save it with torch.jit.save") from None
     module.eval()
@@ -181,8 +183,16 @@ def _load_torchscript(spec: str, path: str, weights: str | None) -> LoadedModel:
             names = imagenet_class_names()
     except Exception:
         pass  # the real error, if any, shows on the first batch with a better message
+    transform = IMAGENET_TRANSFORM
+    if extra[TORCHSCRIPT_TRANSFORM]:
+        import json
+        try:
+            transform = Transform(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in json.loads(extra[TORCHSCRIPT_TRANSFORM]).items()})
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{path}: its {TORCHSCRIPT_TRANSFORM} is not a transform ({e})") from None
     # hooks cannot be registered on ScriptModules: only the logits tap exists
-    return LoadedModel(spec, module, IMAGENET_TRANSFORM, f"file: {path}", False, names, {"logits": ""})
+    return LoadedModel(spec, module, transform, f"file: {path}", False, names, {"logits": ""})
 
 
 # ---------------------------------------------------------------------------- weights

@@ -35,15 +35,30 @@ def write_report(store) -> None:
     run = store.summary("run") or {}
     warn = ('<p class="warn">RANDOM WEIGHTS: this model is untrained (test only); nothing here describes a real network.</p>'
             if run.get("random_weights") else "")
-    keys = ("dataset", "model", "weights", "images", "failed", "computed_this_run", "wall_s", "images_per_s")
-    body = [f"<h1>deepscope report: {html.escape(str(store.root))}</h1>", warn, "<h2>Run</h2>",
-            _kv({k: run.get(k) for k in keys}), "<h2>Errors</h2>", errors_section(store)]
+    keys = ("dataset", "model", "weights", "images", "failed", "partitions", "computed_this_run", "wall_s",
+            "images_per_s", "first_image_s")
+    made = run.get("command") or "a job run from Python"
+    m = run.get("machine") or {}
+    machine = (f"{m.get('nodes') or 1} node(s), {m.get('cluster_cpus') or m.get('driver_cpus')} CPUs, "
+               f"{int(m.get('cluster_gpus') or 0)} GPUs" + (f" ({m['gpu']})" if m.get("gpu") else "")) if m else "?"
+    t = store.summary("timings") or {}
+    timings = ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in t.items()) + " (summed over workers)" if t else ""
+    sections = []
     for name, cls in STAGES.items():
         if store.summary(name) is None:
             continue
         s = cls(cls.Config.model_validate(store.stage_config(name) or {}), job=None)
         section = s.report(store)
         if section:
-            body += [f'<h2 id="{s.name}">{html.escape(s.name.capitalize())}</h2>', section]
+            sections.append((s.name, section))
+    links = " · ".join(['<a href="#run">Run</a>', '<a href="#errors">Errors</a>',
+                        *(f'<a href="#{n}">{html.escape(n.capitalize())}</a>' for n, _ in sections)])
+    body = [f"<h1>deepscope report: {html.escape(str(store.root))}</h1>", warn,
+            f"<p>Made by <code>{html.escape(made)}</code> on {html.escape(machine)}."
+            + (f" Timings: {html.escape(timings)}." if timings else "") + "</p>",
+            f"<p>{links}</p>", '<h2 id="run">Run</h2>',
+            _kv({k: run.get(k) for k in keys}), '<h2 id="errors">Errors</h2>', errors_section(store)]
+    for name, section in sections:
+        body += [f'<h2 id="{name}">{html.escape(name.capitalize())}</h2>', section]
     page = f"<!doctype html><meta charset=utf-8><title>deepscope report</title><style>{CSS}</style>{''.join(body)}"
     store.write_file("report/index.html", page)
