@@ -115,10 +115,13 @@ class LossNetwork:
         with LayerTaps(self.loaded, self.layers, detach=False) as taps:
             modules = dict(self.loaded.module.named_modules())
             stop = None
-            if self._last.kind == "output" and self._last.module_name in modules and self._last.module_name:
+            name = self._last.module_name
+            if name.count(".") >= 2:  # inside a block (lite0's ReLU6 runs twice per block): stop after the block
+                name = name.rsplit(".", 1)[0]
+            if self._last.kind == "output" and name in modules and name:
                 def raise_stop(*_):
                     raise _Stop
-                stop = modules[self._last.module_name].register_forward_hook(raise_stop)
+                stop = modules[name].register_forward_hook(raise_stop)
             try:
                 self.loaded.module(x)
             except _Stop:
