@@ -144,7 +144,7 @@ def test_dream_raises_layer_energy(lite0, photo):
 
 def test_early_layer_inverts_closer_than_late_layer(lite0, photo):
     x = torch.nn.functional.interpolate(photo.float() / 255, size=64, mode="bilinear", align_corners=False)
-    s = InvertSettings(steps=15, lr=0.05)
+    s = InvertSettings(steps=15, lr=0.05, param="pixel")
     err = {}
     for layer in ("_blocks.1", "_blocks.10"):
         rec, feat_err = invert(lite0, x, layer, s)

@@ -39,9 +39,9 @@ class TrainConfig:
     style_size: int = 256  # style images are scaled to this longer side
     steps: int = 2000
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 5e-3  # short CPU trainings (hundreds of steps) need more than Johnson's 1e-3 over 40k
     content_weight: float = 1.0
-    style_weight: float = 10.0
+    style_weight: float = 20.0
     tv_weight: float = 1.0
     widths: tuple[int, int, int] = (32, 64, 128)
     res_blocks: int = 5

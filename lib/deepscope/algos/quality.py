@@ -90,3 +90,19 @@ def edge_correlation(a: torch.Tensor, b: torch.Tensor, size: int = 128) -> torch
     ea = ea / ea.norm(dim=1, keepdim=True).clamp_min(1e-12)
     eb = eb / eb.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return ea @ eb.t()
+
+
+def structure_kept(outputs: torch.Tensor, inputs: torch.Tensor, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(own (N,), other (N,)): the edge correlation of each output with its own input, and the
+    largest with any other input.  A stylization keeps structure when own is far above other; a
+    collapsed network (the same picture for every input, or a constant) has own ~ other."""
+    c = edge_correlation(outputs, inputs, size)
+    own = c.diag()
+    other = (c - 2 * torch.eye(len(c), device=c.device)).amax(1) if len(c) > 1 else torch.zeros_like(own)
+    return own, other
+
+
+def keeps_structure(outputs: torch.Tensor, inputs: torch.Tensor, min_own: float = 0.25,
+                    margin: float = 0.15) -> bool:
+    own, other = structure_kept(outputs, inputs)
+    return bool(((own >= min_own) & (own >= other + margin)).all())
