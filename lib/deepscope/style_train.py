@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from deepscope.algos import style_net as sn
-from deepscope.algos.style import (LossNetwork, content_loss, content_weights, default_layers, gram, gram_weights,
+from deepscope.algos.style import (LossNetwork, content_loss, content_weights, gram, gram_weights, network_layers,
                                    style_loss, tv_loss)
 from deepscope.errors import UserError
 from deepscope.io.store import write_single_file
@@ -160,7 +160,7 @@ class Trainer:
         loaded = load_model(cfg.model, cfg.weights)
         loaded.module.to(self.device)
         self.loaded = loaded
-        c_layers, s_layers = default_layers(loaded)
+        c_layers, s_layers = network_layers(loaded)
         self.content_layers = cfg.content_layers or c_layers
         self.style_layers = cfg.style_layers or s_layers
         self.lossnet = LossNetwork(loaded, self.content_layers + self.style_layers)

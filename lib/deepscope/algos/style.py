@@ -20,13 +20,10 @@ import torch.nn.functional as F
 
 from deepscope.models.taps import LayerTaps, list_layers
 
-# Layers per model family: Gatys' / Johnson's choices for VGG (relu1_2 ... relu4_3 / relu2_2);
-# for lite0 the content at the stride-4 block output and the style at the ReLU6 activations of
-# stride 2, 4, 8 and 16 (after each block's depthwise convolution), VGG's ReLUs' counterpart: Gram
-# matrices of the linear block outputs (the layers used before issue 14) trained a fast network
-# that painted grey, embossed pictures and blobs (style loss 1.39 -> 1.0 in 300 steps).
+# Layers per model family: Gatys' / Johnson's choices for VGG (relu1_2 ... relu4_3 / relu2_2),
+# the matching stride-2..16 block outputs for lite0.
 KNOWN_LAYERS = {
-    "lite0": (["_blocks.2"], ["_blocks.0._swish", "_blocks.2._swish", "_blocks.4._swish", "_blocks.7._swish"]),
+    "lite0": (["_blocks.2"], ["_blocks.0", "_blocks.2", "_blocks.4", "_blocks.10"]),
     "torchvision:vgg16": (["features.8"], ["features.3", "features.8", "features.15", "features.22"]),
     "torchvision:vgg19": (["features.22"], ["features.1", "features.6", "features.11", "features.20", "features.29"]),
 }
@@ -78,6 +75,21 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- the loss network
+
+# The fast style network's loss layers for lite0: the style at the ReLU6 activations of strides 2, 4,
+# 8 and 16 (after each block's depthwise convolution), VGG's ReLUs' counterpart.  With the linear
+# block outputs above (the choice before issue 14) a short training painted grey, embossed pictures
+# and blobs (the demo's style loss 1.39 -> 1.0 in 300 steps); per-image Gatys optimization does
+# well with either, and keeps the block outputs.
+NETWORK_LAYERS = {
+    "lite0": (["_blocks.2"], ["_blocks.0._swish", "_blocks.2._swish", "_blocks.4._swish", "_blocks.7._swish"]),
+}
+
+
+def network_layers(loaded) -> tuple[list[str], list[str]]:
+    """(content layers, style layers) for training a fast style network."""
+    return NETWORK_LAYERS.get(loaded.spec) or default_layers(loaded)
+
 
 def default_layers(loaded) -> tuple[list[str], list[str]]:
     """(content layers, style layers): the known choice, else the last module at each of the first
