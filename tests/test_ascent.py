@@ -157,16 +157,15 @@ def test_early_layer_inverts_closer_than_late_layer(lite0, photo):
 
 def test_deep_layer_inversion_is_recognizable(lite0):
     """Issue 14: inverted from lite0's deepest block (_blocks.15), with the Fourier image and shared
-    random transformations (the default), two photos come back as pictures another network
+    random transformations (the default), a photo comes back as a picture another network
     (lite1) still files under the photo's own class (top 5), with photo-like spectra.  Adam on
     pixels (the method before) gives coloured noise with a faint outline there."""
+    from deepscope.algos.quality import resize
     from deepscope.demo_data import _photo
 
     src = torch.cat([torch.from_numpy(lite0.transform.geometry(_photo(n).convert("RGB")))[None]
-                     for n in ("chelsea", "motorcycle")])
+                     for n in ("chelsea",)])  # 1 of 5 photos, to keep it short (README: 4 of 5 in lite1's top 5)
     judge = load_model("lite1")
-    from deepscope.algos.quality import resize
-
     with torch.no_grad():  # lite1's class of each photo, shown at its input size as target_ranks does
         x = resize(src.float() / 255, judge.transform.crop)
         cls = judge.module((x - 0.5) / 0.5).argmax(1).tolist()
