@@ -3,6 +3,13 @@ image at a time, and seconds per image of the Gatys method. On a GPU also: ms pe
 against the 50 ms published for Johnson et al.'s network on a Pascal Titan X.
 
     python bench/stylize.py [--images 48] [--widths 32,64,128] [--gatys-steps 50]
+
+Quality (issue 14), --quality [--quality-only]: the demo's fast style network (its [stylize.train]
+settings, trained here on the demo images) judged on one held-out crop of each demo photo: the
+edge map of each output against its own input and the best other input (structure), and the Gram
+style loss measured with another network (lite1) relative to the content images' (style carried).
+
+    python bench/stylize.py --quality-only [--figure runs/bench-stylize.png]
 """
 from __future__ import annotations
 
@@ -27,8 +34,81 @@ from deepscope.stages.stylize import stylize_images  # noqa: E402
 from deepscope.style_train import encode  # noqa: E402
 
 
+def load_average() -> str:
+    import subprocess
+
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.split("load average:")[-1].strip()
+
+
+def quality(a, tmp: Path):
+    import tomllib
+
+    from deepscope.algos import style as st
+    from deepscope.algos.quality import structure_kept
+    from deepscope.models.registry import load_model
+    from deepscope.style_train import ContentImages, TrainConfig, Trainer, load_style_image, to_tensor
+
+    demo = tomllib.loads((Path(__file__).resolve().parents[1] / "jobs" / "demo.toml").read_text())
+    t = demo["stylize"]["train"]
+    data = tmp / "qdata"
+    make_demo_data(data, per_photo=50)
+    cfg = TrainConfig(styles=t["styles"], content=str(data), size=t["size"], style_size=2 * t["size"],
+                      steps=t["steps"], batch_size=t.get("batch_size", 4), widths=(16, 32, 64), res_blocks=3)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg)
+    paths = sorted(str(p) for p in data.rglob("*.jpg"))
+    trainer.train_steps(ContentImages("", cfg.size, cfg.seed, paths=[p for p in paths if not p.endswith("_049.jpg")]),
+                        cfg.steps)
+    train_s = time.perf_counter() - t0
+    held = [p for p in paths if p.endswith("_049.jpg")]  # one held-out image per photo
+    crops = ContentImages("", 192, seed=99, paths=held)
+    x = torch.stack([crops.crop(p) for p in held])
+    with torch.no_grad():
+        y = trainer.net(x, sn.style_weights(trainer.net.config, len(x), 0)).clamp(0, 1)
+    own, other = structure_kept(y, x)
+    judge = load_model("lite1")
+    _, layers = st.default_layers(judge)
+    net = st.LossNetwork(judge, layers)
+    targets = st.style_targets(net, [to_tensor(load_style_image(cfg.styles[0]), cfg.style_size)], layers)
+    w = st.gram_weights(targets)
+    with torch.no_grad():
+        ratio = st.style_loss(net(y), targets, w) / st.style_loss(net(x), targets, w)
+    h = trainer.history
+    print(f"\n# fast style network, demo settings ({', '.join(cfg.styles)}; {cfg.steps} steps at {cfg.size} px, "
+          f"lr {cfg.lr}, style weight {cfg.style_weight}, loss network lite0 {trainer.style_layers}): "
+          f"trained in {train_s:.0f} s, load average {load_average()}")
+    print(f"style loss (lite0, relative) {np.mean([r[2] for r in h[:10]]):.3f} -> {np.mean([r[2] for r in h[-10:]]):.3f}, "
+          f"content loss {np.mean([r[3] for r in h[:10]]):.3f} -> {np.mean([r[3] for r in h[-10:]]):.3f} "
+          "(first / last 10 steps)")
+    print(f"{'held-out image':28s} {'edges: own':>10s} {'best other':>10s} {'style loss (lite1) / content image':>36s}")
+    for p, o, b, r in zip(held, own.tolist(), other.tolist(), ratio.tolist()):
+        print(f"{Path(p).name:28s} {o:10.2f} {b:10.2f} {r:36.2f}")
+    if a.figure:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(2, len(x) + 1, figsize=(2.2 * (len(x) + 1), 4.6))
+        for ax in axes.flat:
+            ax.axis("off")
+        style = load_style_image(cfg.styles[0])
+        axes[0, 0].imshow(style)
+        axes[0, 0].set_title("style", fontsize=9)
+        for j in range(len(x)):
+            axes[0, j + 1].imshow(x[j].permute(1, 2, 0).numpy())
+            axes[1, j + 1].imshow(y[j].permute(1, 2, 0).numpy())
+            axes[1, j + 1].set_title(f"edges {own[j]:.2f} / {other[j]:.2f}, style {ratio[j]:.2f}", fontsize=7)
+        fig.tight_layout()
+        Path(a.figure).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(a.figure, dpi=80)
+        print(f"figure: {a.figure}")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--quality", action="store_true", help="also train the demo's style network and judge it")
+    ap.add_argument("--quality-only", action="store_true")
+    ap.add_argument("--figure", help="quality: write sources, outputs and the style image here (PNG)")
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--widths", default="32,64,128")
@@ -37,6 +117,10 @@ def main():
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-stylize-"))
     try:
+        if a.quality or a.quality_only:
+            quality(a, tmp)
+            if a.quality_only:
+                return
         data = tmp / "data"
         make_demo_data(data, per_photo=max(1, a.images // 6))
         paths = sorted(data.rglob("*.jpg"))

@@ -1,11 +1,20 @@
-"""Benchmark: units visualized per second for a layer of lite0, batched against one at a time
-(same targets, steps and seed), and robustness images/s for FGSM and PGD over a list of eps.
+"""Benchmark: class pictures that a person and other networks read (issue 14), units visualized per
+second for a layer of lite0 batched against one at a time (same targets, steps and seed), and
+robustness images/s for FGSM and PGD over a list of eps.
 
-    PYTHONPATH=lib .venv/bin/python bench/visualize.py [--units 8] [--steps 10] [--size 128] [--images 8]
+Quality: pictures of 10 ImageNet classes made on lite0 alone, by each recipe, judged by
+EfficientNet-Lite1 and -Lite2 (target in their top 5, at full and at half resolution) and by their
+high-frequency share (power above a quarter of the sampling rate, grey image at 224 px; photos
+1-3%).  --figure FILE writes the pictures, one row per recipe.
+
+    PYTHONPATH=lib .venv/bin/python bench/visualize.py [--quality-only] [--recipes default,pixel,lucid]
+        [--figure runs/bench-visualize.png] [--units 8] [--steps 10] [--size 128] [--images 8]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -18,8 +27,67 @@ from deepscope.algos.ascent import AscentSettings, visualize
 from deepscope.models.registry import load_model
 
 
+CLASSES = [1, 9, 130, 207, 292, 309, 417, 817, 949, 954]  # goldfish ostrich flamingo retriever tiger bee
+# balloon sports-car strawberry banana
+RECIPES = {
+    "default": {},  # fourier, decorrelated colours, preconditioned steps, pad/jitter/scale/rotate
+    "lucid": dict(optimizer="adam", pad=12, jitter=8, scale=0.1, rotate=10.0, lr=0.06),  # Lucid's: Adam
+    "pixel": dict(param="pixel", pad=0, scale=0.0, rotate=0.0, jitter=8),  # the defaults before issue 14
+}
+
+
+def load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
+
+
+def quality(loaded, recipes: list[str], steps: int, figure: str | None):
+    from deepscope.algos.quality import hf_share, target_ranks
+    from deepscope.models.registry import load_model
+
+    judges = [load_model("lite1"), load_model("lite2")]
+    print(f"# class pictures of {len(CLASSES)} classes on lite0, {steps} steps at 224 px, {torch.get_num_threads()} "
+          f"threads; judged by lite1 / lite2 (target in top 5)")
+    print(f"{'recipe':10s} {'s/pic':>6s} {'hf share':>9s} {'lite1':>6s} {'lite2':>6s} {'lite1 half':>10s} "
+          f"{'lite2 half':>10s} {'both half':>9s}  load average")
+    rows = []
+    for name in recipes:
+        t = time.perf_counter()
+        r = visualize(loaded, "logits", CLASSES, AscentSettings(steps=steps, **RECIPES[name]))
+        dt = time.perf_counter() - t
+        px = torch.from_numpy(r.pixels)
+        full = [target_ranks(j, px, CLASSES) < 5 for j in judges]
+        half = [target_ranks(j, px, CLASSES, half=True) < 5 for j in judges]
+        hf = hf_share(px)
+        print(f"{name:10s} {dt / len(CLASSES):6.1f} {float(hf.mean()):5.3f}/{float(hf.max()):.2f} "
+              f"{int(full[0].sum()):4d}/10 {int(full[1].sum()):4d}/10 {int(half[0].sum()):8d}/10 "
+              f"{int(half[1].sum()):8d}/10 {int((half[0] & half[1]).sum()):7d}/10  {load()}")
+        rows.append((name, r.pixels))
+    if figure:
+        from matplotlib.figure import Figure
+
+        names = loaded.class_names
+        fig = Figure(figsize=(1.6 * len(CLASSES), 1.8 * len(rows)), dpi=100, layout="constrained")
+        axes = fig.subplots(len(rows), len(CLASSES), squeeze=False)
+        for i, (name, pixels) in enumerate(rows):
+            for j, c in enumerate(CLASSES):
+                ax = axes[i, j]
+                ax.imshow(pixels[j].transpose(1, 2, 0))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(names[c][:16], fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(name, fontsize=9)
+        os.makedirs(os.path.dirname(os.path.abspath(figure)), exist_ok=True)
+        fig.savefig(figure)
+        print(f"figure: {figure}")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--recipes", default="default,pixel,lucid")
+    ap.add_argument("--quality-steps", type=int, default=100)
+    ap.add_argument("--figure", help="write the quality pictures here (PNG)")
+    ap.add_argument("--quality-only", action="store_true")
     ap.add_argument("--layer", default="_blocks.6")
     ap.add_argument("--units", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
@@ -30,6 +98,10 @@ def main():
     loaded = load_model("lite0")
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     loaded.module.to(device)
+    if a.recipes:
+        quality(loaded, [r for r in a.recipes.split(",") if r], a.quality_steps, a.figure)
+    if a.quality_only:
+        return
     s = AscentSettings(steps=a.steps, size=a.size)
     units = list(range(a.units))
     visualize(loaded, a.layer, units[:1], AscentSettings(steps=1, size=a.size), kind="unit")  # warm-up

@@ -121,6 +121,21 @@ def test_fast_style_training_lowers_held_out_style_loss(photos):
     assert after < before / 2, (before, after)
 
 
+def test_structure_check_rejects_a_collapsed_network(photos):
+    """Issue 14: a stylization keeps structure when each output's edges follow its own input far more
+    than any other input's.  A collapsed network (a constant, or the same picture for every input,
+    as the demo's old 3-style network painted) fails; the inputs themselves pass."""
+    from deepscope.algos.quality import keeps_structure, structure_kept
+
+    paths = [str(sorted(d.glob("*.jpg"))[0]) for d in sorted(photos.iterdir())]
+    x = torch.stack([ContentImages("", 96, seed=0, paths=paths).crop(p) for p in paths])
+    assert keeps_structure(x, x)
+    assert not keeps_structure(torch.full_like(x, 0.5), x)
+    assert not keeps_structure(x[:1].expand_as(x).contiguous(), x)
+    own, other = structure_kept(x[[1, 2, 0]], x)  # outputs in the wrong order: structure of others
+    assert (own < other).all()
+
+
 def test_multi_style_blend_one_zero_is_exactly_style_a(tmp_path):
     torch.manual_seed(0)
     net = sn.StyleNet(sn.StyleNetConfig(styles=["a", "b"], widths=(4, 8, 8), res_blocks=1)).eval()

@@ -47,3 +47,75 @@ def make_demo_data(out: str | os.PathLike, per_photo: int = 50, seed: int = 0) -
             os.replace(tmp, path)
             n += 1
     return n
+
+
+# ---------------------------------------------------------------------------- generated style images
+
+PAINTINGS = ("swirls", "glass")
+SWIRL_PALETTE = [(18, 32, 96), (32, 72, 170), (60, 120, 215), (130, 180, 235), (250, 212, 64), (245, 150, 35),
+                 (240, 236, 190), (30, 130, 140)]
+GLASS_PALETTE = [(200, 30, 40), (250, 190, 20), (30, 90, 200), (40, 160, 70), (240, 110, 20), (130, 40, 160),
+                 (20, 170, 200), (250, 240, 220)]
+
+
+def painting(name: str = "swirls", size: int = 384, seed: int = 0) -> Image.Image:
+    """A vivid, painting-like style image, generated (no file needed): "swirls" (thick brush strokes
+    along a field of vortices, a Starry-Night palette) or "glass" (stained glass: flat vivid cells
+    with dark leading)."""
+    rng = np.random.default_rng(seed)
+    if name == "swirls":
+        return _swirls(size, rng)
+    if name == "glass":
+        return _glass(size, rng)
+    raise ValueError(f"unknown painting {name!r}: {', '.join(PAINTINGS)}")
+
+
+def _swirls(size: int, rng) -> Image.Image:
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (size, size), SWIRL_PALETTE[0])
+    draw = ImageDraw.Draw(img)
+    centres = rng.uniform(0.1, 0.9, (5, 2)) * size
+    spins = rng.choice([-1.0, 1.0], 5) * rng.uniform(0.6, 1.2, 5)
+
+    def flow(p):
+        d = p[None, :] - centres
+        r2 = (d * d).sum(1) + (0.06 * size) ** 2
+        v = (spins[:, None] * np.stack([-d[:, 1], d[:, 0]], 1) / r2[:, None]).sum(0) + np.array([0.004, 0.001])
+        return v / (np.linalg.norm(v) + 1e-9)
+
+    # colour varies smoothly across the canvas (bands of the palette), with a little noise per stroke
+    fx, fy, ph = rng.uniform(1.5, 3.5), rng.uniform(1.5, 3.5), rng.uniform(0, 6.3, 2)
+    width = max(2, size // 64)
+    for _ in range(int(3.2 * size)):
+        p = rng.uniform(0, size, 2)
+        pts = [tuple(p)]
+        for _ in range(int(rng.integers(4, 10))):
+            p = p + flow(p) * width * 1.3
+            pts.append(tuple(p))
+        u = 0.5 + 0.25 * np.sin(fx * pts[0][0] / size * 6.3 + ph[0]) + 0.25 * np.sin(fy * pts[0][1] / size * 6.3 + ph[1])
+        k = int(np.clip(u * len(SWIRL_PALETTE) + rng.normal(0, 1.0), 0, len(SWIRL_PALETTE) - 1))
+        colour = tuple(int(np.clip(c + rng.normal(0, 12), 0, 255)) for c in SWIRL_PALETTE[k])
+        dark = tuple(int(c * 0.45) for c in colour)
+        draw.line(pts, fill=dark, width=width + 2, joint="curve")
+        draw.line(pts, fill=colour, width=width, joint="curve")
+    return img
+
+
+def _glass(size: int, rng) -> Image.Image:
+    n = 90
+    seeds = rng.uniform(0, size, (n, 2))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    d = (yy[None] - seeds[:, 1, None, None]) ** 2 + (xx[None] - seeds[:, 0, None, None]) ** 2
+    label = d.argmin(0)
+    colours = np.array(GLASS_PALETTE, np.float32)[rng.integers(0, len(GLASS_PALETTE), n)]
+    shade = 0.75 + 0.25 * np.sin(xx / size * 9 + yy / size * 5)  # light through uneven glass
+    a = colours[label] * shade[..., None]
+    edge = np.zeros((size, size), bool)
+    edge[1:] |= label[1:] != label[:-1]
+    edge[:, 1:] |= label[:, 1:] != label[:, :-1]
+    for _ in range(max(1, size // 160)):  # thicken the leading
+        edge[1:] |= edge[:-1].copy()
+        edge[:, 1:] |= edge[:, :-1].copy()
+    a[edge] = (25, 22, 20)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))

@@ -273,6 +273,7 @@ def cmd_visualize(a):
     targets = parse_targets(a.classes or a.units, width, "classes" if a.classes else "units")
     settings = {k: v for k, v in dict(steps=a.steps, lr=a.lr, l2=a.l2, blur_every=a.blur_every, blur_sigma=a.blur_sigma,
                                       value_clip=a.value_clip, grad_clip=a.grad_clip, jitter=a.jitter, param=a.param,
+                                      optimizer=a.optimizer, decay=a.decay, pad=a.pad, scale=a.scale, rotate=a.rotate,
                                       position=a.position, size=a.size, seed=a.seed).items() if v is not None}
     if a.plain:
         from deepscope.algos.ascent import PLAIN
@@ -346,7 +347,7 @@ def cmd_invert(a):
     layers = [v.strip() for v in (a.layers or "").split(",") if v.strip()]
     if not layers:
         raise UserError("invert needs --layers L1,L2 (list them with `deepscope layers MODEL`)")
-    config = dict(layers=layers, steps=a.steps, lr=a.lr, tv=a.tv, seed=a.seed)
+    config = dict(layers=layers, steps=a.steps, lr=a.lr, tv=a.tv, seed=a.seed, param=a.param)
     if not _inputs(a.input):
         return _job(a, "invert", config)
     t0 = time.time()
@@ -446,14 +447,21 @@ def add_commands(sub, Parser):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, help="ascent steps (default 100)")
     p.add_argument("--size", type=int, help="picture side (default: the model's crop)")
-    p.add_argument("--lr", type=float, help="step size (default 0.06)")
+    p.add_argument("--lr", type=float, help="RMS of each step (default fourier 0.1, pixel 0.06)")
     p.add_argument("--l2", type=float, help="L2 weight (default 1e-3)")
     p.add_argument("--blur-every", type=int, help="blur every N steps, 0 off (default 4)")
     p.add_argument("--blur-sigma", type=float, help="blur sigma, pixels (default 0.5)")
     p.add_argument("--value-clip", type=float, help="quantile of small-norm pixels zeroed each step (default 0)")
     p.add_argument("--grad-clip", type=float, help="quantile of small-contribution pixels zeroed each step (default 0)")
-    p.add_argument("--jitter", type=int, help="largest random shift, pixels (default 8)")
-    p.add_argument("--param", choices=["pixel", "fourier"], help="image parameterization (default pixel)")
+    p.add_argument("--jitter", type=int, help="largest random shift, pixels (default 16)")
+    p.add_argument("--param", choices=["pixel", "fourier"],
+                   help="image parameterization (default fourier: decorrelated colours, 1/f spectrum)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"],
+                   help="fourier: preconditioned gradient steps (default) or Adam (Lucid's recipe)")
+    p.add_argument("--decay", type=float, help="fourier: spectrum scaled by 1/f**decay (default 1)")
+    p.add_argument("--pad", type=int, help="transformation robustness: canvas margin, pixels (default 16)")
+    p.add_argument("--scale", type=float, help="... random scale 1 +- SCALE each step (default 0.25)")
+    p.add_argument("--rotate", type=float, help="... random rotation up to ROTATE degrees each step (default 15)")
     p.add_argument("--position", choices=["mean", "center"], help="unit objective: mean activation or the centre one")
     p.add_argument("--plain", action="store_true", help="no regularizers and no jitter (fooling images)")
     _model_args(p)
@@ -478,6 +486,8 @@ def add_commands(sub, Parser):
     i.add_argument("--steps", type=int, help="Adam steps (default 200)")
     i.add_argument("--lr", type=float, help="Adam learning rate (default 0.05)")
     i.add_argument("--tv", type=float, help="total variation weight (default 0.5)")
+    i.add_argument("--param", choices=["pixel", "fourier"],
+                   help="fourier (default): 1/f spectrum, decorrelated colours, random transformations; pixel: Adam on pixels")
     _model_args(i)
     i.set_defaults(fn=cmd_invert)
 

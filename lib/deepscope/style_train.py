@@ -20,12 +20,13 @@ import torch
 from PIL import Image
 
 from deepscope.algos import style_net as sn
-from deepscope.algos.style import (LossNetwork, content_loss, content_weights, default_layers, gram, gram_weights,
+from deepscope.algos.style import (LossNetwork, content_loss, content_weights, gram, gram_weights, network_layers,
                                    style_loss, tv_loss)
 from deepscope.errors import UserError
 from deepscope.io.store import write_single_file
 
 SKIMAGE_PREFIX = "skimage:"
+PAINTING_PREFIX = "painting:"  # generated style images (demo_data.painting): painting:swirls, painting:glass
 
 
 @dataclass
@@ -38,12 +39,13 @@ class TrainConfig:
     style_size: int = 256  # style images are scaled to this longer side
     steps: int = 2000
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 5e-3  # short CPU trainings (hundreds of steps) need more than Johnson's 1e-3 over 40k
     content_weight: float = 1.0
-    style_weight: float = 10.0
+    style_weight: float = 20.0
     tv_weight: float = 1.0
     widths: tuple[int, int, int] = (32, 64, 128)
     res_blocks: int = 5
+    output: str = "sigmoid"  # the network's last activation (style_net.StyleNetConfig.output)
     seed: int = 0
     content_layers: list[str] = field(default_factory=list)  # empty: the loss network's defaults
     style_layers: list[str] = field(default_factory=list)
@@ -55,7 +57,15 @@ class TrainConfig:
 
 
 def load_style_image(spec: str) -> Image.Image:
-    """An RGB style image from a file or from scikit-image's bundled samples (skimage:brick)."""
+    """An RGB style image from a file, from scikit-image's bundled samples (skimage:brick), or generated
+    (painting:swirls, painting:glass)."""
+    if spec.startswith(PAINTING_PREFIX):
+        from deepscope.demo_data import painting
+
+        try:
+            return painting(spec[len(PAINTING_PREFIX):])
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if spec.startswith(SKIMAGE_PREFIX):
         from skimage import data
 
@@ -75,7 +85,10 @@ def load_style_image(spec: str) -> Image.Image:
 
 
 def style_name(spec: str) -> str:
-    return spec[len(SKIMAGE_PREFIX):] if spec.startswith(SKIMAGE_PREFIX) else Path(spec).stem
+    for prefix in (SKIMAGE_PREFIX, PAINTING_PREFIX):
+        if spec.startswith(prefix):
+            return spec[len(prefix):]
+    return Path(spec).stem
 
 
 def to_tensor(img: Image.Image, long_side: int | None = None) -> torch.Tensor:
@@ -147,14 +160,14 @@ class Trainer:
         loaded = load_model(cfg.model, cfg.weights)
         loaded.module.to(self.device)
         self.loaded = loaded
-        c_layers, s_layers = default_layers(loaded)
+        c_layers, s_layers = network_layers(loaded)
         self.content_layers = cfg.content_layers or c_layers
         self.style_layers = cfg.style_layers or s_layers
         self.lossnet = LossNetwork(loaded, self.content_layers + self.style_layers)
         torch.manual_seed(cfg.seed)
         names = [style_name(s) for s in cfg.styles]
         self.net = sn.StyleNet(sn.StyleNetConfig(styles=names, widths=tuple(cfg.widths),
-                                                 res_blocks=cfg.res_blocks)).to(self.device)
+                                                 res_blocks=cfg.res_blocks, output=cfg.output)).to(self.device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         with torch.no_grad():
             self.targets = []
@@ -163,6 +176,7 @@ class Trainer:
                 self.targets.append({layer: gram(feats[layer]) for layer in self.style_layers})
             self.style_layer_weights = [gram_weights(t) for t in self.targets]
         self.step = 0
+        self.history: list[list[float]] = []  # [step, style index, style loss, content loss] per step
 
     def losses(self, x: torch.Tensor, style: int, net: sn.StyleNet | None = None) -> tuple[torch.Tensor, ...]:
         """(objective, style loss, content loss) averaged over the batch, for one style."""
@@ -189,6 +203,7 @@ class Trainer:
             obj.backward()
             self.opt.step()
             self.step += 1
+            self.history.append([self.step, style, round(float(s.detach()), 5), round(float(c.detach()), 5)])
             if not torch.isfinite(obj):
                 raise UserError(f"training diverged at step {self.step}: lower --lr or --style-weight")
             if self.log and (time.time() - last > 5 or self.step == until):
@@ -204,7 +219,8 @@ class Trainer:
     def state(self) -> bytes:
         buf = io.BytesIO()
         torch.save({"key": self.cfg.key(), "step": self.step, "net": self.net.state_dict(),
-                    "opt": self.opt.state_dict(), "rng": torch.get_rng_state()}, buf)
+                    "opt": self.opt.state_dict(), "rng": torch.get_rng_state(),
+                    "history": self.history}, buf)
         return buf.getvalue()
 
     def restore(self, data: bytes) -> bool:
@@ -215,6 +231,7 @@ class Trainer:
         self.opt.load_state_dict(blob["opt"])
         torch.set_rng_state(blob["rng"].cpu())
         self.step = int(blob["step"])
+        self.history = [list(h) for h in blob.get("history", [])]
         return True
 
 
@@ -250,7 +267,8 @@ def train(cfg: TrainConfig, out: str, checkpoint_every: int = 200, log=None) -> 
     trainer.train_steps(data, cfg.steps, checkpoint, checkpoint_every)
     meta = {"key": cfg.key(), "steps": trainer.step, "train": json.loads(json.dumps(asdict(cfg), default=list)),
             "content_layers": trainer.content_layers, "style_layers": trainer.style_layers,
-            "loss_weights": trainer.loaded.weights, "random_weights": trainer.loaded.random_weights}
+            "loss_weights": trainer.loaded.weights, "random_weights": trainer.loaded.random_weights,
+            "history": trainer.history}
     write_single_file(out, sn.to_bytes(trainer.net, meta))
     ckpt.unlink(missing_ok=True)
     wall = time.time() - t0

@@ -76,6 +76,21 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- the loss network
 
+# The fast style network's loss layers for lite0: the style at the ReLU6 activations of strides 2, 4,
+# 8 and 16 (after each block's depthwise convolution), VGG's ReLUs' counterpart.  With the linear
+# block outputs above (the choice before issue 14) a short training painted grey, embossed pictures
+# and blobs (the demo's style loss 1.39 -> 1.0 in 300 steps); per-image Gatys optimization does
+# well with either, and keeps the block outputs.
+NETWORK_LAYERS = {
+    "lite0": (["_blocks.2"], ["_blocks.0._swish", "_blocks.2._swish", "_blocks.4._swish", "_blocks.7._swish"]),
+}
+
+
+def network_layers(loaded) -> tuple[list[str], list[str]]:
+    """(content layers, style layers) for training a fast style network."""
+    return NETWORK_LAYERS.get(loaded.spec) or default_layers(loaded)
+
+
 def default_layers(loaded) -> tuple[list[str], list[str]]:
     """(content layers, style layers): the known choice, else the last module at each of the first
     four spatial scales (style) and the one at the second scale (content) of any model."""
@@ -115,10 +130,13 @@ class LossNetwork:
         with LayerTaps(self.loaded, self.layers, detach=False) as taps:
             modules = dict(self.loaded.module.named_modules())
             stop = None
-            if self._last.kind == "output" and self._last.module_name in modules and self._last.module_name:
+            name = self._last.module_name
+            if name.count(".") >= 2:  # inside a block (lite0's ReLU6 runs twice per block): stop after the block
+                name = name.rsplit(".", 1)[0]
+            if self._last.kind == "output" and name in modules and name:
                 def raise_stop(*_):
                     raise _Stop
-                stop = modules[self._last.module_name].register_forward_hook(raise_stop)
+                stop = modules[name].register_forward_hook(raise_stop)
             try:
                 self.loaded.module(x)
             except _Stop:

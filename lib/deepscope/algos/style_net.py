@@ -26,6 +26,8 @@ class StyleNetConfig:
     styles: list[str] = field(default_factory=lambda: ["style"])  # names, one per style
     widths: tuple[int, int, int] = (32, 64, 128)  # Johnson's widths; tests use (8, 16, 32)
     res_blocks: int = 5
+    output: str = "linear"  # "sigmoid": outputs always in [0, 1] (the loss network never sees values the
+    # picture cannot show; unbounded outputs grow saturated blobs); "linear": clamped only to show
 
     @property
     def n_styles(self) -> int:
@@ -86,6 +88,7 @@ class StyleNet(nn.Module):
         self.res = nn.ModuleList([Residual(c3, s) for _ in range(config.res_blocks)])
         self.up = nn.ModuleList([ConvNorm(c3, c2, 3, 1, s, up=True), ConvNorm(c2, c1, 3, 1, s, up=True)])
         self.out = nn.Sequential(nn.ReflectionPad2d(4), nn.Conv2d(c1, 3, 9, 1))
+        self.sigmoid = config.output == "sigmoid"
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         h, wd = x.shape[-2:]
@@ -99,7 +102,8 @@ class StyleNet(nn.Module):
             y = m(y, w)
         for m in self.up:
             y = m(y, w)
-        return self.out(y)[:, :, :h, :wd]
+        y = self.out(y)[:, :, :h, :wd]
+        return torch.sigmoid(y) if self.sigmoid else y
 
 
 def style_weights(config: StyleNetConfig, n: int, style: int | str | None = None,
@@ -155,7 +159,8 @@ def from_bytes(data: bytes) -> tuple[StyleNet, dict]:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError("not a style network file (train one with `deepscope style-train`)")
     cfg = blob["config"]
-    net = StyleNet(StyleNetConfig(styles=list(cfg["styles"]), widths=tuple(cfg["widths"]), res_blocks=cfg["res_blocks"]))
+    net = StyleNet(StyleNetConfig(styles=list(cfg["styles"]), widths=tuple(cfg["widths"]), res_blocks=cfg["res_blocks"],
+                                  output=cfg.get("output", "linear")))
     net.load_state_dict(blob["state_dict"])
     return net.eval(), blob.get("meta", {})
 

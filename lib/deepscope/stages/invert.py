@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,8 @@ class InvertConfig(StageConfig):
     tv: float = Field(0.5, ge=0)
     beta: float = Field(2.0, gt=0)
     seed: int = 0
+    param: Literal["pixel", "fourier"] = "fourier"  # fourier: 1/f spectrum, decorrelated colours, transformations
+    lr_fourier: float = Field(0.1, gt=0)
 
     @field_validator("layers", mode="before")
     @classmethod

@@ -42,8 +42,8 @@ class TrainSection(StageConfig):
     batch_size: int = Field(4, ge=1)
     widths: tuple[int, int, int] = (16, 32, 64)
     res_blocks: int = Field(3, ge=0)
-    style_weight: float = 10.0
-    lr: float = 2e-3
+    style_weight: float = 20.0
+    lr: float = 5e-3
     model: str = "lite0"
 
 
@@ -233,7 +233,8 @@ class Stylize(Stage):
         if data is None and Path(self.config.style_model).exists():  # nothing was pending: no prepare()
             data = Path(self.config.style_model).read_bytes()
         net, meta = sn.from_bytes(data) if data else (None, {})
-        figure = self._figure(store, (sample[::max(1, len(sample) // 8)] + rest)[:8], net)
+        figure = self._figure(store, (sample[::max(1, len(sample) // 8)] + rest)[:8], net, meta)
+        training = training_figure(store, meta)
         if rows:
             store.write_table("stylized.parquet", store.read(self.name))
         log(f"stylize: {rows} images, {pixels / 1e6:.1f} Mpx, style {', '.join(sorted(styles))} -> "
@@ -241,11 +242,11 @@ class Stylize(Stage):
         return {"images": rows, "megapixels": round(pixels / 1e6, 2), "styles": sorted(styles),
                 "network_styles": net.config.styles if net else [], "model": self.config.style_model,
                 "model_sha256": getattr(self, "model_sha256", ""), "loss_network": meta.get("train", {}).get("model"),
-                "figure": figure, "table": "stylized.parquet", "folder": IMAGES}
+                "figure": figure, "training_figure": training, "table": "stylized.parquet", "folder": IMAGES}
 
-    def _figure(self, store, sample, net) -> str | None:
-        """Sources beside their stylized versions, and for a multi-style network the strip of blends
-        between its first two styles on the first image."""
+    def _figure(self, store, sample, net, meta=None) -> str | None:
+        """The style images, sources above their stylized versions, and for a multi-style network
+        the strip of blends between its first two styles on the first image."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -273,19 +274,24 @@ class Stylize(Stage):
                 w[0, 0], w[0, 1] = a, 1 - a
                 blends.append((f"{net.config.styles[0]} {a:.2f} / {net.config.styles[1]} {1 - a:.2f}",
                                 stylize_images(net, [img], w, torch.device("cpu"))[0]))
-        cols = max(len(pairs), len(blends))
-        rows = 2 + (1 if blends else 0)
+        styles = style_images((meta or {}).get("train", {}).get("styles", []))
+        cols = max(len(pairs), len(blends), len(styles))
+        top = 1 if styles else 0
+        rows = top + 2 + (1 if blends else 0)
         fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
+        for j, (name, img) in enumerate(styles):
+            axes[0, j].imshow(img)
+            axes[0, j].set_title(f"style: {name}", loc="left", fontsize=9)
         for j, (a, b) in enumerate(pairs):
-            axes[0, j].imshow(a)
-            axes[1, j].imshow(b)
-        axes[0, 0].set_title("sources", loc="left", fontsize=9)
-        axes[1, 0].set_title("stylized", loc="left", fontsize=9)
+            axes[top, j].imshow(a)
+            axes[top + 1, j].imshow(b)
+        axes[top, 0].set_title("sources", loc="left", fontsize=9)
+        axes[top + 1, 0].set_title("stylized", loc="left", fontsize=9)
         for j, (title, arr) in enumerate(blends):
-            axes[2, j].imshow(arr)
-            axes[2, j].set_title(title, fontsize=7)
+            axes[top + 2, j].imshow(arr)
+            axes[top + 2, j].set_title(title, fontsize=7)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
@@ -297,7 +303,56 @@ class Stylize(Stage):
     def report(self, store):
         s = store.summary(self.name) or {}
         img = (f"<img class=grid loading=lazy src=\"../{html.escape(s['figure'])}\">" if s.get("figure") else "")
+        if s.get("training_figure"):
+            img += (f"<p>Training: style and content loss (relative to the style's and the content's own "
+                    f"features) per step.</p><img loading=lazy src=\"../{html.escape(s['training_figure'])}\">")
         return (f"<p>{s.get('images', 0)} images ({s.get('megapixels', 0)} Mpx) stylized with "
                 f"<code>{html.escape(str(s.get('model')))}</code> (styles {html.escape(', '.join(s.get('network_styles', [])))};"
                 f" used: {html.escape(', '.join(s.get('styles', [])))}), in <code>{IMAGES}/</code>, listed in "
                 f"<code>stylized.parquet</code>.</p>{img}")
+
+
+def style_images(specs: list[str]) -> list[tuple[str, object]]:
+    """(name, PIL image) of each style a network was trained on (files that are gone are skipped)."""
+    from deepscope.style_train import load_style_image, style_name
+
+    out = []
+    for spec in specs:
+        try:
+            img = load_style_image(spec)
+        except Exception:
+            continue
+        img.thumbnail((256, 256))
+        out.append((style_name(spec), img))
+    return out
+
+
+def training_figure(store, meta: dict) -> str | None:
+    """Style and content loss per training step (the network file's history), as a PNG in the report."""
+    hist = (meta or {}).get("history") or []
+    if not hist:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = np.asarray(hist, dtype=np.float64)  # step, style index, style loss, content loss
+    names = (meta.get("train") or {}).get("styles") or []
+    fig, ax = plt.subplots(figsize=(6, 3))
+    k = max(1, len(h) // 50)  # a running mean over ~2% of the steps
+    smooth = lambda v: np.convolve(v, np.ones(k) / k, mode="valid")  # noqa: E731
+    for si in sorted(set(h[:, 1].astype(int))):
+        rows = h[h[:, 1] == si]
+        label = names[si].split(":")[-1] if si < len(names) else str(si)
+        ax.plot(rows[k - 1:, 0], smooth(rows[:, 2]), label=f"style loss ({label})")
+    ax.plot(h[k - 1:, 0], smooth(h[:, 3]), label="content loss", color="k")
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    rel = "report/stylize_training.png"
+    store.write_file(rel, buf.getvalue())
+    return rel

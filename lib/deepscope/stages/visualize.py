@@ -19,14 +19,19 @@ class VisualizeConfig(StageConfig):
     targets: str = "0-15"  # all | 0-63 | 3,7,10-12
     steps: int = Field(100, ge=1)
     size: int | None = Field(None, ge=16)  # default: the model's crop
-    lr: float = Field(0.06, gt=0)
+    lr: float | None = Field(None, gt=0)  # default: fourier 0.1, pixel 0.06 (algos/ascent.py)
     l2: float = Field(1e-3, ge=0)
     blur_every: int = Field(4, ge=0)
     blur_sigma: float = Field(0.5, gt=0)
     value_clip: float = Field(0.0, ge=0, lt=1)
     grad_clip: float = Field(0.0, ge=0, lt=1)
-    jitter: int = Field(8, ge=0)
-    param: Literal["pixel", "fourier"] = "pixel"
+    jitter: int = Field(16, ge=0)
+    param: Literal["pixel", "fourier"] = "fourier"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    decay: float = Field(1.0, ge=0)
+    pad: int = Field(16, ge=0)
+    scale: float = Field(0.25, ge=0, lt=1)
+    rotate: float = Field(15.0, ge=0)
     position: Literal["mean", "center"] = "mean"
     seed: int = 0
 
