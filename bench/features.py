@@ -1,12 +1,15 @@
 """Features throughput: deepscope against a plain torchvision DataLoader loop, and the two ceilings.
 
-One run, the same 1,000 JPEGs and model:
-  deepscope   `deepscope features` as a user runs it (a fresh process: Ray start-up included)
-  plain loop  torchvision ImageFolder-style Dataset + DataLoader(num_workers=2) + forward
+One run, the same JPEGs (256-640 px) and model, whole commands timed (a fresh process each: imports,
+model load and, for deepscope, Ray start-up included), run alternately, `--rounds` pairs:
+  plain loop  a script: Dataset + DataLoader(num_workers=2) + forward, as a user would write it
+  deepscope   `deepscope features` as a user runs it
+then the ceilings, in this process:
   decode only decode + resize + crop, in 2 processes (the CPU-side ceiling)
   model only  forward passes on preloaded tensors (the model-side ceiling)
+The load average is printed beside every row; above 1, a ratio is not a result.
 
-    .venv/bin/python bench/features.py [--model lite0] [--layer penultimate] [--n 1000]
+    .venv/bin/python bench/features.py [--model lite0] [--layer penultimate] [--n 1000] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -38,15 +41,6 @@ class Files(torch.utils.data.Dataset):
         return self.tf(Image.open(self.paths[i]).convert("RGB"))
 
 
-def plain_loop(paths, model, layer, batch):
-    loader = torch.utils.data.DataLoader(Files(paths, model.transform.torchvision()), batch_size=batch, num_workers=2)
-    t = time.perf_counter()
-    with torch.inference_mode():
-        for x in loader:
-            forward_with_taps(model, x, [layer])
-    return len(paths) / (time.perf_counter() - t)
-
-
 def _decode_chunk(args):
     paths, tf = args
     for p in paths:
@@ -76,12 +70,46 @@ def model_only(model, layer, batch, n, channels_last):
     return max(1, n // batch) * batch / (time.perf_counter() - t)
 
 
-def deepscope_cli(data, out, model, layer, batch):
+LOOP = """
+import sys, time, torch
+from PIL import Image
+from deepscope.models.registry import load_model
+from deepscope.models.taps import forward_with_taps
+sys.path.insert(0, {bench!r})
+from features import Files
+paths = open({listing!r}).read().split()
+model = load_model({model!r}, {weights!r})
+loader = torch.utils.data.DataLoader(Files(paths, model.transform.torchvision()), batch_size={batch}, num_workers=2)
+with torch.inference_mode():
+    for x in loader:
+        forward_with_taps(model, x, [{layer!r}])
+"""
+
+
+def plain_loop_cli(tmp, paths, model, weights, layer, batch):
+    listing = Path(tmp) / "paths.txt"
+    listing.write_text("\n".join(map(str, paths)))
+    script = Path(tmp) / "loop.py"
+    script.write_text(LOOP.format(bench=str(Path(__file__).parent), listing=str(listing), model=model,
+                                  weights=weights, batch=batch, layer=layer))
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "deepscope.cli", "features", str(data), "--out", str(out),
-                    "--model", model, "--layer", layer, "--batch-size", str(batch)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(script)], check=True)
     return time.perf_counter() - t
+
+
+def deepscope_cli(data, out, model, weights, layer, batch):
+    t = time.perf_counter()
+    args = ["--weights", weights] if weights else []
+    p = subprocess.run([sys.executable, "-m", "deepscope.cli", "features", str(data), "--out", str(out),
+                        "--model", model, "--layer", layer, "--batch-size", str(batch), *args],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    first = [line for line in p.stderr.splitlines() if "first image through the model after" in line]
+    return wall, (first[-1].split("after ")[1].split(" s")[0] if first else "?")
+
+
+def load() -> float:
+    return os.getloadavg()[0]
 
 
 def main():
@@ -91,7 +119,10 @@ def main():
     ap.add_argument("--layer", default="penultimate")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
+    if load() > 1:
+        print(f"WARNING: load average {load():.2f} > 1: other processes hold the cores; ratios measured now are not results")
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -101,18 +132,22 @@ def main():
         for extra in sorted(data.rglob("*.jpg"))[a.n:]:
             extra.unlink()
         model = load_model(a.model, a.weights)
-        rows = []
-        wall = deepscope_cli(data, Path(tmp) / "out", a.model, a.layer, a.batch)
-        rows.append(("deepscope features (CLI, Ray start-up included)", len(paths) / wall))
-        rows.append(("plain DataLoader loop (2 workers)", plain_loop(paths, model, a.layer, a.batch)))
-        rows.append(("decode only (2 processes)", decode_only(paths, model)))
-        rows.append(("model only, fp32", model_only(model, a.layer, a.batch, 256, False)))
-        rows.append(("model only, fp32 channels_last", model_only(model, a.layer, a.batch, 256, True)))
-    base = rows[1][1]
-    print(f"\n{a.model} {a.layer}, {len(paths)} JPEGs, batch {a.batch}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"| {'what':50s} | images/s | vs plain loop |\n|{'-' * 52}|---------:|--------------:|")
-    for name, rate in rows:
-        print(f"| {name:50s} | {rate:8.1f} | {rate / base:12.2f}x |")
+        print(f"{a.model} {a.layer}, {len(paths)} JPEGs, batch {a.batch}, {os.cpu_count()} cores, torch {torch.__version__}")
+        print("| round | plain loop s | load | deepscope s | first image s | load | ratio |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for r in range(a.rounds):
+            l0 = load()
+            loop = plain_loop_cli(tmp, paths, a.model, a.weights, a.layer, a.batch)
+            l1 = load()
+            ds, first = deepscope_cli(data, Path(tmp) / f"out{r}", a.model, a.weights, a.layer, a.batch)
+            warn = "  (load above 1: not a result)" if max(l0, l1) > 1 else ""
+            print(f"| {r + 1} | {loop:.1f} | {l0:.2f} | {ds:.1f} | {first} | {l1:.2f} | {loop / ds:.2f}x |{warn}", flush=True)
+        print(f"\n| ceiling | images/s | load |\n|---|---:|---:|")
+        for name, fn in (("decode only (2 processes)", lambda: decode_only(paths, model)),
+                         ("model only, fp32", lambda: model_only(model, a.layer, a.batch, 256, False)),
+                         ("model only, fp32 channels_last", lambda: model_only(model, a.layer, a.batch, 256, True))):
+            l0 = load()
+            print(f"| {name} | {fn():.1f} | {l0:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

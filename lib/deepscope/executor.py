@@ -17,10 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from deepscope.io.plan import Partition
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from deepscope.report.console import Progress, log  # noqa: F401 (log: re-exported)
 
 
 RAY_LOG = "logs/ray.log"  # in the output folder: Ray's own log lines, shown (with the path) when a job fails
@@ -88,46 +85,6 @@ def start_actor_pool(address: str | None, cpu_actors: int, threads: int | None,
     actors = n_gpus or cpu_actors
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return ActorPool(actors, bool(n_gpus), 0 if n_gpus else (threads or max(1, cpus // actors)))
-
-
-class Progress:
-    """Per pass: done/total, percent, rate, time left. A live line on a terminal, a plain line
-    every `every` seconds otherwise (CI logs, nohup)."""
-
-    def __init__(self, total: int, unit: str, every: float = 5.0, stream=None):
-        self.total, self.unit, self.every = total, unit, every
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.t0 = self.last = time.time()
-        self.done = self.failed = 0
-
-    def line(self) -> str:
-        dt = max(time.time() - self.t0, 1e-9)
-        rate = self.done / dt
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        eta = "?" if left != left else _duration(left)
-        pct = 100.0 * self.done / max(self.total, 1)
-        return (f"  {self.done}/{self.total} {self.unit} ({pct:.0f}%), {self.failed} failed, "
-                f"{rate:.1f} {self.unit}/s, {eta} left")
-
-    def add(self, n: int, failed: int = 0) -> None:
-        self.done += n
-        self.failed += failed
-        now = time.time()
-        if self.tty:
-            print("\r" + self.line(), end="", file=self.stream, flush=True)
-        elif now - self.last >= self.every:
-            print(self.line(), file=self.stream, flush=True)
-            self.last = now
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=self.stream, flush=True)
-
-
-def _duration(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 @dataclass
@@ -316,3 +273,8 @@ class RunContext:
     log: Callable[[str], None] = log
     loaded: Any = None  # the job's model (LoadedModel), loaded on the driver
     run_pass: Callable[..., PassStats] | None = None  # run_pass(stages, partitions) -> PassStats
+
+    @staticmethod
+    def execute(store, **pass_fields) -> PassStats:
+        """Any other pass (work items that are not images: the visualize job's targets)."""
+        return execute(store, Pass(**pass_fields))

@@ -17,14 +17,12 @@ import time
 import numpy as np
 import torch
 
+from deepscope.models.registry import best_device
+
 PASSTHROUGH = ("id", "path", "label", "part", "width", "height", "error", "error_stage", "decode_ms")
 OOM_ENV = "DEEPSCOPE_OOM_ABOVE"  # tests: the model raises out-of-memory on batches larger than this
 FAULT_ENV = "DEEPSCOPE_FAULT_RATE"  # tests: share of batches whose actor process kills itself
 SLOW_ENV = "DEEPSCOPE_SLOW_BATCH_S"  # tests: seconds of sleep per batch, so that a run can be interrupted
-
-
-def device_for_actor() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def errors_table(rows: dict[str, np.ndarray]):
@@ -58,7 +56,7 @@ class ModelMapper:
         self.job = jobmod.validate(job)
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=num_cpus; we want the cores we were given
-        self.device = device_for_actor()
+        self.device = best_device()
         self.model = load_model(self.job.model.name, self.job.model.weights)
         module = self.model.module.to(self.device)
         if self.job.run.channels_last:

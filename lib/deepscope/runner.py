@@ -17,12 +17,12 @@ import pyarrow as pa
 
 from deepscope import __version__
 from deepscope.errors import UserError
-from deepscope.executor import (ActorPool, Pass, RunContext, ensure_ray, execute, log,  # noqa: F401 (re-exported)
-                                start_actor_pool)
+from deepscope.executor import Pass, RunContext, ensure_ray, execute, log  # noqa: F401 (ensure_ray: re-exported)
 from deepscope.io import schemas
 from deepscope.io.plan import Partition, plan
 from deepscope.io.store import Store
 from deepscope.job import load_spec  # noqa: F401 (re-exported)
+from deepscope.report.html import write_report
 from deepscope.stages import STAGES
 
 ERRORS = "errors"
@@ -49,7 +49,7 @@ def build_stages(job):
     return stages
 
 
-def plan_job(job) -> tuple[list, int, "pd.DataFrame | None"]:
+def plan_job(job) -> tuple[list, int, object]:
     """-> (partitions, items, duplicate-id error rows or None). Lists lazily; keeps descriptors only."""
     parts, dups = [], None
     for p in plan(job.dataset.source, job.run.partition_size):
@@ -166,8 +166,7 @@ def run(job, t_command: float | None = None) -> RunResult:
             "command": " ".join(["deepscope", *sys.argv[1:]]) if sys.argv and "deepscope" in sys.argv[0] else None,
             "machine": _machine(),
         })
-        from deepscope.report.html import write_report
-        write_report(store)
+        write_report(store, report_sections(store))
     store.flush()
     result.seconds = time.time() - t_start
     result.summary = store.summary("run") or {}
@@ -180,6 +179,18 @@ def run(job, t_command: float | None = None) -> RunResult:
                         f"({result.failed / result.images:.0%} > max_error_rate {job.run.max_error_rate:.0%}); "
                         f"see {job.out}/errors.parquet")
     return result
+
+
+def report_sections(store) -> list[tuple[str, str]]:
+    """(name, HTML) of every stage with a summary in this folder (also ones run by earlier jobs)."""
+    sections = []
+    for name, cls in STAGES.items():
+        if store.summary(name) is None:
+            continue
+        html = cls(cls.Config.model_validate(store.stage_config(name) or {}), job=None).report(store)
+        if html:
+            sections.append((name, html))
+    return sections
 
 
 def _remember_spec(store, job) -> None:

@@ -26,7 +26,8 @@ def _torch_setup(threads: int | None):
 
     if threads:
         torch.set_num_threads(threads)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    from deepscope.models.registry import best_device
+    return best_device()
 
 
 # ---------------------------------------------------------------------------- style-train
@@ -91,7 +92,7 @@ def _load_net(path: str):
 
 def cmd_stylize(a):
     from deepscope import job as jobmod
-    from deepscope.cli import _run_section
+    from deepscope.commands.common import run_section as _run_section
     from deepscope.runner import run
 
     if a.style is not None and a.blend is not None:
@@ -255,88 +256,3 @@ def cmd_texture(a):
 
 
 # ---------------------------------------------------------------------------- argparse
-
-def add_commands(sub, Parser):
-    from deepscope.cli import _common_run_args
-
-    t = sub.add_parser("style-train", help="train a fast style network (one style, or several with --styles)")
-    g = t.add_mutually_exclusive_group(required=True)
-    g.add_argument("--style", help="style image (file or skimage:NAME, e.g. skimage:brick)")
-    g.add_argument("--styles", help="comma-separated style images: one network, conditional instance norm")
-    t.add_argument("--content", required=True, help="folder of content images")
-    t.add_argument("--out", required=True, help="network file (M.pt); M.pt.ckpt holds checkpoints")
-    t.add_argument("--model", default="lite0", help="loss network: lite0 | torchvision:vgg16 | ...")
-    t.add_argument("--weights", help="loss network weights file ('random': tests only)")
-    t.add_argument("--size", type=int, default=256, help="content crop size (px)")
-    t.add_argument("--style-size", type=int, help="style image longer side (default: --size)")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--lr", type=float, default=5e-3)
-    t.add_argument("--content-weight", type=float, default=1.0)
-    t.add_argument("--style-weight", type=float, default=20.0)
-    t.add_argument("--tv-weight", type=float, default=1.0)
-    t.add_argument("--widths", default="32,64,128", help="channels of the three convolution stages")
-    t.add_argument("--res-blocks", type=int, default=5)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
-    t.add_argument("--threads", type=int, help="torch threads")
-    t.add_argument("--torchscript", help="also export TorchScript to this file")
-    t.add_argument("--onnx", help="also export ONNX to this file (needs the onnx package)")
-    t.set_defaults(fn=cmd_style_train)
-
-    e = sub.add_parser("style-export", help="export a style network to TorchScript and/or ONNX")
-    e.add_argument("model", help="network file from style-train")
-    e.add_argument("--torchscript")
-    e.add_argument("--onnx")
-    e.set_defaults(fn=cmd_style_export)
-
-    s = sub.add_parser("stylize", help="stylize every image of a dataset with a style network (Ray job)")
-    s.add_argument("data", help="folder, .parquet/.csv manifest with a path column, or URL")
-    s.add_argument("--style-model", required=True, help="network file from style-train")
-    s.add_argument("--style", help="style index or name (default: the first)")
-    s.add_argument("--blend", help="weights over the network's styles, e.g. 0.3,0.7")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--size", type=int, default=0, help="output longer side; 0 keeps the original size")
-    s.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
-    s.add_argument("--quality", type=int, default=90)
-    s.add_argument("--half", action="store_true", help="fp16 style network on GPU")
-    _common_run_args(s)
-    s.set_defaults(fn=cmd_stylize)
-
-    n = sub.add_parser("style", help="neural style (Gatys): one image, or a folder as a batch job")
-    n.add_argument("image", help="content image or folder")
-    n.add_argument("--style", required=True, help="style image(s), comma-separated (file or skimage:NAME)")
-    n.add_argument("--mix", help="weights of the style images' Gram matrices, e.g. 0.5,0.5")
-    n.add_argument("--out", required=True, help="output file (one image) or folder")
-    n.add_argument("--size", type=int, default=256, help="content longer side (px)")
-    n.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the content")
-    n.add_argument("--steps", type=int, default=200)
-    n.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs")
-    n.add_argument("--lr", type=float, default=0.02, help="Adam's learning rate")
-    n.add_argument("--init", choices=["content", "noise"], default="content")
-    n.add_argument("--content-weight", type=float, default=1.0)
-    n.add_argument("--style-weight", type=float, default=10.0)
-    n.add_argument("--tv-weight", type=float, default=1.0)
-    n.add_argument("--preserve-colour", action="store_true", help="keep the content image's colours")
-    n.add_argument("--batch-size", type=int, default=4, help="images of one size optimized together")
-    n.add_argument("--model", default="lite0", help="loss network")
-    n.add_argument("--weights")
-    n.add_argument("--content-layers")
-    n.add_argument("--style-layers")
-    n.add_argument("--threads", type=int)
-    n.set_defaults(fn=cmd_style)
-
-    x = sub.add_parser("texture", help="texture synthesis (Gatys 2015) from a sample image")
-    x.add_argument("sample", help="texture sample (file or skimage:NAME)")
-    x.add_argument("--size", default="512", help="output size: N or WxH")
-    x.add_argument("--sample-size", type=int, default=256, help="sample's longer side (px)")
-    x.add_argument("--out", required=True, help="output image file")
-    x.add_argument("--steps", type=int, default=200)
-    x.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs")
-    x.add_argument("--lr", type=float, default=0.05)
-    x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--model", default="lite0")
-    x.add_argument("--weights")
-    x.add_argument("--style-layers")
-    x.add_argument("--threads", type=int)
-    x.set_defaults(fn=cmd_texture)

@@ -24,6 +24,7 @@ from deepscope.algos.style import (LossNetwork, content_loss, content_weights, g
                                    style_loss, tv_loss)
 from deepscope.errors import UserError
 from deepscope.io.store import write_single_file
+from deepscope.models.registry import best_device
 
 SKIMAGE_PREFIX = "skimage:"
 PAINTING_PREFIX = "painting:"  # generated style images (demo_data.painting): painting:swirls, painting:glass
@@ -156,7 +157,7 @@ class Trainer:
         from deepscope.models.registry import load_model
 
         self.cfg, self.log = cfg, log
-        self.device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.device = device or best_device()
         loaded = load_model(cfg.model, cfg.weights)
         loaded.module.to(self.device)
         self.loaded = loaded
@@ -237,7 +238,7 @@ class Trainer:
 
 def train(cfg: TrainConfig, out: str, checkpoint_every: int = 200, log=None) -> dict:
     """Train (or resume) and write the network to `out`; returns a summary."""
-    from deepscope.runner import log as default_log
+    from deepscope.report.console import log as default_log
 
     log = log or default_log
     ckpt = Path(str(out) + ".ckpt")

@@ -68,23 +68,3 @@ def logs_follow(address: str, job_id: str):
         return out
 
     yield from asyncio.run(tail())
-
-
-def add_commands(sub, Parser):
-    s = sub.add_parser("submit", help="submit a job file to a Ray cluster (Ray Jobs API)")
-    s.add_argument("job")
-    s.add_argument("--address", required=True, help="Jobs API, e.g. http://127.0.0.1:8265 (port-forwarded)")
-    s.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
-    s.set_defaults(fn=lambda a: submit(a.job, a.address, a.wait))
-
-    st = sub.add_parser("status", help="status of a submitted job")
-    st.add_argument("job_id")
-    st.add_argument("--address", required=True)
-    st.set_defaults(fn=lambda a: print(status(a.address, a.job_id)))
-
-    lg = sub.add_parser("logs", help="logs of a submitted job")
-    lg.add_argument("job_id")
-    lg.add_argument("--address", required=True)
-    lg.add_argument("--follow", action="store_true")
-    lg.set_defaults(fn=lambda a: print("".join(logs_follow(a.address, a.job_id)) if a.follow
-                                       else _client(a.address).get_job_logs(a.job_id), end=""))

@@ -6,7 +6,6 @@ Every item gets a stable `id`: its path relative to the dataset root, or the man
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import fsspec
 import pandas as pd

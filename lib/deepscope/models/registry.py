@@ -61,6 +61,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return family, name
 
 
+def best_device() -> torch.device:
+    """Where a model runs here: the GPU when there is one (a GPU actor sees only its own), else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def load_model(spec: str = "lite0", weights: str | None = None) -> LoadedModel:
     """weights: None (the model's default trained weights), "random" (seeded init, tests only) or a FILE."""
     family, name = parse_spec(spec)

@@ -28,10 +28,9 @@ def errors_section(store, limit: int = 50) -> str:
     return f"<p>{len(t)} inputs failed (<code>errors.parquet</code>):</p><table><tr><th>id</th><th>stage</th><th>error</th></tr>{rows}</table>{more}"
 
 
-def write_report(store) -> None:
-    """The report of everything this folder holds: every stage that has a summary gets its section."""
-    from deepscope.stages import STAGES
-
+def write_report(store, sections: list[tuple[str, str]]) -> None:
+    """The report of everything this folder holds: the run, its errors, then each stage's section
+    ((name, HTML) of every stage that has a summary, in the order of the stage registry)."""
     run = store.summary("run") or {}
     warn = ('<p class="warn">RANDOM WEIGHTS: this model is untrained (test only); nothing here describes a real network.</p>'
             if run.get("random_weights") else "")
@@ -43,14 +42,6 @@ def write_report(store) -> None:
                f"{int(m.get('cluster_gpus') or 0)} GPUs" + (f" ({m['gpu']})" if m.get("gpu") else "")) if m else "?"
     t = store.summary("timings") or {}
     timings = ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in t.items()) + " (summed over workers)" if t else ""
-    sections = []
-    for name, cls in STAGES.items():
-        if store.summary(name) is None:
-            continue
-        s = cls(cls.Config.model_validate(store.stage_config(name) or {}), job=None)
-        section = s.report(store)
-        if section:
-            sections.append((s.name, section))
     links = " · ".join(['<a href="#run">Run</a>', '<a href="#errors">Errors</a>',
                         *(f'<a href="#{n}">{html.escape(n.capitalize())}</a>' for n, _ in sections)])
     body = [f"<h1>deepscope report: {html.escape(str(store.root))}</h1>", warn,

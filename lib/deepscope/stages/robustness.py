@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 from deepscope.algos import adversarial as adv
 from deepscope.io import schemas
 from deepscope.optimize import file_stem, png_bytes
+from deepscope.models.registry import best_device
 from deepscope.stages.base import Stage, StageConfig
 from deepscope.stages.dream import images_html
 
@@ -73,7 +74,7 @@ class Robustness(Stage):
 
         cfg = self.config
         loaded = load_model(self.job.model.name, self.job.model.weights)
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        device = best_device()
         loaded.module.to(device)
         items, _ = list_items(self.job.dataset.source)
         pick = np.random.default_rng(cfg.seed).permutation(len(items))[:cfg.universal_images]

@@ -158,10 +158,10 @@ class Stylize(Stage):
     def _network(self, device):
         if self._net is None:  # built once per actor, on its first batch
             from deepscope.algos import style_net as sn
-            from deepscope.mapper import device_for_actor
+            from deepscope.models.registry import best_device
 
             net, _ = sn.from_bytes(self.model_bytes)
-            dev = device_for_actor() if device is None else device
+            dev = best_device() if device is None else device
             net = net.to(dev)
             if self.config.half and dev.type == "cuda":
                 net = net.half()

@@ -54,7 +54,7 @@ class Visualize(Stage):
         run = self.job.run.model_dump()
         run["batch_size"] = min(run["batch_size"], 16)  # targets per part: pictures arrive steadily
         return visualize_job(store, self.job.model.name, self.job.model.weights, cfg.layer, kind, targets,
-                             settings, run, log)
+                             settings, run, log, ctx.execute)
 
     def report(self, store):
         from deepscope.optimize import visualize_html
