@@ -35,7 +35,7 @@ class Progress:
         now = time.time()
         if self.tty:
             print("\r" + self.line(), end="", file=self.stream, flush=True)
-        elif now - self.last >= self.every:
+        elif now - self.last >= self.every or self.done == n or self.done >= self.total:  # first, then every few s
             print(self.line(), file=self.stream, flush=True)
             self.last = now
 
