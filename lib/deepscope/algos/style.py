@@ -29,10 +29,15 @@ KNOWN_LAYERS = {
 }
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half precision (autocast), any wider type kept (float64 checks batching exactly)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def gram(f: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, C), normalized by C·H·W so layers of any size weigh alike."""
     n, c, h, w = f.shape
-    f = f.reshape(n, c, h * w).float()
+    f = _wide(f.reshape(n, c, h * w))
     return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
 
 
@@ -52,7 +57,7 @@ def content_loss(feats: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
     total = 0.0
     for layer, target in targets.items():
         w = 1.0 if weights is None else weights[layer]
-        total = total + w * (feats[layer].float() - target.float()).pow(2).flatten(1).mean(1)
+        total = total + w * (_wide(feats[layer]) - _wide(target)).pow(2).flatten(1).mean(1)
     return total
 
 
@@ -305,15 +310,15 @@ def gatys(net: LossNetwork, content: torch.Tensor, targets: dict[str, torch.Tens
     n = content.shape[0]
     with torch.no_grad():
         feats = net(content)
-        ct = {layer: feats[layer].detach().float() for layer in content_layers}
+        ct = {layer: _wide(feats[layer].detach()) for layer in content_layers}
     sw = gram_weights(targets)
     cw = {layer: 1.0 / (len(ct) * p.pow(2).flatten(1).mean(1) + 1e-12) for layer, p in ct.items()}  # (N,) each
     if init == "content":
-        x = content.detach().float().clone().contiguous()
+        x = _wide(content.detach()).clone().contiguous()
     elif init == "noise":
         seeds = [seed] * n if isinstance(seed, int) else list(seed)
         x = torch.stack([torch.rand(content.shape[1:], generator=torch.Generator().manual_seed(int(s)))
-                         for s in seeds]).to(content.device)
+                         for s in seeds]).to(content.device, _wide(content).dtype)
     else:
         raise ValueError(f"init {init!r}: use content or noise")
 
@@ -355,7 +360,7 @@ def _lbfgs_per_image(x: torch.Tensor, objective, steps: int, m: int = 10, log=No
         img = img.detach().requires_grad_(True)
         f = objective(img, idx)
         (g,) = torch.autograd.grad(f.sum(), img)
-        return f.detach().float(), g.detach().flatten(1).float()
+        return _wide(f.detach()), _wide(g.detach().flatten(1))
 
     f, g = evaluate(x, everyone)
     S: list[torch.Tensor] = []
