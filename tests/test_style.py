@@ -245,3 +245,77 @@ def test_stylize_with_dying_workers_is_exactly_once(ray_cluster, photos, tmp_pat
     for row in t.itertuples():
         assert __import__("hashlib").sha256((out / row.output).read_bytes()).hexdigest() == row.sha256
     assert not list(out.rglob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------- Gatys per image as a stage
+
+def test_gatys_batched_equals_per_image_and_lowers_style_loss(lite0, photos):
+    """One optimization over a batch is, per image, the optimization of that image alone (per-image
+    losses, L-BFGS history, scaling and line search; Adam is elementwise). Checked in float64: in
+    float32 a batch's convolutions round differently from one image's (~1e-7), and L-BFGS on this
+    non-convex problem amplifies that to ~1e-2 within 10-20 steps, with or without batching."""
+    net32, c, s = lite0
+    loaded = load_model("lite0")
+    loaded.module.double()
+    net = st.LossNetwork(loaded, c + s)
+    paths = [str(sorted(d.glob("*.jpg"))[0]) for d in sorted(photos.iterdir())]  # 3 photos
+    x = torch.cat([to_tensor(Image.open(p).convert("RGB").resize((56, 40))) for p in paths])
+    style = to_tensor(load_style_image("painting:swirls"))
+    targets = st.style_targets(net, [style.double()], s, long_side=56)
+    seeds = [11, 12, 13]
+    for kw in ({"optimizer": "lbfgs", "steps": 10}, {"optimizer": "adam", "lr": 0.05, "init": "noise", "steps": 5}):
+        batch = st.gatys(net, x.double(), targets, c, seed=seeds, **kw)
+        assert batch.image.dtype == torch.float64 and batch.image.shape == x.shape
+        for i in range(len(paths)):
+            one = st.gatys(net, x[i:i + 1].double(), targets, c, seed=seeds[i], **kw)
+            torch.testing.assert_close(batch.image[i:i + 1], one.image, atol=1e-9, rtol=0)  # measured: ~1e-14
+            assert batch.style_loss[i] == pytest.approx(one.style_loss[0], rel=1e-9)
+    # the real thing, float32: the style loss falls for every image of the batch
+    targets = st.style_targets(net32, [style], s, long_side=56)
+    start = st.gatys(net32, x, targets, c, steps=0)
+    r = st.gatys(net32, x, targets, c, steps=10)
+    assert 0 <= float(r.image.min()) and float(r.image.max()) <= 1
+    for i in range(len(paths)):
+        assert r.style_loss[i] < start.style_loss[i] / 2, (start.style_loss, r.style_loss)
+
+
+def test_bulk_gatys_exactly_once_and_rerun_writes_nothing(ray_cluster, photos, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in sorted(photos.rglob("*.jpg"))[:4]:
+        (data / p.parent.name).mkdir(exist_ok=True)
+        (data / p.parent.name / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+
+    def job():
+        return jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
+                                "run": {"batch_size": 4, "partition_size": 2},
+                                "stylize": {"method": "gatys", "style": "painting:glass", "size": 40, "steps": 4,
+                                            "format": "png"}})
+
+    res = run(job())
+    assert res.failed == 0 and res.computed == 4
+    t = pq.read_table(out / "stylized.parquet")
+    assert t.schema.remove_metadata() == __import__("deepscope.io.schemas", fromlist=["x"]).STYLIZED
+    t = t.to_pandas()
+    ids = sorted(str(p.relative_to(data)) for p in data.rglob("*.jpg"))
+    assert sorted(t["id"]) == ids  # every input exactly once
+    files = sorted(str(p.relative_to(out)) for p in (out / "stylized" / "images").rglob("*") if p.is_file())
+    assert files == sorted(f"stylized/images/{i}.png" for i in ids)
+    assert set(t["style"]) == {"glass"}
+    for row in t.itertuples():
+        img = Image.open(out / row.output)
+        src = Image.open(row.path)
+        assert img.size == (row.width, row.height) and max(img.size) == 40
+        assert abs(img.width / img.height - src.width / src.height) < 0.06  # aspect kept
+        assert __import__("hashlib").sha256((out / row.output).read_bytes()).hexdigest() == row.sha256
+        dec = np.asarray(src.convert("RGB").resize(img.size), np.float32)
+        assert np.abs(np.asarray(img.convert("RGB"), np.float32) - dec).mean() > 2  # it changed the picture
+    assert "Gatys" in (out / "report" / "index.html").read_text()
+    assert not list(out.rglob(".*.tmp"))
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    res2 = run(job())
+    assert res2.computed == 0
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert after == before  # a rerun of a finished job writes no image and no table
