@@ -110,14 +110,14 @@ SIGNATURE_GRID = 8  # the pixel signature: 3 x 8 x 8 area means of the lightly b
 
 def pixel_signature(pixels: np.ndarray, size: int) -> np.ndarray:
     """Tiny images (n, 3 * size * size) uint8 (CHW, the pixels stage) -> unit vectors (n, 192):
-    blurred (sigma size/16), area-averaged to 8 x 8, each channel's mean removed.  The dot product
+    blurred (sigma 3/32 of the side), area-averaged to 8 x 8, each channel's mean removed.  The dot product
     of two signatures is a correlation: unchanged by lightening or contrast, and by the pixel or two
     that a crop or a resize shifts; look-alike scenes (the same shapes elsewhere) still differ."""
     from scipy.ndimage import gaussian_filter
 
     x = pixels.reshape(len(pixels), 3, size, size).astype(np.float32)
     g = SIGNATURE_GRID if size % SIGNATURE_GRID == 0 else 1
-    x = gaussian_filter(x, (0, 0, size / 16, size / 16), mode="nearest")
+    x = gaussian_filter(x, (0, 0, size * 3 / 32, size * 3 / 32), mode="nearest")
     f = size // g
     x = x.reshape(len(x), 3, g, f, g, f).mean((3, 5))
     x -= x.mean((2, 3), keepdims=True)

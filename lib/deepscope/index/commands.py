@@ -1,4 +1,4 @@
-"""Feature-space commands: `deepscope index | query | serve | map OUT ...`."""
+"""Feature-space commands: `deepscope index | query | knn | serve | map OUT ...`."""
 from __future__ import annotations
 
 import re
@@ -46,6 +46,16 @@ def add_commands(sub, Parser):
     s.add_argument("--max-upload-mb", type=float, default=16.0)
     s.add_argument("--max-pixels", type=int, default=40_000_000, help="of an uploaded image")
     s.set_defaults(fn=cmd_serve)
+
+    g = sub.add_parser("knn", help="every image's k nearest neighbours, near-duplicates, uniqueness, label disagreement")
+    g.add_argument("out", help="an output folder with an index (deepscope index OUT)")
+    g.add_argument("--k", type=int, help="neighbours per image (default 10)")
+    g.add_argument("--space", choices=["features", "pixels"], action="append",
+                   help="the graph's space (repeatable; default: every indexed space)")
+    g.add_argument("--dup-threshold", type=float, help="near-duplicate distance threshold (default: from the data)")
+    g.add_argument("--sample", type=int, help="images whose neighbours are checked against exact search (default 1000)")
+    g.add_argument("--block-rows", type=int, help="images per search task (default 65536)")
+    g.set_defaults(fn=cmd_knn)
 
     m = sub.add_parser("map", help="2-D maps of OUT's features: PCA, t-SNE, a thumbnail grid and a scatter")
     m.add_argument("out")
@@ -182,6 +192,30 @@ def cmd_serve(a):
     app = create_app(a.out, Limits(max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels))
     print(f"serving {a.out} on http://{a.host}:{a.port}/", file=sys.stderr)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+
+
+def cmd_knn(a):
+    from deepscope.index.knn import index_info, indexed_spaces
+    from deepscope.io.store import Store
+    from deepscope.runner import load_spec, run_stage
+
+    load_spec(a.out)
+    store = Store(a.out)
+    spaces = a.space or indexed_spaces(store) or ["features"]
+    infos = {space: index_info(store, space) for space in spaces}  # one line naming what to run first
+    k = 10 if a.k is None else a.k
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    for space, info in infos.items():
+        if k >= info["rows"]:
+            raise UserError(f"--k {k} is not below the number of images ({info['rows']}) in {a.out}'s {space} index")
+    made = store.summary("knn")
+    if made and any(g.get("inputs") != infos.get(sp, {}).get("inputs") for sp, g in made.get("graphs", {}).items()):
+        store.update_summary("knn", None)  # the index was rebuilt since: search again
+    cfg = _given(k=a.k, dup_threshold=a.dup_threshold, sample=a.sample, block_rows=a.block_rows)
+    if a.space:
+        cfg["spaces"] = list(dict.fromkeys(a.space))
+    run_stage(a.out, "knn", cfg)
 
 
 def cmd_map(a):
