@@ -113,3 +113,73 @@ def test_uniqueness_and_label_disagreement_by_hand():
     assert r["majority"] == ["a", "a", "a", "b", "a"]
     assert r["flagged"].tolist() == [False, False, True, True, False]  # no label: never flagged
     np.testing.assert_allclose(r["majority_share"], [2 / 3, 1, 1, 1, 2 / 3], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the distributed search
+
+from deepscope.errors import UserError  # noqa: E402
+from test_index import clustered, feature_store, quiet  # noqa: E402
+
+
+def knn_cfg(**kw):
+    from deepscope.stages.knn import KnnConfig
+
+    return KnnConfig(**kw)
+
+
+def built(store, **index_kw):
+    from deepscope.index.build import build_space
+    from deepscope.stages.index import IndexConfig
+
+    info = build_space(store, "features", IndexConfig(**index_kw), quiet)
+    store.update_summary("index", {"spaces": {"features": info}})
+    return info
+
+
+@pytest.mark.parametrize("kind,shards", [("flat", 1), ("flat", 3), ("ivf_flat", 2)])
+def test_sharded_graph_equals_exact_search(ray_cluster, tmp_path, kind, shards):
+    from deepscope.index.knn import graph_space, read_graph
+
+    x = clustered(3000, 16, centres=40, seed=11)
+    x[100] = x[7]  # an exact copy: it ties with the image itself, which must still be dropped by row
+    store = feature_store(tmp_path / "out", x, part_rows=400)
+    built(store, kind=kind, shards=shards, nlist=16, tune_queries=200, target_recall=0.99)
+    rec = graph_space(store, "features", 5, knn_cfg(block_rows=700, sample=300), quiet)
+    rows, dist = read_graph(store, "features")
+    d, r = K.exact_knn(x, x, 5, exclude=np.arange(3000))
+    if kind == "flat":  # exact blocks: the very neighbours (ties aside) and distances
+        np.testing.assert_allclose(dist, d, rtol=1e-4, atol=1e-4)
+        assert (rows == r).mean() > 0.99 and rec["recall_at_5"] > 0.99
+    else:
+        assert K.recall_at_k(rows, r) >= 0.9 and abs(K.recall_at_k(rows, r) - rec["recall_at_5"]) < 0.05
+    assert (rows != np.arange(3000)[:, None]).all()  # never itself
+    assert rows[7][0] == 100 and rows[100][0] == 7 and dist[7][0] == pytest.approx(0, abs=1e-3)
+    assert rec["shards"] == shards and rec["recall_sample"] == 300
+
+
+def test_graph_resumes_per_partition_and_refuses_bad_k(ray_cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    from deepscope.index.knn import GRAPH, graph_space
+
+    x = clustered(1200, 8, seed=12)
+    store = feature_store(tmp_path / "out", x, part_rows=300)
+    built(store, kind="flat")
+    graph_space(store, "features", 4, knn_cfg(block_rows=300, sample=50), quiet)
+    rel = GRAPH.format(space="features")
+    parts = store.parts(rel)
+    assert len(parts) == 4
+    first = sorted(parts)[1]
+    before = {p: e["sha256"] for p, e in parts.items()}
+    store.manifest["stages"][rel]["parts"].pop(first)  # as if interrupted before this part was written
+    lines = []
+    graph_space(store, "features", 4, knn_cfg(block_rows=300, sample=50), lines.append)
+    assert "3 of 4 parts done" in lines[0]
+    assert {p: e["sha256"] for p, e in store.parts(rel).items()} == before  # the same part, recomputed
+    t = pq.read_table(store.path(store.parts(rel)[first]["file"]))
+    assert t.num_rows == 300 and t.column("row").to_pylist() == list(range(300, 600))
+    lines.clear()
+    graph_space(store, "features", 3, knn_cfg(block_rows=300, sample=50), lines.append)  # another k: all again
+    assert "0 of 4 parts done" in lines[0]
+    with pytest.raises(UserError, match="k = 1200 is not below the number of images"):
+        graph_space(store, "features", 1200, knn_cfg(), quiet)
