@@ -111,7 +111,7 @@ KNN_IMAGES = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("path", pa.string(), nullable=False),
     pa.field("label", pa.string()),
-    pa.field("uniqueness", pa.float32(), nullable=False),  # mean neighbour distance / the dataset's median
+    pa.field("uniqueness", pa.float32(), nullable=False),  # nearest-weighted neighbour distance / the dataset's median
     pa.field("nearest_id", pa.string()),  # its nearest image by the duplicate distance
     pa.field("nearest_distance", pa.float32()),  # combined duplicate distance (feature x pixel evidence)
     pa.field("group", pa.string()),  # near-duplicate group (the id of its first member), null: none

@@ -3,6 +3,8 @@
   POST /neighbors      multipart (an `image` upload) or JSON ({"id": ...} or {"vector": [...]}),
                        with k (<= 1000), space (features | pixels), nprobe / ef_search -> JSON
   GET  /images/{id}    an image of the dataset, by id: only paths in the index's id mapping
+  GET  /duplicates/{id} what the k-NN graph says about an image (deepscope knn): its near-duplicate
+                       group, nearest image, uniqueness, its label against its neighbours' labels
   GET  /info           the indexes: kind, size, search setting, measured recall
   GET  /               a small search page
 
@@ -104,6 +106,7 @@ class Engine:
         self.paths: dict[str, str] = {}
         for s in reversed(list(self.searchers.values())):  # the first space's mapping wins
             self.paths.update(zip(s.ids, s.paths))
+        self.graph = Graph.load(self.store)
 
     def answer(self, q: NeighborsQuery, image: bytes | None) -> dict:
         s = self.searchers.get(q.space)
@@ -129,6 +132,73 @@ class Engine:
                 "search": setting,
                 "neighbors": [{"rank": r + 1, "id": h.id, "label": h.label, "distance": h.distance,
                                "image": "/images/" + quote(h.id)} for r, h in enumerate(hits)]}
+
+
+class Graph:
+    """The k-NN stage's per-image table, duplicate pairs and feature graph (deepscope knn), if any."""
+
+    def __init__(self, images, pairs, neighbours):
+        self.images, self.neighbours = images, neighbours
+        self.row_of = {i: r for r, i in enumerate(images.column("id").to_pylist())}
+        self.pairs: dict[str, list[dict]] = {}
+        for p in pairs.to_pylist():
+            self.pairs.setdefault(p["group"], []).append(p)
+
+    @classmethod
+    def load(cls, store):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from deepscope.index.knn import GRAPH
+        from deepscope.index.search import verified_bytes
+
+        summary = store.summary("knn")
+        if not summary:
+            return None
+
+        def table(rel):
+            return pq.read_table(pa.BufferReader(verified_bytes(store, rel, store.manifest["files"][rel]["sha256"])))
+
+        space = "features" if "features" in summary["graphs"] else next(iter(summary["graphs"]))
+        neighbours = store.read(GRAPH.format(space=space), columns=["id", "neighbor_ids", "distances"])
+        images = table("knn/images.parquet")
+        if not neighbours.column("id").equals(images.column("id")):
+            raise UserError(f"the k-NN results of {store.root} are out of date: run `deepscope knn {store.root}`")
+        return cls(images, table("knn/duplicates.parquet"), neighbours)
+
+    def about(self, image_id: str) -> dict:
+        from urllib.parse import quote
+
+        r = self.row_of.get(image_id)
+        if r is None:
+            raise HTTPException(404, f"unknown id {image_id!r}")
+        me = self.images.slice(r, 1).to_pylist()[0]
+        members = {}
+        for p in self.pairs.get(me["group"], []) if me["group"] else []:
+            for x, y in ((p["a"], p["b"]), (p["b"], p["a"])):
+                if x != image_id:
+                    near = p["distance"] if y == image_id else None
+                    old = members.get(x)
+                    members[x] = near if old is None else (old if near is None else min(old, near))
+        nb = self.neighbours.slice(r, 1).to_pylist()[0] if r < self.neighbours.num_rows else {"neighbor_ids": [], "distances": []}
+        labels = self.images.column("label")
+
+        def label_of(i):
+            j = self.row_of.get(i)
+            return labels[j].as_py() if j is not None else None
+
+        return {
+            "id": image_id, "label": me["label"], "image": "/images/" + quote(image_id),
+            "group": me["group"], "group_size": me["group_size"],
+            "duplicates": [{"id": i, "distance": d, "label": label_of(i), "image": "/images/" + quote(i)}
+                           for i, d in sorted(members.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0]))],
+            "nearest": {"id": me["nearest_id"], "distance": me["nearest_distance"]},
+            "uniqueness": me["uniqueness"],
+            "labels": {"majority": me["majority_label"], "majority_share": me["majority_share"],
+                       "own_share": me["own_label_share"], "flagged": me["label_flagged"]},
+            "neighbors": [{"rank": n + 1, "id": i, "label": label_of(i), "distance": d, "image": "/images/" + quote(i)}
+                          for n, (i, d) in enumerate(zip(nb["neighbor_ids"], nb["distances"]))],
+        }
 
 
 def _validation_message(e: ValidationError) -> str:
@@ -190,6 +260,12 @@ def create_app(out: str, limits: Limits = Limits()) -> FastAPI:
         media = MEDIA.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
         return Response(data, media_type=media, headers={"X-Content-Type-Options": "nosniff",
                                                          "Cache-Control": "private, max-age=3600"})
+
+    @app.get("/duplicates/{image_id:path}")
+    async def duplicates(image_id: str):
+        if engine.graph is None:
+            raise HTTPException(404, f"this folder has no k-NN graph: run `deepscope knn {out}`")
+        return await run_in_threadpool(engine.graph.about, image_id)
 
     @app.get("/info")
     async def info():

@@ -63,8 +63,8 @@ class Knn(Stage):
             f"{d['threshold']} ({html.escape(d['how']['method'])}). Duplicate distance: {evidence}. "
             f"Pairs in <code>knn/duplicates.parquet</code>, per image in <code>knn/images.parquet</code>.</p>"
             f'<img src="../knn/distances.png"><p>Largest groups, one per row:</p><img src="../knn/duplicates.png">'
-            f"<h3>Uniqueness</h3><p>An image's mean distance to its {next(iter(s['graphs'].values()))['k']} "
-            f"neighbours over the dataset's median (high: unique or an outlier; low: redundant).</p>"
+            "<h3>Uniqueness</h3><p>An image's distances to its three nearest neighbours (weights 0.6, 0.3, 0.1) "
+            "over the dataset's median of that (high: unique or an outlier; low: redundant, it has copies).</p>"
             f'<img src="../knn/uniqueness.png">'
             f"<h3>Label disagreement</h3><p>{lab['flagged']} of {lab['labelled']} labelled images have less than "
             f"{lab['flag_below']:.0%} of their neighbours sharing their label (framed: the image; title: its label "
