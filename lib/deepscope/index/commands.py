@@ -45,6 +45,10 @@ def add_commands(sub, Parser):
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-upload-mb", type=float, default=16.0)
     s.add_argument("--max-pixels", type=int, default=40_000_000, help="of an uploaded image")
+    s.add_argument("--ray", action="store_true",
+                   help="run as a Ray Serve application: shards held by replicas, a router that fans out")
+    s.add_argument("--replicas", type=int, default=2, help="with --ray: replicas per shard (default 2)")
+    s.add_argument("--address", help="with --ray: the Ray cluster (default: RAY_ADDRESS or a local one)")
     s.set_defaults(fn=cmd_serve)
 
     g = sub.add_parser("knn", help="every image's k nearest neighbours, near-duplicates, uniqueness, label disagreement")
@@ -189,7 +193,24 @@ def cmd_serve(a):
 
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"deepscope: warning: serving on {a.host}: reachable from other machines", file=sys.stderr)
-    app = create_app(a.out, Limits(max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels))
+    limits = Limits(max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels)
+    if a.ray:
+        from deepscope.serve import cluster
+
+        if a.replicas < 1:
+            raise UserError(f"--replicas must be at least 1, got {a.replicas}")
+        from deepscope.index.search import Searcher
+        from deepscope.io.store import Store
+
+        store = Store(a.out)  # fail here, in one line, on a folder that cannot be served
+        spaces = (store.summary("index") or {}).get("spaces") or {}
+        if not spaces:
+            raise UserError(f"{a.out} has no index: run `deepscope index {a.out}` first")
+        for space in spaces:
+            Searcher(store, space, load_index=False)
+        return cluster.run(a.out, a.host, a.port, limits, a.replicas, a.address,
+                           lambda m: print(m, file=sys.stderr, flush=True))
+    app = create_app(a.out, limits)
     print(f"serving {a.out} on http://{a.host}:{a.port}/", file=sys.stderr)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
 

@@ -93,14 +93,15 @@ class _BodyLimit:
 class Engine:
     """The folder's searchers and encoder, shared by every request (read-only after start-up)."""
 
-    def __init__(self, out: str, limits: Limits):
+    def __init__(self, out: str, limits: Limits, searcher=Searcher):
+        """searcher: the class that searches a space (serve --ray: one that fans out to shard replicas)."""
         from deepscope.index.encode import Encoder
 
         self.store = Store(out)
         spaces = ((self.store.summary("index") or {}).get("spaces") or {})
         if not spaces:
             raise UserError(f"{out} has no index: run `deepscope index {out}` first")
-        self.searchers = {space: Searcher(self.store, space) for space in spaces}
+        self.searchers = {space: searcher(self.store, space) for space in spaces}
         self.encoder = Encoder(out, DecodeLimits(max_pixels=limits.max_pixels, max_bytes=limits.max_upload_bytes))
         self.limits = limits
         self.paths: dict[str, str] = {}
@@ -205,8 +206,8 @@ def _validation_message(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
 
 
-def create_app(out: str, limits: Limits = Limits()) -> FastAPI:
-    engine = Engine(out, limits)
+def create_app(out: str, limits: Limits = Limits(), searcher=Searcher) -> FastAPI:
+    engine = Engine(out, limits, searcher)
     app = FastAPI(title="deepscope neighbours", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
     app.state.engine = engine
