@@ -117,12 +117,19 @@ def run(out: str, host: str, port: int, limits, replicas: int, address: str | No
 
     from deepscope.runner import ensure_ray
 
+    import ray
+
     ensure_ray(address)
-    serve.start(http_options={"host": host, "port": port})
+    # the HTTP proxy on the head node only: nodes of one machine (a loopback cluster) cannot share a port
+    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
     serve.run(application(out, limits, replicas), name=APP, route_prefix="/")
     log(f"serving {out} on http://{host}:{port}/ (Ray Serve: {replicas} replicas per shard)")
     try:
         while True:
             time.sleep(3600)
     finally:
-        serve.delete(APP)
+        try:
+            serve.delete(APP)
+            serve.shutdown()
+        finally:
+            ray.shutdown()
