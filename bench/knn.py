@@ -110,7 +110,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--shards", type=int, default=2, help="index shards (2 x 500k IVF-Flat: 2.6 GB each at 1M)")
+    ap.add_argument("--shards", type=int, default=5, help="index shards (5 x 200k IVF-Flat: 1 GB each at 1M)")
     ap.add_argument("--nlist", type=int, default=2048)
     ap.add_argument("--target-recall", type=float, default=0.92, help="recall@10 the index's nprobe is tuned to")
     ap.add_argument("--block-rows", type=int, default=32768)

@@ -6,7 +6,8 @@ Search (`graph_space`): the stage's parts are grouped into blocks of at most blo
 One Ray task searches one block against one shard of the index (k + 1 neighbours, the image
 itself is dropped later), reading the shard and the block's vectors from the output folder, each
 checked against its recorded sha256: a task holds one shard and one block, whatever the dataset's
-size.  A worker keeps the last shard it loaded, and the tasks of a window of blocks are sent shard
+size.  Shards of an IVF index share one coarse quantizer (trained once): a task per block finds
+its images' nprobe nearest lists once, and every shard searches those lists (search_preassigned).  A worker keeps the last shard it loaded, and the tasks of a window of blocks are sent shard
 by shard, so consecutive tasks on a worker mostly reuse it.  The driver merges the shards' answers
 of a block (k best), drops each image's own row, and writes one part per input partition: a rerun
 reuses every part already written for the same index and settings.  A Flat index (small sets:
@@ -125,8 +126,10 @@ def _read_block(files: list[tuple[str, str]], column: str, cosine: bool) -> np.n
 
 
 def search_block(shard: tuple[str, str], files: list[tuple[str, str]], column: str, cosine: bool, k: int,
-                 setting: dict) -> tuple[np.ndarray, np.ndarray]:
-    """One Ray task: a block of the stage's vectors against one shard -> (squared L2 (nq, k), rows)."""
+                 setting: dict, assigned=None) -> tuple[np.ndarray, np.ndarray]:
+    """One Ray task: a block of the stage's vectors against one shard -> (squared L2 (nq, k), rows).
+    assigned: the block's (distances, lists) from the shared IVF quantizer (assign_block), so that S
+    shards do not repeat the coarse search S times."""
     import faiss
 
     from deepscope.index.search import search_params
@@ -134,7 +137,40 @@ def search_block(shard: tuple[str, str], files: list[tuple[str, str]], column: s
     faiss.omp_set_num_threads(1)  # one task, one CPU: parallelism comes from the tasks
     index = _load_shard(*shard)
     x = _read_block(files, column, cosine)
-    return index.search(x, min(k, index.ntotal), params=search_params(index, **setting))
+    k = min(k, index.ntotal)
+    if assigned is not None:
+        dq, iq = assigned
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = iq.shape[1]
+        return ivf.search_preassigned(x, k, iq, dq)
+    return index.search(x, k, params=search_params(index, **setting))
+
+
+def quantizer_of(shard: tuple[str, str]) -> bytes | None:
+    """One Ray task: the IVF coarse quantizer the shards share (trained once on the driver), or None."""
+    import faiss
+
+    from deepscope.index.build import serialize
+
+    index = _load_shard(*shard)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
+        return None  # OPQ: the rotation comes first; each shard assigns for itself
+    return bytes(serialize(faiss.downcast_index(ivf.quantizer)))
+
+
+def assign_block(quantizer: bytes, files: list[tuple[str, str]], column: str, cosine: bool, nprobe: int):
+    """One Ray task: a block's nprobe nearest IVF lists, for every shard's search_preassigned."""
+    import faiss
+
+    from deepscope.index.build import deserialize
+
+    faiss.omp_set_num_threads(1)
+    q = deserialize(quantizer)
+    return q.search(_read_block(files, column, cosine), nprobe)
 
 
 # ---------------------------------------------------------------------------- the graph
@@ -180,15 +216,22 @@ def graph_space(store, space: str, k: int, cfg, log, address: str | None = None)
             num_cpus=1, max_retries=3,
             memory=int(shard_mb * 2**20 * 1.2 + cfg.block_rows * dim * 4 * 2) + 2**27)
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        quantizer = None
+        if len(shards) > 1 and info["search"].get("nprobe"):
+            q = ray.get(ray.remote(quantizer_of).options(num_cpus=1).remote(shards[0]))
+            quantizer = ray.put(q) if q is not None else None
+        assign = ray.remote(assign_block).options(num_cpus=1, max_retries=3)
         blocks = _blocks(pending, cfg.block_rows)
         written = 0
         for w in range(0, len(blocks), cpus):
             window = blocks[w:w + cpus]
             refs = {}
+            files = [[(str(store.path(e["file"])), e["sha256"]) for _, e, _ in block] for block in window]
+            assigned = [assign.remote(quantizer, f, column, cosine, info["search"]["nprobe"]) if quantizer else None
+                        for f in files]
             for s, shard in enumerate(shards):  # shard by shard: a worker keeps reusing its shard
-                for b, block in enumerate(window):
-                    files = [(str(store.path(e["file"])), e["sha256"]) for _, e, _ in block]
-                    refs[task.remote(shard, files, column, cosine, k + 1, info["search"])] = (b, s)
+                for b in range(len(window)):
+                    refs[task.remote(shard, files[b], column, cosine, k + 1, info["search"], assigned[b])] = (b, s)
             results: dict[int, list] = {b: [] for b in range(len(window))}
             waiting = list(refs)
             while waiting:
