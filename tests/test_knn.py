@@ -318,3 +318,89 @@ def test_knn_errors(tmp_path, capsys):
     assert main(["knn", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "run `deepscope features` first" in err
+
+
+# ---------------------------------------------------------------------------- in a real browser
+
+def chromium():
+    """Headless Chromium through chromedriver (Debian's `chromium` and `chromium-driver`; .ci/run installs
+    them when missing). Console messages are kept for get_log("browser")."""
+    import shutil
+
+    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (browser and driver):
+        import os
+
+        if os.environ.get("CI"):
+            pytest.fail("chromium / chromedriver missing: .ci/run installs them (apt-get install -y chromium chromium-driver)")
+        pytest.skip("no chromium / chromedriver here (apt-get install -y chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def test_search_page_and_report_in_chromium(duplicates_run):
+    import threading
+    import time
+
+    import uvicorn
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from deepscope.serve.app import create_app
+    from test_serve import free_port
+
+    out, truth = duplicates_run
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(str(out)), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    driver = chromium()
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(f"http://127.0.0.1:{port}/")
+        copy, original = sorted(truth.items())[0]
+        driver.find_element(By.NAME, "image").send_keys(str(out.parent / "data" / copy))  # upload a planted copy
+        driver.find_element(By.CSS_SELECTOR, "#f button").click()
+        def titles(where):  # read in one script: the page replaces its results while we look
+            return driver.execute_script(f"return [...document.querySelectorAll('{where} img')].map(i => i.title)")
+
+        wait.until(lambda d: len(titles("#out")) == 10)
+        assert titles("#out")[0] == copy  # the upload finds its own file first
+        neighbour = titles("#out")[1]
+        driver.find_elements(By.CSS_SELECTOR, "#out img")[1].click()  # search from a neighbour: by id
+        wait.until(lambda d: titles("#out")[:1] == [neighbour])
+        wait.until(EC.text_to_be_present_in_element((By.ID, "about"), neighbour + ": uniqueness"))
+        # the planted copy's near-duplicate shows beside its neighbours
+        driver.execute_script(f"byId({copy!r})")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "about"), "near-duplicate group of 2"))
+        wait.until(lambda d: titles("#dups") == [original] and titles("#out")[:1] == [copy])
+        wait.until(lambda d: d.execute_script("return [...document.images].every(i => i.complete)"))
+        assert driver.execute_script("return [...document.images].every(i => i.naturalWidth > 0)")
+        assert console_errors(driver) == []
+
+        driver.get((out / "report/index.html").as_uri())
+        wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+        assert driver.find_element(By.ID, "knn").text == "Knn"
+        images = driver.execute_script("return [...document.images].map(i => [i.getAttribute('src'), i.naturalWidth])")
+        srcs = [s for s, _ in images]
+        assert all(w > 0 for _, w in images), images  # every figure of the report exists
+        assert {"../knn/distances.png", "../knn/duplicates.png", "../index/examples.png"} <= set(srcs)
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()
+        srv.should_exit = True
+        thread.join(10)

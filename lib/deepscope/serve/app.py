@@ -271,40 +271,59 @@ def create_app(out: str, limits: Limits = Limits(), searcher=Searcher) -> FastAP
     @app.get("/info")
     async def info():
         return {"spaces": {name: s.describe() for name, s in engine.searchers.items()}, "max_k": limits.max_k,
-                "max_upload_bytes": limits.max_upload_bytes}
+                "max_upload_bytes": limits.max_upload_bytes, "knn": engine.graph is not None}
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
         options = "".join(f'<option>{name}</option>' for name in engine.searchers)
-        return PAGE.replace("{options}", options)
+        return PAGE.replace("{options}", options).replace("{knn}", "true" if engine.graph is not None else "false")
 
     return app
 
 
 PAGE = """<!doctype html><meta charset=utf-8><title>deepscope: nearest neighbours</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px}#out figure{display:inline-block;
-margin:4px;text-align:center;font-size:12px}#out img{width:128px;height:128px;object-fit:cover;cursor:pointer}
-#err{color:#b00}</style>
+<link rel="icon" href="data:,">
+<style>body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px}#out figure,#dups figure{display:inline-block;
+margin:4px;text-align:center;font-size:12px}#out img,#dups img{width:128px;height:128px;object-fit:cover;cursor:pointer}
+#err{color:#b00}#about{margin:.5em 0}</style>
 <h1>Nearest neighbours</h1>
 <form id=f><input type=file name=image accept="image/*" required> k <input name=k type=number value=10 min=1
 max=1000 style="width:5em"> space <select name=space>{options}</select> <button>search</button></form>
-<p>Click a result to search with it. <span id=err></span></p><div id=out></div>
+<p>Click a result to search with it. <span id=err></span></p><div id=about></div><div id=dups></div><div id=out></div>
 <script>
+const KNN = {knn};
 const out = document.getElementById('out'), err = document.getElementById('err'), f = document.getElementById('f');
+const about = document.getElementById('about'), dups = document.getElementById('dups');
+function figure(n, caption) {
+  const fig = document.createElement('figure'), img = document.createElement('img'), cap = document.createElement('figcaption');
+  img.src = n.image; img.title = n.id; img.onclick = () => byId(n.id);
+  cap.textContent = caption; fig.append(img, cap); return fig;
+}
 async function show(resp) {
   const body = await resp.json();
   out.textContent = ''; err.textContent = resp.ok ? '' : body.detail;
   for (const n of body.neighbors || []) {
-    const fig = document.createElement('figure'), img = document.createElement('img'), cap = document.createElement('figcaption');
-    img.src = n.image; img.title = n.id; img.onclick = () => byId(n.id);
-    cap.textContent = n.rank + ': ' + n.distance.toPrecision(3) + (n.label ? ' ' + n.label : '');
-    fig.append(img, cap); out.append(fig);
+    out.append(figure(n, n.rank + ': ' + n.distance.toPrecision(3) + (n.label ? ' ' + n.label : '')));
   }
+}
+async function duplicates(id) {
+  about.textContent = ''; dups.textContent = '';
+  if (!KNN) return;
+  const resp = await fetch('/duplicates/' + id.split('/').map(encodeURIComponent).join('/'));
+  if (!resp.ok) return;
+  const d = await resp.json(), lab = d.labels;
+  about.textContent = id + ': uniqueness ' + d.uniqueness.toPrecision(3) +
+    (d.group ? ', near-duplicate group of ' + d.group_size : ', no near-duplicate') +
+    (lab.flagged ? ' | label "' + d.label + '" disagrees: neighbours say "' + lab.majority + '" (' +
+     Math.round(100 * lab.majority_share) + '%)' : '');
+  for (const n of d.duplicates) dups.append(figure(n, 'duplicate' + (n.distance == null ? '' : ' ' + n.distance.toPrecision(2))));
 }
 function byId(id) {
   const fd = new FormData(f);
   fetch('/neighbors', {method: 'POST', headers: {'content-type': 'application/json'},
     body: JSON.stringify({id: id, k: +fd.get('k'), space: fd.get('space')})}).then(show);
+  duplicates(id);
 }
-f.onsubmit = e => { e.preventDefault(); fetch('/neighbors', {method: 'POST', body: new FormData(f)}).then(show); };
+f.onsubmit = e => { e.preventDefault(); about.textContent = ''; dups.textContent = '';
+  fetch('/neighbors', {method: 'POST', body: new FormData(f)}).then(show); };
 </script>"""
