@@ -146,13 +146,15 @@ def combine(d_feat: np.ndarray, d_pix: np.ndarray | None, scale_feat: float, sca
     return np.sqrt(f * np.maximum(d_pix, 0) / max(scale_pix, 1e-12)).astype(np.float32)
 
 
-def choose_threshold(nearest: np.ndarray, min_gap: float = 1.5, floor: float = 1e-3) -> tuple[float, dict]:
+def choose_threshold(nearest: np.ndarray, min_gap: float = 1.3, floor: float = 1e-3) -> tuple[float, dict]:
     """A duplicate threshold from the data: each image's nearest (combined) distance, on a log scale.
 
-    The unrelated images form a bulk; copies sit well below it.  Scanning down from the bulk's median,
-    the first empty interval of at least a factor min_gap between consecutive values is the valley
-    between the two: the threshold is its geometric middle.  No such gap: no distinct population of
-    copies, and the threshold is put far in the bulk's tail (its median / min_gap^4, usually none).
+    The unrelated images form a bulk; copies sit below it.  Below the bulk's median, every empty
+    interval between consecutive values that spans at least a factor min_gap is a candidate valley;
+    the chosen one has the most images under it for its width (width x count below), so that a sparse
+    low tail of copies (few images, wide gaps) does not cut the copies in two.  The threshold is its
+    geometric middle.  No such gap: no distinct population of copies, and the threshold is put far in
+    the bulk's tail (its median / min_gap^6, usually below every image).
     -> (threshold, {"method", "gap_low", "gap_high", "median"})."""
     d = np.sort(np.asarray(nearest, np.float64)[np.isfinite(nearest)])
     if len(d) < 2:
@@ -163,11 +165,11 @@ def choose_threshold(nearest: np.ndarray, min_gap: float = 1.5, floor: float = 1
     gaps = np.diff(x[:top])
     hits = np.nonzero(gaps >= math.log(min_gap))[0]
     if len(hits):
-        i = int(hits[-1])  # the gap nearest the bulk
+        i = int(hits[np.argmax(gaps[hits] * (hits + 1))])  # hits + 1 values lie below gap i
         t = float(math.exp((x[i] + x[i + 1]) / 2))
-        return t, {"method": f"widest valley below the bulk (first gap of x{min_gap} or more)",
-                   "gap_low": float(d[i]), "gap_high": float(d[i + 1]), "median": median}
-    return median / min_gap ** 4, {"method": f"no gap of x{min_gap} below the bulk: median / {min_gap}^4",
+        return t, {"method": f"the valley below the bulk (a gap of x{d[i + 1] / max(d[i], 1e-12):.2f} with {i + 1} "
+                             f"images under it)", "gap_low": float(d[i]), "gap_high": float(d[i + 1]), "median": median}
+    return median / min_gap ** 6, {"method": f"no gap of x{min_gap} below the bulk: median / {min_gap}^6",
                                    "gap_low": None, "gap_high": None, "median": median}
 
 
