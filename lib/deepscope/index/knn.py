@@ -425,7 +425,8 @@ def analyse(store, spaces: list[str], cfg, log) -> dict:
             d_pix = np.concatenate([_signature_distances(sig, a[:len(a) - len(pa_)], b[:len(a) - len(pa_)]), d_pix_extra])
         else:
             log("knn: the pixels index holds other images than the features index; duplicates from features alone")
-    norms, vecs = _norms_and_rows(store, finfo, gather)
+    norms, vecs = (_norms_and_rows(store, finfo, gather) if finfo["metric"] == "l2" or len(gather)
+                   else (None, None))
     if finfo["metric"] == "l2":  # duplicates compare directions (cosine): from L2 distances and the norms
         d_feat = _cosine_from_l2(d_feat, norms, a, b)
     if len(gather):
