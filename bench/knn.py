@@ -122,12 +122,6 @@ def main():
     import faiss
     import ray
 
-    from deepscope.index.build import build_space
-    from deepscope.index.knn import graph_space
-    from deepscope.io.store import Store
-    from deepscope.stages.index import IndexConfig
-    from deepscope.stages.knn import KnnConfig
-
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     mem = PeakMemory()
     tmp = tempfile.mkdtemp(dir=a.dir, prefix="bench-knn-")
@@ -138,6 +132,23 @@ def main():
     gen_s = time.time() - t0
     print(f"# {a.n:,} vectors x {D} written as features parts in {gen_s:.0f} s  [{load()}]", flush=True)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    try:
+        measure(a, root, mem, gen_s)
+    finally:
+        ray.shutdown()
+        if not a.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(a, root, mem, gen_s):
+    from deepscope.index.build import build_space
+    from deepscope.index.knn import graph_space
+    from deepscope.io.store import Store
+    from deepscope.stages.index import IndexConfig
+    from deepscope.stages.knn import KnnConfig
+
     store = Store(root)
     kind = "flat" if a.n <= 20_000 else "ivf_flat"
     t0 = time.time()
@@ -173,11 +184,6 @@ def main():
     print(json.dumps({"n": a.n, "graph": rec, "index": {k: info[k] for k in ("factory", "shards", "search", "recall_at_10",
                                                                              "train_s", "add_s", "tune_s", "build_s")},
                       "graph_s": round(graph_s, 1), "peak": mem.top(6), "load": after}), file=sys.stderr)
-    ray.shutdown()
-    if not a.keep:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -408,3 +408,25 @@ def test_search_page_and_report_in_chromium(duplicates_run):
         driver.quit()
         srv.should_exit = True
         thread.join(10)
+
+
+def test_list_by_list_ivf_search_equals_faiss():
+    import faiss
+
+    from deepscope.index.knn import _list_reader
+
+    rng = np.random.default_rng(8)
+    x = clustered(6000, 32, centres=50, seed=8)
+    x[10] = x[20]  # a copy: distance exactly 0, not the matrix product's rounding
+    ivf = faiss.index_factory(32, "IVF32,Flat")
+    ivf.train(x)
+    ivf.add_with_ids(x, np.arange(6000, dtype=np.int64) + 7)
+    q = np.concatenate([x[:300], rng.standard_normal((50, 32)).astype(np.float32)])
+    dq, iq = ivf.quantizer.search(q, 4)
+    iq[0, 3] = -1  # a probe slot without a list
+    ivf.nprobe = 4
+    want_d, want_i = ivf.search_preassigned(q, 9, iq, dq)
+    got_d, got_i = K.search_lists(q, iq, _list_reader(ivf), 9)
+    assert (got_i == want_i).mean() > 0.999
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-4, atol=1e-3)
+    assert got_d[10][0] == 0 and set(got_i[10][:2]) == {17, 27}

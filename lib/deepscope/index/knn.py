@@ -7,7 +7,9 @@ One Ray task searches one block against one shard of the index (k + 1 neighbours
 itself is dropped later), reading the shard and the block's vectors from the output folder, each
 checked against its recorded sha256: a task holds one shard and one block, whatever the dataset's
 size.  Shards of an IVF index share one coarse quantizer (trained once): a task per block finds
-its images' nprobe nearest lists once, and every shard searches those lists (search_preassigned).  A worker keeps the last shard it loaded, and the tasks of a window of blocks are sent shard
+its images' nprobe nearest lists once, and every shard searches those lists.  An IVF-Flat shard is
+searched list by list: the block's queries that probe a list against its vectors in one matrix
+product (algos/knn.py: search_lists), the answer of FAISS's search_preassigned at BLAS speed.  A worker keeps the last shard it loaded, and the tasks of a window of blocks are sent shard
 by shard, so consecutive tasks on a worker mostly reuse it.  The driver merges the shards' answers
 of a block (k best), drops each image's own row, and writes one part per input partition: a rerun
 reuses every part already written for the same index and settings.  A Flat index (small sets:
@@ -141,9 +143,28 @@ def search_block(shard: tuple[str, str], files: list[tuple[str, str]], column: s
     if assigned is not None:
         dq, iq = assigned
         ivf = faiss.extract_index_ivf(index)
+        if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):  # raw vectors: list by list, BLAS
+            return K.search_lists(x, iq, _list_reader(ivf), k)
         ivf.nprobe = iq.shape[1]
         return ivf.search_preassigned(x, k, iq, dq)
     return index.search(x, k, params=search_params(index, **setting))
+
+
+def _list_reader(ivf):
+    """l -> (vectors, ids) of an IVF-Flat index's list l: views of FAISS's arrays (the index stays alive)."""
+    import faiss
+
+    inv, d = ivf.invlists, ivf.d
+
+    def read(lst: int):
+        m = inv.list_size(lst)
+        if m == 0:
+            return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+        codes = faiss.rev_swig_ptr(inv.get_codes(lst), m * d * 4).view(np.float32).reshape(m, d)
+        ids = faiss.rev_swig_ptr(inv.get_ids(lst), m).view(np.int64)
+        return codes, ids
+
+    return read
 
 
 def quantizer_of(shard: tuple[str, str]) -> bytes | None:
