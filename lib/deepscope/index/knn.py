@@ -238,7 +238,7 @@ def graph_space(store, space: str, k: int, cfg, log, address: str | None = None)
             memory=int(shard_mb * 2**20 * 1.2 + cfg.block_rows * dim * 4 * 2) + 2**27)
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         quantizer = None
-        if len(shards) > 1 and info["search"].get("nprobe"):
+        if info["search"].get("nprobe"):  # IVF: assign once per block, search list by list
             q = ray.get(ray.remote(quantizer_of).options(num_cpus=1).remote(shards[0]))
             quantizer = ray.put(q) if q is not None else None
         assign = ray.remote(assign_block).options(num_cpus=1, max_retries=3)
