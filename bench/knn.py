@@ -11,8 +11,9 @@ then ReLU-like non-negativity (the penultimate layer of a CNN is non-negative).
 Recall@10 of the graph: on a 1,000-image sample against exact blocked search over all n vectors,
 the same search the stage records.  The exact search of all n images is that sample's time
 scaled by n / 1,000 (the blocked search is linear in the queries); running it whole would take
-hours here.  Peak memory: every process's RSS (and RSS less shared pages: Ray's object store maps
-are shared) sampled every 0.5 s by a thread of this process.
+hours here.  Peak memory: RSS, PSS and USS of this process and its descendants (the local Ray
+cluster), sampled every second by a thread of this process (RSS counts every object-store page a
+process maps, which all processes share; PSS divides those among them; USS is the process's own).
 """
 from __future__ import annotations
 
@@ -74,11 +75,11 @@ def make_folder(root: Path, n: int, part_rows: int = 10_000) -> None:
 class PeakMemory:
     """Peak RSS (and RSS less shared) of this process and every process started since, sampled."""
 
-    def __init__(self, every: float = 0.5):
+    def __init__(self, every: float = 1.0):
         import psutil
 
         self.psutil, self.every, self.stop = psutil, every, threading.Event()
-        self.peak: dict[int, tuple[str, float, float]] = {}
+        self.peak: dict[int, tuple[str, float, float, float]] = {}
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -91,19 +92,21 @@ class PeakMemory:
                 procs = [me]
             for p in procs:
                 try:
-                    m = p.memory_info()
+                    m = p.memory_full_info()  # uss: private; pss: private + a share of shared pages
                     cmd = " ".join(p.cmdline() or [])
                     name = "driver" if p.pid == me.pid else (cmd.split()[0] if cmd.startswith("ray::") else
                                                              cmd.split(" ")[0].rsplit("/", 1)[-1][:40])
-                    rss, own = m.rss / 2**20, (m.rss - m.shared) / 2**20
-                    old = self.peak.get(p.pid, (name, 0, 0))
-                    self.peak[p.pid] = (old[0] if old[0].startswith("ray::") else name, max(old[1], rss), max(old[2], own))
+                    old = self.peak.get(p.pid, (name, 0, 0, 0))
+                    if cmd.startswith("ray::") and cmd.split()[0] not in ("ray::IDLE",):
+                        name = cmd.split()[0]
+                    self.peak[p.pid] = (name if old[0] in ("ray::IDLE", name) else old[0], max(old[1], m.rss / 2**20),
+                                        max(old[2], m.pss / 2**20), max(old[3], m.uss / 2**20))
                 except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                     pass
             time.sleep(self.every)
 
     def top(self, n=5):
-        return sorted(self.peak.values(), key=lambda v: -v[1])[:n]
+        return sorted(self.peak.values(), key=lambda v: -v[2])[:n]
 
 
 def main():
@@ -178,9 +181,11 @@ def measure(a, root, mem, gen_s):
           f"recall@{a.k} of the graph: **{rec['recall_at_' + str(a.k)]}** |")
     print(f"| exact blocked search of all {a.n:,} (projected: sample x {a.n // rec['recall_sample']:,}) | "
           f"{exact_all_s:.0f} | {exact_all_s / max(rec['search_s'], 1e-9):.1f}x the graph's search |")
-    print("\npeak memory per process (MB, RSS / RSS less shared):\n")
-    for name, rss, own in mem.top(6):
-        print(f"- {name}: {rss:.0f} / {own:.0f}")
+    print("\npeak memory per process (MB; RSS counts the object store's shared pages a process maps, PSS a share "
+          "of them, USS only its own):\n")
+    print("| process | RSS | PSS | USS |\n|---|---:|---:|---:|")
+    for name, rss, pss, uss in mem.top(6):
+        print(f"| {name} | {rss:.0f} | {pss:.0f} | {uss:.0f} |")
     print(json.dumps({"n": a.n, "graph": rec, "index": {k: info[k] for k in ("factory", "shards", "search", "recall_at_10",
                                                                              "train_s", "add_s", "tune_s", "build_s")},
                       "graph_s": round(graph_s, 1), "peak": mem.top(6), "load": after}), file=sys.stderr)
