@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--copies", type=int, default=200)
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--reuse", default=None, help="a bench-dups-* folder of an earlier run: recompute [knn] only")
     a = ap.parse_args()
 
     import pyarrow.parquet as pq
@@ -42,8 +43,12 @@ def main():
     from deepscope.demo_data import make_duplicates_data
     from deepscope.runner import run
 
-    root = Path(tempfile.mkdtemp(dir=a.dir, prefix="bench-dups-"))
-    truth = make_duplicates_data(root / "data", n=a.n, copies=a.copies, seed=0)
+    if a.reuse:
+        root = Path(a.reuse)
+        truth = {f"copies/{p.name}": f"scenes/scene_{p.stem.split('_of_')[1]}.png" for p in (root / "data/copies").glob("*.jpg")}
+    else:
+        root = Path(tempfile.mkdtemp(dir=a.dir, prefix="bench-dups-"))
+        truth = make_duplicates_data(root / "data", n=a.n, copies=a.copies, seed=0)
     planted = {tuple(sorted(p)) for p in truth.items()}
     t0 = time.time()
     run(jobmod.validate({"out": str(root / "out"), "dataset": {"source": str(root / "data")},

@@ -81,7 +81,7 @@ def test_threshold_falls_in_the_valley():
     t, how = K.choose_threshold(np.concatenate([bulk, copies]))
     assert copies.max() < t < bulk.min(), (t, how)
     t0, how0 = K.choose_threshold(bulk)  # no copies: the threshold stays below everything
-    assert t0 < bulk.min() and "no gap" in how0["method"]
+    assert t0 < bulk.min() and "no second population" in how0["method"]
     # a few copies spread thin (wide gaps between them) under a bulk a factor 1.47 above: not cut in two
     few = np.array([0.032, 0.049, 0.054, 0.086, 0.087, 0.092, 0.098, 0.12, 0.16, 0.206, 0.282])
     t, how = K.choose_threshold(np.concatenate([few, bulk * 0.414 / bulk.min()]))
@@ -227,7 +227,7 @@ def test_planted_near_copies_are_the_duplicate_groups(duplicates_run):
     recall = len(together & planted) / len(planted)
     assert precision >= 0.95 and recall >= 0.95, (precision, recall, len(together))
     s = json.loads((out / "manifest.json").read_text())["summary"]["knn"]
-    assert s["duplicates"]["pixel_evidence"] and "the valley" in s["duplicates"]["how"]["method"]  # chosen from the data
+    assert s["duplicates"]["pixel_evidence"] and "density valley" in s["duplicates"]["how"]["method"]  # chosen from the data
     assert s["graphs"]["features"]["recall_at_10"] == 1.0  # 500 images: an exact (Flat) index
     pairs = pq.read_table(out / "knn/duplicates.parquet").to_pylist()
     assert all(p["distance"] <= s["duplicates"]["threshold"] for p in pairs)

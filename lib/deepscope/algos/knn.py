@@ -191,31 +191,47 @@ def combine(d_feat: np.ndarray, d_pix: np.ndarray | None, scale_feat: float, sca
     return np.sqrt(f * np.maximum(d_pix, 0) / max(scale_pix, 1e-12)).astype(np.float32)
 
 
-def choose_threshold(nearest: np.ndarray, min_gap: float = 1.3, floor: float = 1e-3) -> tuple[float, dict]:
+def choose_threshold(nearest: np.ndarray, min_dip: float = 0.5, floor: float = 1e-3) -> tuple[float, dict]:
     """A duplicate threshold from the data: each image's nearest (combined) distance, on a log scale.
 
-    The unrelated images form a bulk; copies sit below it.  Below the bulk's median, every empty
-    interval between consecutive values that spans at least a factor min_gap is a candidate valley;
-    the chosen one has the most images under it for its width (width x count below), so that a sparse
-    low tail of copies (few images, wide gaps) does not cut the copies in two.  The threshold is its
-    geometric middle.  No such gap: no distinct population of copies, and the threshold is put far in
-    the bulk's tail (its median / min_gap^6, usually below every image).
-    -> (threshold, {"method", "gap_low", "gap_high", "median"})."""
+    The unrelated images form a bulk; copies form a second, lower population.  A kernel density of the
+    log distances (Gaussian, bandwidth by Silverman's rule on the bulk's upper quartile, which copies do
+    not reach) is scanned below the bulk's median: the threshold is the lowest point of the valley
+    between the two, where the density falls under min_dip times the highest density below it.  A
+    valley of zero width (a clean gap) puts it mid-gap.  No such dip: no second population, and the
+    threshold goes far below the bulk (median / 4), usually under every image.
+    -> (threshold, {"method", "median", "bandwidth", "dip"})."""
     d = np.sort(np.asarray(nearest, np.float64)[np.isfinite(nearest)])
-    if len(d) < 2:
+    if len(d) < 3:
         return 0.0, {"method": "too few images", "median": float(d[0]) if len(d) else None}
     median = float(np.median(d))
     x = np.log(np.maximum(d, floor * max(median, 1e-12)))
-    top = int(np.searchsorted(x, np.log(max(median, 1e-12)), side="right"))
-    gaps = np.diff(x[:top])
-    hits = np.nonzero(gaps >= math.log(min_gap))[0]
-    if len(hits):
-        i = int(hits[np.argmax(gaps[hits] * (hits + 1))])  # hits + 1 values lie below gap i
-        t = float(math.exp((x[i] + x[i + 1]) / 2))
-        return t, {"method": f"the valley below the bulk (a gap of x{d[i + 1] / max(d[i], 1e-12):.2f} with {i + 1} "
-                             f"images under it)", "gap_low": float(d[i]), "gap_high": float(d[i + 1]), "median": median}
-    return median / min_gap ** 6, {"method": f"no gap of x{min_gap} below the bulk: median / {min_gap}^6",
-                                   "gap_low": None, "gap_high": None, "median": median}
+    m = float(np.log(max(median, 1e-12)))
+    spread = (float(np.quantile(x, 0.75)) - m) / 0.6745  # the bulk's sigma, from its upper side only
+    h = max(1.06 * max(spread, 1e-3) * len(x) ** -0.2, 1e-3)
+    grid = np.linspace(x[0] - 3 * h, m, 512)
+    f = np.zeros(len(grid))
+    for s0 in range(0, len(x), 4096):  # memory: 512 x 4096 at a time
+        f += np.exp(-0.5 * ((grid[:, None] - x[None, s0:s0 + 4096]) / h) ** 2).sum(1)
+    left_peak = np.maximum.accumulate(f)
+    dips = np.nonzero(f < min_dip * left_peak)[0]
+    fallback = (median / 4, {"method": "no second population below the bulk: median / 4", "median": median,
+                             "bandwidth": round(h, 4), "dip": None})
+    if not len(dips):
+        return fallback
+    # the valley nearest the bulk: the last run of dipping points, and its lowest stretch's middle
+    first = len(dips) - 1
+    while first > 0 and dips[first - 1] == dips[first] - 1:
+        first -= 1
+    valley = dips[first:]
+    lowest = f[valley].min()
+    run = valley[f[valley] <= lowest + 1e-6 * max(left_peak[valley[0]], 1e-12)]
+    g = grid[run[len(run) // 2]]
+    below = int(np.searchsorted(x, g))
+    dip = float(lowest / max(left_peak[run[0]], 1e-12))
+    return float(math.exp(g)), {"method": f"the density valley below the bulk ({below} images under it, "
+                                          f"density {dip:.2f} of the peak below)",
+                                "median": median, "bandwidth": round(h, 4), "dip": round(dip, 4)}
 
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

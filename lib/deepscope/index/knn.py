@@ -475,7 +475,7 @@ def analyse(store, spaces: list[str], cfg, log) -> dict:
     if cfg.dup_threshold is not None:
         threshold, how = float(cfg.dup_threshold), {"method": "set in the job (dup_threshold)"}
     else:
-        threshold, how = K.choose_threshold(nearest[np.isfinite(nearest)], cfg.min_gap)
+        threshold, how = K.choose_threshold(nearest[np.isfinite(nearest)], cfg.min_dip)
     dup = dist <= threshold
     group_of = K.components(n, a[dup], b[dup])
     sizes = np.bincount(group_of, minlength=n)[group_of]

@@ -22,7 +22,7 @@ class KnnConfig(StageConfig):
     sample: int = Field(1000, ge=1)  # images whose neighbours are checked against exact search (recall@k)
     chunk_rows: int = Field(16_384, ge=1)  # rows streamed at a time by the exact check
     dup_threshold: float | None = Field(None, ge=0)  # None: chosen from the data
-    min_gap: float = Field(1.3, gt=1)  # the valley between copies and the rest: at least this factor
+    min_dip: float = Field(0.5, gt=0, lt=1)  # a valley: density under this share of the peak below it
     flag_below: float = Field(0.5, gt=0, le=1)  # flag a label held by less than this share of neighbours
     show: int = Field(12, ge=1, le=100)  # groups and images shown in the report
     seed: int = 0
