@@ -15,7 +15,22 @@ from test_faults import assert_exactly_once_and_equal
 from test_features import read_features, small_dataset, spec
 
 RAY = str(Path(sys.executable).parent / "ray")
-PORT, DASH, WORKER_NM_PORT = 6391, 8275, 46391
+
+
+def _free_ports(n: int) -> list[int]:
+    """Ports nothing listens on now (fixed ones collide with other Rays on a shared machine)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+PORT, DASH, WORKER_NM_PORT, *AGENT_PORTS = _free_ports(7)
 
 
 def _env(tmp):
@@ -42,19 +57,35 @@ def cluster(tmp_path_factory):
     head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={DASH}", "--disable-usage-stats",
             # the agents' default ports (52365) may be taken by another Ray on this machine
-            "--dashboard-agent-listen-port=52391", "--metrics-export-port=52392"]
-    subprocess.run(head, env=env, check=True, capture_output=True)
-    subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                    f"--node-manager-port={WORKER_NM_PORT}", "--dashboard-agent-listen-port=52393",
-                    "--metrics-export-port=52394"], env=env, check=True, capture_output=True)
+            f"--dashboard-agent-listen-port={AGENT_PORTS[0]}", f"--metrics-export-port={AGENT_PORTS[1]}"]
+    token = str(tmp / "auth_token")
+
+    def stop():
+        for _ in range(10):  # again until none is left: a raylet killed last restarts the agents killed first
+            left = 0
+            for p in psutil.process_iter():
+                try:  # only this cluster's processes: they all inherit its token file's path, no other Ray does
+                    with open(f"/proc/{p.pid}/environ", "rb") as f:  # raw: a retitled process's parsed environ
+                        mine = f"RAY_AUTH_TOKEN_PATH={token}".encode() in f.read()  # can lose entries
+                    if mine:
+                        p.kill()
+                        left += 1
+                except (OSError, psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            if not left:
+                return
+            time.sleep(1)
+
+    try:
+        subprocess.run(head, env=env, check=True, capture_output=True)
+        subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                        f"--node-manager-port={WORKER_NM_PORT}", f"--dashboard-agent-listen-port={AGENT_PORTS[2]}",
+                        f"--metrics-export-port={AGENT_PORTS[3]}"], env=env, check=True, capture_output=True)
+    except subprocess.CalledProcessError as e:
+        stop()  # a node that failed to start (a port taken): leave no half cluster behind
+        raise RuntimeError(f"{e.cmd[:3]} failed: {e.stderr.decode()[-1500:]}") from None
     yield env
-    for p in psutil.process_iter(["cmdline", "environ"]):
-        try:  # stop only this cluster's processes, never another Ray on the machine
-            cmd = " ".join(p.info["cmdline"] or [])
-            if f"{PORT}" in cmd or f"{WORKER_NM_PORT}" in cmd or f"{DASH}" in cmd:
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+    stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from deepscope.index.search import Searcher
 from deepscope.io.store import Store
 from deepscope.serve.app import Limits, create_app
 from deepscope.stages.index import IndexConfig
+from test_cluster import cluster  # noqa: F401  (module fixture: a loopback two-node Ray cluster)
 from test_index import indexed_photos  # noqa: F401  (session fixture: a real lite0 job on 9 photos)
 
 MAX_UPLOAD = 2**20
@@ -168,3 +169,101 @@ def test_concurrent_requests_answer_as_sequential_ones(server):
           if "nprobe" in r.get("json", {})}
     assert any(len(by[(i, 9, 1)]["neighbors"]) < len(by[(i, 9, 3)]["neighbors"]) for i in ids[:3])
     still_serving(client)
+
+
+# ---------------------------------------------------------------------------- serve --ray on a cluster
+
+def _replicas(name: str) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if cmd.startswith(f"ray::ServeReplica:deepscope:{name}"):
+            out.append(p)
+    return out
+
+
+def test_serve_ray_on_two_nodes_equals_single_process_and_survives_a_killed_replica(
+        cluster, indexed_photos, tmp_path, ray_cluster):  # noqa: F811
+    """`deepscope serve OUT --ray` on the loopback two-node cluster: the answers of the single-process
+    server; 50 concurrent clients (p99 printed); a shard replica killed mid-load costs at most 1% of
+    the requests and is replaced."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    data, out = indexed_photos
+    served = tmp_path / "out"
+    shutil.copytree(out, served)
+    store = Store(served)  # a 3-shard feature index, so that the router fans out and merges
+    info = build_space(store, "features", IndexConfig(kind="flat", shards=3), lambda *a: None)
+    store.update_summary("index", {"spaces": {**store.summary("index")["spaces"], "features": info}})
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "deepscope.cli", "serve", str(served), "--ray", "--port", str(port),
+                               "--replicas", "2"], env=cluster, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/info", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            time.sleep(1)
+        ids = [str(f.relative_to(data)) for f in sorted(data.rglob("*.jpg"))]
+        requests = [{"id": i, "k": k, "space": sp} for i in ids for k in (1, 5, 9) for sp in ("features", "pixels")]
+        with TestClient(create_app(str(served))) as single, httpx.Client(base_url=url, timeout=60) as ray_client:
+            for req in requests:
+                want, got = single.post("/neighbors", json=req).json(), ray_client.post("/neighbors", json=req).json()
+                assert [n["id"] for n in got["neighbors"]] == [n["id"] for n in want["neighbors"]], req
+                np.testing.assert_allclose([n["distance"] for n in got["neighbors"]],
+                                           [n["distance"] for n in want["neighbors"]], rtol=1e-5, atol=1e-6)
+            assert ray_client.post("/neighbors", json={"id": "no/such.jpg"}).status_code == 404
+        victims = _replicas("features-shard-1")
+        assert len(victims) == 2, victims
+
+        latencies, failures, lock = [], [], threading.Lock()
+        killed = threading.Event()
+
+        def client(c):
+            with httpx.Client(base_url=url, timeout=60) as h:
+                for n in range(20):
+                    t0 = time.perf_counter()
+                    try:
+                        r = h.post("/neighbors", json=requests[(c * 20 + n) % len(requests)])
+                        ok = r.status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    with lock:
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                        if not ok:
+                            failures.append(c)
+                        if len(latencies) == 200 and not killed.is_set():
+                            os.kill(victims[0].pid, signal.SIGKILL)  # a replica dies mid-load
+                            killed.set()
+
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            list(pool.map(client, range(50)))
+        assert killed.is_set()
+        p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
+        print(f"\nserve --ray, 50 concurrent clients, {len(latencies)} requests: p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
+              f"{len(failures)} failed ({len(failures) / len(latencies):.1%}) with a shard replica killed mid-load")
+        assert len(failures) <= 0.01 * len(latencies), (len(failures), len(latencies))
+        deadline = time.time() + 120  # Serve replaces the dead replica
+        while time.time() < deadline and len([p for p in _replicas("features-shard-1") if p.pid != victims[0].pid]) < 2:
+            time.sleep(1)
+        assert len([p for p in _replicas("features-shard-1") if p.pid != victims[0].pid]) == 2
+        r = httpx.post(url + "/neighbors", json=requests[0], timeout=60)
+        assert r.status_code == 200
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -119,3 +119,65 @@ def _glass(size: int, rng) -> Image.Image:
         edge[:, 1:] |= edge[:, :-1].copy()
     a[edge] = (25, 22, 20)
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+# ---------------------------------------------------------------------------- near-duplicates
+
+def random_scene(rng, size: int = 192) -> Image.Image:
+    """A scene of 3 to 7 random shapes (ellipses, boxes, triangles, bars) on a plain or two-tone
+    background: many scenes share shapes and colours, so a network's features call some of them
+    alike."""
+    from PIL import ImageDraw
+
+    bg = tuple(int(v) for v in rng.integers(0, 256, 3))
+    img = Image.new("RGB", (size, size), bg)
+    d = ImageDraw.Draw(img)
+    if rng.random() < 0.5:  # a second tone on one side
+        x = int(rng.integers(size // 4, 3 * size // 4))
+        d.rectangle((x, 0, size, size), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    for _ in range(int(rng.integers(3, 8))):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        w, h = (int(v) for v in rng.integers(size // 8, size // 2, 2))
+        x0, y0 = int(rng.integers(-w // 3, size - 2 * w // 3)), int(rng.integers(-h // 3, size - 2 * h // 3))
+        kind = int(rng.integers(4))
+        if kind == 0:
+            d.ellipse((x0, y0, x0 + w, y0 + h), fill=colour)
+        elif kind == 1:
+            d.rectangle((x0, y0, x0 + w, y0 + h), fill=colour)
+        elif kind == 2:
+            d.polygon([(x0 + w / 2, y0), (x0, y0 + h), (x0 + w, y0 + h)], fill=colour)
+        else:
+            d.line((x0, y0, x0 + w, y0 + h), fill=colour, width=int(rng.integers(3, 12)))
+    return img
+
+
+def near_copy(img: Image.Image, rng) -> Image.Image:
+    """The planted copy of a scene: cropped by 5% (from a random side mix), resized to 80%, lightened
+    (brightness x1.1-1.3); the caller saves it at JPEG quality 60."""
+    from PIL import ImageEnhance
+
+    w, h = img.size
+    dx, dy = int(round(w * 0.05)), int(round(h * 0.05))
+    left, top = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
+    out = img.crop((left, top, left + w - dx, top + h - dy))
+    out = out.resize((int(round(out.width * 0.8)), int(round(out.height * 0.8))), Image.Resampling.BILINEAR)
+    return ImageEnhance.Brightness(out).enhance(float(rng.uniform(1.1, 1.3)))
+
+
+def make_duplicates_data(out: str | os.PathLike, n: int = 5000, copies: int = 200, seed: int = 0,
+                         size: int = 192) -> dict[str, str]:
+    """n - copies random scenes (PNG, under out/scenes/) plus `copies` near-copies of distinct ones
+    (JPEG quality 60, under out/copies/).  Returns {copy id: original id} (ids relative to out)."""
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    (out / "scenes").mkdir(parents=True, exist_ok=True)
+    (out / "copies").mkdir(parents=True, exist_ok=True)
+    originals = n - copies
+    copied = set(rng.choice(originals, copies, replace=False).tolist())
+    truth = {}
+    for i in range(originals):
+        img = random_scene(rng, size)
+        img.save(out / "scenes" / f"scene_{i:05d}.png")
+        if i in copied:
+            rel = f"copies/copy_of_{i:05d}.jpg"
+            near_copy(img, rng).save(out / rel, format="JPEG", quality=60)
+            truth[rel] = f"scenes/scene_{i:05d}.png"
+    return truth

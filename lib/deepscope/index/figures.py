@@ -37,3 +37,75 @@ def grid(rows: list[list[tuple[Image.Image, str]]], size: int, highlight_first: 
     buf = io.BytesIO()
     canvas.save(buf, "PNG", optimize=True)
     return buf.getvalue()
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def empty_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1), "white").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def distance_plot(nearest, threshold: float, feat=None, pix=None, dup=None) -> bytes:
+    """Left: the histogram of each image's nearest duplicate distance (log scale) with the threshold;
+    right: every candidate pair's feature and pixel distance (scaled), duplicates in red."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = 2 if pix is not None else 1
+    fig = Figure(figsize=(6 * panels, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, panels, 1)
+    pos = np.asarray(nearest)[np.asarray(nearest) > 0]
+    lo = max(pos.min() if len(pos) else 1e-3, 1e-4)
+    hi = max(pos.max() if len(pos) else 1.0, lo * 10, threshold * 2)
+    bins = np.geomspace(lo, hi, 60)
+    ax.hist(np.clip(nearest, lo, None), bins=bins, color="#4a7ab5")
+    ax.axvline(threshold, color="#c00", lw=2, label=f"threshold {threshold:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("nearest image's duplicate distance (feature x pixel evidence, scaled)")
+    ax.set_ylabel("images")
+    ax.legend(loc="upper left", fontsize=8)
+    if pix is not None:
+        ax = fig.add_subplot(1, 2, 2)
+        dup = np.zeros(len(feat), bool) if dup is None else dup
+        ax.scatter(feat[~dup], pix[~dup], s=2, color="#999", label="pairs")
+        ax.scatter(feat[dup], pix[dup], s=8, color="#c00", label="duplicates")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("feature distance / median")
+        ax.set_ylabel("pixel distance / median")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def group_grid(groups: list[list[tuple[str, str]]], size: int = 80) -> bytes:
+    """One row per near-duplicate group: its members' thumbnails, captioned by id."""
+    return grid([[(thumbnail(p, size), cap.rsplit("/", 1)[-1]) for p, cap in g] for g in groups], size,
+                highlight_first=False)
+
+
+def rows_grid(rows: list[tuple[str, list[tuple[str, str]]]], size: int = 80, first_framed: bool = False) -> bytes:
+    """Rows of thumbnails with a title line each: (title, [(path, caption)])."""
+    from PIL import ImageDraw
+
+    body = Image.open(io.BytesIO(grid([[(thumbnail(p, size), c) for p, c in tiles] for _, tiles in rows], size,
+                                      highlight_first=first_framed)))
+    line = 14
+    out = Image.new("RGB", (max(body.width, 400), body.height + line * len(rows)), "white")
+    draw = ImageDraw.Draw(out)
+    row_h = size + CAPTION + 4
+    for r, (title, _) in enumerate(rows):
+        y = r * (row_h + line)
+        draw.text((4, y + 1), title[:90], fill=(0, 0, 0))
+        out.paste(body.crop((0, 4 + r * row_h, body.width, 4 + (r + 1) * row_h)), (0, y + line))
+    buf = io.BytesIO()
+    out.save(buf, "PNG", optimize=True)
+    return buf.getvalue()

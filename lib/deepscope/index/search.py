@@ -77,8 +77,9 @@ def _part_vectors(url: str, rel: str, sha: str, column: str) -> tuple[list[str],
 class Searcher:
     """One space's index (its shards merged by faiss.IndexShards) and its row -> image mapping."""
 
-    def __init__(self, store: Store | str, space: str = "features", info: dict | None = None):
-        """info: the space's build record (default: the one in the folder's manifest)."""
+    def __init__(self, store: Store | str, space: str = "features", info: dict | None = None, load_index: bool = True):
+        """info: the space's build record (default: the one in the folder's manifest).  load_index=False:
+        the id mapping only; a subclass searches the shards elsewhere (serve --ray: shard replicas)."""
         self.store = store if isinstance(store, Store) else Store(store)
         info = info or ((self.store.summary("index") or {}).get("spaces") or {}).get(space)
         if info is None:
@@ -89,13 +90,15 @@ class Searcher:
                             f"built: run `deepscope index {self.store.root}` again")
         self.info, self.space = info, space
         self.dim, self.metric, self.rows = info["dim"], info["metric"], info["rows"]
-        self._shards = [deserialize(verified_bytes(self.store, f["file"], f["sha256"])) for f in info["shard_files"]]
-        if len(self._shards) == 1:
-            self.index = self._shards[0]
-        else:  # searched together, results merged by distance; rows are global ids
-            self.index = faiss.IndexShards(self.dim, True, False)
-            for shard in self._shards:
-                self.index.add_shard(shard)
+        self.index = None
+        if load_index:
+            self._shards = [deserialize(verified_bytes(self.store, f["file"], f["sha256"])) for f in info["shard_files"]]
+            if len(self._shards) == 1:
+                self.index = self._shards[0]
+            else:  # searched together, results merged by distance; rows are global ids
+                self.index = faiss.IndexShards(self.dim, True, False)
+                for shard in self._shards:
+                    self.index.add_shard(shard)
         ids = pq.read_table(pa.BufferReader(verified_bytes(self.store, info["ids"]["file"], info["ids"]["sha256"])))
         self.ids = ids.column("id").to_pylist()
         self.paths = ids.column("path").to_pylist()
@@ -103,7 +106,8 @@ class Searcher:
         self.parts = ids.column("part").to_pylist()
         self.offsets = ids.column("offset").to_pylist()
         self.row_of = {i: r for r, i in enumerate(self.ids)}
-        if self.index.ntotal != len(self.ids) or ids.column("row").to_pylist() != list(range(len(self.ids))):
+        total = self.index.ntotal if self.index is not None else sum(f["rows"] for f in info["shard_files"])
+        if total != len(self.ids) or ids.column("row").to_pylist() != list(range(len(self.ids))):
             raise UserError(f"the {space} index of {self.store.root} does not match its id mapping: rebuild it")
 
     # -- settings -------------------------------------------------------------------
@@ -163,13 +167,17 @@ class Searcher:
             raise UserError(f"k must be at least 1, got {k}")
         x = self.prepare(vectors)
         k = min(k, self.rows)
-        dist, rows = self.index.search(x, k, params=search_params(self.index, **self.setting(nprobe, ef_search)))
+        dist, rows = self.raw_search(x, k, self.setting(nprobe, ef_search))
         dist = np.sqrt(np.maximum(dist, 0)) if self.metric == "l2" else dist / 2  # |a-b|^2/2 = 1 - cos
         out = []
         for drow, rrow in zip(dist, rows):
             out.append([Neighbour(int(r), self.ids[r], self.paths[r], self.labels[r], float(d))
                         for d, r in zip(drow, rrow) if 0 <= r < len(self.ids)])
         return out
+
+    def raw_search(self, x: np.ndarray, k: int, setting: dict) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's answer for prepared vectors: (squared L2 distances, rows), (n, k)."""
+        return self.index.search(x, k, params=search_params(self.index, **setting))
 
     def describe(self) -> dict:
         i = self.info

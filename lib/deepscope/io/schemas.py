@@ -95,6 +95,44 @@ NEIGHBOURS = pa.schema([
     pa.field("distance", pa.float32(), nullable=False),
 ])
 
+# knn/<space>/part-*.parquet: every image's k nearest neighbours (itself left out), nearest first.
+KNN_GRAPH = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("row", pa.int64(), nullable=False),  # the image's row of index/<space>/ids.parquet
+    pa.field("neighbor_ids", pa.list_(pa.string()), nullable=False),
+    pa.field("neighbor_rows", pa.list_(pa.int64()), nullable=False),
+    pa.field("distances", pa.list_(pa.float32()), nullable=False),  # the index's metric (l2, or 1 - cos)
+])
+
+# knn/images.parquet: what the graph says about each image.
+KNN_IMAGES = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("uniqueness", pa.float32(), nullable=False),  # nearest-weighted neighbour distance / the dataset's median
+    pa.field("nearest_id", pa.string()),  # its nearest image by the duplicate distance
+    pa.field("nearest_distance", pa.float32()),  # combined duplicate distance (feature x pixel evidence)
+    pa.field("group", pa.string()),  # near-duplicate group (the id of its first member), null: none
+    pa.field("group_size", pa.int32(), nullable=False),  # 1: no duplicate
+    pa.field("majority_label", pa.string()),  # the neighbours' most common label
+    pa.field("majority_share", pa.float32(), nullable=False),
+    pa.field("own_label_share", pa.float32()),  # share of neighbours with the image's own label
+    pa.field("label_flagged", pa.bool_(), nullable=False),  # neighbours mostly disagree with its label
+])
+
+# knn/duplicates.parquet: the near-duplicate edges under the threshold, with the evidence of each space.
+KNN_DUPLICATES = pa.schema([
+    pa.field("group", pa.string(), nullable=False),
+    pa.field("a", pa.string(), nullable=False),
+    pa.field("b", pa.string(), nullable=False),
+    pa.field("distance", pa.float32(), nullable=False),  # combined (the threshold applies to this)
+    pa.field("feature_distance", pa.float32(), nullable=False),
+    pa.field("feature_exact", pa.bool_(), nullable=False),  # false: a lower bound (edge found in pixel space only)
+    pa.field("pixel_distance", pa.float32()),  # 1 - correlation of pixel signatures; null without pixels
+])
+
 # map/coords.parquet: 2-D positions of every image (t-SNE columns null when only PCA ran).
 MAP_COORDS = pa.schema([
     pa.field("id", pa.string(), nullable=False),

@@ -3,6 +3,8 @@
   POST /neighbors      multipart (an `image` upload) or JSON ({"id": ...} or {"vector": [...]}),
                        with k (<= 1000), space (features | pixels), nprobe / ef_search -> JSON
   GET  /images/{id}    an image of the dataset, by id: only paths in the index's id mapping
+  GET  /duplicates/{id} what the k-NN graph says about an image (deepscope knn): its near-duplicate
+                       group, nearest image, uniqueness, its label against its neighbours' labels
   GET  /info           the indexes: kind, size, search setting, measured recall
   GET  /               a small search page
 
@@ -91,19 +93,21 @@ class _BodyLimit:
 class Engine:
     """The folder's searchers and encoder, shared by every request (read-only after start-up)."""
 
-    def __init__(self, out: str, limits: Limits):
+    def __init__(self, out: str, limits: Limits, searcher=Searcher):
+        """searcher: the class that searches a space (serve --ray: one that fans out to shard replicas)."""
         from deepscope.index.encode import Encoder
 
         self.store = Store(out)
         spaces = ((self.store.summary("index") or {}).get("spaces") or {})
         if not spaces:
             raise UserError(f"{out} has no index: run `deepscope index {out}` first")
-        self.searchers = {space: Searcher(self.store, space) for space in spaces}
+        self.searchers = {space: searcher(self.store, space) for space in spaces}
         self.encoder = Encoder(out, DecodeLimits(max_pixels=limits.max_pixels, max_bytes=limits.max_upload_bytes))
         self.limits = limits
         self.paths: dict[str, str] = {}
         for s in reversed(list(self.searchers.values())):  # the first space's mapping wins
             self.paths.update(zip(s.ids, s.paths))
+        self.graph = Graph.load(self.store)
 
     def answer(self, q: NeighborsQuery, image: bytes | None) -> dict:
         s = self.searchers.get(q.space)
@@ -131,12 +135,79 @@ class Engine:
                                "image": "/images/" + quote(h.id)} for r, h in enumerate(hits)]}
 
 
+class Graph:
+    """The k-NN stage's per-image table, duplicate pairs and feature graph (deepscope knn), if any."""
+
+    def __init__(self, images, pairs, neighbours):
+        self.images, self.neighbours = images, neighbours
+        self.row_of = {i: r for r, i in enumerate(images.column("id").to_pylist())}
+        self.pairs: dict[str, list[dict]] = {}
+        for p in pairs.to_pylist():
+            self.pairs.setdefault(p["group"], []).append(p)
+
+    @classmethod
+    def load(cls, store):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from deepscope.index.knn import GRAPH
+        from deepscope.index.search import verified_bytes
+
+        summary = store.summary("knn")
+        if not summary:
+            return None
+
+        def table(rel):
+            return pq.read_table(pa.BufferReader(verified_bytes(store, rel, store.manifest["files"][rel]["sha256"])))
+
+        space = "features" if "features" in summary["graphs"] else next(iter(summary["graphs"]))
+        neighbours = store.read(GRAPH.format(space=space), columns=["id", "neighbor_ids", "distances"])
+        images = table("knn/images.parquet")
+        if not neighbours.column("id").equals(images.column("id")):
+            raise UserError(f"the k-NN results of {store.root} are out of date: run `deepscope knn {store.root}`")
+        return cls(images, table("knn/duplicates.parquet"), neighbours)
+
+    def about(self, image_id: str) -> dict:
+        from urllib.parse import quote
+
+        r = self.row_of.get(image_id)
+        if r is None:
+            raise HTTPException(404, f"unknown id {image_id!r}")
+        me = self.images.slice(r, 1).to_pylist()[0]
+        members = {}
+        for p in self.pairs.get(me["group"], []) if me["group"] else []:
+            for x, y in ((p["a"], p["b"]), (p["b"], p["a"])):
+                if x != image_id:
+                    near = p["distance"] if y == image_id else None
+                    old = members.get(x)
+                    members[x] = near if old is None else (old if near is None else min(old, near))
+        nb = self.neighbours.slice(r, 1).to_pylist()[0] if r < self.neighbours.num_rows else {"neighbor_ids": [], "distances": []}
+        labels = self.images.column("label")
+
+        def label_of(i):
+            j = self.row_of.get(i)
+            return labels[j].as_py() if j is not None else None
+
+        return {
+            "id": image_id, "label": me["label"], "image": "/images/" + quote(image_id),
+            "group": me["group"], "group_size": me["group_size"],
+            "duplicates": [{"id": i, "distance": d, "label": label_of(i), "image": "/images/" + quote(i)}
+                           for i, d in sorted(members.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0]))],
+            "nearest": {"id": me["nearest_id"], "distance": me["nearest_distance"]},
+            "uniqueness": me["uniqueness"],
+            "labels": {"majority": me["majority_label"], "majority_share": me["majority_share"],
+                       "own_share": me["own_label_share"], "flagged": me["label_flagged"]},
+            "neighbors": [{"rank": n + 1, "id": i, "label": label_of(i), "distance": d, "image": "/images/" + quote(i)}
+                          for n, (i, d) in enumerate(zip(nb["neighbor_ids"], nb["distances"]))],
+        }
+
+
 def _validation_message(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
 
 
-def create_app(out: str, limits: Limits = Limits()) -> FastAPI:
-    engine = Engine(out, limits)
+def create_app(out: str, limits: Limits = Limits(), searcher=Searcher) -> FastAPI:
+    engine = Engine(out, limits, searcher)
     app = FastAPI(title="deepscope neighbours", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
     app.state.engine = engine
@@ -191,43 +262,68 @@ def create_app(out: str, limits: Limits = Limits()) -> FastAPI:
         return Response(data, media_type=media, headers={"X-Content-Type-Options": "nosniff",
                                                          "Cache-Control": "private, max-age=3600"})
 
+    @app.get("/duplicates/{image_id:path}")
+    async def duplicates(image_id: str):
+        if engine.graph is None:
+            raise HTTPException(404, f"this folder has no k-NN graph: run `deepscope knn {out}`")
+        return await run_in_threadpool(engine.graph.about, image_id)
+
     @app.get("/info")
     async def info():
         return {"spaces": {name: s.describe() for name, s in engine.searchers.items()}, "max_k": limits.max_k,
-                "max_upload_bytes": limits.max_upload_bytes}
+                "max_upload_bytes": limits.max_upload_bytes, "knn": engine.graph is not None}
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
         options = "".join(f'<option>{name}</option>' for name in engine.searchers)
-        return PAGE.replace("{options}", options)
+        return PAGE.replace("{options}", options).replace("{knn}", "true" if engine.graph is not None else "false")
 
     return app
 
 
 PAGE = """<!doctype html><meta charset=utf-8><title>deepscope: nearest neighbours</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px}#out figure{display:inline-block;
-margin:4px;text-align:center;font-size:12px}#out img{width:128px;height:128px;object-fit:cover;cursor:pointer}
-#err{color:#b00}</style>
+<link rel="icon" href="data:,">
+<style>body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px}#out figure,#dups figure{display:inline-block;
+margin:4px;text-align:center;font-size:12px}#out img,#dups img{width:128px;height:128px;object-fit:cover;cursor:pointer}
+#err{color:#b00}#about{margin:.5em 0}</style>
 <h1>Nearest neighbours</h1>
 <form id=f><input type=file name=image accept="image/*" required> k <input name=k type=number value=10 min=1
 max=1000 style="width:5em"> space <select name=space>{options}</select> <button>search</button></form>
-<p>Click a result to search with it. <span id=err></span></p><div id=out></div>
+<p>Click a result to search with it. <span id=err></span></p><div id=about></div><div id=dups></div><div id=out></div>
 <script>
+const KNN = {knn};
 const out = document.getElementById('out'), err = document.getElementById('err'), f = document.getElementById('f');
+const about = document.getElementById('about'), dups = document.getElementById('dups');
+function figure(n, caption) {
+  const fig = document.createElement('figure'), img = document.createElement('img'), cap = document.createElement('figcaption');
+  img.src = n.image; img.title = n.id; img.onclick = () => byId(n.id);
+  cap.textContent = caption; fig.append(img, cap); return fig;
+}
 async function show(resp) {
   const body = await resp.json();
   out.textContent = ''; err.textContent = resp.ok ? '' : body.detail;
   for (const n of body.neighbors || []) {
-    const fig = document.createElement('figure'), img = document.createElement('img'), cap = document.createElement('figcaption');
-    img.src = n.image; img.title = n.id; img.onclick = () => byId(n.id);
-    cap.textContent = n.rank + ': ' + n.distance.toPrecision(3) + (n.label ? ' ' + n.label : '');
-    fig.append(img, cap); out.append(fig);
+    out.append(figure(n, n.rank + ': ' + n.distance.toPrecision(3) + (n.label ? ' ' + n.label : '')));
   }
+}
+async function duplicates(id) {
+  about.textContent = ''; dups.textContent = '';
+  if (!KNN) return;
+  const resp = await fetch('/duplicates/' + id.split('/').map(encodeURIComponent).join('/'));
+  if (!resp.ok) return;
+  const d = await resp.json(), lab = d.labels;
+  about.textContent = id + ': uniqueness ' + d.uniqueness.toPrecision(3) +
+    (d.group ? ', near-duplicate group of ' + d.group_size : ', no near-duplicate') +
+    (lab.flagged ? ' | label "' + d.label + '" disagrees: neighbours say "' + lab.majority + '" (' +
+     Math.round(100 * lab.majority_share) + '%)' : '');
+  for (const n of d.duplicates) dups.append(figure(n, 'duplicate' + (n.distance == null ? '' : ' ' + n.distance.toPrecision(2))));
 }
 function byId(id) {
   const fd = new FormData(f);
   fetch('/neighbors', {method: 'POST', headers: {'content-type': 'application/json'},
     body: JSON.stringify({id: id, k: +fd.get('k'), space: fd.get('space')})}).then(show);
+  duplicates(id);
 }
-f.onsubmit = e => { e.preventDefault(); fetch('/neighbors', {method: 'POST', body: new FormData(f)}).then(show); };
+f.onsubmit = e => { e.preventDefault(); about.textContent = ''; dups.textContent = '';
+  fetch('/neighbors', {method: 'POST', body: new FormData(f)}).then(show); };
 </script>"""

@@ -4,6 +4,7 @@ Adding a stage: one file here (plus its algorithm in algos/) and one line below.
 """
 from deepscope.stages.features import Features
 from deepscope.stages.index import Index
+from deepscope.stages.knn import Knn
 from deepscope.stages.map import Map
 from deepscope.stages.pixels import Pixels
 from deepscope.stages.patches import Patches
@@ -15,4 +16,4 @@ from deepscope.stages.invert import Invert
 from deepscope.stages.robustness import Robustness
 from deepscope.stages.visualize import Visualize
 
-STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Map, Patches, Saliency, Dissect, Stylize, Dream, Invert, Robustness, Visualize,)}
+STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Knn, Map, Patches, Saliency, Dissect, Stylize, Dream, Invert, Robustness, Visualize,)}

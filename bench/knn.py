@@ -1,0 +1,195 @@
+"""Benchmark: the whole dataset's k-NN graph (`[knn]`, k = 10) over generated 1280-d vectors as hard
+as real CNN features, through the real paths (features parts -> deepscope.index.build -> the sharded
+graph search of deepscope.index.knn, Ray tasks), against exact blocked search.
+
+    .venv/bin/python bench/knn.py                          # 1,000,000 x 1280
+    .venv/bin/python bench/knn.py --n 100000 --shards 1
+
+Vectors: a power-law spectrum (the i-th of 1280 directions has scale i^-0.75) in a random rotation,
+1,000 weak clusters (centre spread 0.5 of the within-cluster spread, in the 64 leading directions),
+then ReLU-like non-negativity (the penultimate layer of a CNN is non-negative).
+Recall@10 of the graph: on a 1,000-image sample against exact blocked search over all n vectors,
+the same search the stage records.  The exact search of all n images is that sample's time
+scaled by n / 1,000 (the blocked search is linear in the queries); running it whole would take
+hours here.  Peak memory: RSS, PSS and USS of this process and its descendants (the local Ray
+cluster), sampled every second by a thread of this process (RSS counts every object-store page a
+process maps, which all processes share; PSS divides those among them; USS is the process's own).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+
+D = 1280
+CLUSTERS = 1000
+LEAD = 64  # the clusters live in the leading directions
+
+
+def load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+class Space:
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.scale = (np.arange(1, D + 1, dtype=np.float32) ** -0.75)
+        q, r = np.linalg.qr(rng.standard_normal((D, D)))
+        self.rot = (q * np.sign(np.diag(r))).astype(np.float32)  # a uniformly random rotation
+        self.centres = (rng.standard_normal((CLUSTERS, LEAD)) * 0.5).astype(np.float32)
+        self.shift = 0.02  # after the rotation, the vectors are centred; a small shift, then ReLU
+
+    def sample(self, n: int, rng) -> np.ndarray:
+        z = rng.standard_normal((n, D), dtype=np.float32)
+        z[:, :LEAD] += self.centres[rng.integers(0, CLUSTERS, n)]
+        x = (z * self.scale) @ self.rot
+        return np.maximum(x + self.shift, 0, out=x)
+
+
+def make_folder(root: Path, n: int, part_rows: int = 10_000) -> None:
+    from deepscope.io.store import Store
+    from deepscope.stages.features import Features, FeaturesConfig
+
+    space, rng = Space(0), np.random.default_rng(1)
+    store = Store(root)
+    store.open({"dataset": "bench-knn"})
+    store.open_stage("features", {"layer": "penultimate", "dtype": "float32"})
+    writer = Features(FeaturesConfig(), None)
+    for p, start in enumerate(range(0, n, part_rows)):
+        ids = [f"v{i:07d}" for i in range(start, min(n, start + part_rows))]
+        store.write_part("features", f"part-{p:05d}", writer.part_table(
+            {"id": ids, "path": [f"/bench/{i}.jpg" for i in ids], "label": [""] * len(ids),
+             "feature": space.sample(len(ids), rng)}))
+
+
+class PeakMemory:
+    """Peak RSS (and RSS less shared) of this process and every process started since, sampled."""
+
+    def __init__(self, every: float = 1.0):
+        import psutil
+
+        self.psutil, self.every, self.stop = psutil, every, threading.Event()
+        self.peak: dict[int, tuple[str, float, float, float]] = {}
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        me = self.psutil.Process()
+        while not self.stop.is_set():
+            try:  # this process and its descendants (the local Ray cluster it started), no one else's
+                procs = [me] + me.children(recursive=True)
+            except self.psutil.NoSuchProcess:
+                procs = [me]
+            for p in procs:
+                try:
+                    m = p.memory_full_info()  # uss: private; pss: private + a share of shared pages
+                    cmd = " ".join(p.cmdline() or [])
+                    name = "driver" if p.pid == me.pid else (cmd.split()[0] if cmd.startswith("ray::") else
+                                                             cmd.split(" ")[0].rsplit("/", 1)[-1][:40])
+                    old = self.peak.get(p.pid, (name, 0, 0, 0))
+                    if cmd.startswith("ray::") and cmd.split()[0] not in ("ray::IDLE",):
+                        name = cmd.split()[0]
+                    self.peak[p.pid] = (name if old[0] in ("ray::IDLE", name) else old[0], max(old[1], m.rss / 2**20),
+                                        max(old[2], m.pss / 2**20), max(old[3], m.uss / 2**20))
+                except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                    pass
+            time.sleep(self.every)
+
+    def top(self, n=5):
+        return sorted(self.peak.values(), key=lambda v: -v[2])[:n]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--shards", type=int, default=5, help="index shards (5 x 200k IVF-Flat: 1 GB each at 1M)")
+    ap.add_argument("--nlist", type=int, default=2048)
+    ap.add_argument("--target-recall", type=float, default=0.92, help="recall@10 the index's nprobe is tuned to")
+    ap.add_argument("--block-rows", type=int, default=32768)
+    ap.add_argument("--sample", type=int, default=1000)
+    ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+
+    import faiss
+    import ray
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    mem = PeakMemory()
+    tmp = tempfile.mkdtemp(dir=a.dir, prefix="bench-knn-")
+    root = Path(tmp) / "out"
+    print(f"# {load()}", flush=True)
+    t0 = time.time()
+    make_folder(root, a.n)
+    gen_s = time.time() - t0
+    print(f"# {a.n:,} vectors x {D} written as features parts in {gen_s:.0f} s  [{load()}]", flush=True)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    try:
+        measure(a, root, mem, gen_s)
+    finally:
+        ray.shutdown()
+        if not a.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(a, root, mem, gen_s):
+    from deepscope.index.build import build_space
+    from deepscope.index.knn import graph_space
+    from deepscope.io.store import Store
+    from deepscope.stages.index import IndexConfig
+    from deepscope.stages.knn import KnnConfig
+
+    store = Store(root)
+    kind = "flat" if a.n <= 20_000 else "ivf_flat"
+    t0 = time.time()
+    info = build_space(store, "features", IndexConfig(kind=kind, shards=a.shards, nlist=a.nlist, train_max=max(
+        100_000, 40 * a.nlist), target_recall=a.target_recall, tune_queries=500), lambda m: print("#", m, flush=True))
+    store.update_summary("index", {"spaces": {"features": info}})
+    build_s = time.time() - t0
+    print(f"# index built in {build_s:.0f} s: {info['factory']} x {info['shards']} shards, {info['search']}, "
+          f"recall@10 at build {info['recall_at_10']}  [{load()}]", flush=True)
+    t0 = time.time()
+    rec = graph_space(store, "features", a.k, KnnConfig(k=a.k, block_rows=a.block_rows, sample=a.sample),
+                      lambda m: print("#", m, flush=True))
+    graph_s = time.time() - t0
+    after = load()
+    mem.stop.set()
+    mem.thread.join()
+    exact_sample_s = rec["recall_s"]
+    exact_all_s = exact_sample_s * a.n / rec["recall_sample"]
+    print(f"\n## k-NN graph of {a.n:,} x {D} (k = {a.k}) on {os.cpu_count()} CPUs\n")
+    print(f"load average: {after}\n")
+    print("| step | seconds | notes |\n|---|---:|---|")
+    print(f"| generate + write features | {gen_s:.0f} | {a.n // 10_000} parts of 10,000 |")
+    print(f"| build index | {build_s:.0f} | `{info['factory']}` x {info['shards']} shards, train {info['train_s']} s, "
+          f"add {info['add_s']} s, tune {info['tune_s']} s -> {info['search']} |")
+    print(f"| graph: sharded search (Ray tasks) | {rec['search_s']:.0f} | blocks of {a.block_rows:,} x {info['shards']} shards |")
+    print(f"| exact blocked search of the {rec['recall_sample']:,}-image sample | {exact_sample_s:.0f} | "
+          f"recall@{a.k} of the graph: **{rec['recall_at_' + str(a.k)]}** |")
+    print(f"| exact blocked search of all {a.n:,} (projected: sample x {a.n // rec['recall_sample']:,}) | "
+          f"{exact_all_s:.0f} | {exact_all_s / max(rec['search_s'], 1e-9):.1f}x the graph's search |")
+    print("\npeak memory per process (MB; RSS counts the object store's shared pages a process maps, PSS a share "
+          "of them, USS only its own):\n")
+    print("| process | RSS | PSS | USS |\n|---|---:|---:|---:|")
+    for name, rss, pss, uss in mem.top(6):
+        print(f"| {name} | {rss:.0f} | {pss:.0f} | {uss:.0f} |")
+    print(json.dumps({"n": a.n, "graph": rec, "index": {k: info[k] for k in ("factory", "shards", "search", "recall_at_10",
+                                                                             "train_s", "add_s", "tune_s", "build_s")},
+                      "graph_s": round(graph_s, 1), "peak": mem.top(6), "load": after}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

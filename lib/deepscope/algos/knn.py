@@ -1,0 +1,305 @@
+"""What a whole dataset's neighbours say, on arrays: exact blocked k-NN, near-duplicate evidence
+from feature and pixel space, a data-driven threshold, connected components, uniqueness and
+label disagreement.
+
+Pure numpy/scipy: no Ray, no store.  deepscope/index/knn.py runs the distributed search and
+deepscope/stages/knn.py reads and writes the folder.
+
+Distances: "l2" is the Euclidean distance, "cosine" is 1 - cos (as the index reports them).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+# ---------------------------------------------------------------------------- exact k-NN
+
+
+class TopK:
+    """The k smallest distances (and their rows) of each of nq queries, merged block by block.
+    Internal distances are squared L2 (of normalised vectors for cosine)."""
+
+    def __init__(self, nq: int, k: int):
+        self.k = k
+        self.d = np.full((nq, k), np.inf, np.float32)
+        self.i = np.full((nq, k), -1, np.int64)
+
+    def add(self, d: np.ndarray, rows: np.ndarray) -> None:
+        """d, rows: (nq, m) candidates of every query (any order; rows < 0 are ignored)."""
+        d = np.where(rows < 0, np.inf, d).astype(np.float32, copy=False)
+        d = np.concatenate([self.d, d], 1)
+        i = np.concatenate([self.i, rows.astype(np.int64, copy=False)], 1)
+        if d.shape[1] > self.k:
+            part = np.argpartition(d, self.k - 1, axis=1)[:, :self.k]
+            d, i = np.take_along_axis(d, part, 1), np.take_along_axis(i, part, 1)
+        order = np.lexsort((i, d), axis=1)  # by distance, ties by row: deterministic
+        self.d, self.i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+
+    def add_block(self, queries: np.ndarray, x: np.ndarray, start: int, exclude: np.ndarray | None = None) -> None:
+        """Exact distances from the queries to rows start..start+len(x) (exclude: each query's own
+        global row, left out)."""
+        if len(x) == 0:
+            return
+        d = sq_l2(queries, x)
+        rows = np.broadcast_to(np.arange(start, start + len(x), dtype=np.int64), d.shape)
+        if exclude is not None:
+            rows = np.where(rows == exclude[:, None], -1, rows)
+        k = min(self.k, d.shape[1])
+        part = np.argpartition(np.where(rows < 0, np.inf, d), k - 1, axis=1)[:, :k]
+        # the matrix product's |q|^2 - 2 q.x + |x|^2 loses the small distances to cancellation (a copy
+        # lands at 1e-3, not 0): the chosen few are recomputed directly
+        diff = queries[:, None, :] - x[part]
+        exact = np.einsum("qkd,qkd->qk", diff, diff)
+        self.add(exact, np.take_along_axis(rows, part, 1))
+
+
+def sq_l2(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(nq, nx) squared Euclidean distances, one matrix product (float32, clamped at 0)."""
+    d = (q * q).sum(1, dtype=np.float32)[:, None] - 2 * (q @ x.T) + (x * x).sum(1, dtype=np.float32)[None, :]
+    return np.maximum(d, 0, out=d)
+
+
+def prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, np.float32)
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def reported(sq: np.ndarray, metric: str) -> np.ndarray:
+    """Internal squared L2 -> the reported distance (Euclidean, or 1 - cos = |a - b|^2 / 2)."""
+    return (np.sqrt(np.maximum(sq, 0)) if metric == "l2" else sq / 2).astype(np.float32)
+
+
+def exact_knn(queries: np.ndarray, data, k: int, metric: str = "l2", block_rows: int = 16384,
+              exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The exact k nearest rows of data for each query, in blocks of block_rows data rows (memory:
+    nq x block_rows distances). data: an array, or an iterable of (first row, block) pairs.
+    exclude: (nq,) a row to leave out per query (its own).  -> (distances (nq, k), rows (nq, k)),
+    nearest first; -1 / inf pad when data has fewer than k rows."""
+    q = prepare(queries, metric)
+    top = TopK(len(q), k)
+    blocks = ((s, data[s:s + block_rows]) for s in range(0, len(data), block_rows)) if isinstance(data, np.ndarray) else data
+    for start, x in blocks:
+        top.add_block(q, prepare(x, metric), start, exclude)
+    return reported(top.d, metric), top.i
+
+
+def search_lists(x: np.ndarray, assigned: np.ndarray, lists, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """An IVF search done list by list: the queries that probe a list are compared with its vectors in
+    one matrix product, instead of query by query (the same answer as FAISS's search_preassigned over
+    raw vectors, at BLAS speed).  x: (nq, d) queries; assigned: (nq, nprobe) the lists each probes (-1:
+    none); lists(l) -> (vectors (m, d) float32, ids (m,) int64).  -> (squared L2 (nq, k), ids), nearest
+    first, -1 / inf padded."""
+    nq, nprobe = assigned.shape
+    dist = np.full((nq, nprobe, k), np.inf, np.float32)
+    ids = np.full((nq, nprobe, k), -1, np.int64)
+    qn = (x * x).sum(1, dtype=np.float32)
+    flat = assigned.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    keys = flat[order]
+    starts = np.searchsorted(keys, np.unique(keys[keys >= 0]))
+    ends = np.append(starts[1:], len(keys))
+    for start, end in zip(starts, ends):
+        vec, vid = lists(int(keys[start]))
+        if len(vid) == 0:
+            continue
+        entries = order[start:end]
+        q, slot = entries // nprobe, entries % nprobe
+        xq = x[q]
+        d = xq @ vec.T
+        d *= -2
+        d += qn[q][:, None]
+        d += (vec * vec).sum(1, dtype=np.float32)[None, :]
+        kk = min(k, len(vid))
+        if len(vid) > kk:
+            part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+            sel = np.take_along_axis(d, part, 1)
+        else:
+            part, sel = np.broadcast_to(np.arange(kk), (len(q), kk)), d
+        # |q|^2 - 2 q.x + |x|^2 loses small distances to cancellation: those few are recomputed directly
+        r, c = np.nonzero(sel < 1e-3 * qn[q][:, None])
+        if len(r):
+            diff = xq[r] - vec[part[r, c]]
+            sel = np.array(sel, np.float32)
+            sel[r, c] = np.einsum("nd,nd->n", diff, diff)
+        dist[q, slot, :kk] = np.maximum(sel, 0)
+        ids[q, slot, :kk] = vid[part]
+    top = TopK(nq, k)
+    top.add(dist.reshape(nq, -1), ids.reshape(nq, -1))
+    return top.d, top.i
+
+
+def drop_self(dist: np.ndarray, rows: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Search results of k + 1 (or more) per query, with each query's own row removed (wherever it
+    ranks: exact copies tie with it), cut to k; -1 rows (FAISS padding) move to the end."""
+    keep = (rows != own[:, None]) & (rows >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    d = np.take_along_axis(np.where(keep, dist, np.inf), order, 1)
+    r = np.take_along_axis(np.where(keep, rows, -1), order, 1)
+    return d.astype(np.float32), r.astype(np.int64)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the true neighbours (rows >= 0 of truth) that found holds."""
+    hits = total = 0
+    for f, t in zip(found, truth):
+        t = t[t >= 0]
+        hits += len(np.intersect1d(f[f >= 0], t))
+        total += len(t)
+    return hits / total if total else 1.0
+
+
+# ---------------------------------------------------------------------------- near-duplicates
+
+SIGNATURE_GRID = 8  # the pixel signature: 3 x 8 x 8 area means of the lightly blurred tiny image
+
+
+def pixel_signature(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Tiny images (n, 3 * size * size) uint8 (CHW, the pixels stage) -> unit vectors (n, 192):
+    blurred (sigma 3/32 of the side), area-averaged to 8 x 8, each channel's mean removed.  The dot product
+    of two signatures is a correlation: unchanged by lightening or contrast, and by the pixel or two
+    that a crop or a resize shifts; look-alike scenes (the same shapes elsewhere) still differ."""
+    from scipy.ndimage import gaussian_filter
+
+    x = pixels.reshape(len(pixels), 3, size, size).astype(np.float32)
+    g = SIGNATURE_GRID if size % SIGNATURE_GRID == 0 else 1
+    x = gaussian_filter(x, (0, 0, size * 3 / 32, size * 3 / 32), mode="nearest")
+    f = size // g
+    x = x.reshape(len(x), 3, g, f, g, f).mean((3, 5))
+    x -= x.mean((2, 3), keepdims=True)
+    x = x.reshape(len(x), -1)
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+
+
+def signature_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise 1 - correlation of signatures (0: the same picture, about 1: unrelated); a flat
+    image (no structure) is at 1 from everything."""
+    return np.clip(1 - (a.astype(np.float32) * b.astype(np.float32)).sum(1), 0, 2)
+
+
+def combine(d_feat: np.ndarray, d_pix: np.ndarray | None, scale_feat: float, scale_pix: float | None) -> np.ndarray:
+    """One duplicate distance per pair: the geometric mean of the feature and pixel distances, each
+    divided by its typical value (scale: the median over the graph's edges).  A copy is near in both
+    spaces; a look-alike is near in features but not in pixels, or the reverse, so the product
+    separates what neither space separates alone.  Without pixels: the scaled feature distance."""
+    f = np.maximum(d_feat, 0) / max(scale_feat, 1e-12)
+    if d_pix is None:
+        return f.astype(np.float32)
+    return np.sqrt(f * np.maximum(d_pix, 0) / max(scale_pix, 1e-12)).astype(np.float32)
+
+
+def choose_threshold(nearest: np.ndarray, min_dip: float = 0.5, floor: float = 1e-3) -> tuple[float, dict]:
+    """A duplicate threshold from the data: each image's nearest (combined) distance, on a log scale.
+
+    The unrelated images form a bulk; copies form a second, lower population.  A kernel density of the
+    log distances (Gaussian, bandwidth by Silverman's rule on the bulk's upper quartile, which copies do
+    not reach) is scanned below the bulk's median: the threshold is the lowest point of the valley
+    between the two, where the density falls under min_dip times the highest density below it.  A
+    valley of zero width (a clean gap) puts it mid-gap.  No such dip: no second population, and the
+    threshold goes far below the bulk (median / 4), usually under every image.
+    -> (threshold, {"method", "median", "bandwidth", "dip"})."""
+    d = np.sort(np.asarray(nearest, np.float64)[np.isfinite(nearest)])
+    if len(d) < 3:
+        return 0.0, {"method": "too few images", "median": float(d[0]) if len(d) else None}
+    median = float(np.median(d))
+    x = np.log(np.maximum(d, floor * max(median, 1e-12)))
+    m = float(np.log(max(median, 1e-12)))
+    spread = (float(np.quantile(x, 0.75)) - m) / 0.6745  # the bulk's sigma, from its upper side only
+    h = max(1.06 * max(spread, 1e-3) * len(x) ** -0.2, 1e-3)
+    grid = np.linspace(x[0] - 3 * h, m, 512)
+    f = np.zeros(len(grid))
+    for s0 in range(0, len(x), 4096):  # memory: 512 x 4096 at a time
+        f += np.exp(-0.5 * ((grid[:, None] - x[None, s0:s0 + 4096]) / h) ** 2).sum(1)
+    left_peak = np.maximum.accumulate(f)
+    dips = np.nonzero(f < min_dip * left_peak)[0]
+    fallback = (median / 4, {"method": "no second population below the bulk: median / 4", "median": median,
+                             "bandwidth": round(h, 4), "dip": None})
+    if not len(dips):
+        return fallback
+    # the valley nearest the bulk: the last run of dipping points, and its lowest stretch's middle
+    first = len(dips) - 1
+    while first > 0 and dips[first - 1] == dips[first] - 1:
+        first -= 1
+    valley = dips[first:]
+    lowest = f[valley].min()
+    run = valley[f[valley] <= lowest + 1e-6 * max(left_peak[valley[0]], 1e-12)]
+    g = grid[run[len(run) // 2]]
+    below = int(np.searchsorted(x, g))
+    dip = float(lowest / max(left_peak[run[0]], 1e-12))
+    return float(math.exp(g)), {"method": f"the density valley below the bulk ({below} images under it, "
+                                          f"density {dip:.2f} of the peak below)",
+                                "median": median, "bandwidth": round(h, 4), "dip": round(dip, 4)}
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of the undirected graph on n nodes with edges (a[i], b[i]) -> a label per
+    node (the smallest node of its component)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    g = coo_matrix((np.ones(len(a), np.int8), (np.asarray(a, np.int64), np.asarray(b, np.int64))), shape=(n, n))
+    _, lab = connected_components(g, directed=False)
+    first = np.full(lab.max() + 1 if n else 0, n, np.int64)
+    np.minimum.at(first, lab, np.arange(n))
+    return first[lab]
+
+
+def undirected_edges(rows: np.ndarray, dist: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour lists (n, k) of the images `own` -> unique undirected edges (a < b, distance)
+    (the smaller distance when both directions are listed)."""
+    a = np.repeat(own, rows.shape[1])
+    b = rows.reshape(-1)
+    d = dist.reshape(-1)
+    ok = b >= 0
+    a, b, d = a[ok], b[ok], d[ok]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((d, hi, lo))
+    lo, hi, d = lo[order], hi[order], d[order]
+    first = np.ones(len(lo), bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    return lo[first], hi[first], d[first]
+
+
+# ---------------------------------------------------------------------------- uniqueness, labels
+
+UNIQUENESS_WEIGHTS = (0.6, 0.3, 0.1)  # the nearest neighbours count most (as FiftyOne's uniqueness does)
+
+
+def uniqueness(dist: np.ndarray, scale: float | None = None, weights=UNIQUENESS_WEIGHTS) -> np.ndarray:
+    """Per image: a weighted mean of its distances to its nearest neighbours (0.6, 0.3, 0.1 for the
+    first three), divided by the dataset's median of that score: 1 is typical, above is unique (an
+    outlier), near 0 is redundant (it has a copy)."""
+    w = np.asarray(weights[:dist.shape[1]], np.float64)
+    d = dist[:, :len(w)].astype(np.float64)
+    ok = np.isfinite(d)
+    m = (np.where(ok, d, 0) * w).sum(1) / np.maximum((ok * w).sum(1), 1e-12)
+    m[~ok.any(1)] = np.nan
+    scale = float(np.nanmedian(m)) if scale is None else scale
+    return (m / max(scale, 1e-12)).astype(np.float32)
+
+
+def label_disagreement(labels: list, neighbours: np.ndarray, neighbour_labels: list | None = None,
+                       flag_below: float = 0.5) -> dict[str, np.ndarray | list]:
+    """For each image, its neighbours' labels: the majority label, its share, and the share of the
+    image's own label among them.  Flagged: a labelled image whose own label holds less than
+    flag_below of its labelled neighbours, and that is not the majority.
+    labels: one per row of neighbours; neighbour_labels: the labels neighbours' rows index (default
+    labels).  -> {"majority", "majority_share", "own_share", "flagged"}."""
+    lab = labels if neighbour_labels is None else neighbour_labels
+    majority, share, own_share, flagged = [], np.zeros(len(labels), np.float32), np.zeros(len(labels), np.float32), np.zeros(len(labels), bool)
+    for n, (mine, nbrs) in enumerate(zip(labels, neighbours)):
+        got = [lab[r] for r in nbrs if r >= 0 and lab[r] not in (None, "")]
+        if not got:
+            majority.append(None)
+            continue
+        counts = Counter(got).most_common()
+        top = max(c for _, c in counts)
+        best = min(name for name, c in counts if c == top)  # ties: by name, deterministic
+        majority.append(best)
+        share[n] = top / len(got)
+        own_share[n] = (sum(1 for g in got if g == mine) / len(got)) if mine not in (None, "") else np.nan
+        flagged[n] = mine not in (None, "") and own_share[n] < flag_below and best != mine
+    return {"majority": majority, "majority_share": share, "own_share": own_share, "flagged": flagged}

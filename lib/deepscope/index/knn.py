@@ -1,0 +1,548 @@
+"""The whole dataset's neighbours: every image's k nearest, as sharded batch searches in Ray tasks
+over the index `deepscope index` built, then what that graph says (near-duplicate groups,
+uniqueness, label disagreement).
+
+Search (`graph_space`): the stage's parts are grouped into blocks of at most block_rows images.
+One Ray task searches one block against one shard of the index (k + 1 neighbours, the image
+itself is dropped later), reading the shard and the block's vectors from the output folder, each
+checked against its recorded sha256: a task holds one shard and one block, whatever the dataset's
+size.  Shards of an IVF index share one coarse quantizer (trained once): a task per block finds
+its images' nprobe nearest lists once, and every shard searches those lists.  An IVF-Flat shard is
+searched list by list: the block's queries that probe a list against its vectors in one matrix
+product (algos/knn.py: search_lists), the answer of FAISS's search_preassigned at BLAS speed.  A worker keeps the last shard it loaded, and the tasks of a window of blocks are sent shard
+by shard, so consecutive tasks on a worker mostly reuse it.  The driver merges the shards' answers
+of a block (k best), drops each image's own row, and writes one part per input partition: a rerun
+reuses every part already written for the same index and settings.  A Flat index (small sets:
+exact search) is searched the same way: then each task is an exact block.
+
+Recall@k of the graph is measured on a sample of images against an exact blocked search over all
+vectors (streamed part by part on the driver) and recorded.
+
+The analysis (`analyse`) holds n x k neighbour rows and distances per space, plus a 192-value
+pixel signature (float16) per image when there is a pixels stage: ~0.5 GB per million images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from deepscope.algos import knn as K
+from deepscope.errors import UserError
+from deepscope.io import schemas
+from deepscope.io.store import sha256
+
+GRAPH = "knn/{space}"  # the graph's parts: a stage entry of its own in the manifest, per space
+
+
+# ---------------------------------------------------------------------------- the index's record
+
+def index_info(store, space: str) -> dict:
+    """The space's index record, checked to be current; one line saying what to run otherwise."""
+    from deepscope.index.build import SPACES, inputs_digest
+
+    stage = SPACES[space][0]
+    if not store.parts(stage):
+        how = "deepscope features DATA --out OUT" if stage == "features" else f"deepscope index {store.root} --pixels"
+        raise UserError(f"{store.root} has no {stage}: run `{how}` first")
+    info = ((store.summary("index") or {}).get("spaces") or {}).get(space)
+    if info is None:
+        raise UserError(f"{store.root} has no {space} index: run `deepscope index {store.root}"
+                        f"{' --pixels' if space == 'pixels' else ''}` first")
+    if inputs_digest(store, stage) != info["inputs"]:
+        raise UserError(f"the {stage} of {store.root} changed after the {space} index was built: "
+                        f"run `deepscope index {store.root}` again")
+    return info
+
+
+def indexed_spaces(store) -> list[str]:
+    return list(((store.summary("index") or {}).get("spaces") or {}))
+
+
+def _parts_with_starts(store, stage: str) -> list[tuple[str, dict, int]]:
+    """(part, manifest entry, first index row), in the order the index added them (non-empty parts)."""
+    out, start = [], 0
+    for part, entry in sorted(store.parts(stage).items()):
+        if entry["rows"]:
+            out.append((part, entry, start))
+            start += entry["rows"]
+    return out
+
+
+def _blocks(parts, block_rows: int) -> list[list]:
+    blocks, cur, rows = [], [], 0
+    for p in parts:
+        if cur and rows + p[1]["rows"] > block_rows:
+            blocks.append(cur)
+            cur, rows = [], 0
+        cur.append(p)
+        rows += p[1]["rows"]
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+# ---------------------------------------------------------------------------- Ray tasks
+
+_SHARD: dict = {}  # one shard per worker process, by sha256
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_shard(path: str, sha: str):
+    import faiss
+
+    if sha not in _SHARD:
+        _SHARD.clear()  # drop the old one first: one shard in memory
+        if _file_sha256(path) != sha:
+            raise RuntimeError(f"{path} does not match the sha256 recorded at build time; rebuild the index")
+        _SHARD[sha] = faiss.read_index(path)
+    return _SHARD[sha]
+
+
+def _read_block(files: list[tuple[str, str]], column: str, cosine: bool) -> np.ndarray:
+    import faiss
+    import pyarrow.parquet as pq
+
+    from deepscope.index.build import matrix
+
+    xs = []
+    for path, sha in files:
+        data = open(path, "rb").read()
+        if sha256(data) != sha:
+            raise RuntimeError(f"{path} does not match the manifest's sha256")
+        xs.append(matrix(pq.read_table(pa.BufferReader(data), columns=[column]).column(column)))
+    x = np.ascontiguousarray(np.concatenate(xs) if len(xs) > 1 else xs[0])
+    if cosine:
+        faiss.normalize_L2(x)
+    return x
+
+
+def search_block(shard: tuple[str, str], files: list[tuple[str, str]], column: str, cosine: bool, k: int,
+                 setting: dict, assigned=None) -> tuple[np.ndarray, np.ndarray]:
+    """One Ray task: a block of the stage's vectors against one shard -> (squared L2 (nq, k), rows).
+    assigned: the block's (distances, lists) from the shared IVF quantizer (assign_block), so that S
+    shards do not repeat the coarse search S times."""
+    import faiss
+
+    from deepscope.index.search import search_params
+
+    faiss.omp_set_num_threads(1)  # one task, one CPU: parallelism comes from the tasks
+    index = _load_shard(*shard)
+    x = _read_block(files, column, cosine)
+    k = min(k, index.ntotal)
+    if assigned is not None:
+        dq, iq = assigned
+        ivf = faiss.extract_index_ivf(index)
+        if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):  # raw vectors: list by list, BLAS
+            return K.search_lists(x, iq, _list_reader(ivf), k)
+        ivf.nprobe = iq.shape[1]
+        return ivf.search_preassigned(x, k, iq, dq)
+    return index.search(x, k, params=search_params(index, **setting))
+
+
+def _list_reader(ivf):
+    """l -> (vectors, ids) of an IVF-Flat index's list l: views of FAISS's arrays (the index stays alive)."""
+    import faiss
+
+    inv, d = ivf.invlists, ivf.d
+
+    def read(lst: int):
+        m = inv.list_size(lst)
+        if m == 0:
+            return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+        codes = faiss.rev_swig_ptr(inv.get_codes(lst), m * d * 4).view(np.float32).reshape(m, d)
+        ids = faiss.rev_swig_ptr(inv.get_ids(lst), m).view(np.int64)
+        return codes, ids
+
+    return read
+
+
+def quantizer_of(shard: tuple[str, str]) -> bytes | None:
+    """One Ray task: the IVF coarse quantizer the shards share (trained once on the driver), or None."""
+    import faiss
+
+    from deepscope.index.build import serialize
+
+    index = _load_shard(*shard)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
+        return None  # OPQ: the rotation comes first; each shard assigns for itself
+    return bytes(serialize(faiss.downcast_index(ivf.quantizer)))
+
+
+def assign_block(quantizer: bytes, files: list[tuple[str, str]], column: str, cosine: bool, nprobe: int):
+    """One Ray task: a block's nprobe nearest IVF lists, for every shard's search_preassigned."""
+    import faiss
+
+    from deepscope.index.build import deserialize
+
+    faiss.omp_set_num_threads(1)
+    q = deserialize(quantizer)
+    return q.search(_read_block(files, column, cosine), nprobe)
+
+
+# ---------------------------------------------------------------------------- the graph
+
+def graph_key(info: dict, k: int, block_rows: int) -> dict:
+    """What fixes a space's graph parts: the index (its files), k and the search setting."""
+    files = [f["sha256"] for f in info["shard_files"]] + [info["ids"]["sha256"]]
+    return {"index": sha256(json.dumps(files).encode())[:16], "k": k, "search": info["search"],
+            "inputs": info["inputs"]}
+
+
+def graph_space(store, space: str, k: int, cfg, log, address: str | None = None) -> dict:
+    """Every image's k nearest neighbours in one space, written part by part; returns its record."""
+    import ray
+
+    from deepscope.executor import ensure_ray
+
+    info = index_info(store, space)
+    n, stage, column = info["rows"], info["stage"], info["column"]
+    if k >= n:
+        raise UserError(f"k = {k} is not below the number of images ({n}) in {store.root}'s {space} index")
+    t_start = time.time()
+    rel = GRAPH.format(space=space)
+    key = graph_key(info, k, cfg.block_rows)
+    if store.stage_config(rel) != key:
+        store.drop_parts_except(rel, set())  # another index or k: recompute every part
+        store.open_stage(rel, key, replace=True)
+    parts = _parts_with_starts(store, stage)
+    done = set(store.parts(rel))
+    pending = [p for p in parts if p[0] not in done]
+    ids_table = _ids_table(store, info)
+    ids = ids_table.column("id")
+    shards = [(str(store.path(f["file"])), f["sha256"]) for f in info["shard_files"]]
+    log(f"knn {space}: {n} images, k={k}, {len(shards)} shard{'s' if len(shards) > 1 else ''} "
+        f"({info['kind']}, {', '.join(f'{a}={b}' for a, b in info['search'].items()) or 'exact'}); "
+        f"{len(parts) - len(pending)} of {len(parts)} parts done")
+    if pending:
+        ensure_ray(address)
+        cosine = info["metric"] == "cosine"
+        dim = info["dim"]
+        shard_mb = info.get("estimated_mb_per_shard", 0)
+        task = ray.remote(search_block).options(
+            num_cpus=1, max_retries=3,
+            memory=int(shard_mb * 2**20 * 1.2 + cfg.block_rows * dim * 4 * 2) + 2**27)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        quantizer = None
+        if info["search"].get("nprobe"):  # IVF: assign once per block, search list by list
+            q = ray.get(ray.remote(quantizer_of).options(num_cpus=1).remote(shards[0]))
+            quantizer = ray.put(q) if q is not None else None
+        assign = ray.remote(assign_block).options(num_cpus=1, max_retries=3)
+        blocks = _blocks(pending, cfg.block_rows)
+        written = 0
+        for w in range(0, len(blocks), cpus):
+            window = blocks[w:w + cpus]
+            refs = {}
+            files = [[(str(store.path(e["file"])), e["sha256"]) for _, e, _ in block] for block in window]
+            assigned = [assign.remote(quantizer, f, column, cosine, info["search"]["nprobe"]) if quantizer else None
+                        for f in files]
+            for s, shard in enumerate(shards):  # shard by shard: a worker keeps reusing its shard
+                for b in range(len(window)):
+                    refs[task.remote(shard, files[b], column, cosine, k + 1, info["search"], assigned[b])] = (b, s)
+            results: dict[int, list] = {b: [] for b in range(len(window))}
+            waiting = list(refs)
+            while waiting:
+                ready, waiting = ray.wait(waiting, num_returns=1)
+                b, _ = refs[ready[0]]
+                results[b].append(ray.get(ready[0]))
+                if len(results[b]) == len(shards):
+                    _write_block(store, rel, window[b], results.pop(b), k, info["metric"], ids, ids_table)
+                    written += sum(e["rows"] for _, e, _ in window[b])
+            log(f"knn {space}: {written} of {sum(e['rows'] for _, e, _ in pending)} images searched "
+                f"({time.time() - t_start:.0f} s)")
+    search_s = time.time() - t_start
+    t0 = time.time()
+    recall = measure_recall(store, space, info, k, cfg.sample, cfg.seed, cfg.chunk_rows)
+    record = {"space": space, "rows": n, "k": k, "index": info["kind"], "shards": len(shards),
+              "search": info["search"], "metric": info["metric"], f"recall_at_{k}": recall["recall"],
+              "recall_sample": recall["sample"], "search_s": round(search_s, 2),
+              "recall_s": round(time.time() - t0, 2), "parts": len(parts), "inputs": info["inputs"]}
+    log(f"knn {space}: recall@{k} {recall['recall']:.3f} on {recall['sample']} images against exact search; "
+        f"searched in {search_s:.1f} s")
+    return record
+
+
+def _ids_table(store, info) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    from deepscope.index.search import verified_bytes
+
+    data = verified_bytes(store, info["ids"]["file"], info["ids"]["sha256"])
+    return pq.read_table(pa.BufferReader(data), columns=["id", "path", "label"])
+
+
+def _write_block(store, rel, block, results, k, metric, ids, ids_table) -> None:
+    top = K.TopK(len(results[0][0]), k + 1)
+    for d, r in results:
+        top.add(d, r)
+    first = block[0][2]
+    own = np.arange(first, first + len(top.d), dtype=np.int64)
+    d, r = K.drop_self(top.d, top.i, own, k)
+    d = K.reported(d, metric)
+    at = 0
+    for part, entry, start in block:
+        m = entry["rows"]
+        rows, dist = r[at:at + m], d[at:at + m]
+        at += m
+        flat = rows.reshape(-1)
+        valid = flat >= 0
+        names = np.full(len(flat), None, object)
+        names[valid] = ids.take(pa.array(flat[valid])).to_numpy(zero_copy_only=False)
+        lens = (rows >= 0).sum(1)  # padding (-1) sits at the end of each row
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+        own_rows = pa.array(np.arange(start, start + m, dtype=np.int64))
+        meta = ids_table.slice(start, m)
+        table = pa.table({
+            "id": meta.column("id"), "path": meta.column("path"), "label": meta.column("label"), "row": own_rows,
+            "neighbor_ids": pa.ListArray.from_arrays(offsets, pa.array(names[valid].tolist(), pa.string())),
+            "neighbor_rows": pa.ListArray.from_arrays(offsets, pa.array(flat[valid], pa.int64())),
+            "distances": pa.ListArray.from_arrays(offsets, pa.array(dist.reshape(-1)[valid], pa.float32())),
+        }, schema=schemas.KNN_GRAPH)
+        store.write_part(rel, part, table)
+
+
+def read_graph(store, space: str, columns=("neighbor_rows", "distances")) -> tuple[np.ndarray, np.ndarray]:
+    """The graph as (rows (n, k), distances (n, k)) in index-row order; -1 / inf pad short rows."""
+    rel = GRAPH.format(space=space)
+    k = store.stage_config(rel)["k"]
+    rows_out, dist_out = [], []
+    for _, t in store.iter_parts(rel, columns=list(columns)):
+        if t.num_rows == 0:
+            continue
+        r, d = np.full((t.num_rows, k), -1, np.int64), np.full((t.num_rows, k), np.inf, np.float32)
+        lr, ld = t.column("neighbor_rows").combine_chunks(), t.column("distances").combine_chunks()
+        lens = np.diff(lr.offsets.to_numpy())
+        mask = np.arange(k)[None, :] < lens[:, None]
+        r[mask] = lr.values.to_numpy()
+        d[mask] = ld.values.to_numpy()
+        rows_out.append(r)
+        dist_out.append(d)
+    return np.concatenate(rows_out), np.concatenate(dist_out)
+
+
+def measure_recall(store, space: str, info: dict, k: int, sample: int, seed: int, chunk_rows: int) -> dict:
+    """Recall@k of the written graph on a random sample of images, against exact blocked search."""
+    from deepscope.index.build import chunks
+
+    n = info["rows"]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, min(sample, n), replace=False))
+    cosine = info["metric"] == "cosine"
+    q, found = [], []
+    for start, x, _ in chunks(store, info["stage"], info["column"], chunk_rows, cosine):
+        lo, hi = np.searchsorted(rows, [start, start + len(x)])
+        if hi > lo:
+            q.append(x[rows[lo:hi] - start])
+    q = np.concatenate(q)
+    top = K.TopK(len(q), k)
+    for start, x, _ in chunks(store, info["stage"], info["column"], chunk_rows, cosine):
+        top.add_block(q, x, start, exclude=rows)
+    graph_rows, _ = read_graph(store, space, columns=("neighbor_rows", "distances"))
+    found = graph_rows[rows]
+    return {"recall": round(K.recall_at_k(found, top.i), 4), "sample": len(rows)}
+
+
+# ---------------------------------------------------------------------------- what the graph says
+
+def _signatures(store, info: dict) -> np.ndarray:
+    """Pixel signatures (n, 192) float16 in the pixels index's row order, streamed part by part."""
+    from deepscope.index.build import chunks
+
+    size = int(round((info["dim"] / 3) ** 0.5))
+    out = np.empty((info["rows"], 3 * K.SIGNATURE_GRID ** 2 if size % K.SIGNATURE_GRID == 0 else 3), np.float16)
+    for start, x, _ in chunks(store, "pixels", "pixels", 16384, cosine=False):
+        out[start:start + len(x)] = K.pixel_signature(x, size)
+    return out
+
+
+EXACT_ROWS = 50_000  # vectors read to give pairs found in pixel space only their exact feature distance
+
+
+def _norms_and_rows(store, info: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the stage: every vector's norm, and the vectors of the given (sorted) rows."""
+    from deepscope.index.build import chunks
+
+    norms = np.empty(info["rows"], np.float32)
+    got = []
+    for start, x, _ in chunks(store, info["stage"], info["column"], 16384, cosine=False):
+        norms[start:start + len(x)] = np.linalg.norm(x, axis=1)
+        lo, hi = np.searchsorted(rows, [start, start + len(x)])
+        if hi > lo:
+            got.append(x[rows[lo:hi] - start])
+    return norms, (np.concatenate(got) if got else np.zeros((0, info["dim"]), np.float32))
+
+
+def _signature_distances(sig: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(len(a), np.float32)
+    for s in range(0, len(a), 1 << 20):
+        out[s:s + (1 << 20)] = K.signature_distance(sig[a[s:s + (1 << 20)]], sig[b[s:s + (1 << 20)]])
+    return out
+
+
+def _cosine_from_l2(d: np.ndarray, norms: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 - cos(x_a, x_b) from |x_a - x_b| and the norms (monotone in the L2 distance for fixed norms,
+    so a lower bound stays a lower bound)."""
+    na, nb = norms[a].astype(np.float64), norms[b].astype(np.float64)
+    cos = (na ** 2 + nb ** 2 - d.astype(np.float64) ** 2) / np.maximum(2 * na * nb, 1e-12)
+    return np.clip(1 - cos, 0, 2).astype(np.float32)
+
+
+def analyse(store, spaces: list[str], cfg, log) -> dict:
+    """Near-duplicate groups, uniqueness and label disagreement from the graphs; writes
+    knn/images.parquet, knn/duplicates.parquet and the figures.  Returns the summary's numbers."""
+    feat_space = "features" if "features" in spaces else spaces[0]
+    finfo = index_info(store, feat_space)
+    table = _ids_table(store, finfo)
+    n = table.num_rows
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    labels = table.column("label").to_pylist()
+    rows_f, dist_f = read_graph(store, feat_space)
+    k = rows_f.shape[1]
+    own = np.arange(n, dtype=np.int64)
+
+    # candidate pairs: the feature graph's edges, and the pixel graph's (a copy can rank low in one space)
+    a, b, d_feat = K.undirected_edges(rows_f, dist_f, own)
+    graph_edges = len(a)
+    exact = np.ones(len(a), bool)
+    sig, d_pix, gather = None, None, np.zeros(0, np.int64)
+    if feat_space == "features" and "pixels" in spaces:
+        pinfo = index_info(store, "pixels")
+        if _ids_table(store, pinfo).column("id").equals(table.column("id")):
+            rows_p, dist_p = read_graph(store, "pixels")
+            pa_, pb, _ = K.undirected_edges(rows_p, dist_p, own)
+            extra = ~np.isin(pa_ * n + pb, a * n + b)
+            pa_, pb = pa_[extra], pb[extra]
+            sig = _signatures(store, pinfo)
+            d_pix_extra = _signature_distances(sig, pa_, pb)
+            # their feature distance: exact for the pixel-nearest pairs (their rows' vectors are read, at
+            # most EXACT_ROWS of them), else bounded below by the k-th feature neighbour's distance
+            order = np.argsort(d_pix_extra, kind="stable")
+            seen = np.zeros(n, bool)
+            take = 0
+            for take, e in enumerate(order, 1):
+                seen[pa_[e]] = seen[pb[e]] = True
+                if take % 1024 == 0 and seen.sum() > EXACT_ROWS:
+                    break
+            gather = np.nonzero(seen)[0]
+            fin = np.isfinite(dist_f[:, -1])
+            kth = np.where(fin, dist_f[:, -1], dist_f[fin, -1].max() if fin.any() else 0)
+            a, b = np.concatenate([a, pa_]), np.concatenate([b, pb])
+            d_feat = np.concatenate([d_feat, np.maximum(kth[pa_], kth[pb])])
+            exact = np.concatenate([exact, np.zeros(len(pa_), bool)])
+            d_pix = np.concatenate([_signature_distances(sig, a[:len(a) - len(pa_)], b[:len(a) - len(pa_)]), d_pix_extra])
+        else:
+            log("knn: the pixels index holds other images than the features index; duplicates from features alone")
+    norms, vecs = (_norms_and_rows(store, finfo, gather) if finfo["metric"] == "l2" or len(gather)
+                   else (None, None))
+    if finfo["metric"] == "l2":  # duplicates compare directions (cosine): from L2 distances and the norms
+        d_feat = _cosine_from_l2(d_feat, norms, a, b)
+    if len(gather):
+        where = np.full(n, -1, np.int64)
+        where[gather] = np.arange(len(gather))
+        sel = np.nonzero(~exact & (where[a] >= 0) & (where[b] >= 0))[0]
+        u = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        for s0 in range(0, len(sel), 1 << 16):
+            e = sel[s0:s0 + (1 << 16)]
+            d_feat[e] = np.clip(1 - (u[where[a[e]]] * u[where[b[e]]]).sum(1), 0, 2)
+        exact[sel] = True
+    # each space's typical distance: the median over the feature graph's pairs
+    scale_f = float(np.median(d_feat[:graph_edges])) if graph_edges else 1.0
+    scale_p = float(np.median(d_pix[:graph_edges])) if d_pix is not None and graph_edges else None
+    dist = K.combine(d_feat, d_pix, scale_f, scale_p)
+
+    # each image's nearest by the combined distance
+    nearest = np.full(n, np.inf, np.float32)
+    nearest_id = np.full(n, -1, np.int64)
+    for x in (a, b):
+        np.minimum.at(nearest, x, dist)
+    for x, y in ((b, a), (a, b)):  # ties: the smaller partner (written last) wins
+        hit = dist == nearest[x]
+        nearest_id[x[hit][::-1]] = y[hit][::-1]
+    if cfg.dup_threshold is not None:
+        threshold, how = float(cfg.dup_threshold), {"method": "set in the job (dup_threshold)"}
+    else:
+        threshold, how = K.choose_threshold(nearest[np.isfinite(nearest)], cfg.min_dip)
+    dup = dist <= threshold
+    group_of = K.components(n, a[dup], b[dup])
+    sizes = np.bincount(group_of, minlength=n)[group_of]
+    in_group = sizes > 1
+
+    uniq = K.uniqueness(dist_f)
+    lab = K.label_disagreement(labels, rows_f, flag_below=cfg.flag_below)
+
+    images = pa.table({
+        "id": table.column("id"), "path": table.column("path"), "label": table.column("label"),
+        "uniqueness": pa.array(uniq, pa.float32()),
+        "nearest_id": pa.array([ids[j] if j >= 0 else None for j in nearest_id], pa.string()),
+        "nearest_distance": pa.array(np.where(np.isfinite(nearest), nearest, np.nan), pa.float32(),
+                                     mask=~np.isfinite(nearest)),
+        "group": pa.array([ids[g] if m else None for g, m in zip(group_of, in_group)], pa.string()),
+        "group_size": pa.array(np.where(in_group, sizes, 1).astype(np.int32)),
+        "majority_label": pa.array(lab["majority"], pa.string()),
+        "majority_share": pa.array(lab["majority_share"]),
+        "own_label_share": pa.array(lab["own_share"], mask=np.isnan(lab["own_share"])),
+        "label_flagged": pa.array(lab["flagged"]),
+    }, schema=schemas.KNN_IMAGES)
+    store.write_table("knn/images.parquet", images)
+    e = np.nonzero(dup)[0]
+    e = e[np.lexsort((dist[e], group_of[a[e]]))]
+    store.write_table("knn/duplicates.parquet", pa.table({
+        "group": pa.array(ids[group_of[a[e]]].tolist(), pa.string()),
+        "a": pa.array(ids[a[e]].tolist(), pa.string()), "b": pa.array(ids[b[e]].tolist(), pa.string()),
+        "distance": pa.array(dist[e], pa.float32()), "feature_distance": pa.array(d_feat[e], pa.float32()),
+        "feature_exact": pa.array(exact[e]),
+        "pixel_distance": pa.array(d_pix[e], pa.float32()) if d_pix is not None else pa.nulls(len(e), pa.float32()),
+    }, schema=schemas.KNN_DUPLICATES))
+
+    from deepscope.index import figures
+
+    store.write_file("knn/distances.png", figures.distance_plot(
+        nearest[np.isfinite(nearest)], threshold, d_feat / scale_f, None if d_pix is None else d_pix / scale_p, dup))
+    groups = _largest_groups(group_of, in_group, dist, a, cfg.show)
+    paths = table.column("path").to_pylist()
+    store.write_file("knn/duplicates.png", figures.group_grid(
+        [[(paths[i], ids[i]) for i in g] for g in groups]) if groups else figures.empty_png())
+    order_u = np.argsort(uniq, kind="stable")
+    store.write_file("knn/uniqueness.png", figures.rows_grid([
+        ("most unique", [(paths[i], f"{uniq[i]:.2f}") for i in order_u[::-1][:cfg.show]]),
+        ("most redundant", [(paths[i], f"{uniq[i]:.2f}") for i in order_u[:cfg.show]])]))
+    flagged = np.nonzero(lab["flagged"])[0]
+    flagged = flagged[np.argsort(lab["own_share"][flagged], kind="stable")][:cfg.show]
+    store.write_file("knn/disagreements.png", figures.rows_grid(
+        [(f"{labels[i]} -> {lab['majority'][i]} {lab['majority_share'][i]:.0%}",
+          [(paths[i], str(labels[i]))] + [(paths[j], str(labels[j])) for j in rows_f[i][:8] if j >= 0])
+         for i in flagged], first_framed=True) if len(flagged) else figures.empty_png())
+    n_groups = int(len(np.unique(group_of[in_group])))
+    log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images) at threshold {threshold:.3g} "
+        f"({how['method']}); {int(lab['flagged'].sum())} labels disagree with their neighbours")
+    return {
+        "duplicates": {"threshold": round(threshold, 4), "how": how, "groups": n_groups, "images": int(in_group.sum()),
+                       "edges": int(dup.sum()), "candidate_pairs": len(a), "pixel_evidence": d_pix is not None,
+                       "feature_scale": round(scale_f, 4), "pixel_scale": None if scale_p is None else round(scale_p, 4)},
+        "uniqueness": {"median_mean_distance": round(float(np.nanmedian(np.where(np.isfinite(dist_f), dist_f, np.nan).mean(1))), 4)},
+        "labels": {"labelled": int(sum(1 for x in labels if x not in (None, ""))), "flagged": int(lab["flagged"].sum()),
+                   "flag_below": cfg.flag_below},
+    }
+
+
+def _largest_groups(group_of, in_group, dist, a, show: int) -> list[list[int]]:
+    gid, counts = np.unique(group_of[in_group], return_counts=True)
+    members = {}
+    for i in np.nonzero(in_group)[0]:
+        members.setdefault(int(group_of[i]), []).append(int(i))
+    top = gid[np.lexsort((gid, -counts))][:show]
+    return [members[int(g)][:10] for g in top]

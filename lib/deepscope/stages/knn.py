@@ -1,0 +1,72 @@
+"""k-NN graph: every image's k nearest neighbours over the index `index` built (sharded batch
+searches in Ray tasks, resumable per partition), and what the graph says: near-duplicate groups
+(feature and pixel evidence, a threshold from the data), uniqueness, label disagreement.
+
+A post stage; the work is in deepscope/index/knn.py (Ray, the folder) and deepscope/algos/knn.py
+(the algorithms, on arrays).
+"""
+from __future__ import annotations
+
+import html
+from typing import Literal
+
+from pydantic import Field
+
+from deepscope.stages.base import Stage, StageConfig
+
+
+class KnnConfig(StageConfig):
+    k: int = Field(10, ge=1, le=1000)  # neighbours per image
+    spaces: list[Literal["features", "pixels"]] | None = None  # graphs to compute; None: every indexed space
+    block_rows: int = Field(65_536, ge=1)  # images one search task takes (memory: one block and one shard)
+    sample: int = Field(1000, ge=1)  # images whose neighbours are checked against exact search (recall@k)
+    chunk_rows: int = Field(16_384, ge=1)  # rows streamed at a time by the exact check
+    dup_threshold: float | None = Field(None, ge=0)  # None: chosen from the data
+    min_dip: float = Field(0.5, gt=0, lt=1)  # a valley: density under this share of the peak below it
+    flag_below: float = Field(0.5, gt=0, le=1)  # flag a label held by less than this share of neighbours
+    show: int = Field(12, ge=1, le=100)  # groups and images shown in the report
+    seed: int = 0
+
+
+class Knn(Stage):
+    name = "knn"
+    Config = KnnConfig
+    pipeline = False
+
+    def finish(self, ctx):
+        store, log = ctx.store, ctx.log
+        from deepscope.index.knn import analyse, graph_space, indexed_spaces
+
+        store.update_summary(self.name, None)  # an interrupted run is redone (its finished parts are kept)
+        address = self.job.run.address if self.job is not None else None
+        spaces = self.config.spaces or indexed_spaces(store) or ["features"]
+        graphs = {space: graph_space(store, space, self.config.k, self.config, log, address) for space in spaces}
+        return {"graphs": graphs, **analyse(store, spaces, self.config, log)}
+
+    def report(self, store):
+        s = store.summary(self.name) or {}
+        if not s.get("graphs"):
+            return ""
+        head = "<tr><th>space</th><th>images</th><th>k</th><th>index</th><th>shards</th><th>search</th><th>recall@k (sample)</th><th>s</th></tr>"
+        rows = "".join(
+            f"<tr><td>{html.escape(sp)}</td><td>{g['rows']}</td><td>{g['k']}</td><td>{html.escape(g['index'])}</td>"
+            f"<td>{g['shards']}</td><td>{html.escape(', '.join(f'{a}={b}' for a, b in g['search'].items()) or 'exact')}</td>"
+            f"<td>{g['recall_at_' + str(g['k'])]} ({g['recall_sample']})</td><td>{g['search_s']}</td></tr>"
+            for sp, g in s["graphs"].items())
+        d, lab = s["duplicates"], s["labels"]
+        evidence = ("the geometric mean of the feature distance and the pixel-signature distance (1 - correlation "
+                    "of blurred 8x8 tiny images), each divided by its median over the feature graph's pairs"
+                    if d["pixel_evidence"] else "the feature distance divided by its median (no pixels index)")
+        return (
+            f"<table>{head}{rows}</table><p>Every image's neighbours in <code>knn/&lt;space&gt;/part-*.parquet</code>; "
+            f"recall@k measured on a random sample against exact search.</p>"
+            f"<h3>Near-duplicates</h3><p>{d['groups']} groups, {d['images']} images, at threshold "
+            f"{d['threshold']} ({html.escape(d['how']['method'])}). Duplicate distance: {evidence}. "
+            f"Pairs in <code>knn/duplicates.parquet</code>, per image in <code>knn/images.parquet</code>.</p>"
+            f'<img src="../knn/distances.png"><p>Largest groups, one per row:</p><img src="../knn/duplicates.png">'
+            "<h3>Uniqueness</h3><p>An image's distances to its three nearest neighbours (weights 0.6, 0.3, 0.1) "
+            "over the dataset's median of that (high: unique or an outlier; low: redundant, it has copies).</p>"
+            f'<img src="../knn/uniqueness.png">'
+            f"<h3>Label disagreement</h3><p>{lab['flagged']} of {lab['labelled']} labelled images have less than "
+            f"{lab['flag_below']:.0%} of their neighbours sharing their label (framed: the image; title: its label "
+            f"-> the neighbours' majority and its share).</p><img src=\"../knn/disagreements.png\">")

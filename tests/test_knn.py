@@ -1,0 +1,432 @@
+"""The k-NN graph: its algorithms against brute force on arrays, the distributed sharded search
+against exact search, and the [knn] stage on real images: planted near-copies found as duplicate
+groups, swapped labels flagged, /duplicates/{id} over HTTP, bad input in one line."""
+import numpy as np
+import pytest
+
+from deepscope.algos import knn as K
+
+
+def brute(q, x, k, metric="l2", own=None):
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        d = 1 - q @ x.T
+    else:
+        d = np.sqrt(((q[:, None, :].astype(np.float64) - x[None]) ** 2).sum(2))
+    if own is not None:
+        d[np.arange(len(q)), own] = np.inf
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_exact_blocked_knn_equals_brute_force(metric):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 24)).astype(np.float32)
+    q = x[:50] + 0.01 * rng.standard_normal((50, 24)).astype(np.float32)
+    d, r = K.exact_knn(q, x, 7, metric, block_rows=97)  # blocks that do not divide n
+    bd, br = brute(q, x, 7, metric)
+    np.testing.assert_array_equal(r, br)
+    np.testing.assert_allclose(d, bd, atol=2e-4)
+    # streamed blocks, leaving each query's own row out
+    own = np.arange(50)
+    d, r = K.exact_knn(x[:50], ((s, x[s:s + 300]) for s in range(0, 1000, 300)), 5, metric, exclude=own)
+    bd, br = brute(x[:50], x, 5, metric, own)
+    np.testing.assert_array_equal(r, br)
+    np.testing.assert_allclose(d, bd, atol=2e-4)
+    d, r = K.exact_knn(x[:3], x[:4], 6)  # fewer rows than k: padded
+    assert (r[:, 4:] == -1).all() and np.isinf(d[:, 4:]).all()
+
+
+def test_drop_self_recall_and_edges():
+    rows = np.array([[0, 5, 6, -1], [7, 1, 8, 9], [3, 4, 2, 5]])
+    dist = np.array([[0, 1, 2, np.inf], [0, 0, 1, 2], [0.5, 1, 1.5, 2]], np.float32)
+    d, r = K.drop_self(dist, rows, np.array([0, 1, 2]), 3)
+    np.testing.assert_array_equal(r, [[5, 6, -1], [7, 8, 9], [3, 4, 5]])  # own row gone wherever it ranks
+    np.testing.assert_array_equal(d, [[1, 2, np.inf], [0, 1, 2], [0.5, 1, 2]])
+    assert K.recall_at_k(np.array([[1, 2, 3]]), np.array([[1, 2, 4]])) == pytest.approx(2 / 3)
+    a, b, d = K.undirected_edges(np.array([[1, 2], [0, 2]]), np.array([[0.3, 0.5], [0.2, 0.9]]), np.array([0, 1]))
+    assert list(zip(a, b)) == [(0, 1), (0, 2), (1, 2)] and d.tolist() == pytest.approx([0.2, 0.5, 0.9])
+
+
+def test_components_against_union_find():
+    rng = np.random.default_rng(1)
+    n = 300
+    a, b = rng.integers(0, n, 200), rng.integers(0, n, 200)
+    lab = K.components(n, a, b)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(a, b):
+        parent[find(i)] = find(j)
+    groups = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    want = np.empty(n, np.int64)
+    for members in groups.values():
+        want[members] = min(members)
+    np.testing.assert_array_equal(lab, want)
+
+
+def test_threshold_falls_in_the_valley():
+    rng = np.random.default_rng(2)
+    bulk = np.exp(rng.normal(0, 0.25, 900))  # unrelated images: nearest distance around 1
+    copies = np.exp(rng.normal(np.log(0.08), 0.5, 100)).clip(max=0.25)  # a factor 1.8 below the bulk
+    t, how = K.choose_threshold(np.concatenate([bulk, copies]))
+    assert copies.max() < t < bulk.min(), (t, how)
+    t0, how0 = K.choose_threshold(bulk)  # no copies: the threshold stays below everything
+    assert t0 < bulk.min() and "no second population" in how0["method"]
+    # a few copies spread thin (wide gaps between them) under a bulk a factor 1.47 above: not cut in two
+    few = np.array([0.032, 0.049, 0.054, 0.086, 0.087, 0.092, 0.098, 0.12, 0.16, 0.206, 0.282])
+    t, how = K.choose_threshold(np.concatenate([few, bulk * 0.414 / bulk.min()]))
+    assert 0.282 < t < 0.414, (t, how)
+
+
+def test_pixel_signature_ignores_lightening_and_shifts():
+    from PIL import Image, ImageEnhance
+
+    from deepscope.demo_data import random_scene
+
+    rng = np.random.default_rng(3)
+    scenes = [random_scene(rng, 96) for _ in range(40)]
+
+    def tiny(img):
+        return np.asarray(img.resize((32, 32), Image.Resampling.BOX)).transpose(2, 0, 1).reshape(-1)
+
+    s = K.pixel_signature(np.stack([tiny(i) for i in scenes]), 32)
+    moved = [ImageEnhance.Brightness(i.crop((2, 1, 94, 95)).resize((96, 96))).enhance(1.25) for i in scenes]
+    m = K.pixel_signature(np.stack([tiny(i) for i in moved]), 32)
+    same = K.signature_distance(s, m)
+    other = K.signature_distance(s, np.roll(m, 1, axis=0))
+    assert same.max() < 0.15 and np.median(other) > 0.5, (same.max(), np.median(other))
+
+
+def test_uniqueness_and_label_disagreement_by_hand():
+    dist = np.array([[1, 1, 1, 9], [2, 2, 2, 2], [0.1, 1, 1, 1], [1, 3, np.inf, np.inf]], np.float32)
+    u = K.uniqueness(dist)
+    score = [1, 2, 0.06 + 0.3 + 0.1, (0.6 + 0.9) / 0.9]  # weights 0.6, 0.3, 0.1 of the nearest three
+    np.testing.assert_allclose(u, np.array(score) / np.median(score), rtol=1e-6)
+    labels = ["a", "a", "b", "a", None]
+    nbrs = np.array([[1, 3, 2], [0, 3, -1], [0, 1, 3], [2, 2, 4], [0, 1, 2]])
+    r = K.label_disagreement(labels, nbrs)
+    assert r["majority"] == ["a", "a", "a", "b", "a"]
+    assert r["flagged"].tolist() == [False, False, True, True, False]  # no label: never flagged
+    np.testing.assert_allclose(r["majority_share"], [2 / 3, 1, 1, 1, 2 / 3], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the distributed search
+
+from deepscope.errors import UserError  # noqa: E402
+from test_index import clustered, feature_store, quiet  # noqa: E402
+
+
+def knn_cfg(**kw):
+    from deepscope.stages.knn import KnnConfig
+
+    return KnnConfig(**kw)
+
+
+def built(store, **index_kw):
+    from deepscope.index.build import build_space
+    from deepscope.stages.index import IndexConfig
+
+    info = build_space(store, "features", IndexConfig(**index_kw), quiet)
+    store.update_summary("index", {"spaces": {"features": info}})
+    return info
+
+
+@pytest.mark.parametrize("kind,shards", [("flat", 1), ("flat", 3), ("ivf_flat", 2)])
+def test_sharded_graph_equals_exact_search(ray_cluster, tmp_path, kind, shards):
+    from deepscope.index.knn import graph_space, read_graph
+
+    x = clustered(3000, 16, centres=40, seed=11)
+    x[100] = x[7]  # an exact copy: it ties with the image itself, which must still be dropped by row
+    store = feature_store(tmp_path / "out", x, part_rows=400)
+    built(store, kind=kind, shards=shards, nlist=16, tune_queries=200, target_recall=0.99)
+    rec = graph_space(store, "features", 5, knn_cfg(block_rows=700, sample=300), quiet)
+    rows, dist = read_graph(store, "features")
+    d, r = K.exact_knn(x, x, 5, exclude=np.arange(3000))
+    if kind == "flat":  # exact blocks: the very neighbours (ties aside) and distances
+        np.testing.assert_allclose(dist, d, rtol=1e-4, atol=1e-4)
+        assert (rows == r).mean() > 0.99 and rec["recall_at_5"] > 0.99
+    else:
+        assert K.recall_at_k(rows, r) >= 0.9 and abs(K.recall_at_k(rows, r) - rec["recall_at_5"]) < 0.05
+    assert (rows != np.arange(3000)[:, None]).all()  # never itself
+    assert rows[7][0] == 100 and rows[100][0] == 7 and dist[7][0] == pytest.approx(0, abs=1e-3)
+    assert rec["shards"] == shards and rec["recall_sample"] == 300
+
+
+def test_graph_resumes_per_partition_and_refuses_bad_k(ray_cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    from deepscope.index.knn import GRAPH, graph_space
+
+    x = clustered(1200, 8, seed=12)
+    store = feature_store(tmp_path / "out", x, part_rows=300)
+    built(store, kind="flat")
+    graph_space(store, "features", 4, knn_cfg(block_rows=300, sample=50), quiet)
+    rel = GRAPH.format(space="features")
+    parts = store.parts(rel)
+    assert len(parts) == 4
+    first = sorted(parts)[1]
+    before = {p: e["sha256"] for p, e in parts.items()}
+    store.manifest["stages"][rel]["parts"].pop(first)  # as if interrupted before this part was written
+    lines = []
+    graph_space(store, "features", 4, knn_cfg(block_rows=300, sample=50), lines.append)
+    assert "3 of 4 parts done" in lines[0]
+    assert {p: e["sha256"] for p, e in store.parts(rel).items()} == before  # the same part, recomputed
+    t = pq.read_table(store.path(store.parts(rel)[first]["file"]))
+    assert t.num_rows == 300 and t.column("row").to_pylist() == list(range(300, 600))
+    lines.clear()
+    graph_space(store, "features", 3, knn_cfg(block_rows=300, sample=50), lines.append)  # another k: all again
+    assert "0 of 4 parts done" in lines[0]
+    with pytest.raises(UserError, match="k = 1200 is not below the number of images"):
+        graph_space(store, "features", 1200, knn_cfg(), quiet)
+
+
+# ---------------------------------------------------------------------------- on real images (lite0)
+
+def run_job(**sections):
+    from deepscope import job as jobmod
+    from deepscope.runner import run
+
+    return run(jobmod.validate({"model": {"name": "lite0"}, "run": {"batch_size": 16, "partition_size": 100},
+                                **sections}))
+
+
+@pytest.fixture(scope="module")
+def duplicates_run(ray_cluster, tmp_path_factory):
+    """500 random-shape scenes, 50 of them near-copies of others (JPEG 60, 80%, 5% crop, lighter):
+    features, pixels, both indexes and the graph from one job file's sections."""
+    from deepscope.demo_data import make_duplicates_data
+
+    root = tmp_path_factory.mktemp("dups")
+    truth = make_duplicates_data(root / "data", n=500, copies=50, seed=1)
+    run_job(out=str(root / "out"), dataset={"source": str(root / "data")}, features={}, pixels={},
+            index={"spaces": ["features", "pixels"]}, knn={})
+    return root / "out", truth
+
+
+def test_planted_near_copies_are_the_duplicate_groups(duplicates_run):
+    import json
+
+    import pyarrow.parquet as pq
+
+    out, truth = duplicates_run
+    images = pq.read_table(out / "knn/images.parquet").to_pylist()
+    group = {r["id"]: r["group"] for r in images}
+    together = {(a, b) for a in group for b in group if a < b and group[a] is not None and group[a] == group[b]}
+    planted = {tuple(sorted(p)) for p in truth.items()}
+    precision = len(together & planted) / max(len(together), 1)
+    recall = len(together & planted) / len(planted)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall, len(together))
+    s = json.loads((out / "manifest.json").read_text())["summary"]["knn"]
+    assert s["duplicates"]["pixel_evidence"] and "density valley" in s["duplicates"]["how"]["method"]  # chosen from the data
+    assert s["graphs"]["features"]["recall_at_10"] == 1.0  # 500 images: an exact (Flat) index
+    pairs = pq.read_table(out / "knn/duplicates.parquet").to_pylist()
+    assert all(p["distance"] <= s["duplicates"]["threshold"] for p in pairs)
+    page = (out / "report/index.html").read_text()
+    for fig in ("distances", "duplicates", "uniqueness", "disagreements"):
+        assert f"../knn/{fig}.png" in page and (out / f"knn/{fig}.png").stat().st_size > 1000
+    # uniqueness is feature-space redundancy: copies rank lower than the rest, if not by much here
+    # (lite0 sees these scenes' copies hardly closer than look-alikes: the reason for pixel evidence)
+    u_in = np.median([r["uniqueness"] for r in images if r["group"] is not None])
+    u_out = np.median([r["uniqueness"] for r in images if r["group"] is None])
+    assert u_in < u_out and abs(u_out - 1) < 0.05
+
+
+def test_duplicates_over_http(duplicates_run):
+    from fastapi.testclient import TestClient
+
+    from deepscope.serve.app import create_app
+
+    out, truth = duplicates_run
+    copy, original = next(iter(truth.items()))
+    with TestClient(create_app(str(out))) as client:
+        r = client.get(f"/duplicates/{copy}")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [d["id"] for d in body["duplicates"]] == [original] and body["group_size"] == 2
+        assert body["nearest"]["id"] == original and len(body["neighbors"]) == 10
+        assert client.get(f"/images/{body['duplicates'][0]['id']}").status_code == 200
+        lonely = "scenes/scene_00000.png" if "scenes/scene_00000.png" not in truth.values() else "scenes/scene_00001.png"
+        r = client.get(f"/duplicates/{lonely}")
+        assert r.status_code == 200 and r.json()["duplicates"] == [] and r.json()["group"] is None
+        r = client.get("/duplicates/no/such.png")
+        assert r.status_code == 404 and "unknown id" in r.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def demo_swapped(ray_cluster, tmp_path_factory):
+    """The demo data (300 images of 6 photos) through a manifest in which 5% of the labels are swapped."""
+    import csv
+
+    from deepscope.demo_data import PHOTOS, make_demo_data
+
+    root = tmp_path_factory.mktemp("swapped")
+    make_demo_data(root / "demo")
+    files = sorted((root / "demo").rglob("*.jpg"))
+    rng = np.random.default_rng(5)
+    swapped = set(rng.choice(len(files), len(files) // 20, replace=False).tolist())
+    rows = []
+    for i, f in enumerate(files):
+        label = f.parent.name
+        if i in swapped:
+            label = rng.choice([p for p in PHOTOS if p != label])
+        rows.append({"path": str(f), "label": label, "id": str(f.relative_to(root / "demo"))})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "label", "id"])
+        w.writeheader()
+        w.writerows(rows)
+    out = root / "out"
+    run_job(out=str(out), dataset={"source": str(root / "manifest.csv")}, features={})
+    return out, {rows[i]["id"] for i in swapped}
+
+
+def test_knn_command_and_swapped_labels(demo_swapped, capsys):
+    import pyarrow.parquet as pq
+
+    from deepscope.cli import main
+
+    out, swapped = demo_swapped
+    assert main(["knn", str(out)]) == 2  # features but no index: one line naming the command
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"run `deepscope index {out}` first" in err, err
+    assert main(["index", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["knn", str(out), "--k", "300"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--k 300 is not below the number of images (300)" in err, err
+    assert main(["knn", str(out), "--k", "10"]) == 0
+    images = {r["id"]: r for r in pq.read_table(out / "knn/images.parquet").to_pylist()}
+    flagged = {i for i, r in images.items() if r["label_flagged"]}
+    caught = len(flagged & swapped) / len(swapped)
+    assert caught >= 0.8, (caught, len(flagged), sorted(swapped - flagged))
+    assert len(flagged) <= 3 * len(swapped)  # and few true labels flagged
+    r = images[sorted(swapped & flagged)[0]]
+    assert r["majority_label"] == r["id"].split("/")[0] and r["majority_share"] > 0.5  # the photo it shows
+    capsys.readouterr()
+    assert main(["knn", str(out), "--k", "10"]) == 0  # done: nothing to do
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_knn_errors(tmp_path, capsys):
+    from deepscope.cli import main
+
+    assert main(["knn", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "run `deepscope features` first" in err
+
+
+# ---------------------------------------------------------------------------- in a real browser
+
+def chromium():
+    """Headless Chromium through chromedriver (Debian's `chromium` and `chromium-driver`; .ci/run installs
+    them when missing). Console messages are kept for get_log("browser")."""
+    import shutil
+
+    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (browser and driver):
+        import os
+
+        if os.environ.get("CI"):
+            pytest.fail("chromium / chromedriver missing: .ci/run installs them (apt-get install -y chromium chromium-driver)")
+        pytest.skip("no chromium / chromedriver here (apt-get install -y chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def test_search_page_and_report_in_chromium(duplicates_run):
+    import threading
+    import time
+
+    import uvicorn
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from deepscope.serve.app import create_app
+    from test_serve import free_port
+
+    out, truth = duplicates_run
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(str(out)), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    driver = chromium()
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(f"http://127.0.0.1:{port}/")
+        copy, original = sorted(truth.items())[0]
+        driver.find_element(By.NAME, "image").send_keys(str(out.parent / "data" / copy))  # upload a planted copy
+        driver.find_element(By.CSS_SELECTOR, "#f button").click()
+        def titles(where):  # read in one script: the page replaces its results while we look
+            return driver.execute_script(f"return [...document.querySelectorAll('{where} img')].map(i => i.title)")
+
+        wait.until(lambda d: len(titles("#out")) == 10)
+        assert titles("#out")[0] == copy  # the upload finds its own file first
+        neighbour = titles("#out")[1]
+        driver.find_elements(By.CSS_SELECTOR, "#out img")[1].click()  # search from a neighbour: by id
+        wait.until(lambda d: titles("#out")[:1] == [neighbour])
+        wait.until(EC.text_to_be_present_in_element((By.ID, "about"), neighbour + ": uniqueness"))
+        # the planted copy's near-duplicate shows beside its neighbours
+        driver.execute_script(f"byId({copy!r})")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "about"), "near-duplicate group of 2"))
+        wait.until(lambda d: titles("#dups") == [original] and titles("#out")[:1] == [copy])
+        wait.until(lambda d: d.execute_script("return [...document.images].every(i => i.complete)"))
+        assert driver.execute_script("return [...document.images].every(i => i.naturalWidth > 0)")
+        assert console_errors(driver) == []
+
+        driver.get((out / "report/index.html").as_uri())
+        wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+        assert driver.find_element(By.ID, "knn").text == "Knn"
+        images = driver.execute_script("return [...document.images].map(i => [i.getAttribute('src'), i.naturalWidth])")
+        srcs = [s for s, _ in images]
+        assert all(w > 0 for _, w in images), images  # every figure of the report exists
+        assert {"../knn/distances.png", "../knn/duplicates.png", "../index/examples.png"} <= set(srcs)
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()
+        srv.should_exit = True
+        thread.join(10)
+
+
+def test_list_by_list_ivf_search_equals_faiss():
+    import faiss
+
+    from deepscope.index.knn import _list_reader
+
+    rng = np.random.default_rng(8)
+    x = clustered(6000, 32, centres=50, seed=8)
+    x[10] = x[20]  # a copy: distance exactly 0, not the matrix product's rounding
+    ivf = faiss.index_factory(32, "IVF32,Flat")
+    ivf.train(x)
+    ivf.add_with_ids(x, np.arange(6000, dtype=np.int64) + 7)
+    q = np.concatenate([x[:300], rng.standard_normal((50, 32)).astype(np.float32)])
+    dq, iq = ivf.quantizer.search(q, 4)
+    iq[0, 3] = -1  # a probe slot without a list
+    ivf.nprobe = 4
+    want_d, want_i = ivf.search_preassigned(q, 9, iq, dq)
+    got_d, got_i = K.search_lists(q, iq, _list_reader(ivf), 9)
+    assert (got_i == want_i).mean() > 0.999
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-4, atol=1e-3)
+    assert got_d[10][0] == 0 and set(got_i[10][:2]) == {17, 27}
