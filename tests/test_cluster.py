@@ -12,6 +12,7 @@ import pytest
 
 from deepscope.io.store import Store
 from test_faults import assert_exactly_once_and_equal
+from test_commit import s3  # noqa: F401 (the S3 API fixture)
 from test_features import read_features, small_dataset, spec
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -30,7 +31,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-PORT, DASH, WORKER_NM_PORT, *AGENT_PORTS = _free_ports(7)
+PORT, DASH, WORKER_NM_PORT, *AGENT_PORTS = _free_ports(9)
 
 
 def _env(tmp):
@@ -135,12 +136,27 @@ def test_submit_through_jobs_api(cluster, photos, reference, tmp_path):
     assert _alive_actors(cluster) == [], "the job's model actors ended with it"
 
 
-def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path, where, request):
+    """A worker node dies mid-job; every id is in the outputs exactly once. With s3, the outputs go
+    to an S3 API (moto on loopback) and there is no shared folder: the actors on both nodes write
+    their parts there themselves."""
+    if _raylet(WORKER_NM_PORT) is None:  # an earlier case killed the worker node: start another
+        subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                        f"--node-manager-port={WORKER_NM_PORT}", f"--dashboard-agent-listen-port={AGENT_PORTS[4]}",
+                        f"--metrics-export-port={AGENT_PORTS[5]}"], env=cluster, check=True, capture_output=True)
+    env = {**cluster, "DEEPSCOPE_SLOW_BATCH_S": "0.7"}
     out = tmp_path / "out"
+    if where == "s3":
+        import fsspec
+
+        env.update(request.getfixturevalue("s3"))
+        fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = env["AWS_ENDPOINT_URL"]
+        request.addfinalizer(lambda: fsspec.config.conf.get("s3", {}).pop("endpoint_url", None))
+        out = f"s3://deepscope/cluster-{tmp_path.name}"
     job = _job(tmp_path, photos, out)
     p = subprocess.Popen([sys.executable, "-m", "deepscope.cli", "run", str(job)],
-                         env={**cluster, "DEEPSCOPE_SLOW_BATCH_S": "0.7"}, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
     while time.time() < deadline and not Store(out).parts("features"):
         time.sleep(0.2)
@@ -153,3 +169,5 @@ def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path):
     assert p.returncode == 0, log[-3000:]
     assert_exactly_once_and_equal(out, reference)
     assert _alive_actors(cluster) == [], "no actor of the job outlives it, also after a lost node"
+    if where == "s3":
+        assert not (tmp_path / "out").exists() and not Path("s3:").exists(), "nothing written locally"
