@@ -9,52 +9,17 @@ partition delivered twice writes the same names again and its second record is i
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from deepscope.io.cluster import ensure_ray  # noqa: F401 (ensure_ray: re-exported)
 from deepscope.io.plan import Partition
 from deepscope.report.console import Progress, log  # noqa: F401 (log: re-exported)
 
 
 RAY_LOG = "logs/ray.log"  # in the output folder: Ray's own log lines, shown (with the path) when a job fails
-
-
-def quiet_ray_logging(path: str | None) -> None:
-    """Ray's Python log lines go to `path` (not the console), and the C++ core's to Ray's session
-    logs: a normal run's console holds deepscope's lines only."""
-    ray_logger = logging.getLogger("ray")
-    for h in list(ray_logger.handlers):
-        ray_logger.removeHandler(h)
-    if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        ray_logger.addHandler(handler)
-    else:
-        ray_logger.addHandler(logging.NullHandler())
-    ray_logger.setLevel(logging.INFO)
-    ray_logger.propagate = False
-
-
-def ensure_ray(address: str | None = None, log_path: str | None = None) -> None:
-    """Connect to Ray, or start a local cluster (never whatever `ray start` last left on this machine)."""
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local" and "ray" not in sys.modules:
-        # token authentication on, said explicitly (before Ray reads it at import): Ray then
-        # generates the token without printing a warning about its default
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet_ray_logging(log_path)
-    ray.init(address=address, configure_logging=False, log_to_driver=False,
-             include_dashboard=False if address == "local" else None,
-             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}})
 
 
 @dataclass
