@@ -1,15 +1,19 @@
 """Build a FAISS index over a stage's vectors: choose it, train it on a sample, fill it in chunks,
 tune its search parameters against exact search, and write it with its id mapping.
 
-Memory on the driver is the index (or, when sharded, one chunk) plus one chunk of vectors: the
-feature table is streamed part by part and never held as one matrix.  Sharded builds fill the
-shards in parallel Ray tasks from chunks put in the object store.
+Sharded builds: the driver plans (which rows of which parts go to which shard), trains the
+quantizer on a bounded sample read part by part, and records what the tasks wrote; one Ray task
+per shard reads its rows from the parts (each checked against its sha256), fills a copy of the
+trained index and writes it, so the driver never holds a shard, a chunk of the vectors, or more
+of the id mapping than its Arrow columns.  One shard is filled the same way in the driver (the
+index then fits memory_mb: that is why it is one shard).
 
 Internally every index is L2: for the cosine metric the vectors are L2-normalised first, and
 |a - b|^2 / 2 = 1 - cos(a, b) turns the squared L2 distance back into the cosine distance.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -18,10 +22,12 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from deepscope.errors import UserError
 from deepscope.io import schemas
-from deepscope.io.store import sha256
+from deepscope.io.cluster import ensure_ray
+from deepscope.io.store import Location, is_remote, sha256
 
 SPACES = {"features": ("features", "feature"), "pixels": ("pixels", "pixels")}  # space -> (stage, column)
 KINDS = ("flat", "ivf_flat", "ivf_pq", "opq_ivf_pq", "hnsw")
@@ -158,6 +164,48 @@ def deserialize(data) -> faiss.Index:
     return faiss.read_index(faiss.PyCallbackIOReader(read))
 
 
+def write_index(loc, rel: str, index) -> str:
+    """Write an index into the folder in pieces, hashing as it goes (serialize() would hold a second
+    copy of a 1 GB shard); returns its sha256.  The bytes are serialize()'s."""
+    h = hashlib.sha256()
+    with loc.writing(rel) as f:
+        def write(b):
+            h.update(b)
+            f.write(b)
+            return len(b)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+    return h.hexdigest()
+
+
+_SHARD: dict = {}  # one shard per worker process, by sha256: the tuning's and the graph's tasks reuse it
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_shard(path: str, sha: str):
+    """A shard file (local path or URL), opened only when it matches the sha256 recorded at build time.
+    A worker keeps the last one it loaded: reading 1 GB again for every task would cost more than the search."""
+    if sha not in _SHARD:
+        _SHARD.clear()  # drop the old one first: one shard in memory
+        if is_remote(path):
+            data = Location(path).get("")
+            if sha256(data) != sha:
+                raise RuntimeError(f"{path} does not match the sha256 recorded at build time; rebuild the index")
+            _SHARD[sha] = deserialize(data)
+        else:
+            if _file_sha256(path) != sha:
+                raise RuntimeError(f"{path} does not match the sha256 recorded at build time; rebuild the index")
+            _SHARD[sha] = faiss.read_index(path)
+    return _SHARD[sha]
+
+
 # ---------------------------------------------------------------------------- reading
 
 def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -198,6 +246,29 @@ def _join(buf):
     if buf[0][1] is None:
         return x, None
     return x, {k: [v for b in buf for v in b[1][k]] for k in buf[0][1]}
+
+
+def parts_with_starts(store, stage: str) -> list[tuple[str, dict, int]]:
+    """(part, manifest entry, first index row) of the stage's non-empty parts, in the order the index adds them."""
+    out, start = [], 0
+    for part, entry in sorted(store.parts(stage).items()):
+        if entry["rows"]:
+            out.append((part, entry, start))
+            start += entry["rows"]
+    return out
+
+
+def part_vectors(loc, rel: str, sha: str, column: str, cosine: bool) -> np.ndarray:
+    """One part's vectors, read where they are used (a Ray task), only if the part's bytes are the
+    ones the manifest recorded."""
+    data = loc.get(rel)
+    if sha256(data) != sha:
+        raise RuntimeError(f"{loc.full(rel)} does not match the manifest's sha256")
+    x = matrix(pq.read_table(pa.BufferReader(data), columns=[column]).column(column))
+    del data
+    if cosine:
+        faiss.normalize_L2(x)
+    return x
 
 
 def dataset_shape(store, stage: str, column: str) -> tuple[int, int, list[str]]:
@@ -267,8 +338,9 @@ class _Sample:
     train: np.ndarray | None
 
 
-def _sample(store, stage, column, n, plan, cfg, cosine) -> _Sample:
-    """One pass: held-out tuning queries and the training sample, picked by row number."""
+def _sample(store, parts, column, n, plan, cfg, cosine) -> _Sample:
+    """Held-out tuning queries and the training sample, picked by row number and read part by part
+    (memory: the sample and one part)."""
     rng = np.random.default_rng(cfg.seed)
     nq = min(cfg.tune_queries, n)
     perm = rng.permutation(n)
@@ -279,19 +351,72 @@ def _sample(store, stage, column, n, plan, cfg, cosine) -> _Sample:
     # training rows leave the queries out when the set is big enough
     train_rows = np.sort(perm[nq:nq + ntrain] if n - nq >= ntrain else perm[:ntrain])
     xq, xt = [], []
-    for start, x, _ in chunks(store, stage, column, cfg.chunk_rows, cosine):
-        for rows, out in ((query_rows, xq), (train_rows, xt)):
-            lo, hi = np.searchsorted(rows, [start, start + len(x)])
+    for part, entry, start in parts:
+        end = start + entry["rows"]
+        wanted = [(rows, out, *np.searchsorted(rows, [start, end])) for rows, out in ((query_rows, xq), (train_rows, xt))]
+        if all(hi == lo for _, _, lo, hi in wanted):
+            continue  # no sampled row in this part: not read
+        x = matrix(store.loc.read_table(entry["file"], columns=[column]).column(column))
+        _check_rows(store, part, entry, len(x))
+        for rows, out, lo, hi in wanted:
             if hi > lo:
-                out.append(x[rows[lo:hi] - start])
+                picked = x[rows[lo:hi] - start]
+                if cosine:
+                    faiss.normalize_L2(picked)
+                out.append(picked)
+        del x
     queries = np.concatenate(xq)
     train = np.concatenate(xt) if xt else None
     return _Sample(queries, query_rows, train)
 
 
+def _check_rows(store, part: str, entry: dict, rows: int) -> None:
+    if rows != entry["rows"]:
+        raise RuntimeError(f"{store.root}/{entry['file']} changed while indexing ({rows} != {entry['rows']} rows "
+                           f"in part {part}); run again")
+
+
+def _ids_table(store, parts) -> pa.Table:
+    """Row -> id, path, label and place in the stage's parts, as Arrow columns read part by part
+    (as Python lists, a million rows cost the driver hundreds of MB)."""
+    tables = []
+    for part, entry, start in parts:
+        t = store.loc.read_table(entry["file"], columns=["id", "path", "label"])
+        _check_rows(store, part, entry, t.num_rows)
+        m = t.num_rows
+        tables.append(pa.table({
+            "row": pa.array(np.arange(start, start + m, dtype=np.int64)),
+            **{c: t.column(c).cast(schemas.INDEX_IDS.field(c).type) for c in ("id", "path", "label")},
+            "part": pa.repeat(pa.scalar(part, pa.string()), m),
+            "offset": pa.array(np.arange(m, dtype=np.int32))}, schema=schemas.INDEX_IDS))
+    return pa.concat_tables(tables).combine_chunks()  # one chunk: the file is written as before
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Rows [lo, hi) of one part of the stage: the index's rows first, first + 1, ..."""
+    file: str
+    sha256: str
+    lo: int
+    hi: int
+    first: int
+
+
 def _shard_of(n: int, shards: int) -> np.ndarray:
     """First row of each shard (and n): contiguous, nearly equal row ranges."""
     return np.array([n * s // shards for s in range(shards + 1)])
+
+
+def shard_slices(parts, bounds: np.ndarray) -> list[list[Slice]]:
+    """The plan of a build: which rows of which parts each shard holds."""
+    plan: list[list[Slice]] = [[] for _ in range(len(bounds) - 1)]
+    for _, entry, start in parts:
+        end = start + entry["rows"]
+        for s in range(len(plan)):
+            lo, hi = max(start, bounds[s]), min(end, bounds[s + 1])
+            if hi > lo:
+                plan[s].append(Slice(entry["file"], entry["sha256"], int(lo - start), int(hi - start), int(lo)))
+    return plan
 
 
 def build_space(store, space: str, cfg, log, address: str | None = None) -> dict:
@@ -306,7 +431,8 @@ def build_space(store, space: str, cfg, log, address: str | None = None) -> dict
     log(f"index {space}: {n} vectors of {d} dims -> {plan.kind} ({plan.factory}, {plan.shards} shard"
         f"{'s' if plan.shards > 1 else ''}): {plan.reason}")
 
-    sample = _sample(store, stage, column, n, plan, cfg, cosine)
+    parts = parts_with_starts(store, stage)
+    sample = _sample(store, parts, column, n, plan, cfg, cosine)
     empty = faiss.index_factory(d, plan.factory)
     t0 = time.time()
     if sample.train is not None:
@@ -314,26 +440,18 @@ def build_space(store, space: str, cfg, log, address: str | None = None) -> dict
     train_s = time.time() - t0
     del sample.train
 
+    ids_rel = f"index/{space}/ids.parquet"
+    store.write_table(ids_rel, _ids_table(store, parts))
+
     k = min(K, n - 1) if n > 1 else 1
-    heap = faiss.ResultHeap(len(sample.queries), k + 1)  # exact neighbours of the tuning queries
-    mapping = {c: [] for c in ("id", "path", "label", "part", "offset")}
-    bounds = _shard_of(n, plan.shards)
+    slices = shard_slices(parts, _shard_of(n, plan.shards))
     t0 = time.time()
     if plan.shards == 1:
-        shard_files, search = _fill_local(store, space, empty, stage, column, cfg, cosine, sample, heap, mapping)
+        shard_files, truth, search = _fill_local(store, space, empty, slices[0], column, cosine, sample.queries, k + 1)
     else:
-        shard_files, search = _fill_ray(store, space, empty, bounds, stage, column, cfg, cosine, sample, heap,
-                                        mapping, plan, address)
+        shard_files, truth, search = _fill_ray(store, space, empty, slices, column, cosine, sample.queries, k + 1,
+                                               plan, address)
     add_s = time.time() - t0
-    heap.finalize()
-    truth = heap.I
-
-    ids = pa.table({"row": pa.array(np.arange(n), pa.int64()), **{c: mapping[c] for c in ("id", "path", "label", "part")},
-                    "offset": pa.array(mapping["offset"], pa.int32())}, schema=schemas.INDEX_IDS)
-    if ids.num_rows != n:
-        raise RuntimeError(f"{stage} changed while indexing ({ids.num_rows} != {n} rows); run again")
-    ids_rel = f"index/{space}/ids.parquet"
-    store.write_table(ids_rel, ids)
 
     t0 = time.time()
     setting, recall, sweep = ({}, 1.0, []) if plan.kind == "flat" else tune(
@@ -355,92 +473,81 @@ def build_space(store, space: str, cfg, log, address: str | None = None) -> dict
     return info
 
 
-def _add_truth(heap, queries, x, start, k):
+def _add_truth(heap, queries, x, start):
+    """The exact heap.k nearest of the queries among x (rows start...), into the heap."""
     flat = faiss.IndexFlatL2(x.shape[1])
     flat.add(x)
-    dist, rows = flat.search(queries, k + 1)
+    dist, rows = flat.search(queries, heap.k)
     heap.add_result(dist, np.where(rows >= 0, rows + start, -1))
 
 
-def _fill_local(store, space, index, stage, column, cfg, cosine, sample, heap, mapping):
-    for start, x, meta in chunks(store, stage, column, cfg.chunk_rows, cosine, meta=True):
-        index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
-        _add_truth(heap, sample.queries, x, start, heap.k - 1)
-        for c in mapping:
-            mapping[c] += meta[c]
-    data = serialize(index)
-    rel = f"index/{space}/shard-000.faiss"
-    store.write_file(rel, data)
-    del data
-    files = [{"file": rel, "rows": int(index.ntotal), "sha256": store.manifest["files"][rel]["sha256"]}]
+def fill_shard(index, loc, rel: str, slices: list[Slice], column: str, cosine: bool, queries: np.ndarray, k: int):
+    """Add the slices' vectors, read from the parts (each checked against its sha256), to a trained
+    empty index with their global rows as ids, and write it to rel; the exact k nearest of the tuning
+    queries among them come from the same pass.  -> ({file, rows, sha256}, (distances, rows))."""
+    truth = faiss.ResultHeap(len(queries), k)
+    for s in slices:
+        x = part_vectors(loc, s.file, s.sha256, column, cosine)[s.lo:s.hi]
+        index.add_with_ids(x, np.arange(s.first, s.first + len(x), dtype=np.int64))
+        _add_truth(truth, queries, x, s.first)
+        del x
+    truth.finalize()
+    return {"file": rel, "rows": int(index.ntotal), "sha256": write_index(loc, rel, index)}, (truth.D, truth.I)
+
+
+def _fill_shard_task(empty: bytes, url: str, rel: str, slices: list[Slice], column: str, cosine: bool,
+                     queries: np.ndarray, k: int):
+    """One Ray task: one shard, built from the parts themselves (the driver ships only the plan)."""
+    from deepscope.io.store import Location
+
+    return fill_shard(deserialize(empty), Location(url), rel, slices, column, cosine, queries, k)
+
+
+def _fill_local(store, space, index, slices, column, cosine, queries, k):
+    """One shard, filled in this process (no Ray for small sets); tuning searches it here."""
+    file, (dist, rows) = fill_shard(index, store.loc, f"index/{space}/shard-000.faiss", slices, column, cosine,
+                                    queries, k)
+    store.record_file(file["file"], file["sha256"])
 
     def search(setting, k):
         from deepscope.index.search import search_params
 
-        return index.search(sample.queries, k, params=search_params(index, **setting))
+        return index.search(queries, k, params=search_params(index, **setting))
 
-    return files, search
+    return [file], rows, search
 
 
-def _fill_ray(store, space, empty, bounds, stage, column, cfg, cosine, sample, heap, mapping, plan, address):
-    """Shards filled in parallel Ray tasks from chunks in the object store; written as they finish."""
+def _fill_ray(store, space, empty, slices, column, cosine, queries, k, plan, address):
+    """Shards filled in parallel Ray tasks, each reading its rows from the parts and writing its file;
+    the driver sends the plan and records the files, so it never holds a shard or the vectors."""
     import ray
-
-    from deepscope.executor import ensure_ray
 
     ensure_ray(address)
-    empty_ref = ray.put(bytes(serialize(empty)))
-    pending = [[] for _ in range(plan.shards)]
-    tasks = {}
-    # a shard's task is launched once its last chunk is put, so filling overlaps reading
+    empty_ref, queries_ref = ray.put(bytes(serialize(empty))), ray.put(queries)
     opts = {"num_cpus": 1, "memory": int(plan.shard_bytes * 1.2) + 2**26}
-    for start, x, meta in chunks(store, stage, column, cfg.chunk_rows, cosine, meta=True):
-        _add_truth(heap, sample.queries, x, start, heap.k - 1)
-        for c in mapping:
-            mapping[c] += meta[c]
-        end = start + len(x)
-        for s in range(plan.shards):
-            lo, hi = max(start, bounds[s]), min(end, bounds[s + 1])
-            if hi > lo:
-                pending[s].append(ray.put((x[lo - start:hi - start], np.arange(lo, hi, dtype=np.int64))))
-            if end >= bounds[s + 1] and s not in tasks and pending[s]:
-                tasks[s] = ray.remote(_fill_shard).options(**opts).remote(empty_ref, pending[s])
-                pending[s] = []
-    files: list = [None] * plan.shards
-    refs: list = [None] * plan.shards
-    waiting = {ref: s for s, ref in tasks.items()}
-    while waiting:
-        done, _ = ray.wait(list(waiting), num_returns=1)
-        s = waiting.pop(done[0])
-        data = ray.get(done[0])  # one shard on the driver at a time, written and dropped
-        rel = f"index/{space}/shard-{s:03d}.faiss"
-        store.write_file(rel, data)
-        files[s] = {"file": rel, "rows": int(bounds[s + 1] - bounds[s]), "sha256": store.manifest["files"][rel]["sha256"]}
-        refs[s] = done[0]
-        del data
+    task = ray.remote(_fill_shard_task).options(**opts)
+    refs = [task.remote(empty_ref, store.url, f"index/{space}/shard-{s:03d}.faiss", plan_s, column, cosine,
+                        queries_ref, k) for s, plan_s in enumerate(slices)]
+    files, truth = [], faiss.ResultHeap(len(queries), k)
+    for ref in refs:  # in shard order: equal distances keep the lower rows, as one pass over all would
+        file, (dist, rows) = ray.get(ref)
+        store.record_file(file["file"], file["sha256"])
+        files.append(file)
+        truth.add_result(dist, rows)
+    truth.finalize()
+    search_task = ray.remote(_search_shard).options(**opts)
 
     def search(setting, k):
-        parts = ray.get([ray.remote(_search_shard).remote(ref, sample.queries, k, setting) for ref in refs])
-        return merge_knn(parts, k)
+        return merge_knn(ray.get([search_task.remote(str(store.path(f["file"])), f["sha256"], queries_ref, k, setting)
+                                  for f in files]), k)
 
-    return files, search
-
-
-def _fill_shard(empty: bytes, chunk_refs: list) -> bytearray:
-    import ray
-
-    index = deserialize(empty)
-    for ref in chunk_refs:
-        x, rows = ray.get(ref)
-        index.add_with_ids(x, rows)
-        del x
-    return serialize(index)
+    return files, truth.I, search
 
 
-def _search_shard(data: bytes, queries: np.ndarray, k: int, setting: dict):
+def _search_shard(path: str, sha: str, queries: np.ndarray, k: int, setting: dict):
     from deepscope.index.search import search_params
 
-    index = deserialize(data)
+    index = load_shard(path, sha)
     return index.search(queries, k, params=search_params(index, **setting))
 
 

@@ -23,7 +23,6 @@ pixel signature (float16) per image when there is a pixels stage: ~0.5 GB per mi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 
@@ -32,7 +31,9 @@ import pyarrow as pa
 
 from deepscope.algos import knn as K
 from deepscope.errors import UserError
+from deepscope.index.build import load_shard, parts_with_starts
 from deepscope.io import schemas
+from deepscope.io.cluster import ensure_ray
 from deepscope.io.store import sha256
 
 GRAPH = "knn/{space}"  # the graph's parts: a stage entry of its own in the manifest, per space
@@ -62,16 +63,6 @@ def indexed_spaces(store) -> list[str]:
     return list(((store.summary("index") or {}).get("spaces") or {}))
 
 
-def _parts_with_starts(store, stage: str) -> list[tuple[str, dict, int]]:
-    """(part, manifest entry, first index row), in the order the index added them (non-empty parts)."""
-    out, start = [], 0
-    for part, entry in sorted(store.parts(stage).items()):
-        if entry["rows"]:
-            out.append((part, entry, start))
-            start += entry["rows"]
-    return out
-
-
 def _blocks(parts, block_rows: int) -> list[list]:
     blocks, cur, rows = [], [], 0
     for p in parts:
@@ -86,28 +77,6 @@ def _blocks(parts, block_rows: int) -> list[list]:
 
 
 # ---------------------------------------------------------------------------- Ray tasks
-
-_SHARD: dict = {}  # one shard per worker process, by sha256
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _load_shard(path: str, sha: str):
-    import faiss
-
-    if sha not in _SHARD:
-        _SHARD.clear()  # drop the old one first: one shard in memory
-        if _file_sha256(path) != sha:
-            raise RuntimeError(f"{path} does not match the sha256 recorded at build time; rebuild the index")
-        _SHARD[sha] = faiss.read_index(path)
-    return _SHARD[sha]
-
 
 def _read_block(files: list[tuple[str, str]], column: str, cosine: bool) -> np.ndarray:
     import faiss
@@ -137,7 +106,7 @@ def search_block(shard: tuple[str, str], files: list[tuple[str, str]], column: s
     from deepscope.index.search import search_params
 
     faiss.omp_set_num_threads(1)  # one task, one CPU: parallelism comes from the tasks
-    index = _load_shard(*shard)
+    index = load_shard(*shard)
     x = _read_block(files, column, cosine)
     k = min(k, index.ntotal)
     if assigned is not None:
@@ -173,7 +142,7 @@ def quantizer_of(shard: tuple[str, str]) -> bytes | None:
 
     from deepscope.index.build import serialize
 
-    index = _load_shard(*shard)
+    index = load_shard(*shard)
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -207,8 +176,6 @@ def graph_space(store, space: str, k: int, cfg, log, address: str | None = None)
     """Every image's k nearest neighbours in one space, written part by part; returns its record."""
     import ray
 
-    from deepscope.executor import ensure_ray
-
     info = index_info(store, space)
     n, stage, column = info["rows"], info["stage"], info["column"]
     if k >= n:
@@ -219,7 +186,7 @@ def graph_space(store, space: str, k: int, cfg, log, address: str | None = None)
     if store.stage_config(rel) != key:
         store.drop_parts_except(rel, set())  # another index or k: recompute every part
         store.open_stage(rel, key, replace=True)
-    parts = _parts_with_starts(store, stage)
+    parts = parts_with_starts(store, stage)
     done = set(store.parts(rel))
     pending = [p for p in parts if p[0] not in done]
     ids_table = _ids_table(store, info)

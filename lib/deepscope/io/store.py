@@ -19,6 +19,7 @@ or has another size (or, with verify, another checksum), and its partition is co
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -36,12 +37,14 @@ LOG = "_log"
 FORMAT = 2
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_file(path: Path):
+    """A file object whose bytes become `path` only when the block ends without an error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -53,6 +56,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    with _atomic_file(path) as f:
+        f.write(data)
 
 
 def write_single_file(path: str | os.PathLike, data: bytes) -> None:
@@ -111,6 +119,17 @@ class Location:
             self.fs.pipe_file(self._key(rel), data)  # a single PUT: atomic on object stores
         else:
             _atomic_write(Path(self.full(rel)), data)
+
+    @contextlib.contextmanager
+    def writing(self, rel: str):
+        """A file object to write rel in pieces (a file too large to hold twice in memory); it
+        appears whole when the block ends without an error (locally a rename, remotely one upload)."""
+        if self.remote:
+            with self.fs.open(self._key(rel), "wb") as f:
+                yield f
+        else:
+            with _atomic_file(Path(self.full(rel))) as f:
+                yield f
 
     def get(self, rel: str) -> bytes:
         if self.remote:
@@ -384,6 +403,11 @@ class Store:
             self.manifest.setdefault("files", {})[rel] = {"sha256": sha256(data)}
             self._save()
         return self.path(rel)
+
+    def record_file(self, rel: str, sha: str) -> None:
+        """List a file that a worker wrote (write_file's record, without its bytes passing through here)."""
+        self.manifest.setdefault("files", {})[rel] = {"sha256": sha}
+        self._save()
 
     def write_table(self, rel: str, table: pa.Table):
         return self.write_file(rel, table_bytes(with_metadata(table, self.metadata)))

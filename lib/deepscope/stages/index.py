@@ -27,7 +27,7 @@ class IndexConfig(StageConfig):
     target_recall: float = Field(0.95, gt=0, le=1)  # recall@10 that the search setting is tuned to reach
     tune_queries: int = Field(500, ge=1, le=100_000)  # held-out queries (rows not used for training)
     train_max: int = Field(100_000, ge=256)  # training sample size cap (IVF centroids, PQ codebooks)
-    chunk_rows: int = Field(16_384, ge=1)  # vectors read and added at a time
+    chunk_rows: int = Field(16_384, ge=1)  # unused: the build reads and adds part by part (kept: job files set it)
     seed: int = 0
     examples: int = Field(4, ge=0, le=32)  # report figure: queries shown with their neighbours per space
 
