@@ -186,11 +186,12 @@ def indexed_photos(ray_cluster, tmp_path_factory):
 
 def test_each_image_finds_itself_first(indexed_photos, capsys):
     from deepscope.index.encode import Encoder
+    from deepscope.job import load_spec
 
     data, out = indexed_photos
     files = sorted(data.rglob("*.jpg"))
     assert len(files) == 9
-    encoder = Encoder(str(out))  # what `query --image` runs, loaded once here for speed
+    encoder = Encoder(str(out), load_spec(str(out)).model)  # what `query --image` runs, loaded once here for speed
     for space in ("features", "pixels"):
         s = Searcher(str(out), space)
         for f in files:

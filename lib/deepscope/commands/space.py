@@ -112,13 +112,14 @@ def cmd_query(a):
     if a.image:
         from deepscope.index.encode import Encoder
         from deepscope.io.decode import DecodeError
+        from deepscope.job import load_spec
 
         try:
             data = Path(a.image).read_bytes()
         except OSError as e:
             raise UserError(f"cannot read {a.image}: {e.strerror}") from None
         try:
-            vector = Encoder(a.out).encode(data, a.space)
+            vector = Encoder(a.out, load_spec(a.out).model).encode(data, a.space)
         except DecodeError as e:
             raise UserError(f"{a.image}: {e}") from None
         name, query_tile = Path(a.image).name, thumbnail(data, 96)

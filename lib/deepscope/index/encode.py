@@ -13,15 +13,15 @@ from deepscope.io.store import Store
 
 
 class Encoder:
-    def __init__(self, out: str, limits: DecodeLimits = DecodeLimits()):
+    def __init__(self, out: str, model, limits: DecodeLimits = DecodeLimits()):
+        """model: the job's model section (name, weights), `deepscope.job.load_spec(out).model`: the
+        caller reads the job, this layer does not reach up for it."""
         from deepscope.models.registry import load_model
-        from deepscope.job import load_spec
 
-        spec = load_spec(out)
         store = Store(out)
         self.layer = (store.stage_config("features") or {}).get("layer", "penultimate")
         self.pixel_size = (store.stage_config("pixels") or {}).get("size", 32)
-        self.loaded = load_model(spec.model.name, spec.model.weights)
+        self.loaded = load_model(model.name, model.weights)
         self.transform = self.loaded.transform
         self.limits = limits
         # taps are forward hooks on the one shared module: two concurrent forwards would fill each

@@ -96,13 +96,15 @@ class Engine:
     def __init__(self, out: str, limits: Limits, searcher=Searcher):
         """searcher: the class that searches a space (serve --ray: one that fans out to shard replicas)."""
         from deepscope.index.encode import Encoder
+        from deepscope.job import load_spec
 
         self.store = Store(out)
         spaces = ((self.store.summary("index") or {}).get("spaces") or {})
         if not spaces:
             raise UserError(f"{out} has no index: run `deepscope index {out}` first")
         self.searchers = {space: searcher(self.store, space) for space in spaces}
-        self.encoder = Encoder(out, DecodeLimits(max_pixels=limits.max_pixels, max_bytes=limits.max_upload_bytes))
+        self.encoder = Encoder(out, load_spec(out).model,
+                               DecodeLimits(max_pixels=limits.max_pixels, max_bytes=limits.max_upload_bytes))
         self.limits = limits
         self.paths: dict[str, str] = {}
         for s in reversed(list(self.searchers.values())):  # the first space's mapping wins
