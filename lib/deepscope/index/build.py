@@ -338,9 +338,9 @@ class _Sample:
     train: np.ndarray | None
 
 
-def _sample(store, parts, column, n, plan, cfg, cosine) -> _Sample:
+def _sample(store, parts, column, n, d, plan, cfg, cosine) -> _Sample:
     """Held-out tuning queries and the training sample, picked by row number and read part by part
-    (memory: the sample and one part)."""
+    into arrays allocated once (memory: the sample and one part, not the sample twice)."""
     rng = np.random.default_rng(cfg.seed)
     nq = min(cfg.tune_queries, n)
     perm = rng.permutation(n)
@@ -350,24 +350,21 @@ def _sample(store, parts, column, n, plan, cfg, cosine) -> _Sample:
         ntrain = min(n, cfg.train_max, max(64 * plan.nlist, 256 * 39 if plan.m else 0))
     # training rows leave the queries out when the set is big enough
     train_rows = np.sort(perm[nq:nq + ntrain] if n - nq >= ntrain else perm[:ntrain])
-    xq, xt = [], []
+    queries, train = np.empty((nq, d), np.float32), np.empty((ntrain, d), np.float32)
     for part, entry, start in parts:
         end = start + entry["rows"]
-        wanted = [(rows, out, *np.searchsorted(rows, [start, end])) for rows, out in ((query_rows, xq), (train_rows, xt))]
+        wanted = [(rows, out, *np.searchsorted(rows, [start, end])) for rows, out in ((query_rows, queries), (train_rows, train))]
         if all(hi == lo for _, _, lo, hi in wanted):
             continue  # no sampled row in this part: not read
         x = matrix(store.loc.read_table(entry["file"], columns=[column]).column(column))
         _check_rows(store, part, entry, len(x))
         for rows, out, lo, hi in wanted:
             if hi > lo:
-                picked = x[rows[lo:hi] - start]
+                out[lo:hi] = x[rows[lo:hi] - start]
                 if cosine:
-                    faiss.normalize_L2(picked)
-                out.append(picked)
+                    faiss.normalize_L2(out[lo:hi])  # rows lo:hi of a C-ordered array: normalised in place
         del x
-    queries = np.concatenate(xq)
-    train = np.concatenate(xt) if xt else None
-    return _Sample(queries, query_rows, train)
+    return _Sample(queries, query_rows, train if ntrain else None)
 
 
 def _check_rows(store, part: str, entry: dict, rows: int) -> None:
@@ -432,7 +429,7 @@ def build_space(store, space: str, cfg, log, address: str | None = None) -> dict
         f"{'s' if plan.shards > 1 else ''}): {plan.reason}")
 
     parts = parts_with_starts(store, stage)
-    sample = _sample(store, parts, column, n, plan, cfg, cosine)
+    sample = _sample(store, parts, column, n, d, plan, cfg, cosine)
     empty = faiss.index_factory(d, plan.factory)
     t0 = time.time()
     if sample.train is not None:
