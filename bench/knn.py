@@ -161,6 +161,9 @@ def measure(a, root, mem, gen_s):
     build_s = time.time() - t0
     print(f"# index built in {build_s:.0f} s: {info['factory']} x {info['shards']} shards, {info['search']}, "
           f"recall@10 at build {info['recall_at_10']}  [{load()}]", flush=True)
+    # the build's peaks on their own: a run stopped during the (much longer) graph step still has them
+    print("# peak memory so far, build (MB, name RSS PSS USS): "
+          + "; ".join(f"{name} {rss:.0f} {pss:.0f} {uss:.0f}" for name, rss, pss, uss in mem.top(6)), flush=True)
     t0 = time.time()
     rec = graph_space(store, "features", a.k, KnnConfig(k=a.k, block_rows=a.block_rows, sample=a.sample),
                       lambda m: print("#", m, flush=True))
