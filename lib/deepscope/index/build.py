@@ -1,4 +1,4 @@
-"""Build a FAISS index over a stage's vectors: choose it, train it on a sample, fill it in chunks,
+"""Build a FAISS index over a stage's vectors: choose it, train it on a sample, fill it part by part,
 tune its search parameters against exact search, and write it with its id mapping.
 
 Sharded builds: the driver plans (which rows of which parts go to which shard), trains the
@@ -353,7 +353,8 @@ def _sample(store, parts, column, n, d, plan, cfg, cosine) -> _Sample:
     queries, train = np.empty((nq, d), np.float32), np.empty((ntrain, d), np.float32)
     for part, entry, start in parts:
         end = start + entry["rows"]
-        wanted = [(rows, out, *np.searchsorted(rows, [start, end])) for rows, out in ((query_rows, queries), (train_rows, train))]
+        wanted = [(rows, out, *np.searchsorted(rows, [start, end]))
+                  for rows, out in ((query_rows, queries), (train_rows, train))]
         if all(hi == lo for _, _, lo, hi in wanted):
             continue  # no sampled row in this part: not read
         x = matrix(store.loc.read_table(entry["file"], columns=[column]).column(column))
