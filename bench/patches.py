@@ -50,7 +50,7 @@ def main():
     p.add_argument("--reps", type=int, default=2)
     a = p.parse_args()
     if not os.path.exists(a.data):
-        from deepscope.demo_data import make_demo_data
+        from deepscope.io.demo_data import make_demo_data
         print(f"writing demo data to {a.data}: {make_demo_data(a.data)} images")
     layers = a.layer or ["_blocks.4"]
     patches = {"layers": layers, "k": a.k}

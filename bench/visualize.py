@@ -120,7 +120,7 @@ def main():
     print(f"{'batched':34s} {t_batch:8.1f} {a.units / t_batch:8.2f}   speed-up x{t_one / t_batch:.2f}, "
           f"largest pixel difference {same}")
 
-    from deepscope.demo_data import make_demo_data
+    from deepscope.io.demo_data import make_demo_data
     from deepscope.optimize import model_input
 
     with tempfile.TemporaryDirectory() as d:

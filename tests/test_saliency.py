@@ -290,7 +290,7 @@ def test_cli_stage_equals_direct_per_image(ray_cluster, tmp_path, resnet, capsys
     from deepscope.models.taps import forward_with_taps
     from imagezoo import reference_rgb
 
-    from deepscope.demo_data import PHOTOS, make_demo_data
+    from deepscope.io.demo_data import PHOTOS, make_demo_data
 
     data = tmp_path / "photos"
     make_demo_data(data, per_photo=2)

@@ -16,7 +16,7 @@ from deepscope.io.decode import decode
 from deepscope.io.store import Store
 from deepscope.models.registry import load_model
 from deepscope.runner import run
-from deepscope.style_train import ContentImages, TrainConfig, Trainer, load_style_image, to_tensor
+from deepscope.algos.style_train import ContentImages, TrainConfig, Trainer, load_style_image, to_tensor
 from test_features import small_dataset
 
 

@@ -91,7 +91,7 @@ def run(job, t_command: float | None = None) -> RunResult:
     store = Store(job.out)
     store.open(job.fingerprint())  # an output location that cannot be written fails here, first
     if job.dataset.demo and not os.path.exists(job.dataset.source):
-        from deepscope.demo_data import make_demo_data
+        from deepscope.io.demo_data import make_demo_data
         n = make_demo_data(job.dataset.source)
         log(f"demo data: wrote {n} images to {job.dataset.source}")
     loaded = load_model(job.model.name, job.model.weights)  # fail fast, before any cluster work

@@ -201,7 +201,7 @@ class Stylize(Stage):
         shared file system) or spends a forward pass on it; the driver also checks the style here,
         with one line, before any cluster work."""
         from deepscope.algos.style import LossNetwork, default_layers, style_targets
-        from deepscope.style_train import load_style_image, to_tensor
+        from deepscope.algos.style_train import load_style_image, to_tensor
 
         cfg = self.config
         try:
@@ -229,14 +229,14 @@ class Stylize(Stage):
                 f"(content {', '.join(c)}; style {', '.join(s)}), {cfg.steps} {cfg.optimizer} steps at {cfg.size} px")
 
     def _train(self, path: Path, log):
-        from deepscope.style_train import TrainConfig, train
+        from deepscope.algos.style_train import TrainConfig, train
 
         t = self.config.train
         log(f"stylize: {path} does not exist; training it on {self.job.dataset.source} first")
         train(TrainConfig(styles=t.styles, content=self.job.dataset.source, model=t.model, size=t.size,
                           style_size=t.size * 2, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
                           style_weight=t.style_weight, widths=t.widths, res_blocks=t.res_blocks),
-              str(path), checkpoint_every=100)
+              str(path), log, checkpoint_every=100)
 
     def weights_for(self, config, n: int, device=None) -> torch.Tensor:
         from deepscope.algos.style_net import style_weights
@@ -247,7 +247,7 @@ class Stylize(Stage):
         from deepscope.algos.style_net import style_index
 
         if self.config.method == "gatys":
-            from deepscope.style_train import style_name
+            from deepscope.algos.style_train import style_name
             return style_name(self.config.style)
         if self.config.blend is None:
             return config.styles[style_index(config, self.config.style)]
@@ -286,7 +286,7 @@ class Stylize(Stage):
     def map_batch(self, model, x, taps, rows):
         from PIL import Image
 
-        from deepscope.style_train import encode
+        from deepscope.algos.style_train import encode
 
         if self.config.method == "gatys":
             outs, label = self._gatys_batch(model, x.device, rows), self.style_label(None)
@@ -311,7 +311,7 @@ class Stylize(Stage):
 
         from deepscope.algos.style import LossNetwork, gatys
         from deepscope.optimize import item_seed
-        from deepscope.style_train import to_tensor
+        from deepscope.algos.style_train import to_tensor
 
         cfg = self.config
         if self._loss is None:  # once per actor
@@ -490,7 +490,7 @@ def bucket_shape(size: tuple[int, int], bucket: int) -> tuple[int, int]:
 
 def style_images(specs: list[str]) -> list[tuple[str, object]]:
     """(name, PIL image) of each style a network was trained on (files that are gone are skipped)."""
-    from deepscope.style_train import load_style_image, style_name
+    from deepscope.algos.style_train import load_style_image, style_name
 
     out = []
     for spec in specs:
