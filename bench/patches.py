@@ -55,7 +55,7 @@ def main():
     layers = a.layer or ["_blocks.4"]
     patches = {"layers": layers, "k": a.k}
     if a.channels:
-        from deepscope.visualize_units import parse_channels
+        from deepscope.io.ranges import parse_channels
         patches["channels"] = parse_channels(a.channels)
     configs = {"features": {}, "features + patches": {"patches": patches}}
     ensure_ray()  # cluster start-up is not part of either job

@@ -121,7 +121,7 @@ def main():
           f"largest pixel difference {same}")
 
     from deepscope.io.demo_data import make_demo_data
-    from deepscope.optimize import model_input
+    from deepscope.models.transform import model_input
 
     with tempfile.TemporaryDirectory() as d:
         make_demo_data(d, per_photo=max(1, a.images // 6 + 1))

@@ -21,7 +21,7 @@ def lite0():
 def photo(tmp_path_factory, lite0):
     """One real photo at the model's input: uint8 (1, 3, 224, 224)."""
     from deepscope.io.demo_data import make_demo_data
-    from deepscope.optimize import model_input
+    from deepscope.models.transform import model_input
 
     root = tmp_path_factory.mktemp("photo")
     make_demo_data(root, per_photo=1)

@@ -72,3 +72,17 @@ class Transform:
         # the two scales differ by rounding only; use the mean
         scale = (scale_x + scale_y) / 2
         return scale, left * scale_x, top * scale_y
+
+
+def model_input(loaded, path: str) -> torch.Tensor:
+    """The model's input pixels for an image file: uint8 (1, 3, crop, crop) after resize and crop."""
+    from deepscope.io.decode import open_image
+
+    return torch.from_numpy(loaded.transform.geometry(open_image(path)))[None]
+
+
+def image_input(loaded, path: str) -> torch.Tensor:
+    """One image file as the model's normalized input (1, 3, crop, crop)."""
+    from deepscope.io.decode import open_image
+
+    return loaded.transform.normalize(torch.from_numpy(loaded.transform.geometry(open_image(path)))[None])

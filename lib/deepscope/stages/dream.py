@@ -11,7 +11,7 @@ from pydantic import Field
 
 from deepscope.algos.dream import DreamSettings, dream, dream_energy
 from deepscope.io import schemas
-from deepscope.optimize import file_stem, item_seed, png_bytes
+from deepscope.io.images import file_stem, item_seed, png_bytes
 from deepscope.stages.base import Stage, StageConfig
 
 

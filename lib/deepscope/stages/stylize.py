@@ -310,7 +310,7 @@ class Stylize(Stage):
         from PIL import Image
 
         from deepscope.algos.style import LossNetwork, gatys
-        from deepscope.optimize import item_seed
+        from deepscope.io.images import item_seed
         from deepscope.algos.style_train import to_tensor
 
         cfg = self.config
