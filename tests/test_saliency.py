@@ -17,9 +17,10 @@ from deepscope.algos import saliency as sal
 from deepscope.algos.grabcut import grabcut_from_saliency, iou
 from deepscope.cli import main
 from deepscope.errors import UserError
+from deepscope.io.objects import object_coverage
 from deepscope.io.store import Store
 from deepscope.models.transform import Transform
-from deepscope.stages.saliency import label_index, object_coverage
+from deepscope.stages.saliency import label_index
 
 torch.manual_seed(0)
 
