@@ -1,5 +1,5 @@
-"""Pictures the optimization commands and stages write, by image id: PNG bytes that hold exactly
-the pixels, a file name for an id, and an id's random stream (the same in any batch)."""
+"""Pictures the stages and commands write, and their file names: PNG bytes that hold exactly
+the pixels, a file name for an image id or a layer, and an id's random stream (the same in any batch)."""
 from __future__ import annotations
 
 import hashlib
@@ -36,3 +36,8 @@ def file_stem(item_id: str) -> str:
 def item_seed(item_id: str, seed: int) -> int:
     """An image's random stream (jitter, noise) from its id: the same in any batch."""
     return seed * 1_000_003 + int(hashlib.sha1(str(item_id).encode()).hexdigest()[:8], 16)
+
+
+def file_name(layer: str) -> str:
+    """A layer name as a file name part ('features.10' stays, 'fc:input' -> 'fc_input')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", layer)

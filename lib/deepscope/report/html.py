@@ -62,3 +62,10 @@ def write_index(out: str, title: str, body: str) -> None:
 
     page = f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>{CSS}</style><h1>{html.escape(title)}</h1>{body}"
     write_single_file(os.path.join(out, "index.html"), page.encode())
+
+
+def images_html(rels: list[str], captions: list[str]) -> str:
+    """<img> tags for report/index.html (one level below the output folder)."""
+    return "<div class='grid'>" + "".join(
+        f"<figure style='display:inline-block;margin:2px'><img src='../{html.escape(r)}' width=160>"
+        f"<figcaption style='font-size:11px'>{html.escape(c)}</figcaption></figure>" for r, c in zip(rels, captions)) + "</div>"

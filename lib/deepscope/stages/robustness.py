@@ -23,8 +23,8 @@ from deepscope.algos import adversarial as adv
 from deepscope.io import schemas
 from deepscope.io.images import file_stem, png_bytes
 from deepscope.models.registry import best_device
+from deepscope.report.html import images_html
 from deepscope.stages.base import Stage, StageConfig
-from deepscope.stages.dream import images_html
 
 ALL = "(all)"
 
