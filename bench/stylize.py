@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from deepscope import job as jobmod  # noqa: E402
 from deepscope.algos import style_net as sn  # noqa: E402
+from deepscope.algos.style_net import stylize_images  # noqa: E402
+from deepscope.algos.style_train import encode  # noqa: E402
 from deepscope.io.demo_data import make_demo_data  # noqa: E402
 from deepscope.runner import run  # noqa: E402
-from deepscope.stages.stylize import stylize_images  # noqa: E402
-from deepscope.algos.style_train import encode  # noqa: E402
 
 
 def load_average() -> str:
