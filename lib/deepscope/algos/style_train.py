@@ -23,7 +23,7 @@ from deepscope.algos import style_net as sn
 from deepscope.algos.style import (LossNetwork, content_loss, content_weights, gram, gram_weights, network_layers,
                                    style_loss, tv_loss)
 from deepscope.errors import UserError
-from deepscope.io.store import write_single_file
+from deepscope.io.location import write_single_file
 from deepscope.models.registry import best_device
 
 SKIMAGE_PREFIX = "skimage:"

@@ -155,7 +155,7 @@ def cmd_dream(a):
     from deepscope.report.html import write_index
 
     from deepscope.algos.dream import DreamSettings, dream, dream_energy
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.models.taps import resolve
     from deepscope.runner import log
 
@@ -191,7 +191,7 @@ def cmd_invert(a):
     from deepscope.report.html import write_index
 
     from deepscope.algos.invert import InvertSettings, invert
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.models.taps import resolve
     from deepscope.runner import log
 
@@ -232,7 +232,7 @@ def cmd_adversarial(a):
     from deepscope.report.html import write_index
 
     from deepscope.algos import adversarial as adv
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.runner import log
 
     t0 = time.time()

@@ -148,7 +148,7 @@ def cmd_style_export(a):
 
 def _export(model_path: str, torchscript: str | None, onnx: str | None):
     from deepscope.algos import style_net as sn
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.runner import log
 
     net, _ = _load_net(model_path)
@@ -242,7 +242,7 @@ def cmd_style(a):
     import torch
 
     from deepscope.algos.style import neural_style
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.runner import log
     from deepscope.algos.style_train import encode, load_style_image, style_name, to_pil, to_tensor
 
@@ -260,7 +260,7 @@ def cmd_style(a):
     if root:  # a folder job resumes, so a folder holds the results of one setting only
         import json
 
-        from deepscope.io.store import write_single_file
+        from deepscope.io.location import write_single_file
         settings = json.dumps({k: v for k, v in sorted(vars(a).items()) if k not in ("fn", "threads", "batch_size")})
         marker = Path(a.out) / "style.json"
         if marker.exists() and marker.read_text() != settings:
@@ -309,7 +309,7 @@ def cmd_style(a):
 
 
 def _index_html(out: Path, root: Path, paths: list[str], title: str):
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
 
     rows = []
     for p in paths:
@@ -323,7 +323,7 @@ def _index_html(out: Path, root: Path, paths: list[str], title: str):
 
 def cmd_texture(a):
     from deepscope.algos.style import synthesize_texture
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.runner import log
     from deepscope.algos.style_train import encode, load_style_image, to_pil, to_tensor
 

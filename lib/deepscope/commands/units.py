@@ -54,7 +54,7 @@ def cmd_patches(a):
 
 
 def _write(path: str, data: bytes) -> None:
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
 
     write_single_file(path, data)
 

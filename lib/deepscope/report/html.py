@@ -58,7 +58,7 @@ def write_report(store, sections: list[tuple[str, str]]) -> None:
 
 def write_index(out: str, title: str, body: str) -> None:
     """OUT/index.html of a command that makes a few pictures (dream, invert, adversarial, visualize)."""
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
 
     page = f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>{CSS}</style><h1>{html.escape(title)}</h1>{body}"
     write_single_file(os.path.join(out, "index.html"), page.encode())
