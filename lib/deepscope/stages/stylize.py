@@ -291,7 +291,8 @@ class Stylize(Stage):
         optimization; each image then resized to its own output size."""
         from PIL import Image
 
-        from deepscope.algos.style import LossNetwork, gatys
+        from deepscope.algos.gatys_batch import gatys
+        from deepscope.algos.style import LossNetwork
         from deepscope.io.images import item_seed
         from deepscope.algos.style_train import to_tensor
 
