@@ -27,7 +27,7 @@ from deepscope.io.location import write_single_file
 from deepscope.models.registry import best_device
 
 SKIMAGE_PREFIX = "skimage:"
-PAINTING_PREFIX = "painting:"  # generated style images (demo_data.painting): painting:swirls, painting:glass
+PAINTING_PREFIX = "painting:"  # generated style images (io/demo_data.painting): painting:swirls, painting:glass
 
 
 @dataclass
