@@ -59,13 +59,14 @@ def _overlays_png(store, stage: str, S: int, method: str, picks, transform) -> b
     return _png(fig)
 
 
-def saliency_html(store, s: dict, target_setting, methods: list[str], stats: str) -> str:
-    """The stage's report section: per method its statistics, the classes table and the figures."""
+def saliency_html(store, s: dict, target_setting, methods: list[str], tables: str) -> str:
+    """The stage's report section: per method its statistics, the classes table and the figures;
+    `tables`: the folder of the dataset tables."""
     target = {"pred": "the predicted class", "label": "the label's class"}.get(target_setting, f"class {target_setting}")
     parts = [f"<p>Saliency of {html.escape(target)} (its unnormalized score) by "
              f"{html.escape(', '.join(methods))}; maps at {s.get('map_size')}x{s.get('map_size')} "
              "over the centre crop in <code>saliency/*.parquet</code>, dataset tables in "
-             f"<code>{stats}/</code>. Annotated objects: {s.get('annotated_images', 0)}"
+             f"<code>{tables}/</code>. Annotated objects: {s.get('annotated_images', 0)}"
              f"{'' if not s.get('skipped_annotations') else ', skipped: ' + str(s['skipped_annotations'])}.</p>"]
     for method, m in (s.get("methods") or {}).items():
         mm = m.get("mean_map") or {}
@@ -80,7 +81,7 @@ def saliency_html(store, s: dict, target_setting, methods: list[str], stats: str
                           "flagged classes (inside mass < area)": ", ".join(m.get("flagged") or []) or "none"})
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in stats.items())
         parts.append(f"<h3>{html.escape(method)}</h3><table>{rows}</table>")
-        parts.append(_classes_html(store, method, stats))
+        parts.append(_classes_html(store, method, tables))
         for key, caption in (("mean_maps", "Mean maps (centre bias), all images and per class"),
                              ("inside_hist", "Share of saliency mass inside the object"),
                              ("objects", "Bias finder: images ranked by mass outside the object"),
@@ -91,10 +92,10 @@ def saliency_html(store, s: dict, target_setting, methods: list[str], stats: str
     return "".join(parts)
 
 
-def _classes_html(store, method: str, stats: str) -> str:
+def _classes_html(store, method: str, tables: str) -> str:
     import pyarrow.parquet as pq
 
-    p = store.path(f"{stats}/classes.parquet")
+    p = store.path(f"{tables}/classes.parquet")
     if not p.exists():
         return ""
     rows = [r for r in pq.read_table(p).to_pylist() if r["method"] == method]
