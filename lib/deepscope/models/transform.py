@@ -99,6 +99,8 @@ class Transform:
 
 def model_input(loaded, path: str) -> torch.Tensor:
     """The model's input pixels for an image file: uint8 (1, 3, crop, crop) after resize and crop."""
+    import torch
+
     from deepscope.io.decode import open_image
 
     return torch.from_numpy(loaded.transform.geometry(open_image(path)))[None]
@@ -106,6 +108,8 @@ def model_input(loaded, path: str) -> torch.Tensor:
 
 def image_input(loaded, path: str) -> torch.Tensor:
     """One image file as the model's normalized input (1, 3, crop, crop)."""
+    import torch
+
     from deepscope.io.decode import open_image
 
     return loaded.transform.normalize(torch.from_numpy(loaded.transform.geometry(open_image(path)))[None])
