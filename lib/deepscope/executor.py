@@ -145,11 +145,13 @@ class WorkerHost:
     too large to inline (a style network, a perturbation) is read from the output location, so a
     restarted actor never depends on an object that may be gone."""
 
-    def __init__(self, warm: dict | None = None):
+    def __init__(self, warm: tuple[str, dict] | None = None):
         self.key, self.worker = None, None
-        if warm:  # the job's model, read while the driver still plans
-            from deepscope.mapper import preload
-            preload(**warm)
+        if warm:  # ("module:function", kwargs): e.g. the job's model, read while the driver still plans
+            import importlib
+
+            module, name = warm[0].split(":")
+            getattr(importlib.import_module(module), name)(**warm[1])
 
     def run(self, spec: tuple, batch):
         worker, key, kwargs_ref, state_url, state_rel = spec
@@ -176,14 +178,14 @@ class Hosts:
     returns at once: their processes import torch and read the model while the driver goes on."""
 
     def __init__(self, address: str | None, cpu_actors: int, threads: int | None, log_path: str | None,
-                 env: dict | None = None, warm: dict | None = None):
+                 env: dict | None = None, warm: tuple[str, dict] | None = None):
         self.pool = start_actor_pool(address, cpu_actors, threads, log_path)  # in the main thread:
         import ray  # Ray's driver connection is then usable from this thread only (ray.put)
 
         opts = {"runtime_env": {"env_vars": env}} if env else {}
         host = ray.remote(WorkerHost).options(**self.pool.remote_args(), max_restarts=-1,
                                               max_task_retries=-1, **opts)
-        warm = {**warm, "threads": self.pool.threads} if warm else None
+        warm = (warm[0], {**warm[1], "threads": self.pool.threads}) if warm else None
         self.actors = [host.remote(warm) for _ in range(self.pool.actors)]
 
     def close(self) -> None:

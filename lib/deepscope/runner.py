@@ -118,7 +118,8 @@ def run(job, t_command: float | None = None) -> RunResult:
         try:
             if _pipeline_pending(store, pipeline, parts):
                 hosts = Hosts(job.run.address, job.run.actors, job.run.threads, local_log_path(store),
-                              worker_env(), warm={"model": job.model.name, "weights": job.model.weights})
+                              worker_env(), warm=("deepscope.mapper:preload",
+                                                  {"model": job.model.name, "weights": job.model.weights}))
             loaded = loading.result()  # a missing weights file fails here, before any pass
             return _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, hosts)
         finally:
