@@ -84,10 +84,39 @@ def image_pass(job, store, loaded, stages, parts, t_command=None, hosts=None):
 
 def run(job, t_command: float | None = None) -> RunResult:
     """Run every stage a job names: pipeline stages phase by phase, then post stages, then the report."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deepscope.models.registry import load_model
+
     t_start = t_command or time.time()
     stages = build_stages(job)
     store = Store(job.out)
     store.open(job.fingerprint())  # an output location that cannot be written fails here, first
+    with ThreadPoolExecutor(1) as background:
+        # the driver's model (torch's import, the weights) loads while the driver plans, Ray starts
+        # and the model actors start (their processes import torch and read the model meanwhile)
+        loading = background.submit(load_model, job.model.name, job.model.weights)
+        try:
+            parts, n_items, dups, pipeline = _plan(job, store, stages)
+        except Exception:
+            if loading.exception() is not None:  # a missing weights file is said first, as it comes first
+                raise loading.exception() from None
+            raise
+        hosts = None
+        try:
+            if _pipeline_pending(store, pipeline, parts):
+                hosts = Hosts(job.run.address, job.run.actors, job.run.threads, local_log_path(store),
+                              worker_env(), warm=("deepscope.mapper:preload",
+                                                  {"model": job.model.name, "weights": job.model.weights}))
+            loaded = loading.result()  # a missing weights file fails here, before any pass
+            return _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, hosts)
+        finally:
+            if hosts is not None:
+                hosts.close()
+
+
+def _plan(job, store, stages):
+    """Demo data, the repair of what is missing on disk, the partitions, the stages opened."""
     if job.dataset.demo and not os.path.exists(job.dataset.source):
         from deepscope.io.demo_data import make_demo_data
         n = make_demo_data(job.dataset.source)
@@ -106,25 +135,7 @@ def run(job, t_command: float | None = None) -> RunResult:
     keep = {p.name for p in parts}
     for name in [s.name for s in pipeline] + [ERRORS]:
         store.drop_parts_except(name, keep | ({"listing"} if name == ERRORS else set()))
-    from concurrent.futures import ThreadPoolExecutor
-
-    from deepscope.models.registry import load_model
-
-    with ThreadPoolExecutor(1) as background:
-        # the driver's model (torch's import, the weights) loads while Ray starts and the model
-        # actors start: their processes import torch and read the model at the same time
-        loading = background.submit(load_model, job.model.name, job.model.weights)
-        hosts = None
-        try:
-            if _pipeline_pending(store, pipeline, parts):
-                hosts = Hosts(job.run.address, job.run.actors, job.run.threads, local_log_path(store),
-                              worker_env(), warm=("deepscope.mapper:preload",
-                                                  {"model": job.model.name, "weights": job.model.weights}))
-            loaded = loading.result()  # a missing weights file fails here, before any pass
-            return _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, hosts)
-        finally:
-            if hosts is not None:
-                hosts.close()
+    return parts, n_items, dups, pipeline
 
 
 def _pipeline_pending(store, pipeline, parts) -> bool:
