@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from deepscope.io.store import Store, _atomic_write  # noqa: E402
+from deepscope.io.location import _atomic_write  # noqa: E402
+from deepscope.io.store import Store  # noqa: E402
 
 
 def load() -> str:

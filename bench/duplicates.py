@@ -40,7 +40,7 @@ def main():
     import pyarrow.parquet as pq
 
     from deepscope import job as jobmod
-    from deepscope.demo_data import make_duplicates_data
+    from deepscope.io.demo_data import make_duplicates_data
     from deepscope.runner import run
 
     if a.reuse:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from deepscope.demo_data import make_demo_data
+from deepscope.io.demo_data import make_demo_data
 from deepscope.models.registry import load_model
 from deepscope.models.taps import forward_with_taps
 

@@ -191,7 +191,7 @@ def main():
         image = a.image
         if image is None:
             demo = Path(tmp.name) / "demo"
-            from deepscope.demo_data import make_demo_data
+            from deepscope.io.demo_data import make_demo_data
 
             make_demo_data(demo, per_photo=1)
             image = str(next(demo.rglob("*.jpg")))

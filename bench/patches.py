@@ -50,12 +50,12 @@ def main():
     p.add_argument("--reps", type=int, default=2)
     a = p.parse_args()
     if not os.path.exists(a.data):
-        from deepscope.demo_data import make_demo_data
+        from deepscope.io.demo_data import make_demo_data
         print(f"writing demo data to {a.data}: {make_demo_data(a.data)} images")
     layers = a.layer or ["_blocks.4"]
     patches = {"layers": layers, "k": a.k}
     if a.channels:
-        from deepscope.visualize_units import parse_channels
+        from deepscope.io.ranges import parse_channels
         patches["channels"] = parse_channels(a.channels)
     configs = {"features": {}, "features + patches": {"patches": patches}}
     ensure_ray()  # cluster start-up is not part of either job

@@ -27,7 +27,7 @@ logging.getLogger("ray").setLevel(logging.ERROR)
 
 from deepscope import job as jobmod  # noqa: E402
 from deepscope.algos.saliency import default_cam_layer  # noqa: E402
-from deepscope.demo_data import make_demo_data  # noqa: E402
+from deepscope.io.demo_data import make_demo_data  # noqa: E402
 from deepscope.io.decode import decode  # noqa: E402
 from deepscope.io.sources import read_bytes  # noqa: E402
 from deepscope.models.registry import load_model  # noqa: E402

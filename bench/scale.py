@@ -4,7 +4,8 @@ A synthetic source of N items (8x8 images generated inside the read tasks, no fi
 tiny TorchScript model (the mean colour, its 8 px input transform carried in the file), the whole
 `deepscope features` command timed, Ray start-up included. For each N: images/s and the driver's
 peak resident memory (the command's own process, polled every 0.2 s; Ray's processes are not the
-driver). Goal: images/s flat within 2x across N; driver peak memory flat within 1.5x from 100,000
+driver), and the model actor's time per image around this trivial network (its summed batch and
+write time over N: normalization, layout, hand-off, the part's table; goal <= 0.1 ms). Goal: images/s flat within 2x across N; driver peak memory flat within 1.5x from 100,000
 to 1,000,000.
 
     .venv/bin/python bench/scale.py [--ns 10000,100000,1000000] [--partition-size 4096]
@@ -68,8 +69,9 @@ def run(n: int, model: str, tmp: Path, partition_size: int, batch_size: int) -> 
     t.join()
     if p.returncode != 0:
         raise SystemExit(f"N={n} failed:\n{log[-3000:]}")
-    last = [line for line in log.splitlines() if line.startswith("done:")][-1]
-    return n / wall, peak[0] / 2**20, last
+    summary = json.loads((out / "manifest.json").read_text())["summary"]["timings"]
+    actor_ms = (summary["model_s"] + summary["write_s"]) * 1000 / n  # the model actor's time outside the read
+    return n / wall, peak[0] / 2**20, actor_ms
 
 
 def main() -> None:
@@ -80,16 +82,16 @@ def main() -> None:
     a = ap.parse_args()
     print(f"# load average before: {load()}" + ("   WARNING: above 1, ratios are not results" if os.getloadavg()[0] > 1 else ""))
     print(f"# partition_size {a.partition_size}, batch_size {a.batch_size}, {os.cpu_count()} CPUs")
-    print(f"{'N':>10} | {'images/s':>9} | {'driver peak MiB':>15} | load")
+    print(f"{'N':>10} | {'images/s':>9} | {'driver peak MiB':>15} | {'actor ms/image':>14} | load")
     print("-" * 60)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tiny_model(tmp / "mean.pt")
         for n in [int(x) for x in a.ns.split(",")]:
-            rate, mib, _ = run(n, model, tmp, a.partition_size, a.batch_size)
+            rate, mib, actor_ms = run(n, model, tmp, a.partition_size, a.batch_size)
             rows.append((n, rate, mib))
-            print(f"{n:>10,} | {rate:>9.0f} | {mib:>15.0f} | {load()}", flush=True)
+            print(f"{n:>10,} | {rate:>9.0f} | {mib:>15.0f} | {actor_ms:>14.4f} | {load()}", flush=True)
     rates = [r[1] for r in rows]
     print(f"# images/s: largest / smallest = {max(rates) / min(rates):.2f} (goal <= 2)")
     big = [r for r in rows if r[0] >= 100000]

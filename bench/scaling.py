@@ -124,7 +124,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model actor (one actor per node)")
     ap.add_argument("--cpus-per-node", type=int, default=2, help="Ray CPUs per worker node (actor 0.5 + decoding)")
     a = ap.parse_args()
-    from deepscope.demo_data import make_demo_data
+    from deepscope.io.demo_data import make_demo_data
 
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from deepscope import job as jobmod  # noqa: E402
 from deepscope.algos import style_net as sn  # noqa: E402
-from deepscope.demo_data import make_demo_data  # noqa: E402
+from deepscope.algos.style_net import stylize_images  # noqa: E402
+from deepscope.algos.style_train import encode  # noqa: E402
+from deepscope.io.demo_data import make_demo_data  # noqa: E402
 from deepscope.runner import run  # noqa: E402
-from deepscope.stages.stylize import stylize_images  # noqa: E402
-from deepscope.style_train import encode  # noqa: E402
 
 
 def load_average() -> str:
@@ -46,7 +46,7 @@ def quality(a, tmp: Path):
     from deepscope.algos import style as st
     from deepscope.algos.quality import structure_kept
     from deepscope.models.registry import load_model
-    from deepscope.style_train import ContentImages, TrainConfig, Trainer, load_style_image, to_tensor
+    from deepscope.algos.style_train import ContentImages, TrainConfig, Trainer, load_style_image, to_tensor
 
     demo = tomllib.loads((Path(__file__).resolve().parents[1] / "jobs" / "demo.toml").read_text())
     t = demo["stylize"]["train"]
@@ -165,7 +165,7 @@ def main():
         # Gatys: seconds per image (lite0 loss network, L-BFGS)
         from deepscope.algos.style import LossNetwork, default_layers, neural_style
         from deepscope.models.registry import load_model
-        from deepscope.style_train import load_style_image, to_tensor
+        from deepscope.algos.style_train import load_style_image, to_tensor
 
         loaded = load_model("lite0")
         loaded.module.to(device)

@@ -120,8 +120,8 @@ def main():
     print(f"{'batched':34s} {t_batch:8.1f} {a.units / t_batch:8.2f}   speed-up x{t_one / t_batch:.2f}, "
           f"largest pixel difference {same}")
 
-    from deepscope.demo_data import make_demo_data
-    from deepscope.optimize import model_input
+    from deepscope.io.demo_data import make_demo_data
+    from deepscope.models.transform import model_input
 
     with tempfile.TemporaryDirectory() as d:
         make_demo_data(d, per_photo=max(1, a.images // 6 + 1))

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 from deepscope.algos import adversarial as adv
 from deepscope.cli import main
+from deepscope.io.images import png_bytes, read_png
 from deepscope.io.store import Store
 from deepscope.models.registry import load_model
-from deepscope.optimize import model_input, png_bytes, read_png
+from deepscope.models.transform import model_input
 
 
 @pytest.fixture(scope="module")

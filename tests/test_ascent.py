@@ -20,8 +20,8 @@ def lite0():
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory, lite0):
     """One real photo at the model's input: uint8 (1, 3, 224, 224)."""
-    from deepscope.demo_data import make_demo_data
-    from deepscope.optimize import model_input
+    from deepscope.io.demo_data import make_demo_data
+    from deepscope.models.transform import model_input
 
     root = tmp_path_factory.mktemp("photo")
     make_demo_data(root, per_photo=1)
@@ -63,7 +63,7 @@ def test_class_pictures_have_natural_spectra_and_survive_half_resolution(lite0, 
 
 def test_unit_picture_beats_the_best_dataset_patch(lite0):
     """A unit's picture drives it harder than any position of any demo photo does."""
-    from deepscope.demo_data import PHOTOS, _photo
+    from deepscope.io.demo_data import PHOTOS, _photo
     from deepscope.models.taps import forward_with_taps
 
     layer, units = "_blocks.10", [3, 50]
@@ -161,7 +161,7 @@ def test_deep_layer_inversion_is_recognizable(lite0):
     (lite1) still files under the photo's own class (top 5), with photo-like spectra.  Adam on
     pixels (the method before) gives coloured noise with a faint outline there."""
     from deepscope.algos.quality import resize
-    from deepscope.demo_data import _photo
+    from deepscope.io.demo_data import _photo
 
     src = torch.cat([torch.from_numpy(lite0.transform.geometry(_photo(n).convert("RGB")))[None]
                      for n in ("chelsea",)])  # 1 of 5 photos, to keep it short (README: 4 of 5 in lite1's top 5)

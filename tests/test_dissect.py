@@ -13,7 +13,7 @@ from PIL import Image
 from deepscope import job as jobmod
 from deepscope.algos import dissect as algo
 from deepscope.cli import main
-from deepscope.concepts import Concepts, encode_mask, make_concept_data
+from deepscope.io.concepts import Concepts, encode_mask, make_concept_data
 from deepscope.models.transform import Transform
 from deepscope.runner import run
 

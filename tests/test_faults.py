@@ -57,8 +57,9 @@ def test_interrupted_driver_resumes(photos, reference, tmp_path, sig):
     job = tmp_path / "job.toml"
     job.write_text(f'out = "{out}"\n[dataset]\nsource = "{photos}"\n[model]\nname = "torchvision:alexnet"\n'
                    'weights = "random"\n[run]\nbatch_size = 2\npartition_size = 4\n[features]\nlayer = "fc7"\n')
-    # slow the model down so that the interruption lands mid-run
-    p = _cli(["run", str(job)], env={"DEEPSCOPE_SLOW_BATCH_S": "0.5"})
+    # slow the model down so that the interruption lands mid-run: 2 s per partition, so 8 s at least
+    # between the second part's commit and the end, also on a loaded machine
+    p = _cli(["run", str(job)], env={"DEEPSCOPE_SLOW_BATCH_S": "1.0"})
     deadline = time.time() + 120
     while time.time() < deadline and len(Store(out).parts("features")) < 2:
         time.sleep(0.2)

@@ -19,7 +19,7 @@ from imagezoo import make_zoo, reference_rgb
 
 def small_dataset(root: Path, n_per_label: int = 3) -> Path:
     """A few real photos in label subfolders (small, so that tests stay fast)."""
-    from deepscope.demo_data import make_demo_data
+    from deepscope.io.demo_data import make_demo_data
 
     make_demo_data(root, per_photo=n_per_label)
     for extra in list(root.iterdir())[3:]:

@@ -91,7 +91,7 @@ def test_threshold_falls_in_the_valley():
 def test_pixel_signature_ignores_lightening_and_shifts():
     from PIL import Image, ImageEnhance
 
-    from deepscope.demo_data import random_scene
+    from deepscope.io.demo_data import random_scene
 
     rng = np.random.default_rng(3)
     scenes = [random_scene(rng, 96) for _ in range(40)]
@@ -204,7 +204,7 @@ def run_job(**sections):
 def duplicates_run(ray_cluster, tmp_path_factory):
     """500 random-shape scenes, 50 of them near-copies of others (JPEG 60, 80%, 5% crop, lighter):
     features, pixels, both indexes and the graph from one job file's sections."""
-    from deepscope.demo_data import make_duplicates_data
+    from deepscope.io.demo_data import make_duplicates_data
 
     root = tmp_path_factory.mktemp("dups")
     truth = make_duplicates_data(root / "data", n=500, copies=50, seed=1)
@@ -267,7 +267,7 @@ def demo_swapped(ray_cluster, tmp_path_factory):
     """The demo data (300 images of 6 photos) through a manifest in which 5% of the labels are swapped."""
     import csv
 
-    from deepscope.demo_data import PHOTOS, make_demo_data
+    from deepscope.io.demo_data import PHOTOS, make_demo_data
 
     root = tmp_path_factory.mktemp("swapped")
     make_demo_data(root / "demo")

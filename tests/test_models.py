@@ -1,6 +1,8 @@
 """Model registry and layer taps: real weights for lite0, seeded random weights for torchvision models."""
 import warnings
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,3 +214,22 @@ def test_torchscript_logits_only(tmp_path):
         resolve(loaded, "4")
     with pytest.raises(UserError, match="TorchScript"):
         load_model("torchscript:/nope.pt")
+
+
+@pytest.mark.parametrize("resize,crop,interp", [(256, 224, "bilinear"), (256, 224, "bicubic"), (224, 224, "bilinear"),
+                                                (200, 224, "bilinear"), (71, 64, "nearest")])
+def test_geometry_equals_torchvision_resize_and_crop(resize, crop, interp):
+    """The decode workers' Pillow-only geometry gives torchvision's pixels exactly (odd sizes,
+    portrait and landscape, a crop larger than the resized image)."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    from deepscope.models.transform import Transform
+
+    rng = np.random.default_rng(0)
+    t = Transform(resize=resize, crop=crop, interpolation=interp)
+    for h, w in [(300, 224), (217, 641), (100, 80), (256, 256), (333, 500)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        want = np.asarray(TF.center_crop(TF.resize(img, resize, interpolation=InterpolationMode(interp)), crop))
+        assert np.array_equal(t.geometry(img), want.transpose(2, 0, 1)), (h, w)

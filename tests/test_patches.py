@@ -20,7 +20,7 @@ from deepscope.models.registry import load_model
 from deepscope.models.taps import forward_with_taps
 from deepscope.runner import load_spec, run
 from deepscope.stages.patches import Patches, PatchesConfig, original_box
-from deepscope.visualize_units import parse_channels
+from deepscope.io.ranges import parse_channels
 from imagezoo import reference_rgb
 from test_features import small_dataset
 

@@ -17,9 +17,10 @@ from deepscope.algos import saliency as sal
 from deepscope.algos.grabcut import grabcut_from_saliency, iou
 from deepscope.cli import main
 from deepscope.errors import UserError
+from deepscope.io.objects import object_coverage
 from deepscope.io.store import Store
 from deepscope.models.transform import Transform
-from deepscope.stages.saliency import label_index, object_coverage
+from deepscope.stages.saliency import label_index
 
 torch.manual_seed(0)
 
@@ -290,7 +291,7 @@ def test_cli_stage_equals_direct_per_image(ray_cluster, tmp_path, resnet, capsys
     from deepscope.models.taps import forward_with_taps
     from imagezoo import reference_rgb
 
-    from deepscope.demo_data import PHOTOS, make_demo_data
+    from deepscope.io.demo_data import PHOTOS, make_demo_data
 
     data = tmp_path / "photos"
     make_demo_data(data, per_photo=2)

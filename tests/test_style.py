@@ -12,11 +12,12 @@ from PIL import Image
 from deepscope import job as jobmod
 from deepscope.algos import style as st
 from deepscope.algos import style_net as sn
+from deepscope.algos.gatys_batch import gatys
+from deepscope.algos.style_train import ContentImages, TrainConfig, Trainer, load_style_image, to_tensor
 from deepscope.io.decode import decode
 from deepscope.io.store import Store
 from deepscope.models.registry import load_model
 from deepscope.runner import run
-from deepscope.style_train import ContentImages, TrainConfig, Trainer, load_style_image, to_tensor
 from test_features import small_dataset
 
 
@@ -264,16 +265,16 @@ def test_gatys_batched_equals_per_image_and_lowers_style_loss(lite0, photos):
     targets = st.style_targets(net, [style.double()], s, long_side=56)
     seeds = [11, 12, 13]
     for kw in ({"optimizer": "lbfgs", "steps": 10}, {"optimizer": "adam", "lr": 0.05, "init": "noise", "steps": 5}):
-        batch = st.gatys(net, x.double(), targets, c, seed=seeds, **kw)
+        batch = gatys(net, x.double(), targets, c, seed=seeds, **kw)
         assert batch.image.dtype == torch.float64 and batch.image.shape == x.shape
         for i in range(len(paths)):
-            one = st.gatys(net, x[i:i + 1].double(), targets, c, seed=seeds[i], **kw)
+            one = gatys(net, x[i:i + 1].double(), targets, c, seed=seeds[i], **kw)
             torch.testing.assert_close(batch.image[i:i + 1], one.image, atol=1e-9, rtol=0)  # measured: ~1e-14
             assert batch.style_loss[i] == pytest.approx(one.style_loss[0], rel=1e-9)
     # the real thing, float32: the style loss falls for every image of the batch
     targets = st.style_targets(net32, [style], s, long_side=56)
-    start = st.gatys(net32, x, targets, c, steps=0)
-    r = st.gatys(net32, x, targets, c, steps=10)
+    start = gatys(net32, x, targets, c, steps=0)
+    r = gatys(net32, x, targets, c, steps=10)
     assert 0 <= float(r.image.min()) and float(r.image.max()) <= 1
     for i in range(len(paths)):
         assert r.style_loss[i] < start.style_loss[i] / 2, (start.style_loss, r.style_loss)

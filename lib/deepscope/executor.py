@@ -99,23 +99,62 @@ INLINE_BYTES = 64 * 1024  # Ray inlines smaller task and actor arguments; larger
 
 
 class WorkerHost:
-    """A model actor: hosts one worker (a callable class named by import path) built from small
-    constructor arguments. Worker state too large to inline (a style network, a perturbation) is
-    read from the output location, so a restarted actor never depends on an object that may be gone."""
+    """A model actor: hosts the worker of the current pass (a callable class named by import path),
+    built from small constructor arguments on the first partition of that pass. The same actor
+    process serves every pass of a run, so torch is imported and the model read once per process,
+    not once per pass. A restarted actor builds the worker again from the call's spec; worker state
+    too large to inline (a style network, a perturbation) is read from the output location, so a
+    restarted actor never depends on an object that may be gone."""
 
-    def __init__(self, worker: str, kwargs: bytes | None, state_url: str, state_rel: str | None):
-        import importlib
+    def __init__(self, warm: tuple[str, dict] | None = None):
+        self.key, self.worker = None, None
+        if warm:  # ("module:function", kwargs): e.g. the job's model, read while the driver still plans
+            import importlib
 
-        import cloudpickle
+            module, name = warm[0].split(":")
+            getattr(importlib.import_module(module), name)(**warm[1])
 
-        if state_rel is not None:
-            from deepscope.io.store import Location
-            kwargs = Location(state_url).get(state_rel)
-        module, name = worker.split(":")
-        self.worker = getattr(importlib.import_module(module), name)(**cloudpickle.loads(kwargs))
+    def run(self, spec: tuple, batch):
+        worker, key, kwargs_ref, state_url, state_rel = spec
+        if key != self.key:
+            import importlib
 
-    def run(self, batch):
+            import cloudpickle
+            import ray
+
+            self.worker = None  # the last pass's worker and its model go first
+            if state_rel is not None:
+                from deepscope.io.store import Location
+                kwargs = Location(state_url).get(state_rel)
+            else:
+                kwargs = ray.get(kwargs_ref[0])
+            module, name = worker.split(":")
+            self.worker = getattr(importlib.import_module(module), name)(**cloudpickle.loads(kwargs))
+            self.key = key
         return self.worker(batch)
+
+
+class Hosts:
+    """The run's model actors, started once and reused by every pass of the run. Creating them
+    returns at once: their processes import torch and read the model while the driver goes on."""
+
+    def __init__(self, address: str | None, cpu_actors: int, threads: int | None, log_path: str | None,
+                 env: dict | None = None, warm: tuple[str, dict] | None = None):
+        self.pool = start_actor_pool(address, cpu_actors, threads, log_path)  # in the main thread:
+        import ray  # Ray's driver connection is then usable from this thread only (ray.put)
+
+        opts = {"runtime_env": {"env_vars": env}} if env else {}
+        host = ray.remote(WorkerHost).options(**self.pool.remote_args(), max_restarts=-1,
+                                              max_task_retries=-1, **opts)
+        warm = (warm[0], {**warm[1], "threads": self.pool.threads}) if warm else None
+        self.actors = [host.remote(warm) for _ in range(self.pool.actors)]
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
 
 
 def _read(fn, desc: dict, kwargs: dict):
@@ -124,7 +163,7 @@ def _read(fn, desc: dict, kwargs: dict):
     return fn({k: np.asarray(v, dtype=object if k != "size" else np.int64) for k, v in desc.items()}, **kwargs)
 
 
-def execute(store, p: Pass, t_command: float | None = None) -> PassStats:
+def execute(store, p: Pass, t_command: float | None = None, hosts: Hosts | None = None) -> PassStats:
     """Run one pass; commit every part as its record arrives. Raises when partitions are left.
 
     Ray core, not Ray Data: each actor keeps a short queue of partitions, each read by its own CPU
@@ -136,21 +175,25 @@ def execute(store, p: Pass, t_command: float | None = None) -> PassStats:
 
     import cloudpickle
 
-    pool = start_actor_pool(p.address, p.actors, p.threads, local_log_path(store))  # before Ray's import
+    own = hosts is None
+    if own:
+        hosts = Hosts(p.address, p.actors, p.threads, local_log_path(store), p.env)
+    pool, actors = hosts.pool, hosts.actors
     import ray
 
     total = sum(x.size for x in p.parts)
     log(f"{store.root}: {total} {p.unit} in {len(p.parts)} partitions to compute ({pool.describe()})")
     t0 = time.time()
     kwargs = cloudpickle.dumps({**p.worker_kwargs, "threads": pool.threads})
-    state_rel = None
+    key = hashlib.sha256(kwargs).hexdigest()[:24]
+    state_rel, kwargs_ref = None, None
     if len(kwargs) > INLINE_BYTES:
-        state_rel = f"_state/{hashlib.sha256(kwargs).hexdigest()[:24]}.pkl"
+        state_rel = f"_state/{key}.pkl"
         store.loc.put(state_rel, kwargs)
+    else:
+        kwargs_ref = ray.put(kwargs)  # fetched by each actor once per pass (a list: Ray does not resolve it)
     env = {"runtime_env": {"env_vars": p.env}} if p.env else {}
-    host = ray.remote(WorkerHost).options(**pool.remote_args(), max_restarts=-1, max_task_retries=-1, **env)
-    worker = f"{p.worker.__module__}:{p.worker.__qualname__}"
-    actors = [host.remote(worker, None if state_rel else kwargs, store.url, state_rel) for _ in range(pool.actors)]
+    spec = (f"{p.worker.__module__}:{p.worker.__qualname__}", key, [kwargs_ref], store.url, state_rel)
     read = ray.remote(num_cpus=1, max_retries=3, **env)(_read) if p.read is not None else None
     cpus = int(ray.cluster_resources().get("CPU", 1))
     depth = max(2, -(-cpus // pool.actors) + 1)  # partitions queued per actor: reads enough ahead to feed it
@@ -165,7 +208,7 @@ def execute(store, p: Pass, t_command: float | None = None) -> PassStats:
         desc = {"part": [part.name], "desc": [json.dumps(part.desc)], "size": [part.size]}
         batch = read.remote(p.read, desc, p.read_kwargs) if read is not None else \
             _read(lambda b: b, desc, {})
-        in_flight[actors[a].run.remote(batch)] = (a, part)
+        in_flight[actors[a].run.remote(spec, batch)] = (a, part)
         queued[a] += 1
 
     for _ in range(depth):
@@ -215,8 +258,8 @@ def execute(store, p: Pass, t_command: float | None = None) -> PassStats:
                 submit(a)
     finally:
         progress.close()
-        for actor in actors:
-            ray.kill(actor)
+        if own:
+            hosts.close()
         store.flush()
     stats.seconds = time.time() - t0
     stats.timings = {k: round(v, 2) for k, v in timings.items()}

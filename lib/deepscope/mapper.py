@@ -40,6 +40,19 @@ def errors_table(rows: dict[str, np.ndarray]):
     }, schema=schemas.ERRORS)
 
 
+_PRELOADED: dict = {}  # (model, weights) -> LoadedModel, read by a model actor before its first pass
+
+
+def preload(model: str, weights: str | None = None, threads: int = 0) -> None:
+    """Import torch and read the job's model in a fresh actor process while the driver still plans;
+    the first ModelMapper of that model takes it (once: a later pass reads its own copy)."""
+    from deepscope.models.registry import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    _PRELOADED[(model, weights)] = load_model(model, weights)
+
+
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -57,7 +70,8 @@ class ModelMapper:
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=num_cpus; we want the cores we were given
         self.device = best_device()
-        self.model = load_model(self.job.model.name, self.job.model.weights)
+        key = (self.job.model.name, self.job.model.weights)
+        self.model = _PRELOADED.pop(key, None) or load_model(*key)
         module = self.model.module.to(self.device)
         if self.job.run.channels_last:
             module = module.to(memory_format=torch.channels_last)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from deepscope import __version__
 from deepscope.errors import UserError
-from deepscope.executor import Pass, RunContext, ensure_ray, execute, log  # noqa: F401 (ensure_ray: re-exported)
+from deepscope.executor import Hosts, Pass, RunContext, ensure_ray, execute, local_log_path, log  # noqa: F401 (ensure_ray: re-exported)
 from deepscope.io import schemas
 from deepscope.io.plan import Partition, plan
 from deepscope.io.store import Store
@@ -66,7 +66,7 @@ def worker_env() -> dict:
     return {k: v for k, v in os.environ.items() if k.startswith(("DEEPSCOPE_", "AWS_", "FSSPEC_", "GOOGLE_"))}
 
 
-def image_pass(job, store, loaded, stages, parts, t_command=None):
+def image_pass(job, store, loaded, stages, parts, t_command=None, hosts=None):
     """One pass of the image pipeline over `parts` for the given pipeline stages."""
     from deepscope.io.decode import DecodeLimits, decode_partitions
     from deepscope.mapper import ModelMapper
@@ -79,38 +79,74 @@ def image_pass(job, store, loaded, stages, parts, t_command=None):
                        "metadata": store.metadata},
         read=decode_partitions, read_kwargs={"transform": loaded.transform, "limits": limits},
         address=job.run.address, actors=job.run.actors, threads=job.run.threads,
-        env=worker_env()), t_command)
+        env=worker_env()), t_command, hosts)
 
 
 def run(job, t_command: float | None = None) -> RunResult:
     """Run every stage a job names: pipeline stages phase by phase, then post stages, then the report."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from deepscope.models.registry import load_model
 
     t_start = t_command or time.time()
     stages = build_stages(job)
     store = Store(job.out)
     store.open(job.fingerprint())  # an output location that cannot be written fails here, first
+    with ThreadPoolExecutor(1) as background:
+        # the driver's model (torch's import, the weights) loads while the driver plans, Ray starts
+        # and the model actors start (their processes import torch and read the model meanwhile)
+        loading = background.submit(load_model, job.model.name, job.model.weights)
+        try:
+            parts, n_items, dups, pipeline = _plan(job, store, stages)
+        except Exception:
+            if loading.exception() is not None:  # a missing weights file is said first, as it comes first
+                raise loading.exception() from None
+            raise
+        hosts = None
+        try:
+            if _pipeline_pending(store, pipeline, parts):
+                hosts = Hosts(job.run.address, job.run.actors, job.run.threads, local_log_path(store),
+                              worker_env(), warm=("deepscope.mapper:preload",
+                                                  {"model": job.model.name, "weights": job.model.weights}))
+            loaded = loading.result()  # a missing weights file fails here, before any pass
+            return _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, hosts)
+        finally:
+            if hosts is not None:
+                hosts.close()
+
+
+def _plan(job, store, stages):
+    """Demo data, the repair of what is missing on disk, the partitions, the stages opened."""
     if job.dataset.demo and not os.path.exists(job.dataset.source):
-        from deepscope.demo_data import make_demo_data
+        from deepscope.io.demo_data import make_demo_data
         n = make_demo_data(job.dataset.source)
         log(f"demo data: wrote {n} images to {job.dataset.source}")
-    loaded = load_model(job.model.name, job.model.weights)  # fail fast, before any cluster work
     store.clean_temporaries()
     for stage, parts in store.check(verify=job.run.verify).items():
         log(f"{job.out}/{stage}: {len(parts)} committed parts missing or damaged on disk: computing them again")
     parts, n_items, dups = plan_job(job)
     if n_items == 0:
         raise UserError(f"no images found in {job.dataset.source}")
-    store.metadata = {"deepscope.model": job.model.name, "deepscope.weights": loaded.weights,
-                      "deepscope.random_weights": str(loaded.random_weights).lower()}
-    _remember_spec(store, job)
     pipeline = [s for s in stages if s.pipeline]
+    _remember_spec(store, job)
     for s in pipeline:
         store.open_stage(s.name, s.fingerprint())
     store.open_stage(ERRORS, {})
     keep = {p.name for p in parts}
     for name in [s.name for s in pipeline] + [ERRORS]:
         store.drop_parts_except(name, keep | ({"listing"} if name == ERRORS else set()))
+    return parts, n_items, dups, pipeline
+
+
+def _pipeline_pending(store, pipeline, parts) -> bool:
+    """Will a model pass run? (some partition lacks a part of a pipeline stage)"""
+    names = [s.name for s in pipeline] + [ERRORS] if pipeline else []
+    return any(not store.has_part(n, p.name) for p in parts for n in names)
+
+
+def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, hosts) -> RunResult:
+    store.metadata = {"deepscope.model": job.model.name, "deepscope.weights": loaded.weights,
+                      "deepscope.random_weights": str(loaded.random_weights).lower()}
     if dups is not None and len(dups) and not store.has_part(ERRORS, "listing"):
         store.write_part(ERRORS, "listing", pa.table({
             "id": dups["id"].tolist(), "path": dups["path"].tolist(), "stage": ["list"] * len(dups),
@@ -118,7 +154,7 @@ def run(job, t_command: float | None = None) -> RunResult:
     n_dups = 0 if dups is None else len(dups)
 
     ctx = RunContext(store=store, job=job, log=log, loaded=loaded,
-                     run_pass=lambda st, ps: image_pass(job, store, loaded, st, ps))
+                     run_pass=lambda st, ps: image_pass(job, store, loaded, st, ps, hosts=hosts))
     result = RunResult(out=job.out)
     changed = False
     first_model_s = None
@@ -130,7 +166,7 @@ def run(job, t_command: float | None = None) -> RunResult:
         if pending:
             for s in members:
                 s.prepare(ctx)  # e.g. thresholds from an earlier phase, shipped to the actors
-            stats = image_pass(job, store, loaded, members, pending, t_start)
+            stats = image_pass(job, store, loaded, members, pending, t_start, hosts)
             result.computed = max(result.computed, stats.items)
             first_model_s = first_model_s if first_model_s is not None else stats.first_model_s
             for k, v in stats.timings.items():

@@ -29,7 +29,8 @@ Plain ascent (PLAIN: pixels, all off) gives noise-like fooling images.
 Randomness (initial image, jitter) comes from one generator per item, seeded by (seed, target),
 and steps are normalized per item (the gradient's RMS): a batch computes the same pictures as its
 targets one at a time.  Only float summation order differs (CPU convolutions sum differently for
-another batch size); long runs at full size can amplify it into different details (docs/optimize.md).
+another batch size); long runs at full size can amplify it into different details (README: "Seeing by
+optimization", Methods and Numbers).
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -196,3 +197,22 @@ def onnx_bytes(net: StyleNet) -> bytes:
                       output_names=["stylized"], dynamo=False,
                       dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "style_weights": {0: "n"}, "stylized": {0: "n", 2: "h", 3: "w"}})
     return buf.getvalue()
+
+
+def stylize_images(net, images: list, weights: torch.Tensor, device, half: bool = False) -> list:
+    """PIL images -> stylized uint8 arrays (H, W, 3); images of one size go through together."""
+    out = [None] * len(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.size, []).append(i)
+    for idx in groups.values():
+        x = torch.stack([torch.from_numpy(np.asarray(images[i], dtype=np.uint8).copy()).permute(2, 0, 1) for i in idx])
+        x = x.to(device).float().div_(255)
+        if half and device.type == "cuda":
+            x = x.half()
+        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+            y = to_image(net(x, weights[: len(idx)].to(x.dtype)))
+            y = (y.mul_(255).add_(0.5).clamp_(0, 255)).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for j, i in enumerate(idx):
+            out[i] = y[j]
+    return out

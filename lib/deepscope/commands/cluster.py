@@ -1,5 +1,17 @@
-"""On a Ray cluster, through the Jobs API: `submit JOB`, `status ID`, `logs ID`."""
+"""On a Ray cluster, through the Jobs API: `submit JOB`, `status ID`, `logs ID`.
+
+The deepscope package travels in the job's runtime environment (py_modules), so the
+cluster runs this exact version; the job file travels as the working directory. Paths in
+the job file (dataset, out) must be visible to the cluster: shared storage or s3://.
+"""
 from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from deepscope.errors import UserError
 
 
 def add_commands(sub) -> None:
@@ -22,18 +34,68 @@ def add_commands(sub) -> None:
 
 
 def cmd_submit(a):
-    from deepscope.submit import submit
-
     submit(a.job, a.address, a.wait)
 
 
 def cmd_status(a):
-    from deepscope.submit import status
-
     print(status(a.address, a.job_id))
 
 
 def cmd_logs(a):
-    from deepscope.submit import _client, logs_follow
-
     print("".join(logs_follow(a.address, a.job_id)) if a.follow else _client(a.address).get_job_logs(a.job_id), end="")
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # connection refused, bad auth token, ...
+        raise UserError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0][:300]}") from None
+
+
+def submit(job_file: str, address: str, wait: bool = False) -> str:
+    import deepscope
+    from deepscope import job as jobmod
+
+    jobmod.load(job_file)  # validate here: a typo should not cost a cluster round trip
+    client = _client(address)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(job_file, Path(tmp) / "job.toml")
+        for attempt in range(30):
+            try:
+                job_id = client.submit_job(
+                    entrypoint="python -m deepscope.cli run job.toml",
+                    runtime_env={"working_dir": tmp, "py_modules": [str(Path(deepscope.__file__).parent)]},
+                    metadata={"deepscope_job": Path(job_file).name},
+                )
+                break
+            except RuntimeError as e:  # a head that just started has no job agent yet
+                if "No available agent" not in str(e) or attempt == 29:
+                    raise UserError(f"the Jobs API at {address} refused the job: {str(e).splitlines()[0][:300]}") from None
+                time.sleep(2)
+    print(job_id)
+    if wait:
+        for line in logs_follow(address, job_id):
+            print(line, end="")
+        print(status(address, job_id))
+    return job_id
+
+
+def status(address: str, job_id: str) -> str:
+    info = _client(address).get_job_info(job_id)
+    return f"{job_id}: {info.status}" + (f" ({info.message})" if info.message else "")
+
+
+def logs_follow(address: str, job_id: str):
+    import asyncio
+
+    client = _client(address)
+
+    async def tail():
+        out = []
+        async for chunk in client.tail_job_logs(job_id):
+            out.append(chunk)
+        return out
+
+    yield from asyncio.run(tail())

@@ -29,7 +29,7 @@ def add_commands(sub) -> None:
 
 def cmd_dissect(a):
     from deepscope import job as jobmod
-    from deepscope.concepts import Concepts
+    from deepscope.io.concepts import Concepts
     from deepscope.io.store import Store
     from deepscope.runner import run, run_stage
 
@@ -57,7 +57,7 @@ def cmd_dissect(a):
 def cmd_concept_data(a):
     import time
 
-    from deepscope.concepts import make_concept_data
+    from deepscope.io.concepts import make_concept_data
     from deepscope.executor import log
 
     t0 = time.time()

@@ -87,10 +87,13 @@ def add_commands(sub) -> None:
 
 def cmd_visualize(a):
     from deepscope.executor import RunContext
-    from deepscope.optimize import _load, layer_width, parse_targets, visualize_html, visualize_job, write_index
-
+    from deepscope.io.ranges import parse_targets
     from deepscope.io.store import Store
+    from deepscope.models.taps import layer_width
+    from deepscope.report.html import write_index
+    from deepscope.report.visualize import visualize_html
     from deepscope.runner import log
+    from deepscope.stages.visualize import visualize_job
 
     if bool(a.units) == bool(a.classes):
         raise UserError("visualize: give either --units or --classes")
@@ -147,10 +150,12 @@ def cmd_dream(a):
     import os
     import html
     import time
-    from deepscope.optimize import _device, _load, item_seed, model_input, png_bytes, write_index
+    from deepscope.io.images import item_seed, png_bytes
+    from deepscope.models.transform import model_input
+    from deepscope.report.html import write_index
 
     from deepscope.algos.dream import DreamSettings, dream, dream_energy
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.models.taps import resolve
     from deepscope.runner import log
 
@@ -181,10 +186,12 @@ def cmd_invert(a):
     import re
     import html
     import time
-    from deepscope.optimize import _device, _load, item_seed, model_input, png_bytes, write_index
+    from deepscope.io.images import item_seed, png_bytes
+    from deepscope.models.transform import model_input
+    from deepscope.report.html import write_index
 
     from deepscope.algos.invert import InvertSettings, invert
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.models.taps import resolve
     from deepscope.runner import log
 
@@ -219,10 +226,13 @@ def cmd_adversarial(a):
     import os
     import html
     import time
-    from deepscope.optimize import _device, _load, layer_width, model_input, png_bytes, read_png, write_index
+    from deepscope.io.images import png_bytes, read_png
+    from deepscope.models.taps import layer_width
+    from deepscope.models.transform import model_input
+    from deepscope.report.html import write_index
 
     from deepscope.algos import adversarial as adv
-    from deepscope.io.store import write_single_file
+    from deepscope.io.location import write_single_file
     from deepscope.runner import log
 
     t0 = time.time()
@@ -263,8 +273,7 @@ def cmd_adversarial(a):
 
 
 def cmd_robustness(a):
-    from deepscope.optimize import parse_floats
-
+    from deepscope.io.ranges import parse_floats
     from deepscope.runner import run_stage
 
     config = {"attack": a.attack, "eps": parse_floats(a.eps, "eps"), "steps": a.steps, "step": a.step,
@@ -272,3 +281,16 @@ def cmd_robustness(a):
     run = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address}
     run_stage(a.out, "robustness", {k: v for k, v in config.items() if v is not None},
               {k: v for k, v in run.items() if v is not None})
+
+
+def _device():
+    from deepscope.models.registry import best_device
+    return best_device()
+
+
+def _load(model: str, weights: str | None):
+    from deepscope.models.registry import load_model
+
+    loaded = load_model(model, weights)
+    loaded.module.to(_device())
+    return loaded

@@ -75,7 +75,7 @@ def cmd_layers(a):
 
 
 def cmd_demo_data(a):
-    from deepscope.demo_data import make_demo_data
+    from deepscope.io.demo_data import make_demo_data
 
     n = make_demo_data(a.dir, per_photo=a.per_photo)
     print(f"wrote {n} images to {a.dir}")

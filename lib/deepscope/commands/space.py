@@ -146,7 +146,8 @@ def _batch(a, searcher):
     import pyarrow.parquet as pq
 
     from deepscope.io import schemas
-    from deepscope.io.store import table_bytes, write_single_file
+    from deepscope.io.location import write_single_file
+    from deepscope.io.store import table_bytes
 
     if not a.result:
         raise UserError("--batch needs --out RESULT.parquet")

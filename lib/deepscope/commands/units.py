@@ -1,4 +1,5 @@
-"""What units look for: `patches`, `filters`, `activations`."""
+"""What units look for: `patches` (a stage added to an output folder), `filters` and `activations`
+(one-model figures, report/units.py)."""
 from __future__ import annotations
 
 from deepscope.commands.common import run_options, run_section
@@ -23,7 +24,7 @@ def add_commands(sub) -> None:
     f.add_argument("--out", required=True, help="PNG file")
     f.add_argument("--max-filters", type=int, default=64)
     f.add_argument("--max-inputs", type=int, default=32, help="input channels shown per filter (deeper layers)")
-    f.set_defaults(fn="deepscope.visualize_units:cmd_filters")
+    f.set_defaults(fn="deepscope.commands.units:cmd_filters")
 
     v = sub.add_parser("activations", help="one image's feature maps at a layer, and its strongest channels")
     v.add_argument("model")
@@ -32,14 +33,14 @@ def add_commands(sub) -> None:
     v.add_argument("--weights")
     v.add_argument("--out", required=True, help="PNG file")
     v.add_argument("--top", type=int, default=10, help="strongest channels to list")
-    v.set_defaults(fn="deepscope.visualize_units:cmd_activations")
+    v.set_defaults(fn="deepscope.commands.units:cmd_activations")
 
 
 def cmd_patches(a):
+    from deepscope.io.ranges import parse_channels
     from deepscope.job import load_spec
     from deepscope.runner import run_stage
     from deepscope.stages.patches import Patches
-    from deepscope.visualize_units import parse_channels
 
     if a.k < 1:
         raise UserError("--k must be at least 1")
@@ -50,3 +51,38 @@ def cmd_patches(a):
     # names checked first: a folder that already has patches would otherwise only say its settings differ
     Patches(Patches.Config.model_validate(config), load_spec(a.out)).measure(receptive_fields=False)
     run_stage(a.out, "patches", config, run_section(a))
+
+
+def _write(path: str, data: bytes) -> None:
+    from deepscope.io.location import write_single_file
+
+    write_single_file(path, data)
+
+
+def cmd_filters(a):
+    from deepscope.models.registry import load_model
+    from deepscope.report.figures import to_png_bytes
+    from deepscope.report.units import conv_weight, filters_figure
+
+    if a.max_filters < 1 or a.max_inputs < 1:
+        raise UserError("--max-filters and --max-inputs must be at least 1")
+    loaded = load_model(a.model, a.weights)
+    name, w = conv_weight(loaded, a.layer)
+    _write(a.out, to_png_bytes(filters_figure(w, a.max_filters, a.max_inputs)))
+    what = "RGB" if w.shape[1] == 3 else f"grey, first {min(w.shape[0], a.max_filters)} filters x {min(w.shape[1], a.max_inputs)} inputs"
+    print(f"{name}: weights {'x'.join(map(str, w.shape))} ({what}) -> {a.out}")
+
+
+def cmd_activations(a):
+    from deepscope.models.registry import load_model
+    from deepscope.models.transform import image_input
+    from deepscope.report.figures import to_png_bytes
+    from deepscope.report.units import activations_figure, feature_maps, strongest
+
+    loaded = load_model(a.model, a.weights)
+    maps = feature_maps(loaded, image_input(loaded, a.image), a.layer)
+    _write(a.out, to_png_bytes(activations_figure(maps)))
+    print(f"{a.layer}: {len(maps)} maps of {maps.shape[1]}x{maps.shape[2]} -> {a.out}")
+    print(f"{'channel':>7} {'max':>10} {'mean':>10}  at (row, col)")
+    for c, mx, mean, i, j in strongest(maps, a.top):
+        print(f"{c:>7} {mx:>10.4f} {mean:>10.4f}  ({i}, {j})")

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from deepscope.errors import UserError
 from deepscope.io import schemas
 from deepscope.io.cluster import ensure_ray
-from deepscope.io.store import Location, is_remote, sha256
+from deepscope.io.location import Location, is_remote
+from deepscope.io.store import sha256
 
 SPACES = {"features": ("features", "feature"), "pixels": ("pixels", "pixels")}  # space -> (stage, column)
 KINDS = ("flat", "ivf_flat", "ivf_pq", "opq_ivf_pq", "hnsw")

@@ -31,6 +31,10 @@ def ensure_ray(address: str | None = None, log_path: str | None = None) -> None:
         # token authentication on, said explicitly (before Ray reads it at import): Ray then
         # generates the token without printing a warning about its default
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray starts its workers at niceness 15, below everything else on the machine: on a shared
+        # laptop or CI runner the model actor then gets a fraction of a core beside any busy
+        # process, the user's own included. Our workers are the job: they run at the driver's.
+        os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
     import ray
 
     if ray.is_initialized():

@@ -147,7 +147,7 @@ MAP_COORDS = pa.schema([
 
 
 def saliency(map_size: int) -> pa.Schema:
-    """saliency/*.parquet: one row per image and method (see docs/saliency.md)."""
+    """saliency/*.parquet: one row per image and method (README: "Saliency", Outputs)."""
     cells = map_size * map_size
     return pa.schema([
         pa.field("id", pa.string(), nullable=False),
@@ -250,7 +250,7 @@ DISSECTION_TOP_IMAGES = pa.schema([
     pa.field("score", pa.float32(), nullable=False),
 ])
 
-# stylize/*.parquet and stylized.parquet: one row per stylized image (see docs/style.md).
+# stylize/*.parquet and stylized.parquet: one row per stylized image (README: "Style", Bulk stylization).
 STYLIZED = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("path", pa.string(), nullable=False),  # the source image

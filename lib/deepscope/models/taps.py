@@ -185,3 +185,13 @@ def list_layers(loaded: LoadedModel, input_size: int | None = None) -> list[tupl
         what = "model output" if spec == ROOT else spec
         rows.append((alias, f"alias of {what}", tuple(taps.outputs[alias].shape[1:])))
     return rows
+
+
+def layer_width(loaded, layer: str) -> int:
+    """Channels (or classes) of a layer's output, from one forward pass at the crop size."""
+    x = torch.zeros(1, 3, loaded.transform.crop, loaded.transform.crop)
+    _, taps = forward_with_taps(loaded, x, [layer])
+    out = taps[layer]
+    if out.ndim not in (2, 4):
+        raise UserError(f"layer {layer!r} gives shape {tuple(out.shape[1:])}: pick a layer with channels (N, C, H, W) or (N, C)")
+    return int(out.shape[1])

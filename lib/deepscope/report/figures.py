@@ -10,6 +10,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+
 NEAREST = Image.Resampling.NEAREST  # for weights and activation maps: keep each value a visible square
 SMOOTH = Image.Resampling.LANCZOS  # for photos
 
@@ -99,4 +100,21 @@ def to_jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     """For large photo grids, where PNG would be ten times bigger."""
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def grid_png(images: list[np.ndarray], captions: list[str], cols: int = 8) -> bytes:
+    """A captioned grid of uint8 (3, H, W) pictures (matplotlib)."""
+    from matplotlib.figure import Figure
+
+    cols = min(cols, max(1, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    fig = Figure(figsize=(1.5 * cols, 1.7 * rows), dpi=100, layout="constrained")
+    for i, ax in enumerate(fig.subplots(rows, cols, squeeze=False).ravel()):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(np.asarray(images[i]).transpose(1, 2, 0))
+            ax.set_title(captions[i], fontsize=6)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import os
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:2em}
@@ -53,3 +54,18 @@ def write_report(store, sections: list[tuple[str, str]]) -> None:
         body += [f'<h2 id="{name}">{html.escape(name.capitalize())}</h2>', section]
     page = f"<!doctype html><meta charset=utf-8><title>deepscope report</title><style>{CSS}</style>{''.join(body)}"
     store.write_file("report/index.html", page)
+
+
+def write_index(out: str, title: str, body: str) -> None:
+    """OUT/index.html of a command that makes a few pictures (dream, invert, adversarial, visualize)."""
+    from deepscope.io.location import write_single_file
+
+    page = f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>{CSS}</style><h1>{html.escape(title)}</h1>{body}"
+    write_single_file(os.path.join(out, "index.html"), page.encode())
+
+
+def images_html(rels: list[str], captions: list[str]) -> str:
+    """<img> tags for report/index.html (one level below the output folder)."""
+    return "<div class='grid'>" + "".join(
+        f"<figure style='display:inline-block;margin:2px'><img src='../{html.escape(r)}' width=160>"
+        f"<figcaption style='font-size:11px'>{html.escape(c)}</figcaption></figure>" for r, c in zip(rels, captions)) + "</div>"

@@ -19,13 +19,11 @@ upsampled map; reading them on the driver would mean shipping C upsampled maps p
 
 Outputs: dissection/iou-<layer>.parquet (schemas.DISSECTION), dissection/top-<layer>.parquet, the
 paper's bar chart of unique detectors per category, and per unit its top images with the region
-above its threshold drawn over them.
+above its threshold drawn over them (the figures and the report section: report/dissect.py).
 """
 from __future__ import annotations
 
 import hashlib
-import html
-import io
 import json
 import time
 from pathlib import Path
@@ -40,8 +38,9 @@ from deepscope.algos import dissect as algo
 from deepscope.algos.topk import top_k_matrix, top_k_rows
 from deepscope.errors import UserError
 from deepscope.io import schemas
+from deepscope.io.images import file_name
+from deepscope.report.dissect import bar_chart, dissect_html, unit_grid
 from deepscope.stages.base import Stage, StageConfig
-from deepscope.stages.patches import file_name
 
 
 class DissectConfig(StageConfig):
@@ -175,7 +174,7 @@ class Dissect(Stage):
 
     def finish(self, ctx):
         store, log = ctx.store, ctx.log
-        from deepscope.concepts import Concepts, make_concept_data
+        from deepscope.io.concepts import Concepts, make_concept_data
         from deepscope.io.plan import partition_items
 
         cfg, job = self.config, self.job
@@ -290,11 +289,11 @@ class Dissect(Stage):
         per_category = {c: {"detectors": int((det["category"] == c).sum()),
                             "unique": int(det.loc[det["category"] == c, "concept"].nunique())} for c in concepts.categories}
         figures = {"bars": f"dissection/detectors-{stem}.png"}
-        store.write_file(figures["bars"], _bar_chart(per_category, cfg.layer, len(det), units))
+        store.write_file(figures["bars"], bar_chart(per_category, cfg.layer, len(det), units))
         shown = first.sort_values(["detector", "iou", "unit"], ascending=[False, False, True]).head(cfg.show_units)
         if len(shown) and cfg.top_images:
             figures["units"] = f"dissection/units-{stem}.jpg"
-            store.write_file(figures["units"], self._unit_grid(loaded, shown, best, thresholds, log))
+            store.write_file(figures["units"], unit_grid(loaded, cfg.layer, cfg.top_images, shown, best, thresholds, log))
         summary = {"layer": cfg.layer, "units": units, "map": list(map_size), "quantile": cfg.quantile,
                    "iou_threshold": cfg.iou_threshold, "images": len(concepts.entries),
                    "detectors": len(det), "unique_concepts": int(det["concept"].nunique()), "categories": per_category,
@@ -307,91 +306,6 @@ class Dissect(Stage):
             f"{len(mask_errors)} images without readable masks -> {store.path(summary['table'])}")
         return summary
 
-    def _unit_grid(self, loaded, shown, best, thresholds, log) -> bytes:
-        """Rows = units (best IoU first), columns = their top images, the region above T_k kept bright."""
-        from deepscope.io.decode import decode
-        from deepscope.io.sources import read_bytes
-        from deepscope.models.taps import forward_with_taps
-        from deepscope.report.figures import grid, to_jpeg_bytes
-
-        tf, crop, k = loaded.transform, loaded.transform.crop, self.config.top_images
-        rows = best.to_pandas()
-        rows = rows[rows["unit"].isin(shown["unit"])]
-        pixels = {}
-        for path in rows["path"].unique():
-            try:
-                pixels[path] = tf.geometry(decode(read_bytes(path))[0])
-            except Exception as e:
-                log(f"dissect: cannot read {path} again ({e})")
-        paths = list(pixels)
-        maps = {}
-        for start in range(0, len(paths), 16):
-            chunk = paths[start:start + 16]
-            x = tf.normalize(torch.from_numpy(np.stack([pixels[p] for p in chunk])))
-            _, taps = forward_with_taps(loaded, x, [self.config.layer])
-            maps.update(zip(chunk, taps[self.config.layer].float()))
-        tiles, labels = [], []
-        for r in shown.itertuples():
-            labels.append(f"{r.unit} {r.concept} ({r.category}) {r.iou:.2f}")
-            mine = rows[rows["unit"] == r.unit].sort_values("rank")
-            for j in range(k):
-                if j >= len(mine) or mine["path"].iloc[j] not in maps:
-                    tiles.append(None)
-                    continue
-                path = mine["path"].iloc[j]
-                act = maps[path][r.unit][None]
-                centres = (np.arange(crop) + 0.5) / crop
-                ys = np.clip(centres * act.shape[1] - 0.5, 0, act.shape[1] - 1)
-                xs = np.clip(centres * act.shape[2] - 0.5, 0, act.shape[2] - 1)
-                on = (algo.upsample(act, ys, xs)[0].double() > thresholds[r.unit]).numpy()
-                img = pixels[path].transpose(1, 2, 0).astype(np.float32)
-                tiles.append(np.where(on[:, :, None], img, img * 0.25).astype(np.uint8))  # outside: darkened
-        return to_jpeg_bytes(grid(tiles, rows=len(labels), cols=k, tile=96, row_labels=labels))
-
     def report(self, store):
         s = store.summary(self.name) or {}
-        if not s:
-            return ""
-        cats = "".join(f"<tr><td>{html.escape(c)}</td><td>{v['unique']}</td><td>{v['detectors']}</td></tr>"
-                       for c, v in s["categories"].items())
-        best = "".join(f"<tr><td>{b['unit']}</td><td>{html.escape(b['concept'])}</td><td>{html.escape(b['category'])}</td>"
-                       f"<td>{b['iou']:.3f}</td><td>{'yes' if b['detector'] else ''}</td></tr>" for b in s["best"])
-        figs = s.get("figures", {})
-        units = (f"<p>Each row: a unit, its label and IoU, then its top images with the region where the unit is above "
-                 f"its threshold kept bright.</p><img src=\"../{html.escape(figs['units'])}\">") if "units" in figs else ""
-        return (f"<p>Layer <code>{html.escape(s['layer'])}</code>: {s['detectors']} of {s['units']} units are detectors "
-                f"(IoU &ge; {s['iou_threshold']} with their best concept, threshold at the top {s['quantile']:g} of each "
-                f"unit's activations), {s['unique_concepts']} unique concepts"
-                + (f"; {s['mask_errors']} images had unreadable masks" if s.get("mask_errors") else "")
-                + f". Table: <code>{html.escape(s['table'])}</code>.</p>"
-                f"<img src=\"../{html.escape(figs.get('bars', ''))}\" style=\"max-width:600px\">"
-                f"<table><tr><th>category</th><th>unique detectors</th><th>detector units</th></tr>{cats}</table>{units}"
-                f"<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th><th>detector</th></tr>{best}</table>")
-
-
-def _bar_chart(per_category: dict, layer: str, detectors: int, units: int) -> bytes:
-    """The paper's figure: unique detectors (distinct concepts with a detector unit) per category."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    cats = list(per_category)
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    bars = ax.bar(cats, [per_category[c]["unique"] for c in cats], color="#4c72b0")
-    for b, c in zip(bars, cats):
-        ax.annotate(f"{per_category[c]['detectors']} units", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("unique detectors")
-    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_title(f"{layer}: {detectors} detectors of {units} units", fontsize=10)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-# -- commands ----------------------------------------------------------------------------------
+        return dissect_html(s) if s else ""

@@ -11,7 +11,8 @@ from pydantic import Field
 
 from deepscope.algos.dream import DreamSettings, dream, dream_energy
 from deepscope.io import schemas
-from deepscope.optimize import file_stem, item_seed, png_bytes
+from deepscope.io.images import file_stem, item_seed, png_bytes
+from deepscope.report.html import images_html
 from deepscope.stages.base import Stage, StageConfig
 
 
@@ -23,13 +24,6 @@ class DreamConfig(StageConfig):
     lr: float = Field(0.01, gt=0)
     jitter: int = Field(32, ge=0)
     seed: int = 0
-
-
-def images_html(rels: list[str], captions: list[str]) -> str:
-    """<img> tags for report/index.html (one level below the output folder)."""
-    return "<div class='grid'>" + "".join(
-        f"<figure style='display:inline-block;margin:2px'><img src='../{html.escape(r)}' width=160>"
-        f"<figcaption style='font-size:11px'>{html.escape(c)}</figcaption></figure>" for r, c in zip(rels, captions)) + "</div>"
 
 
 class Dream(Stage):

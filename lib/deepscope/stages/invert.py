@@ -14,9 +14,9 @@ from pydantic import Field, field_validator
 
 from deepscope.algos.invert import InvertSettings, invert
 from deepscope.io import schemas
-from deepscope.optimize import file_stem, item_seed, png_bytes
+from deepscope.io.images import file_stem, item_seed, png_bytes
+from deepscope.report.html import images_html
 from deepscope.stages.base import Stage, StageConfig, name_list
-from deepscope.stages.dream import images_html
 
 
 class InvertConfig(StageConfig):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
@@ -31,6 +30,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from deepscope.algos.topk import spatial_max, top_k_matrix, top_k_rows
 from deepscope.errors import UserError
 from deepscope.io import schemas
+from deepscope.io.images import file_name
 from deepscope.stages.base import Stage, StageConfig
 
 GRID_ROWS = 32  # channels per grid page
@@ -51,11 +51,6 @@ class PatchesConfig(StageConfig):
     @classmethod
     def _unique(cls, v):
         return None if v is None else sorted(set(v))
-
-
-def file_name(layer: str) -> str:
-    """A layer name as a file name part ('features.10' stays, 'fc:input' -> 'fc_input')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", layer)
 
 
 def original_box(box, width: int, height: int, transform) -> tuple[int, int, int, int]:

@@ -21,10 +21,10 @@ from pydantic import Field, field_validator
 
 from deepscope.algos import adversarial as adv
 from deepscope.io import schemas
-from deepscope.optimize import file_stem, png_bytes
+from deepscope.io.images import file_stem, png_bytes
 from deepscope.models.registry import best_device
+from deepscope.report.html import images_html
 from deepscope.stages.base import Stage, StageConfig
-from deepscope.stages.dream import images_html
 
 ALL = "(all)"
 

@@ -4,13 +4,16 @@ On the model actors: one map per image and method (algos/saliency.py, Captum), i
 and a GrabCut object mask seeded by it (algos/grabcut.py).  On the driver (finish): the mean map
 of all images and of each class (centre bias); where objects are annotated (a `box` or `mask`
 column), the share of saliency mass inside each object, images and classes ranked by the mass
-outside (the bias finder), and GrabCut's IoU with the objects.  See docs/saliency.md.
+outside (the bias finder), and GrabCut's IoU with the objects.  README: "Saliency: which pixels
+matter, and what the whole dataset's maps reveal".
+
+The figures and the report section are in report/saliency.py, the object annotations in
+io/objects.py.  What is left is one stage (config, actor code, part table, and the dataset
+statistics of finish, which are its reduction): longer than 350 lines because finish streams the
+maps once and computes every table in that one pass.
 """
 from __future__ import annotations
 
-import html
-import io
-import math
 from typing import Annotated, Literal
 
 import numpy as np
@@ -23,12 +26,13 @@ from deepscope.algos import saliency as sal
 from deepscope.algos.grabcut import grabcut_from_saliency, iou
 from deepscope.errors import UserError
 from deepscope.io import schemas
+from deepscope.io.objects import object_coverage, read_objects
+from deepscope.report.saliency import saliency_figures, saliency_html
 from deepscope.stages.base import Stage, StageConfig, name_list
 
 Method = Literal["backprop", "guided", "integrated_gradients", "occlusion", "gradcam"]
 ALL = "(all)"
 STATS = "saliency_stats"  # dataset-level tables
-FIGURES = "report/saliency"
 
 
 class SaliencyConfig(StageConfig):
@@ -292,85 +296,12 @@ class Saliency(Stage):
                          inside_mass=_nanmean(o["inside_mass"] for o in objs),
                          grabcut_iou=_nanmean(o["grabcut_iou"] for o in objs),
                          flagged=[c["group"] for c in class_rows if c["method"] == method and c["flagged"]])
-            s["figures"] = self._figures(store, method, mine, objs, mean_rows, transform)
+            s["figures"] = saliency_figures(store, self.name, S, method, mine, objs, mean_rows, transform)
             summary["methods"][method] = s
         return summary
 
-    def _figures(self, store, method, rows, objs, mean_rows, transform) -> dict:
-        slug = method.replace("(", "_").replace(")", "")
-        figs = {}
-        means = [r for r in mean_rows if r["method"] == method]
-        if means:
-            figs["mean_maps"] = _write(store, f"{FIGURES}/{slug}_mean_maps.png", _mean_maps_png(means, self.config.map_size))
-        k = 8
-        ranked = sorted((r for r in rows if r["entropy"] == r["entropy"]), key=lambda r: r["entropy"])
-        if ranked:
-            picks = [("most focused (lowest entropy)", ranked[:k], "entropy"),
-                     ("most diffuse (highest entropy)", ranked[::-1][:k], "entropy")]
-            figs["entropy"] = _write(store, f"{FIGURES}/{slug}_entropy.png",
-                                     self._overlays_png(store, method, picks, transform))
-        if objs:
-            by_out = sorted(objs, key=lambda o: o["inside_mass"])
-            picks = [("most mass outside the object", by_out[:k], "inside_mass"),
-                     ("most mass inside the object", by_out[::-1][:k], "inside_mass")]
-            figs["objects"] = _write(store, f"{FIGURES}/{slug}_objects.png",
-                                     self._overlays_png(store, method, picks, transform))
-            figs["inside_hist"] = _write(store, f"{FIGURES}/{slug}_inside_hist.png", _histogram_png(objs, method))
-        return figs
-
-    def _overlays_png(self, store, method, picks, transform) -> bytes:
-        from matplotlib.figure import Figure
-
-        S = self.config.map_size
-        wanted = {r["id"] for _, chosen, _ in picks for r in chosen}
-        maps = {}
-        for _, t in store.iter_parts(self.name, columns=["id", "method", "map"]):
-            for rid, m, v in zip(t.column("id").to_pylist(), t.column("method").to_pylist(), t.column("map").to_pylist()):
-                if m == method and rid in wanted:
-                    maps[rid] = np.asarray(v, np.float32).reshape(S, S)
-        cols = max(len(chosen) for _, chosen, _ in picks)
-        fig = Figure(figsize=(1.6 * cols, 2.1 * len(picks)), dpi=90, layout="constrained")
-        for sub, (title, chosen, key) in zip(fig.subfigures(len(picks), 1, squeeze=False)[:, 0], picks):
-            sub.suptitle(title, fontsize=8, weight="bold", x=0.01, ha="left")
-            for col, ax in enumerate(sub.subplots(1, cols, squeeze=False)[0]):
-                ax.axis("off")
-                if col < len(chosen):
-                    r = chosen[col]
-                    ax.imshow(overlay(_model_input_image(r["path"], transform), maps.get(r["id"], np.zeros((S, S)))))
-                    ax.set_title(f"{r['id'][-18:]}\n{key} {r[key]:.2f}", fontsize=6)
-        return _png(fig)
-
     def report(self, store):
-        s = store.summary(self.name) or {}
-        cfg = self.config
-        target = {"pred": "the predicted class", "label": "the label's class"}.get(cfg.target, f"class {cfg.target}")
-        parts = [f"<p>Saliency of {html.escape(target)} (its unnormalized score) by "
-                 f"{html.escape(', '.join(self.method_names()))}; maps at {s.get('map_size')}x{s.get('map_size')} "
-                 "over the centre crop in <code>saliency/*.parquet</code>, dataset tables in "
-                 f"<code>{STATS}/</code>. Annotated objects: {s.get('annotated_images', 0)}"
-                 f"{'' if not s.get('skipped_annotations') else ', skipped: ' + str(s['skipped_annotations'])}.</p>"]
-        for method, m in (s.get("methods") or {}).items():
-            mm = m.get("mean_map") or {}
-            stats = {"images": m.get("images"), "mean entropy (0 one pixel, 1 uniform)": _fmt(m.get("entropy")),
-                     "mass in top 5% pixels": _fmt(m.get("top_mass")),
-                     "mean map: centre of mass (x, y)": f"{_fmt(mm.get('com_x'))}, {_fmt(mm.get('com_y'))}",
-                     "mean map: mass in central quarter (uniform 0.25)": _fmt(mm.get("centre_mass"))}
-            if "objects" in m:
-                stats.update({"annotated images": m["objects"], "mean object area": _fmt(m.get("area")),
-                              "mean mass inside object": _fmt(m.get("inside_mass")),
-                              "GrabCut IoU with objects": _fmt(m.get("grabcut_iou")),
-                              "flagged classes (inside mass < area)": ", ".join(m.get("flagged") or []) or "none"})
-            rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in stats.items())
-            parts.append(f"<h3>{html.escape(method)}</h3><table>{rows}</table>")
-            parts.append(_classes_html(store, method))
-            for key, caption in (("mean_maps", "Mean maps (centre bias), all images and per class"),
-                                 ("inside_hist", "Share of saliency mass inside the object"),
-                                 ("objects", "Bias finder: images ranked by mass outside the object"),
-                                 ("entropy", "Most focused and most diffuse maps")):
-                rel = (m.get("figures") or {}).get(key)
-                if rel:
-                    parts.append(f'<p>{caption}:<br><img src="{html.escape(rel[len("report/"):])}"></p>')
-        return "".join(parts)
+        return saliency_html(store, store.summary(self.name) or {}, self.config.target, self.method_names(), STATS)
 
 
 # ---------------------------------------------------------------------------- targets
@@ -409,94 +340,13 @@ def label_index(labels: list, mapping: dict, class_names: list[str] | None, n_cl
     return out
 
 
-# ---------------------------------------------------------------------------- objects
-
-def read_objects(objects: str | None, source: str) -> dict[str, tuple[str, object]]:
-    """id -> ("box", (x0, y0, x1, y1)) or ("mask", path): from `objects`, else the dataset manifest's
-    own `box`/`mask` columns (a folder dataset has none).  Ids follow the manifest rule: the `id`
-    column, else `path`.  A mask wins over a box."""
-    import fsspec
-    import pandas as pd
-
-    table = objects or (source if source.lower().endswith((".csv", ".parquet")) else None)
-    if table is None:
-        return {}
-    try:
-        with fsspec.open(table, "rb") as f:
-            df = pd.read_parquet(f) if table.lower().endswith(".parquet") else pd.read_csv(f, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise UserError(f"objects table not found: {table}") from None
-    except Exception as e:
-        raise UserError(f"cannot read objects table {table}: {type(e).__name__}: {e}") from None
-    if "box" not in df.columns and "mask" not in df.columns:
-        if objects:
-            raise UserError(f"objects table {table} has neither a 'box' nor a 'mask' column")
-        return {}
-    key = "id" if "id" in df.columns else "path"
-    if key not in df.columns:
-        raise UserError(f"objects table {table} has no 'id' (or 'path') column")
-    base = table.rsplit("/", 1)[0] if "/" in table else "."
-    out = {}
-    for rec in df.to_dict("records"):
-        rid, mask, box = str(rec[key]), rec.get("mask"), rec.get("box")
-        if isinstance(mask, str) and mask.strip():
-            mask = mask.strip()
-            out[rid] = ("mask", mask if ("://" in mask or mask.startswith("/")) else f"{base}/{mask}")
-        elif box is not None and not (isinstance(box, str) and not box.strip()) and not _isnan(box):
-            out[rid] = ("box", parse_box(box, rid, table))
-    return out
-
-
-def _isnan(v) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
-def parse_box(box, rid: str, table: str) -> tuple[float, float, float, float]:
-    try:
-        vals = [float(v) for v in (box.split(",") if isinstance(box, str) else box)]
-    except (TypeError, ValueError):
-        vals = []
-    if len(vals) != 4 or not (vals[2] > vals[0] and vals[3] > vals[1]) or not all(map(math.isfinite, vals)):
-        raise UserError(f"{table}: box of {rid!r} is {box!r}: write x0,y0,x1,y1 in original pixels, x1 > x0, y1 > y0")
-    return tuple(vals)
-
-
-def object_coverage(obj, width: int, height: int, transform, S: int) -> tuple[str, np.ndarray]:
-    """The share of each of the S x S map cells (over the model's centre crop) that the object covers."""
-    kind, value = obj
-    if kind == "box":
-        x0, y0, x1, y1 = value
-        scale, left, top = transform.crop_box_in_original(width, height)
-        edges = np.arange(S + 1) * transform.crop / S * scale  # cell edges in original pixels, from the crop corner
-
-        def share(a, b, lo, hi):
-            return np.clip(np.minimum(b, hi) - np.maximum(a, lo), 0, None) / (b - a)
-
-        fx = share(left + edges[:-1], left + edges[1:], x0, x1)
-        fy = share(top + edges[:-1], top + edges[1:], y0, y1)
-        return "box", np.outer(fy, fx)
-    from PIL import Image
-
-    from deepscope.io.decode import DecodeError, decode
-    from deepscope.io.sources import read_bytes
-
-    try:
-        img, w, h = decode(read_bytes(value))
-    except DecodeError as e:
-        raise ValueError(f"mask {value}: {e}") from None
-    if (w, h) != (width, height):
-        raise ValueError(f"mask {value} is {w}x{h}, its image {width}x{height}")
-    binary = Image.fromarray(((np.asarray(img.convert("L")) > 127) * 255).astype(np.uint8)).convert("RGB")
-    crop = transform.geometry(binary)[0].astype(np.float32) / 255
-    cover = F.adaptive_avg_pool2d(torch.from_numpy(crop)[None, None], S)[0, 0]
-    return "mask", cover.numpy().astype(np.float64)
-
-
 def shrink_mask(masks: np.ndarray, S: int) -> np.ndarray:
     """(N, H, W) bool -> (N, S, S) bool: cells that the mask covers at least half of."""
     t = torch.from_numpy(masks.astype(np.float32))[:, None]
     return (F.adaptive_avg_pool2d(t, S)[:, 0] >= 0.5).numpy()
 
+
+# ---------------------------------------------------------------------------- statistics
 
 def _class_table(obj_rows: list[dict]) -> list[dict]:
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -512,26 +362,6 @@ def _class_table(obj_rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda c: (c["method"], -c["outside_mass"]))
 
 
-def _classes_html(store, method: str) -> str:
-    import pyarrow.parquet as pq
-
-    p = store.path(f"{STATS}/classes.parquet")
-    if not p.exists():
-        return ""
-    rows = [r for r in pq.read_table(p).to_pylist() if r["method"] == method]
-    red = ' style="background:#fdd"'
-    body = "".join(
-        f"<tr{red if r['flagged'] else ''}><td>{html.escape(r['group'])}</td>"
-        f"<td>{r['images']}</td><td>{_fmt(r['area'])}</td><td>{_fmt(r['inside_mass'])}</td>"
-        f"<td>{_fmt(r['outside_mass'])}</td><td>{_fmt(r['grabcut_iou'])}</td><td>{'FLAGGED' if r['flagged'] else ''}</td></tr>"
-        for r in rows)
-    return ("<p>Classes ranked by saliency mass outside their objects (flagged: less mass inside than a "
-            "uniform map would put there):</p><table><tr><th>class</th><th>images</th><th>object area</th>"
-            f"<th>inside</th><th>outside</th><th>GrabCut IoU</th><th></th></tr>{body}</table>")
-
-
-# ---------------------------------------------------------------------------- figures
-
 def _centre(p: np.ndarray) -> dict:
     S = p.shape[0]
     c = (np.arange(S) + 0.5) / S
@@ -540,78 +370,9 @@ def _centre(p: np.ndarray) -> dict:
             "centre_mass": float(p[q0:q1, q0:q1].sum())}
 
 
-def overlay(rgb: np.ndarray, small_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 image, (S, S) map -> (H, W, 3) uint8: the map in 'jet', blended over the image."""
-    from matplotlib import colormaps
-    from PIL import Image
-
-    h, w = rgb.shape[:2]
-    m = np.asarray(Image.fromarray(small_map.astype(np.float32)).resize((w, h), Image.BILINEAR))
-    m = m / m.max() if m.max() > 0 else m
-    heat = colormaps["jet"](m)[..., :3] * 255
-    return (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
-
-
-def _model_input_image(path: str, transform) -> np.ndarray:
-    from deepscope.io.decode import decode
-    from deepscope.io.sources import read_bytes
-
-    try:
-        img, _, _ = decode(read_bytes(path), draft_size=transform.resize)
-        return transform.geometry(img).transpose(1, 2, 0)
-    except Exception:  # moved or deleted since the run: the map alone still says something
-        return np.zeros((transform.crop, transform.crop, 3), np.uint8)
-
-
-def _mean_maps_png(means: list[dict], S: int, most: int = 12) -> bytes:
-    from matplotlib.figure import Figure
-
-    means = means[:most]
-    cols = min(len(means), 6)
-    rows = math.ceil(len(means) / cols)
-    fig = Figure(figsize=(2.0 * cols, 2.2 * rows), dpi=90)
-    for i, r in enumerate(means):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(np.asarray(r["map"]).reshape(S, S), cmap="inferno")
-        ax.plot([r["com_x"] * S - 0.5], [r["com_y"] * S - 0.5], "c+", ms=10)  # the centre of mass
-        ax.set_title(f"{r['group'][:20]} ({r['images']})", fontsize=7)
-        ax.axis("off")
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _histogram_png(objs: list[dict], method: str) -> bytes:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 2.8), dpi=90)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.hist([o["inside_mass"] for o in objs], bins=20, range=(0, 1), color="#4477aa")
-    ax.axvline(float(np.mean([o["area"] for o in objs])), color="#cc3311", ls="--", label="mean object area")
-    ax.set_xlabel(f"share of {method} mass inside the object")
-    ax.set_ylabel("images")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _write(store, rel: str, data: bytes) -> str:
-    store.write_file(rel, data)
-    return rel
-
-
 def _nanmean(values) -> float | None:
     v = [float(x) for x in values if x is not None and x == x]
     return float(np.mean(v)) if v else None
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def _layer_shape(module, name: str, use_input: bool, x) -> tuple:
@@ -628,6 +389,3 @@ def _layer_shape(module, name: str, use_input: bool, x) -> tuple:
     finally:
         h.remove()
     return seen.get("s", ())
-
-
-# ---------------------------------------------------------------------------- command line

@@ -18,12 +18,14 @@ on the driver (prepare) and shipped with the stage, and the actors run one Gatys
 batch (algos.style.gatys: images of one optimization shape together, each its own problem, so an
 image's picture does not depend on its batch). Outputs, schema and report figure are the network
 method's.
+
+The figures and the report section are in report/stylize.py. The stage is longer than 350 lines
+because it holds both methods (network and gatys), each with its driver preparation and its
+actor code, over one config, one part table and one finish.
 """
 from __future__ import annotations
 
 import hashlib
-import html
-import io
 from pathlib import Path
 from typing import Literal
 
@@ -32,12 +34,13 @@ import pyarrow as pa
 import torch
 from pydantic import Field, model_validator
 
+from deepscope.algos.style_net import stylize_images
 from deepscope.errors import UserError
 from deepscope.io import schemas
+from deepscope.report.stylize import stylize_figure, stylize_html, training_figure
 from deepscope.stages.base import Stage, StageConfig
 
 IMAGES = "stylized/images"
-BLEND_STEPS = 5  # images in the report's strip of blends between two styles
 
 
 class TrainSection(StageConfig):
@@ -125,27 +128,6 @@ def output_name(item_id: str, fmt: str) -> str:
     return f"{IMAGES}/{rel}" if rel.lower().endswith(ext) else f"{IMAGES}/{rel}{ext[0]}"
 
 
-def stylize_images(net, images: list, weights: torch.Tensor, device, half: bool = False) -> list:
-    """PIL images -> stylized uint8 arrays (H, W, 3); images of one size go through together."""
-    from deepscope.algos.style_net import to_image
-
-    out = [None] * len(images)
-    groups: dict[tuple, list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(img.size, []).append(i)
-    for idx in groups.values():
-        x = torch.stack([torch.from_numpy(np.asarray(images[i], dtype=np.uint8).copy()).permute(2, 0, 1) for i in idx])
-        x = x.to(device).float().div_(255)
-        if half and device.type == "cuda":
-            x = x.half()
-        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-            y = to_image(net(x, weights[: len(idx)].to(x.dtype)))
-            y = (y.mul_(255).add_(0.5).clamp_(0, 255)).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        for j, i in enumerate(idx):
-            out[i] = y[j]
-    return out
-
-
 class Stylize(Stage):
     name = "stylize"
     Config = StylizeConfig
@@ -201,7 +183,7 @@ class Stylize(Stage):
         shared file system) or spends a forward pass on it; the driver also checks the style here,
         with one line, before any cluster work."""
         from deepscope.algos.style import LossNetwork, default_layers, style_targets
-        from deepscope.style_train import load_style_image, to_tensor
+        from deepscope.algos.style_train import load_style_image, to_tensor
 
         cfg = self.config
         try:
@@ -229,14 +211,14 @@ class Stylize(Stage):
                 f"(content {', '.join(c)}; style {', '.join(s)}), {cfg.steps} {cfg.optimizer} steps at {cfg.size} px")
 
     def _train(self, path: Path, log):
-        from deepscope.style_train import TrainConfig, train
+        from deepscope.algos.style_train import TrainConfig, train
 
         t = self.config.train
         log(f"stylize: {path} does not exist; training it on {self.job.dataset.source} first")
         train(TrainConfig(styles=t.styles, content=self.job.dataset.source, model=t.model, size=t.size,
                           style_size=t.size * 2, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
                           style_weight=t.style_weight, widths=t.widths, res_blocks=t.res_blocks),
-              str(path), checkpoint_every=100)
+              str(path), log, checkpoint_every=100)
 
     def weights_for(self, config, n: int, device=None) -> torch.Tensor:
         from deepscope.algos.style_net import style_weights
@@ -247,7 +229,7 @@ class Stylize(Stage):
         from deepscope.algos.style_net import style_index
 
         if self.config.method == "gatys":
-            from deepscope.style_train import style_name
+            from deepscope.algos.style_train import style_name
             return style_name(self.config.style)
         if self.config.blend is None:
             return config.styles[style_index(config, self.config.style)]
@@ -286,7 +268,7 @@ class Stylize(Stage):
     def map_batch(self, model, x, taps, rows):
         from PIL import Image
 
-        from deepscope.style_train import encode
+        from deepscope.algos.style_train import encode
 
         if self.config.method == "gatys":
             outs, label = self._gatys_batch(model, x.device, rows), self.style_label(None)
@@ -309,9 +291,10 @@ class Stylize(Stage):
         optimization; each image then resized to its own output size."""
         from PIL import Image
 
-        from deepscope.algos.style import LossNetwork, gatys
-        from deepscope.optimize import item_seed
-        from deepscope.style_train import to_tensor
+        from deepscope.algos.gatys_batch import gatys
+        from deepscope.algos.style import LossNetwork
+        from deepscope.io.images import item_seed
+        from deepscope.algos.style_train import to_tensor
 
         cfg = self.config
         if self._loss is None:  # once per actor
@@ -378,7 +361,7 @@ class Stylize(Stage):
         sample = (sample[::max(1, len(sample) // 8)] + rest)[:8]
         if self.config.method == "gatys":
             cfg = self.config
-            figure = self._figure(store, sample, None, style_specs=[cfg.style])
+            figure = stylize_figure(store, sample, None, style_specs=[cfg.style])
             if rows:
                 store.write_table("stylized.parquet", store.read(self.name))
             log(f"stylize: {rows} images, {pixels / 1e6:.1f} Mpx, gatys with style {cfg.style} -> {store.root / IMAGES}")
@@ -390,7 +373,7 @@ class Stylize(Stage):
         if data is None and Path(self.config.style_model).exists():  # nothing was pending: no prepare()
             data = Path(self.config.style_model).read_bytes()
         net, meta = sn.from_bytes(data) if data else (None, {})
-        figure = self._figure(store, sample, net, meta)
+        figure = stylize_figure(store, sample, net, meta)
         training = training_figure(store, meta)
         if rows:
             store.write_table("stylized.parquet", store.read(self.name))
@@ -401,79 +384,8 @@ class Stylize(Stage):
                 "model_sha256": getattr(self, "model_sha256", ""), "loss_network": meta.get("train", {}).get("model"),
                 "figure": figure, "training_figure": training, "table": "stylized.parquet", "folder": IMAGES}
 
-    def _figure(self, store, sample, net, meta=None, style_specs=None) -> str | None:
-        """The style images, sources above their stylized versions, and for a multi-style network
-        the strip of blends between its first two styles on the first image."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from PIL import Image
-
-        from deepscope.io.decode import decode
-        from deepscope.io.sources import read_bytes
-
-        pairs = []
-        for src, out in sample:
-            try:
-                a, _, _ = decode(read_bytes(src))
-                pairs.append((a, Image.open(store.path(out)).convert("RGB")))
-            except Exception:
-                continue
-        if not pairs:
-            return None
-        blends = []
-        if net is not None and net.config.n_styles >= 2:
-            img = pairs[0][0].copy()
-            img.thumbnail((256, 256))
-            for k in range(BLEND_STEPS):
-                a = 1 - k / (BLEND_STEPS - 1)
-                w = torch.zeros(1, net.config.n_styles)
-                w[0, 0], w[0, 1] = a, 1 - a
-                blends.append((f"{net.config.styles[0]} {a:.2f} / {net.config.styles[1]} {1 - a:.2f}",
-                                stylize_images(net, [img], w, torch.device("cpu"))[0]))
-        styles = style_images(style_specs if style_specs is not None else (meta or {}).get("train", {}).get("styles", []))
-        cols = max(len(pairs), len(blends), len(styles))
-        top = 1 if styles else 0
-        rows = top + 2 + (1 if blends else 0)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for j, (name, img) in enumerate(styles):
-            axes[0, j].imshow(img)
-            axes[0, j].set_title(f"style: {name}", loc="left", fontsize=9)
-        for j, (a, b) in enumerate(pairs):
-            axes[top, j].imshow(a)
-            axes[top + 1, j].imshow(b)
-        axes[top, 0].set_title("sources", loc="left", fontsize=9)
-        axes[top + 1, 0].set_title("stylized", loc="left", fontsize=9)
-        for j, (title, arr) in enumerate(blends):
-            axes[top + 2, j].imshow(arr)
-            axes[top + 2, j].set_title(title, fontsize=7)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
-        rel = "report/stylize.png"
-        store.write_file(rel, buf.getvalue())
-        return rel
-
     def report(self, store):
-        s = store.summary(self.name) or {}
-        img = (f"<img class=grid loading=lazy src=\"../{html.escape(s['figure'])}\">" if s.get("figure") else "")
-        if s.get("method") == "gatys":
-            return (f"<p>{s.get('images', 0)} images ({s.get('megapixels', 0)} Mpx) stylized by Gatys optimization, "
-                    f"each image its own problem, batched on the model actors: style "
-                    f"<code>{html.escape(str(s.get('style_image')))}</code>, loss network "
-                    f"<code>{html.escape(str(s.get('loss_network')))}</code>, {s.get('steps')} {html.escape(str(s.get('optimizer')))} "
-                    f"steps at {s.get('size')} px, style weight {s.get('style_weight')}; in <code>{IMAGES}/</code>, listed in "
-                    f"<code>stylized.parquet</code>.</p>{img}")
-        if s.get("training_figure"):
-            img += (f"<p>Training: style and content loss (relative to the style's and the content's own "
-                    f"features) per step.</p><img loading=lazy src=\"../{html.escape(s['training_figure'])}\">")
-        return (f"<p>{s.get('images', 0)} images ({s.get('megapixels', 0)} Mpx) stylized with "
-                f"<code>{html.escape(str(s.get('model')))}</code> (styles {html.escape(', '.join(s.get('network_styles', [])))};"
-                f" used: {html.escape(', '.join(s.get('styles', [])))}), in <code>{IMAGES}/</code>, listed in "
-                f"<code>stylized.parquet</code>.</p>{img}")
+        return stylize_html(store.summary(self.name) or {}, IMAGES)
 
 
 def bucket_shape(size: tuple[int, int], bucket: int) -> tuple[int, int]:
@@ -486,49 +398,3 @@ def bucket_shape(size: tuple[int, int], bucket: int) -> tuple[int, int]:
     if w >= h:
         return w, min(w, max(bucket, round(h / bucket) * bucket))
     return min(h, max(bucket, round(w / bucket) * bucket)), h
-
-
-def style_images(specs: list[str]) -> list[tuple[str, object]]:
-    """(name, PIL image) of each style a network was trained on (files that are gone are skipped)."""
-    from deepscope.style_train import load_style_image, style_name
-
-    out = []
-    for spec in specs:
-        try:
-            img = load_style_image(spec)
-        except Exception:
-            continue
-        img.thumbnail((256, 256))
-        out.append((style_name(spec), img))
-    return out
-
-
-def training_figure(store, meta: dict) -> str | None:
-    """Style and content loss per training step (the network file's history), as a PNG in the report."""
-    hist = (meta or {}).get("history") or []
-    if not hist:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    h = np.asarray(hist, dtype=np.float64)  # step, style index, style loss, content loss
-    names = (meta.get("train") or {}).get("styles") or []
-    fig, ax = plt.subplots(figsize=(6, 3))
-    k = max(1, len(h) // 50)  # a running mean over ~2% of the steps
-    smooth = lambda v: np.convolve(v, np.ones(k) / k, mode="valid")  # noqa: E731
-    for si in sorted(set(h[:, 1].astype(int))):
-        rows = h[h[:, 1] == si]
-        label = names[si].split(":")[-1] if si < len(names) else str(si)
-        ax.plot(rows[k - 1:, 0], smooth(rows[:, 2]), label=f"style loss ({label})")
-    ax.plot(h[k - 1:, 0], smooth(h[:, 3]), label="content loss", color="k")
-    ax.set_xlabel("step")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    rel = "report/stylize_training.png"
-    store.write_file(rel, buf.getvalue())
-    return rel

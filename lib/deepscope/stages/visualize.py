@@ -2,15 +2,24 @@
 ascent (algos/ascent.py), as a post stage of the job's folder.
 
 Its work items are targets, not the dataset's images: it runs after the job's pipeline, ignores
-the dataset, and spreads partitions of targets over model actors itself (optimize.visualize_job,
+the dataset, and spreads partitions of targets over model actors itself (visualize_job below,
 the same Ray job as `deepscope visualize MODEL ... --out DIR`, which needs no dataset at all).
 """
 from __future__ import annotations
 
+import io
+import re
+import time
 from typing import Literal
 
+import numpy as np
+import torch
 from pydantic import Field
 
+from deepscope.errors import UserError
+from deepscope.io.images import png_bytes, read_png
+from deepscope.models.taps import layer_width
+from deepscope.report.figures import grid_png
 from deepscope.stages.base import Stage, StageConfig
 
 
@@ -43,8 +52,8 @@ class Visualize(Stage):
 
     def finish(self, ctx):
         store, log = ctx.store, ctx.log
+        from deepscope.io.ranges import parse_targets
         from deepscope.models.registry import load_model
-        from deepscope.optimize import layer_width, parse_targets, visualize_job
 
         cfg = self.config
         kind = "class" if cfg.layer == "logits" else "unit"
@@ -57,7 +66,118 @@ class Visualize(Stage):
                              settings, run, log, ctx.execute)
 
     def report(self, store):
-        from deepscope.optimize import visualize_html
+        from deepscope.report.visualize import visualize_html
 
         s = store.summary(self.name)
         return visualize_html(s, prefix="../") if s and s.get("pictures") is not None else ""
+
+
+# ---------------------------------------------------------------------------- the Ray job (also `deepscope visualize`)
+
+VIS = "visualize"
+
+
+class VisualizeActor:
+    """One per GPU (or CPU slot): the model, loaded once; each call visualizes one partition of targets."""
+
+    def __init__(self, model: str, weights: str | None, layer: str, kind: str, settings: dict,
+                 precision: str = "fp32", channels_last: bool = True, threads: int = 0,
+                 out: str = "", metadata: dict | None = None):
+        from deepscope.algos.ascent import AscentSettings
+        from deepscope.io.store import PartWriter
+        from deepscope.models.registry import best_device
+        from deepscope.models.registry import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = best_device()
+        self.loaded = load_model(model, weights)
+        module = self.loaded.module.to(self.device)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.loaded.module = module
+        self.layer, self.kind, self.settings = layer, kind, AscentSettings(**settings)
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.writer = PartWriter(out, metadata)
+
+    def __call__(self, batch: dict):
+        """Whole partitions of targets in; each one's PNGs and table written here; records out."""
+        import json
+
+        import pyarrow as pa
+
+        from deepscope.algos.ascent import visualize
+        from deepscope.io import schemas
+
+        records = []
+        for part, desc in zip(batch["part"], batch["desc"]):
+            targets = [int(t) for t in json.loads(desc)["targets"]]
+            t0 = time.perf_counter()
+            r = visualize(self.loaded, self.layer, targets, self.settings, self.kind, self.amp)
+            files = {f"{VIS}/images/{self.kind}_{t:04d}.png": png_bytes(p) for t, p in zip(targets, r.pixels)}
+            names = self.loaded.class_names if self.kind == "class" else None
+            table = pa.table({
+                "layer": [self.layer] * len(targets), "kind": [self.kind] * len(targets),
+                "target": pa.array(targets, pa.int32()), "name": [names[t] if names else None for t in targets],
+                "image": list(files), "start": pa.array(np.asarray(r.start, np.float32)),
+                "score": pa.array(np.asarray(r.score, np.float32)),
+                "top1": pa.array(np.asarray(r.top1, np.int32))}, schema=schemas.VISUALIZE)
+            ms = (time.perf_counter() - t0) * 1000
+            rec = self.writer.write(VIS, part, table, files)
+            records.append({**rec, "files": json.dumps(rec["files"]), "images": len(targets), "failed": 0,
+                            "decode_ms": 0.0, "infer_ms": ms, "write_ms": 0.0, "t_model": time.time() - ms / 1000})
+        return pa.Table.from_pylist(records)
+
+
+def visualize_job(store, model: str, weights: str | None, layer: str, kind: str, targets: list[int],
+                  settings: dict, run: dict, log, execute) -> dict:
+    """Visualize `targets` of `layer` into an open Store: parts visualize/pNNNNN, PNGs, grid, summary.
+    Runs on the executor every pass runs on (actors write their parts, the driver commits):
+    execute(store, **Pass fields), e.g. RunContext.execute."""
+    from deepscope.io.plan import Partition
+    from deepscope.models.registry import load_model
+
+    loaded = load_model(model, weights)  # fail fast (bad layer, bad target) before any cluster work
+    width = layer_width(loaded, layer)
+    if targets and max(targets) >= width:
+        raise UserError(f"{kind} {max(targets)} does not exist: {layer} has {width}")
+    per_part = int(run.get("batch_size") or 16)
+    plan = {f"p{i // per_part:05d}": targets[i:i + per_part] for i in range(0, len(targets), per_part)}
+    config = {"layer": layer, "kind": kind, "targets": targets, "settings": settings}
+    if store.parts(VIS) and (store.summary(VIS) or {}).get("config") != config:
+        log(f"{store.root}/{VIS}: other targets or settings than last time: recomputing every picture")
+        store.drop_parts_except(VIS, set())  # a part's name says which targets, not how they were made
+    store.open_stage(VIS, store.stage_config(VIS) or config)  # a job's post stage opened it already
+    store.drop_parts_except(VIS, set(plan))
+    pending = [Partition(p, len(ts), {"kind": "targets", "targets": ts}) for p, ts in plan.items()
+               if not store.has_part(VIS, p)]
+    t0 = time.time()
+    done = 0
+    if pending:
+        log(f"{len(pending)} parts of {kind} pictures of {layer}, {settings.get('steps', 100)} steps")
+        stats = execute(
+            store, parts=pending, commits=[VIS], worker=VisualizeActor, unit="pictures",
+            worker_kwargs=dict(model=model, weights=weights, layer=layer, kind=kind, settings=settings,
+                               precision=run.get("precision", "fp32"), channels_last=run.get("channels_last", True),
+                               out=store.url, metadata=store.metadata),
+            address=run.get("address"), actors=int(run.get("actors") or 1), threads=run.get("threads") or 0)
+        done = stats.items
+    else:
+        log(f"nothing to do: all {len(plan)} parts of {store.root}/{VIS} are complete")
+    table = store.read(VIS)
+    rows = sorted(table.to_pylist(), key=lambda r: r["target"])
+    caption = [f"{r['target']}{' ' + r['name'][:14] if r['name'] else ''}\n{r['score']:.1f}" for r in rows]
+    pics = [read_png(io.BytesIO(store.read_bytes(r["image"])))[0].numpy() for r in rows]
+    grid = f"{VIS}/grid_{re.sub(r'[^A-Za-z0-9._-]+', '_', layer)}.png"
+    store.write_file(grid, grid_png(pics, caption))
+    wall = time.time() - t0
+    summary = {"layer": layer, "kind": kind, "pictures": len(rows), "computed": done, "wall_s": round(wall, 2),
+               "per_s": round(done / wall, 3) if done else None, "grid": grid,
+               "top1_is_target": sum(r["top1"] == r["target"] for r in rows) if kind == "class" else None,
+               "mean_gain": float(np.mean([r["score"] - r["start"] for r in rows])) if rows else None,
+               "settings": settings, "weights": loaded.weights, "random_weights": loaded.random_weights,
+               "config": config}
+    store.update_summary(VIS, summary)
+    log(f"done: {len(rows)} {kind} pictures of {layer}, {done} computed in {wall:.1f} s"
+        f"{f', {done / wall:.2f}/s' if done else ''} -> {store.root}/{VIS}/")
+    return summary

@@ -23,11 +23,11 @@ from deepscope.algos import style_net as sn
 from deepscope.algos.style import (LossNetwork, content_loss, content_weights, gram, gram_weights, network_layers,
                                    style_loss, tv_loss)
 from deepscope.errors import UserError
-from deepscope.io.store import write_single_file
+from deepscope.io.location import write_single_file
 from deepscope.models.registry import best_device
 
 SKIMAGE_PREFIX = "skimage:"
-PAINTING_PREFIX = "painting:"  # generated style images (demo_data.painting): painting:swirls, painting:glass
+PAINTING_PREFIX = "painting:"  # generated style images (io/demo_data.painting): painting:swirls, painting:glass
 
 
 @dataclass
@@ -61,7 +61,7 @@ def load_style_image(spec: str) -> Image.Image:
     """An RGB style image from a file, from scikit-image's bundled samples (skimage:brick), or generated
     (painting:swirls, painting:glass)."""
     if spec.startswith(PAINTING_PREFIX):
-        from deepscope.demo_data import painting
+        from deepscope.io.demo_data import painting
 
         try:
             return painting(spec[len(PAINTING_PREFIX):])
@@ -236,11 +236,9 @@ class Trainer:
         return True
 
 
-def train(cfg: TrainConfig, out: str, checkpoint_every: int = 200, log=None) -> dict:
-    """Train (or resume) and write the network to `out`; returns a summary."""
-    from deepscope.report.console import log as default_log
-
-    log = log or default_log
+def train(cfg: TrainConfig, out: str, log, checkpoint_every: int = 200) -> dict:
+    """Train (or resume) and write the network to `out`; returns a summary. `log(message)` reports
+    progress (the caller's: algorithms print nothing of their own)."""
     ckpt = Path(str(out) + ".ckpt")
     if Path(out).exists():
         try:

@@ -1,34 +1,11 @@
-"""What units look for, from the command line: `patches` (a pipeline stage added to an output
-folder), and two one-model figures that need no dataset: `filters` (a conv layer's weights)
-and `activations` (one image's feature maps at a layer).
-"""
+"""Two one-model figures of what units are, that need no dataset: a conv layer's weights (`filters`)
+and one image's feature maps at a layer (`activations`)."""
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import torch
 
 from deepscope.errors import UserError
-
-
-def parse_channels(text: str | None, what: str = "channels") -> list[int] | None:
-    """'0-15,32' -> [0, ..., 15, 32]; None -> None (every channel). Channels, units, classes."""
-    if text is None:
-        return None
-    out = []
-    for piece in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", piece)
-        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
-            raise UserError(f"bad --{what} {text!r}: use numbers and ranges, e.g. 0-15,32")
-        out += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
-    return out
-
-
-def _write(path: str, data: bytes) -> None:
-    from deepscope.io.store import write_single_file
-
-    write_single_file(path, data)
 
 
 # ---------------------------------------------------------------------------- filters
@@ -76,27 +53,7 @@ def filters_figure(weight: torch.Tensor, max_filters: int = 64, max_inputs: int 
     return grid(tiles, len(w), w.shape[1], pad=1, tile=side, resample=NEAREST)
 
 
-def cmd_filters(a):
-    from deepscope.models.registry import load_model
-    from deepscope.report.figures import to_png_bytes
-
-    if a.max_filters < 1 or a.max_inputs < 1:
-        raise UserError("--max-filters and --max-inputs must be at least 1")
-    loaded = load_model(a.model, a.weights)
-    name, w = conv_weight(loaded, a.layer)
-    _write(a.out, to_png_bytes(filters_figure(w, a.max_filters, a.max_inputs)))
-    what = "RGB" if w.shape[1] == 3 else f"grey, first {min(w.shape[0], a.max_filters)} filters x {min(w.shape[1], a.max_inputs)} inputs"
-    print(f"{name}: weights {'x'.join(map(str, w.shape))} ({what}) -> {a.out}")
-
-
 # ---------------------------------------------------------------------------- activations
-
-def image_input(loaded, path: str) -> torch.Tensor:
-    """One image file as the model's normalized input (1, 3, crop, crop)."""
-    from deepscope.io.decode import open_image
-
-    return loaded.transform.normalize(torch.from_numpy(loaded.transform.geometry(open_image(path)))[None])
-
 
 def feature_maps(loaded, x: torch.Tensor, layer: str) -> np.ndarray:
     from deepscope.models.taps import forward_with_taps
@@ -123,19 +80,3 @@ def strongest(maps: np.ndarray, n: int) -> list[tuple[int, float, float, int, in
     best = np.argsort(-flat.max(1), kind="stable")[:n]
     return [(int(c), float(flat[c].max()), float(flat[c].mean()), *divmod(int(flat[c].argmax()), maps.shape[2]))
             for c in best]
-
-
-def cmd_activations(a):
-    from deepscope.models.registry import load_model
-    from deepscope.report.figures import to_png_bytes
-
-    loaded = load_model(a.model, a.weights)
-    maps = feature_maps(loaded, image_input(loaded, a.image), a.layer)
-    _write(a.out, to_png_bytes(activations_figure(maps)))
-    print(f"{a.layer}: {len(maps)} maps of {maps.shape[1]}x{maps.shape[2]} -> {a.out}")
-    print(f"{'channel':>7} {'max':>10} {'mean':>10}  at (row, col)")
-    for c, mx, mean, i, j in strongest(maps, a.top):
-        print(f"{c:>7} {mx:>10.4f} {mean:>10.4f}  ({i}, {j})")
-
-
-# ---------------------------------------------------------------------------- patches
