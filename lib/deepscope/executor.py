@@ -157,6 +157,12 @@ class Hosts:
         self.actors = []
 
 
+def worker_env() -> dict:
+    """Settings the workers need wherever they run: DEEPSCOPE_* (fault injection in tests) and the
+    output location's filesystem settings and credentials (AWS_*, FSSPEC_*, GOOGLE_*)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("DEEPSCOPE_", "AWS_", "FSSPEC_", "GOOGLE_"))}
+
+
 def _read(fn, desc: dict, kwargs: dict):
     import numpy as np
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from deepscope import __version__
 from deepscope.errors import UserError
-from deepscope.executor import Hosts, Pass, RunContext, ensure_ray, execute, local_log_path, log  # noqa: F401 (ensure_ray: re-exported)
+from deepscope.executor import (Hosts, Pass, RunContext, ensure_ray, execute, local_log_path,  # noqa: F401
+                                log, worker_env)  # ensure_ray, worker_env: re-exported
 from deepscope.io import schemas
 from deepscope.io.plan import Partition, plan
 from deepscope.io.store import Store
@@ -60,12 +61,6 @@ def plan_job(job) -> tuple[list, int, object]:
     return parts, sum(p.size for p in parts), dups
 
 
-def worker_env() -> dict:
-    """Settings the workers need wherever they run: DEEPSCOPE_* (fault injection in tests) and the
-    output location's filesystem settings and credentials (AWS_*, FSSPEC_*, GOOGLE_*)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(("DEEPSCOPE_", "AWS_", "FSSPEC_", "GOOGLE_"))}
-
-
 def image_pass(job, store, loaded, stages, parts, t_command=None, hosts=None):
     """One pass of the image pipeline over `parts` for the given pipeline stages."""
     from deepscope.io.decode import DecodeLimits, decode_partitions
@@ -105,9 +100,7 @@ def run(job, t_command: float | None = None) -> RunResult:
         hosts = None
         try:
             if _pipeline_pending(store, pipeline, parts):
-                hosts = Hosts(job.run.address, job.run.actors, job.run.threads, local_log_path(store),
-                              worker_env(), warm=("deepscope.mapper:preload",
-                                                  {"model": job.model.name, "weights": job.model.weights}))
+                hosts = Hosts(*hosts_args(job, local_log_path(store)))
             loaded = loading.result()  # a missing weights file fails here, before any pass
             return _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, hosts)
         finally:
@@ -136,6 +129,12 @@ def _plan(job, store, stages):
     for name in [s.name for s in pipeline] + [ERRORS]:
         store.drop_parts_except(name, keep | ({"listing"} if name == ERRORS else set()))
     return parts, n_items, dups, pipeline
+
+
+def hosts_args(job, log_path: str | None) -> tuple:
+    """What the run's model actors are started with (executor.Hosts)."""
+    return (job.run.address, job.run.actors, job.run.threads, log_path, worker_env(),
+            ("deepscope.mapper:preload", {"model": job.model.name, "weights": job.model.weights}))
 
 
 def _pipeline_pending(store, pipeline, parts) -> bool:

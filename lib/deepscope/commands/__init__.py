@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
+
+T_COMMAND = time.time()  # the command's start: the run summary's "first image after" counts from here
 
 from deepscope.errors import UserError
 
@@ -50,3 +53,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deepscope: job failed: {e}{resume}", file=sys.stderr)
             return 3
         raise
+
+
+def entry() -> None:
+    """The `deepscope` script and `python -m deepscope.cli`: main(), then a prompt exit. A local Ray
+    started by the command is shut down here (its processes go with it), and the interpreter's own
+    teardown of torch and the rest, a second or more here for nothing, is skipped: every output is
+    written and closed (atomically) by then."""
+    import logging
+    import os
+
+    rc = main()
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)

@@ -40,6 +40,7 @@ def add_commands(sub) -> None:
 
 def cmd_features(a):
     from deepscope import job as jobmod
+    from deepscope.commands import T_COMMAND
     from deepscope.runner import run
 
     run(jobmod.validate({
@@ -47,11 +48,12 @@ def cmd_features(a):
         "model": {"name": a.model, "weights": a.weights},
         "run": run_section(a),
         "features": {"layer": a.layer, "dtype": a.dtype},
-    }, "arguments"))
+    }, "arguments"), t_command=T_COMMAND)
 
 
 def cmd_run(a):
     from deepscope import job as jobmod
+    from deepscope.commands import T_COMMAND
     from deepscope.runner import run
 
     spec = jobmod.load(a.job)
@@ -61,7 +63,7 @@ def cmd_run(a):
         spec.run.address = a.address
     if a.verify:
         spec.run.verify = True
-    run(spec)
+    run(spec, t_command=T_COMMAND)
 
 
 def cmd_layers(a):

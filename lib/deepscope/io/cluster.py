@@ -40,6 +40,8 @@ def ensure_ray(address: str | None = None, log_path: str | None = None) -> None:
     if ray.is_initialized():
         return
     quiet_ray_logging(log_path)
+    env = {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}
     ray.init(address=address, configure_logging=False, log_to_driver=False,
              include_dashboard=False if address == "local" else None,
-             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}})
+             runtime_env={"env_vars": env} if env else None)
+
