@@ -6,6 +6,9 @@
 set -euo pipefail
 PORT=${RAY_PORT:-6390}
 export RAY_AUTH_MODE=token
+# the nodes share this machine with everything else on it: workers at Ray's default niceness (15)
+# would get a fraction of a core beside any busy process (README: Benchmarks)
+export RAY_worker_niceness=${RAY_worker_niceness:-0}
 RAY=${RAY:-$(dirname "$0")/../.venv/bin/ray}
 case "${1:-start}" in
   start)

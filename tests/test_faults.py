@@ -46,9 +46,16 @@ def test_dying_model_actors(ray_cluster, photos, reference, tmp_path, monkeypatc
     assert_exactly_once_and_equal(out, reference)
 
 
+def _sigint_default():
+    # a suite started in the background by a shell (`make test &`) ignores SIGINT, and children
+    # inherit that: the driver must get its Ctrl-C as a user's would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args, env=None):
     return subprocess.Popen([sys.executable, "-m", "deepscope.cli", *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_sigint_default)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])

@@ -62,13 +62,7 @@ def stylize_figure(store, sample, net, meta=None, style_specs=None) -> str | Non
     for j, (title, arr) in enumerate(blends):
         axes[top + 2, j].imshow(arr)
         axes[top + 2, j].set_title(title, fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    rel = "report/stylize.png"
-    store.write_file(rel, buf.getvalue())
-    return rel
+    return _save(fig, store, "report/stylize.png")
 
 
 def stylize_html(s: dict, images: str) -> str:
@@ -127,10 +121,16 @@ def training_figure(store, meta: dict) -> str | None:
     ax.set_xlabel("step")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
+    return _save(fig, store, "report/stylize_training.png")
+
+
+def _save(fig, store, rel: str) -> str:
+    """A figure as a PNG in the output folder -> its path there."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
-    rel = "report/stylize_training.png"
     store.write_file(rel, buf.getvalue())
     return rel
