@@ -3,7 +3,8 @@
 One run, the same JPEGs (256-640 px) and model, whole commands timed (a fresh process each: imports,
 model load and, for deepscope, Ray start-up included), run alternately, `--rounds` pairs:
   plain loop  a script: Dataset + DataLoader(num_workers=2) + forward, as a user would write it
-  deepscope   `deepscope features` as a user runs it
+  deepscope   `deepscope features` as a user runs it: the default executor (local on one machine),
+              and with `--executor ray` (a local Ray cluster started by the command, model actors)
 then the ceilings, in this process:
   decode only decode + resize + crop, in 2 processes (the CPU-side ceiling)
   model only  forward passes on preloaded tensors (the model-side ceiling)
@@ -97,9 +98,9 @@ def plain_loop_cli(tmp, paths, model, weights, layer, batch):
     return time.perf_counter() - t
 
 
-def deepscope_cli(data, out, model, weights, layer, batch):
+def deepscope_cli(data, out, model, weights, layer, batch, executor="auto"):
     t = time.perf_counter()
-    args = ["--weights", weights] if weights else []
+    args = (["--weights", weights] if weights else []) + ["--executor", executor]
     p = subprocess.run([sys.executable, "-m", "deepscope.cli", "features", str(data), "--out", str(out),
                         "--model", model, "--layer", layer, "--batch-size", str(batch), *args],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -133,15 +134,19 @@ def main():
             extra.unlink()
         model = load_model(a.model, a.weights)
         print(f"{a.model} {a.layer}, {len(paths)} JPEGs, batch {a.batch}, {os.cpu_count()} cores, torch {torch.__version__}")
-        print("| round | plain loop s | load | deepscope s | first image s | load | ratio |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print("| round | plain loop s | load | deepscope (local) s | first image s | load | ratio "
+              "| deepscope (Ray) s | first image s | load | ratio |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in range(a.rounds):
             l0 = load()
             loop = plain_loop_cli(tmp, paths, a.model, a.weights, a.layer, a.batch)
             l1 = load()
-            ds, first = deepscope_cli(data, Path(tmp) / f"out{r}", a.model, a.weights, a.layer, a.batch)
-            warn = "  (load above 1: not a result)" if max(l0, l1) > 1 else ""
-            print(f"| {r + 1} | {loop:.1f} | {l0:.2f} | {ds:.1f} | {first} | {l1:.2f} | {loop / ds:.2f}x |{warn}", flush=True)
+            ds, first = deepscope_cli(data, Path(tmp) / f"out{r}", a.model, a.weights, a.layer, a.batch, "local")
+            l2 = load()
+            dr, first_r = deepscope_cli(data, Path(tmp) / f"ray{r}", a.model, a.weights, a.layer, a.batch, "ray")
+            warn = "  (load above 1: not a result)" if max(l0, l1, l2) > 1 else ""
+            print(f"| {r + 1} | {loop:.1f} | {l0:.2f} | {ds:.1f} | {first} | {l1:.2f} | {loop / ds:.2f}x "
+                  f"| {dr:.1f} | {first_r} | {l2:.2f} | {loop / dr:.2f}x |{warn}", flush=True)
         print(f"\n| ceiling | images/s | load |\n|---|---:|---:|")
         for name, fn in (("decode only (2 processes)", lambda: decode_only(paths, model)),
                          ("model only, fp32", lambda: model_only(model, a.layer, a.batch, 256, False)),

@@ -58,12 +58,14 @@ def _cli(args, env=None):
                             preexec_fn=_sigint_default)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_driver_resumes(photos, reference, tmp_path, sig):
+@pytest.mark.parametrize("sig,executor", [(signal.SIGINT, "local"), (signal.SIGKILL, "local"),
+                                          (signal.SIGINT, "ray")])
+def test_interrupted_driver_resumes(photos, reference, tmp_path, sig, executor):
     out = tmp_path / "out"
     job = tmp_path / "job.toml"
     job.write_text(f'out = "{out}"\n[dataset]\nsource = "{photos}"\n[model]\nname = "torchvision:alexnet"\n'
-                   'weights = "random"\n[run]\nbatch_size = 2\npartition_size = 4\n[features]\nlayer = "fc7"\n')
+                   'weights = "random"\n[run]\nbatch_size = 2\npartition_size = 4\n'
+                   f'executor = "{executor}"\n[features]\nlayer = "fc7"\n')
     # slow the model down so that the interruption lands mid-run: 2 s per partition, so 8 s at least
     # between the second part's commit and the end, also on a loaded machine
     p = _cli(["run", str(job)], env={"DEEPSCOPE_SLOW_BATCH_S": "1.0"})
@@ -71,7 +73,7 @@ def test_interrupted_driver_resumes(photos, reference, tmp_path, sig):
     while time.time() < deadline and len(Store(out).parts("features")) < 2:
         time.sleep(0.2)
     assert len(Store(out).parts("features")) >= 2, p.communicate()[0][-2000:]
-    os.killpg(p.pid, sig)  # the whole process group: driver and its local Ray
+    os.killpg(p.pid, sig)  # the whole process group: driver and its local Ray or read processes
     p.wait(timeout=60)
     done_before = sum(e["rows"] for e in Store(out).parts("features").values())
     assert done_before < 24, "interrupted before the end"
@@ -95,8 +97,10 @@ def _group(pgid: int) -> list:
     return found
 
 
-def test_failed_job_leaves_no_process_or_temporary(tmp_path):
-    """A job over its error budget exits 3, and its local Ray (raylet, workers, actors) goes with it."""
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_failed_job_leaves_no_process_or_temporary(tmp_path, executor):
+    """A job over its error budget exits 3, and its processes go with it: the local Ray's (raylet,
+    workers, actors), or the local executor's read processes."""
     data = tmp_path / "data"
     data.mkdir()
     for i in range(4):
@@ -104,7 +108,8 @@ def test_failed_job_leaves_no_process_or_temporary(tmp_path):
     out = tmp_path / "out"
     job = tmp_path / "job.toml"
     job.write_text(f'out = "{out}"\n[dataset]\nsource = "{data}"\n[model]\nname = "torchvision:alexnet"\n'
-                   'weights = "random"\n[run]\nbatch_size = 2\nmax_error_rate = 0.0\n[features]\nlayer = "fc7"\n')
+                   f'weights = "random"\n[run]\nbatch_size = 2\nmax_error_rate = 0.0\nexecutor = "{executor}"\n'
+                   '[features]\nlayer = "fc7"\n')
     p = _cli(["run", str(job)])
     deadline, peak = time.time() + 120, 0
     while p.poll() is None and time.time() < deadline:
@@ -113,9 +118,12 @@ def test_failed_job_leaves_no_process_or_temporary(tmp_path):
     log = p.communicate(timeout=120)[0]
     assert p.returncode == 3, log[-2000:]
     assert "4 of 4 images failed" in log
-    assert peak > 3, "the job's Ray processes were seen while it ran"  # driver, GCS, raylet, workers
+    if executor == "ray":
+        assert peak > 3, "the job's Ray processes were seen while it ran"  # driver, GCS, raylet, workers
+    else:
+        assert peak >= 2, "the job's read process was seen while it ran"  # driver, reader
     deadline = time.time() + 30
     while _group(p.pid) and time.time() < deadline:
         time.sleep(0.5)
-    assert _group(p.pid) == [], "every process of the job's local Ray has exited"
+    assert _group(p.pid) == [], "every process of the job has exited"
     assert not list(out.rglob(".*.tmp"))

@@ -54,10 +54,11 @@ def photos(tmp_path_factory):
     return small_dataset(tmp_path_factory.mktemp("photos"))
 
 
-@pytest.mark.parametrize("model,weights,layer", [("lite0", None, "penultimate"),
-                                                 ("torchvision:alexnet", "random", "fc7")])
-def test_pipeline_equals_direct_forward(ray_cluster, photos, tmp_path, model, weights, layer):
-    res = run(spec(photos, tmp_path / "out", model, weights, layer))
+@pytest.mark.parametrize("model,weights,layer,executor", [("lite0", None, "penultimate", "ray"),
+                                                          ("torchvision:alexnet", "random", "fc7", "ray"),
+                                                          ("lite0", None, "penultimate", "local")])
+def test_pipeline_equals_direct_forward(ray_cluster, photos, tmp_path, model, weights, layer, executor):
+    res = run(spec(photos, tmp_path / "out", model, weights, layer, executor=executor))
     got = read_features(tmp_path / "out")
     ids = sorted(got)
     assert res.images == len(ids) == 9 and res.failed == 0
@@ -68,10 +69,11 @@ def test_pipeline_equals_direct_forward(ray_cluster, photos, tmp_path, model, we
     assert (b"random" in meta[b"deepscope.weights"]) == (weights == "random")
 
 
-def test_image_zoo_errors_and_good_images(ray_cluster, tmp_path):
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_image_zoo_errors_and_good_images(ray_cluster, tmp_path, executor):
     zoo = tmp_path / "zoo"
     expected = make_zoo(zoo)
-    run(spec(zoo, tmp_path / "out", "torchvision:alexnet", "random", "fc7"))
+    run(spec(zoo, tmp_path / "out", "torchvision:alexnet", "random", "fc7", executor=executor))
     got = read_features(tmp_path / "out")
     errors = pq.read_table(tmp_path / "out/errors.parquet").to_pylist()
     good = sorted(name for name, err in expected.items() if err is None)

@@ -1,6 +1,13 @@
 """The one executor every pass runs on: partition descriptors -> CPU read tasks -> actors that
 compute a whole partition and write its parts -> commit records -> the driver commits them.
 
+Two ways to run it, the same partitions, parts, records and commits (so the same outputs, resume
+and error rows): on Ray (a cluster, or a local one it starts: model actors, read tasks anywhere),
+or locally (one machine, no cluster: the reads in a pool of processes, the model worker in the
+driver's process, as a hand-written DataLoader loop would run). `auto` takes Ray wherever Ray
+brings something: an address to join, a running Ray, several actors or several GPUs; on one
+machine with one model worker, Ray's start-up (seconds of CPU on a laptop) buys nothing.
+
 The driver ships descriptors (a few hundred bytes per partition), never items, result rows or
 image bytes; it commits one small record per part, so its work per partition is the same at the
 millionth as at the first. Ray executes at least once (restarted actors, retried tasks): a
@@ -10,12 +17,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from deepscope.io.cluster import ensure_ray  # noqa: F401 (ensure_ray: re-exported)
-from deepscope.io.plan import Partition
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deepscope.io.plan import Partition
 from deepscope.report.console import Progress, log  # noqa: F401 (log: re-exported)
 
 
@@ -38,6 +49,38 @@ class ActorPool:
         tasks must always find a CPU beside the actors, also after a lost node's actors were
         restarted on the survivors, or the job would wait forever for decoded input."""
         return {"num_gpus": 1 if self.gpus else 0, "num_cpus": 0 if self.gpus else 0.5}
+
+
+EXECUTORS = ("auto", "local", "ray")
+
+
+def choose_executor(executor: str, address: str | None, actors: int) -> tuple[str, str]:
+    """-> ("local" | "ray", why). `auto`: Ray where it brings something, else local."""
+    if executor != "auto":
+        return executor, "as asked"
+    if address or os.environ.get("RAY_ADDRESS"):
+        return "ray", "a Ray address was given"
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return "ray", "Ray is running in this process"
+    if actors > 1:
+        return "ray", f"{actors} model actors asked for"
+    if local_gpus() > 1:
+        return "ray", f"{local_gpus()} GPUs: one model actor each"
+    return "local", "one machine, one model worker: no Ray needed"
+
+
+def local_gpus() -> int:
+    """GPUs on this machine, seen without importing torch (which the driver imports in a thread)."""
+    import glob
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def local_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def start_actor_pool(address: str | None, cpu_actors: int, threads: int | None,
@@ -66,6 +109,7 @@ class Pass:
     actors: int = 1
     threads: int = 0
     env: dict = field(default_factory=dict)  # DEEPSCOPE_* settings (fault injection in tests)
+    executor: str = "auto"  # auto | local | ray (choose_executor)
 
 
 @dataclass
@@ -120,13 +164,15 @@ class WorkerHost:
             import importlib
 
             import cloudpickle
-            import ray
 
             self.worker = None  # the last pass's worker and its model go first
             if state_rel is not None:
                 from deepscope.io.store import Location
                 kwargs = Location(state_url).get(state_rel)
+            elif isinstance(kwargs_ref[0], bytes):  # the local executor: the pickle itself
+                kwargs = kwargs_ref[0]
             else:
+                import ray
                 kwargs = ray.get(kwargs_ref[0])
             module, name = worker.split(":")
             self.worker = getattr(importlib.import_module(module), name)(**cloudpickle.loads(kwargs))
@@ -135,11 +181,24 @@ class WorkerHost:
 
 
 class Hosts:
-    """The run's model actors, started once and reused by every pass of the run. Creating them
-    returns at once: their processes import torch and read the model while the driver goes on."""
+    """The run's model workers, started once and reused by every pass of the run.
+
+    On Ray: actors; creating them returns at once, and their processes import torch and read the
+    model while the driver goes on. Locally: one WorkerHost in the driver's process, which takes a
+    copy of the driver's own model (`adopt`), and a pool of read processes, started here so that
+    they spawn and import the decoder while the driver still loads torch."""
 
     def __init__(self, address: str | None, cpu_actors: int, threads: int | None, log_path: str | None,
-                 env: dict | None = None, warm: tuple[str, dict] | None = None):
+                 env: dict | None = None, warm: tuple[str, dict] | None = None, executor: str = "auto"):
+        self.kind, self.why = choose_executor(executor, address, cpu_actors)
+        self.warm, self.reads = warm, None
+        if self.kind == "local":
+            self.pool = ActorPool(1, local_gpus() > 0, threads or local_cpus())
+            self.readers = _EARLY.readers if _EARLY is not None else max(1, min(local_cpus() - 1, 32))
+            self.actors = [WorkerHost()]
+            self._start_reads()
+            return
+        drop_prestarted()
         self.pool = start_actor_pool(address, cpu_actors, threads, log_path)  # in the main thread:
         import ray  # Ray's driver connection is then usable from this thread only (ray.put)
 
@@ -149,12 +208,98 @@ class Hosts:
         warm = (warm[0], {**warm[1], "threads": self.pool.threads}) if warm else None
         self.actors = [host.remote(warm) for _ in range(self.pool.actors)]
 
+    def describe(self) -> str:
+        if not self.local:
+            return self.pool.describe()
+        where = "GPU" if self.pool.gpus else f"{self.pool.threads} CPU threads"
+        return (f"local executor: {self.readers} read process{'es' if self.readers > 1 else ''}, "
+                f"the model in this process on {where}")
+
+    @property
+    def local(self) -> bool:
+        return self.kind == "local"
+
+    def adopt(self, loaded) -> None:
+        """Local: the model worker copies the driver's loaded model instead of reading it again."""
+        if self.local and self.warm:
+            import importlib
+
+            module, name = self.warm[0].split(":")
+            getattr(importlib.import_module(module), name)(**self.warm[1], threads=self.pool.threads, loaded=loaded)
+
+    def _start_reads(self) -> None:
+        global _EARLY
+        self.reads, _EARLY = _EARLY or start_readers(self.readers), None
+
+    def read(self, fn, desc: dict, kwargs: dict):
+        """Local: a partition's rows, read in the pool (a future)."""
+        if fn is None:
+            from concurrent.futures import Future
+            f = Future()
+            f.set_result(_read(lambda b: b, desc, {}))
+            return f
+        return self.reads.submit(_read, fn, desc, kwargs)
+
+    def restart_reads(self) -> None:
+        """A read process died (BrokenProcessPool): a new pool."""
+        self.reads.shutdown(wait=False, cancel_futures=True)
+        self._start_reads()
+
     def close(self) -> None:
+        if self.local:
+            self.actors = []
+            if self.reads is not None:
+                self.reads.shutdown(wait=True, cancel_futures=True)
+                self.reads = None
+            return
         import ray
 
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+_EARLY = None  # a read pool started at the command's start (prestart_readers), taken by the first local Hosts
+
+
+def start_readers(n: int):
+    """A pool of `n` read processes, spawned now (not at the first partition)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the driver has threads (torch's import, its thread pools) when it forks
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_reader_init)
+    pool.readers = n
+    for _ in range(n):
+        pool.submit(_reader_init)
+    return pool
+
+
+def prestart_readers(executor: str | None, address: str | None) -> None:
+    """Called by a command before its heavy imports: when the run will likely be local, the read
+    processes spawn and import the decoder on another core while this one imports torch. (Unused,
+    e.g. when a job file names a cluster, they are shut down at exit.)"""
+    global _EARLY
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return
+    if _EARLY is None and (executor or "auto") != "ray" and not address and not os.environ.get("RAY_ADDRESS"):
+        _EARLY = start_readers(max(1, min(local_cpus() - 1, 32)))
+
+
+def drop_prestarted() -> None:
+    global _EARLY
+    if _EARLY is not None:
+        _EARLY.shutdown(wait=True)
+        _EARLY = None
+
+
+def _reader_init() -> None:
+    """A local read process: Ctrl-C is the driver's to handle (it stops the pool); import the decoder now."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import deepscope.io.decode  # noqa: F401
 
 
 def worker_env() -> dict:
@@ -163,57 +308,135 @@ def worker_env() -> dict:
     return {k: v for k, v in os.environ.items() if k.startswith(("DEEPSCOPE_", "AWS_", "FSSPEC_", "GOOGLE_"))}
 
 
+READ_KILL_ENV = "DEEPSCOPE_READ_KILL"  # tests: a file path; the first read to create it kills its own process
+
+
 def _read(fn, desc: dict, kwargs: dict):
     import numpy as np
+
+    kill = os.environ.get(READ_KILL_ENV)
+    if kill and fn is not None and not os.path.exists(kill):
+        open(kill, "w").close()
+        os._exit(1)  # fault injection: a read process dies mid-job, once
 
     return fn({k: np.asarray(v, dtype=object if k != "size" else np.int64) for k, v in desc.items()}, **kwargs)
 
 
-def execute(store, p: Pass, t_command: float | None = None, hosts: Hosts | None = None) -> PassStats:
-    """Run one pass; commit every part as its record arrives. Raises when partitions are left.
+class _Commits:
+    """The driver's side of a pass, the same on either executor: commit each part's record as it
+    arrives (once: a partition delivered twice has its second records ignored), count, time, retry."""
 
-    Ray core, not Ray Data: each actor keeps a short queue of partitions, each read by its own CPU
-    task (anywhere in the cluster) and handed to the actor as one object; Ray restarts a lost
-    actor and retries its call (max_restarts, max_task_retries), and a read lost with its node is
-    recomputed from lineage. A partition whose call still fails is retried three times."""
-    import collections
+    def __init__(self, store, p: Pass, t_command: float | None, t0: float, local: bool):
+        import collections
+
+        self.store, self.p, self.t_first, self.local = store, p, t_command or t0, local
+        self.waiting = {x.name: set(p.commits) for x in p.parts}
+        self.tries: collections.Counter = collections.Counter()
+        self.stats = PassStats()
+        self.timings = {"decode_s": 0.0, "model_s": 0.0, "write_s": 0.0, "commit_s": 0.0}
+        self.progress = Progress(sum(x.size for x in p.parts), p.unit)
+
+    def failed(self, part: Partition, e: BaseException) -> None:
+        """A partition's try failed (not its images: the code or the cluster); the fourth ends the pass."""
+        self.tries[part.name] += 1
+        if self.tries[part.name] > 3:
+            where = "" if self.local else f"; Ray's log: {local_log_path(self.store)}"
+            raise PassFailed(f"partition {part.name} failed {self.tries[part.name]} times; last error: "
+                             f"{_last_line(e)}{where}") from None
+
+    def take(self, part: Partition, table) -> None:
+        stats, timings = self.stats, self.timings
+        for rec in table.to_pylist():
+            stage = rec["stage"]
+            if stage not in self.waiting.get(part.name, ()):
+                continue  # a duplicate delivery of a part committed already
+            tc = time.perf_counter()
+            self.store.commit({**rec, "files": json.loads(rec["files"] or "{}")})
+            timings["commit_s"] += time.perf_counter() - tc
+            self.waiting[part.name].discard(stage)
+            if rec.get("images"):
+                first = rec["t_model"] - self.t_first
+                stats.first_model_s = first if stats.first_model_s is None else min(stats.first_model_s, first)
+                stats.items += rec["images"]
+                stats.failed += rec["failed"]
+                timings["decode_s"] += rec["decode_ms"] / 1000
+                timings["model_s"] += rec["infer_ms"] / 1000
+                timings["write_s"] += rec["write_ms"] / 1000
+                self.progress.add(rec["images"], rec["failed"])
+        if not self.waiting.get(part.name, True):
+            del self.waiting[part.name]
+            stats.parts += 1
+
+
+def execute(store, p: Pass, t_command: float | None = None, hosts: Hosts | None = None) -> PassStats:
+    """Run one pass; commit every part as its record arrives. Raises when partitions are left."""
     import hashlib
 
     import cloudpickle
 
     own = hosts is None
     if own:
-        hosts = Hosts(p.address, p.actors, p.threads, local_log_path(store), p.env)
-    pool, actors = hosts.pool, hosts.actors
-    import ray
-
+        hosts = Hosts(p.address, p.actors, p.threads, local_log_path(store), p.env, executor=p.executor)
     total = sum(x.size for x in p.parts)
-    log(f"{store.root}: {total} {p.unit} in {len(p.parts)} partitions to compute ({pool.describe()})")
+    log(f"{store.root}: {total} {p.unit} in {len(p.parts)} partitions to compute ({hosts.describe()})")
     t0 = time.time()
-    kwargs = cloudpickle.dumps({**p.worker_kwargs, "threads": pool.threads})
+    kwargs = cloudpickle.dumps({**p.worker_kwargs, "threads": hosts.pool.threads})
     key = hashlib.sha256(kwargs).hexdigest()[:24]
     state_rel, kwargs_ref = None, None
     if len(kwargs) > INLINE_BYTES:
         state_rel = f"_state/{key}.pkl"
         store.loc.put(state_rel, kwargs)
+    elif hosts.local:
+        kwargs_ref = kwargs  # the worker unpickles its own copy, as an actor would
     else:
+        import ray
         kwargs_ref = ray.put(kwargs)  # fetched by each actor once per pass (a list: Ray does not resolve it)
-    env = {"runtime_env": {"env_vars": p.env}} if p.env else {}
     spec = (f"{p.worker.__module__}:{p.worker.__qualname__}", key, [kwargs_ref], store.url, state_rel)
+    commits = _Commits(store, p, t_command, t0, hosts.local)
+    try:
+        (_run_local if hosts.local else _run_ray)(p, hosts, spec, commits)
+    finally:
+        commits.progress.close()
+        if own:
+            hosts.close()
+        store.flush()
+    stats, timings = commits.stats, commits.timings
+    stats.seconds = time.time() - t0
+    stats.timings = {k: round(v, 2) for k, v in timings.items()}
+    if commits.waiting:
+        raise PassFailed(f"the pass ended with {len(commits.waiting)} partitions incomplete; run again to resume")
+    rate = f", {stats.items / stats.seconds:.1f} {p.unit}/s" if stats.seconds else ""
+    log(f"  {stats.items}/{total} {p.unit} done, {stats.failed} failed in {stats.seconds:.1f} s{rate}; "
+        f"decode {timings['decode_s']:.1f} s, model {timings['model_s']:.1f} s, write {timings['write_s']:.1f} s "
+        f"(summed over workers), commit {timings['commit_s']:.2f} s")
+    return stats
+
+
+def _desc(part: Partition) -> dict:
+    return {"part": [part.name], "desc": [json.dumps(part.desc)], "size": [part.size]}
+
+
+def _run_ray(p: Pass, hosts: Hosts, spec: tuple, commits: _Commits) -> None:
+    """Ray core, not Ray Data: each actor keeps a short queue of partitions, each read by its own CPU
+    task (anywhere in the cluster) and handed to the actor as one object; Ray restarts a lost
+    actor and retries its call (max_restarts, max_task_retries), and a read lost with its node is
+    recomputed from lineage. A partition whose call still fails is retried three times."""
+    import collections
+
+    import ray
+
+    actors = hosts.actors
+    env = {"runtime_env": {"env_vars": p.env}} if p.env else {}
     read = ray.remote(num_cpus=1, max_retries=3, **env)(_read) if p.read is not None else None
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    depth = max(2, -(-cpus // pool.actors) + 1)  # partitions queued per actor: reads enough ahead to feed it
-
+    depth = max(2, -(-cpus // len(actors)) + 1)  # partitions queued per actor: reads enough ahead to feed it
     queue = collections.deque(p.parts)
-    tries: collections.Counter = collections.Counter()
     in_flight: dict = {}
     queued: collections.Counter = collections.Counter()
 
     def submit(a: int) -> None:
         part = queue.popleft()
-        desc = {"part": [part.name], "desc": [json.dumps(part.desc)], "size": [part.size]}
-        batch = read.remote(p.read, desc, p.read_kwargs) if read is not None else \
-            _read(lambda b: b, desc, {})
+        batch = read.remote(p.read, _desc(part), p.read_kwargs) if read is not None else _read(lambda b: b, _desc(part), {})
         in_flight[actors[a].run.remote(spec, batch)] = (a, part)
         queued[a] += 1
 
@@ -221,61 +444,50 @@ def execute(store, p: Pass, t_command: float | None = None, hosts: Hosts | None 
         for a in range(len(actors)):
             if queue:
                 submit(a)
+    while in_flight:
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        a, part = in_flight.pop(ready[0])
+        queued[a] -= 1
+        try:
+            commits.take(part, ray.get(ready[0]))
+        except ray.exceptions.RayError as e:
+            commits.failed(part, e)
+            queue.append(part)
+        while queue and queued[a] < depth:
+            submit(a)
 
-    waiting = {x.name: set(p.commits) for x in p.parts}
-    stats = PassStats()
-    timings = {"decode_s": 0.0, "model_s": 0.0, "write_s": 0.0, "commit_s": 0.0}
-    progress = Progress(total, p.unit)
-    try:
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            a, part = in_flight.pop(ready[0])
-            queued[a] -= 1
-            try:
-                table = ray.get(ready[0])
-            except ray.exceptions.RayError as e:
-                tries[part.name] += 1
-                if tries[part.name] > 3:
-                    raise PassFailed(f"partition {part.name} failed {tries[part.name]} times; last error: "
-                                     f"{_last_line(e)}; Ray's log: {local_log_path(store)}") from None
-                queue.append(part)
-                table = None
-            for rec in table.to_pylist() if table is not None else []:
-                stage = rec["stage"]
-                if stage not in waiting.get(part.name, ()):
-                    continue  # a duplicate delivery of a part committed already
-                tc = time.perf_counter()
-                store.commit({**rec, "files": json.loads(rec["files"] or "{}")})
-                timings["commit_s"] += time.perf_counter() - tc
-                waiting[part.name].discard(stage)
-                if rec.get("images"):
-                    first = rec["t_model"] - (t_command or t0)
-                    stats.first_model_s = first if stats.first_model_s is None else min(stats.first_model_s, first)
-                    stats.items += rec["images"]
-                    stats.failed += rec["failed"]
-                    timings["decode_s"] += rec["decode_ms"] / 1000
-                    timings["model_s"] += rec["infer_ms"] / 1000
-                    timings["write_s"] += rec["write_ms"] / 1000
-                    progress.add(rec["images"], rec["failed"])
-            if not waiting.get(part.name, True):
-                del waiting[part.name]
-                stats.parts += 1
-            while queue and queued[a] < depth:
-                submit(a)
-    finally:
-        progress.close()
-        if own:
-            hosts.close()
-        store.flush()
-    stats.seconds = time.time() - t0
-    stats.timings = {k: round(v, 2) for k, v in timings.items()}
-    if waiting:
-        raise PassFailed(f"the pass ended with {len(waiting)} partitions incomplete; run again to resume")
-    rate = f", {stats.items / stats.seconds:.1f} {p.unit}/s" if stats.seconds else ""
-    log(f"  {stats.items}/{total} {p.unit} done, {stats.failed} failed in {stats.seconds:.1f} s{rate}; "
-        f"decode {timings['decode_s']:.1f} s, model {timings['model_s']:.1f} s, write {timings['write_s']:.1f} s "
-        f"(summed over workers), commit {timings['commit_s']:.2f} s")
-    return stats
+
+def _run_local(p: Pass, hosts: Hosts, spec: tuple, commits: _Commits) -> None:
+    """Partitions in order: the pool reads `readers + 1` ahead while this process runs the model on
+    the oldest. A read process that dies breaks the pool: a new one reads what was in flight."""
+    import collections
+    from concurrent.futures.process import BrokenProcessPool
+
+    worker = hosts.actors[0]
+    queue = collections.deque(p.parts)
+    reading: collections.deque = collections.deque()
+
+    def fill() -> None:
+        while queue and len(reading) < hosts.readers + 1:
+            part = queue.popleft()
+            reading.append((part, hosts.read(p.read, _desc(part), p.read_kwargs)))
+
+    fill()
+    while reading:
+        part, future = reading.popleft()
+        fill()
+        try:
+            table = worker.run(spec, future.result())
+        except Exception as e:  # the partition's images fail inside the worker; this is the code or the pool
+            commits.failed(part, e)
+            if isinstance(e, BrokenProcessPool):
+                hosts.restart_reads()
+                queue.extendleft(x for x, _ in reversed(reading))
+                reading.clear()
+            queue.append(part)
+            fill()
+            continue
+        commits.take(part, table)
 
 
 @dataclass

@@ -37,6 +37,7 @@ class RunConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp32 gives exact results
     channels_last: bool = True
     address: str | None = None  # Ray cluster; default RAY_ADDRESS or a new local cluster
+    executor: Literal["auto", "local", "ray"] = "auto"  # auto: Ray when it brings something (executor.choose_executor)
     verify: bool = False  # before running, also check every committed part's sha256 (sizes are always checked)
     decode_timeout_s: float = Field(10.0, gt=0)
     max_pixels: int = Field(178_956_970, ge=1)

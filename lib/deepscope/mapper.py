@@ -41,16 +41,37 @@ def errors_table(rows: dict[str, np.ndarray]):
 
 
 _PRELOADED: dict = {}  # (model, weights) -> LoadedModel, read by a model actor before its first pass
+_DRIVERS: dict = {}  # (model, weights) -> the driver's LoadedModel (local executor): each pass copies it
 
 
-def preload(model: str, weights: str | None = None, threads: int = 0) -> None:
+def preload(model: str, weights: str | None = None, threads: int = 0, loaded=None) -> None:
     """Import torch and read the job's model in a fresh actor process while the driver still plans;
-    the first ModelMapper of that model takes it (once: a later pass reads its own copy)."""
+    the first ModelMapper of that model takes it (once: a later pass reads its own copy). In the
+    local executor the driver hands over the model it loaded (`loaded`): every pass takes a copy,
+    which its worker may move and re-lay out (channels_last) without touching the driver's."""
     from deepscope.models.registry import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    _PRELOADED[(model, weights)] = load_model(model, weights)
+    if loaded is not None:
+        _DRIVERS[(model, weights)] = loaded
+    else:
+        _PRELOADED[(model, weights)] = load_model(model, weights)
+
+
+def _take_model(key: tuple):
+    import copy
+
+    from deepscope.models.registry import load_model
+
+    if key in _PRELOADED:
+        return _PRELOADED.pop(key)
+    if key in _DRIVERS:
+        try:
+            return copy.deepcopy(_DRIVERS[key])
+        except Exception:  # a module that cannot be copied is read again
+            pass
+    return load_model(*key)
 
 
 def is_oom(e: BaseException) -> bool:
@@ -64,14 +85,12 @@ class ModelMapper:
                  metadata: dict | None = None):
         from deepscope import job as jobmod
         from deepscope.io.store import PartWriter
-        from deepscope.models.registry import load_model
-
         self.job = jobmod.validate(job)
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=num_cpus; we want the cores we were given
         self.device = best_device()
         key = (self.job.model.name, self.job.model.weights)
-        self.model = _PRELOADED.pop(key, None) or load_model(*key)
+        self.model = _take_model(key)
         module = self.model.module.to(self.device)
         if self.job.run.channels_last:
             module = module.to(memory_format=torch.channels_last)

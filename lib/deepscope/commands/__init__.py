@@ -35,6 +35,9 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if hasattr(args, "executor"):  # a command that runs a job: its read processes spawn and
+            from deepscope.executor import prestart_readers  # import on another core while this
+            prestart_readers(args.executor, getattr(args, "address", None))  # one imports torch
         module, name = args.fn.split(":")
         getattr(importlib.import_module(module), name)(args)
         return 0
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deepscope: job failed: {e}{resume}", file=sys.stderr)
             return 3
         raise
+    finally:  # what was started early and not taken (a failed command, a job run elsewhere)
+        if "deepscope.executor" in sys.modules:
+            sys.modules["deepscope.executor"].drop_prestarted()
 
 
 def entry() -> None:

@@ -14,6 +14,9 @@ def run_options(p, precision: bool = True, errors: bool = False) -> None:
     p.add_argument("--batch-size", type=int, help="items per model batch (default 64)")
     p.add_argument("--actors", type=int, help="CPU model actors when there is no GPU (default 1)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a new local cluster)")
+    p.add_argument("--executor", choices=["auto", "local", "ray"],
+                   help="local: this machine, no Ray; ray: Ray actors; auto (default): Ray when there is an "
+                        "address, several actors or several GPUs, else local")
     if precision:
         p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
     if errors:
@@ -24,5 +27,5 @@ def run_options(p, precision: bool = True, errors: bool = False) -> None:
 
 def run_section(a) -> dict:
     """The [run] section of a job from the run options given."""
-    keys = {k: getattr(a, k, None) for k in ("batch_size", "actors", "address", "precision", "max_error_rate", "verify")}
+    keys = {k: getattr(a, k, None) for k in ("batch_size", "actors", "address", "executor", "precision", "max_error_rate", "verify")}
     return {k: v for k, v in keys.items() if v is not None}

@@ -117,7 +117,8 @@ def cmd_visualize(a):
     store.clean_temporaries()
     store.metadata = {"deepscope.model": a.model, "deepscope.weights": loaded.weights,
                       "deepscope.random_weights": str(loaded.random_weights).lower()}
-    run = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address, "precision": a.precision or "fp32"}
+    run = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address, "executor": a.executor,
+           "precision": a.precision or "fp32"}
     s = visualize_job(store, a.model, a.weights, layer, kind, targets, settings, run, log, RunContext.execute)
     write_index(a.out, f"deepscope visualize: {a.model} {layer}", visualize_html(s))
 
@@ -138,7 +139,8 @@ def _job(a, stage: str, config: dict) -> None:
     from deepscope import job as jobmod
     from deepscope.runner import run
 
-    runcfg = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address, "precision": a.precision}
+    runcfg = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address, "executor": a.executor,
+              "precision": a.precision}
     run(jobmod.validate({"out": a.out, "dataset": {"source": a.input},
                          "model": {"name": a.model, "weights": a.weights},
                          "run": {k: v for k, v in runcfg.items() if v is not None},
@@ -278,7 +280,7 @@ def cmd_robustness(a):
 
     config = {"attack": a.attack, "eps": parse_floats(a.eps, "eps"), "steps": a.steps, "step": a.step,
               "universal": True if a.universal else None, "universal_images": a.universal_images}
-    run = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address}
+    run = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address, "executor": a.executor}
     run_stage(a.out, "robustness", {k: v for k, v in config.items() if v is not None},
               {k: v for k, v in run.items() if v is not None})
 

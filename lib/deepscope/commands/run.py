@@ -19,6 +19,7 @@ def add_commands(sub) -> None:
     r.add_argument("job", help="job file (TOML)")
     r.add_argument("--out", help="override the job's output folder")
     r.add_argument("--address", help="Ray cluster address")
+    r.add_argument("--executor", choices=["auto", "local", "ray"], help="override the job's [run] executor")
     r.add_argument("--verify", action="store_true", help="also check every committed part's sha256 before running")
     r.set_defaults(fn="deepscope.commands.run:cmd_run")
 
@@ -61,6 +62,8 @@ def cmd_run(a):
         spec.out = a.out
     if a.address:
         spec.run.address = a.address
+    if a.executor:
+        spec.run.executor = a.executor
     if a.verify:
         spec.run.verify = True
     run(spec, t_command=T_COMMAND)

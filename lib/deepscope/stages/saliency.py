@@ -14,7 +14,7 @@ maps once and computes every table in that one pass.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -22,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from deepscope.algos import saliency as sal
-from deepscope.algos.grabcut import grabcut_from_saliency, iou
 from deepscope.errors import UserError
 from deepscope.io import schemas
 from deepscope.io.objects import object_coverage, read_objects
 from deepscope.report.saliency import saliency_figures, saliency_html
 from deepscope.stages.base import Stage, StageConfig, name_list
+
+if TYPE_CHECKING:
+    from deepscope.algos import saliency as sal
 
 Method = Literal["backprop", "guided", "integrated_gradients", "occlusion", "gradcam"]
 ALL = "(all)"
@@ -110,6 +111,7 @@ class Saliency(Stage):
                 tap = resolve(loaded, cfg.layer)
                 self._cam = (tap.module_name, tap.kind == "input")
             else:
+                from deepscope.algos import saliency as sal
                 name = sal.default_cam_layer(loaded.module, x)
                 if name is None:
                     raise UserError(f"{loaded.spec} has no spatial layer for gradcam: name one with layer = ...")
@@ -121,6 +123,10 @@ class Saliency(Stage):
 
     # -- model actors -------------------------------------------------------------------------
     def map_batch(self, model, x, taps, rows):
+        # Captum and OpenCV are imported where they run (the model workers), not with the job's spec
+        from deepscope.algos import saliency as sal
+        from deepscope.algos.grabcut import grabcut_from_saliency
+
         cfg = self.config
         logits = taps["logits"].float()
         pred = logits.argmax(1)
@@ -167,6 +173,8 @@ class Saliency(Stage):
         return torch.full_like(pred, int(t))
 
     def _options(self, model, x) -> sal.Options:
+        from deepscope.algos import saliency as sal
+
         cfg, tf = self.config, model.transform
         fill = 0.0  # "mean": the transform's mean colour is 0 after normalization
         if cfg.fill != "mean":
@@ -221,11 +229,13 @@ class Saliency(Stage):
         }, schema=schemas.saliency(self.config.map_size))
 
     def finish(self, ctx):
-        store, log = ctx.store, ctx.log
+        from deepscope.algos.grabcut import iou
         from deepscope.models.registry import load_model
 
+        store, log = ctx.store, ctx.log
         cfg, S = self.config, self.config.map_size
-        transform = load_model(self.job.model.name, self.job.model.weights).transform
+        loaded = ctx.loaded or load_model(self.job.model.name, self.job.model.weights)
+        transform = loaded.transform
         objects = read_objects(cfg.objects, self.job.dataset.source)
         coverage: dict[str, tuple[str, np.ndarray] | None] = {}  # id -> (truth, S x S object share)
         sums: dict[tuple[str, str], np.ndarray] = {}

@@ -160,7 +160,8 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
             worker_kwargs=dict(model=model, weights=weights, layer=layer, kind=kind, settings=settings,
                                precision=run.get("precision", "fp32"), channels_last=run.get("channels_last", True),
                                out=store.url, metadata=store.metadata),
-            address=run.get("address"), actors=int(run.get("actors") or 1), threads=run.get("threads") or 0)
+            address=run.get("address"), actors=int(run.get("actors") or 1), threads=run.get("threads") or 0,
+            executor=run.get("executor") or "auto")
         done = stats.items
     else:
         log(f"nothing to do: all {len(plan)} parts of {store.root}/{VIS} are complete")
