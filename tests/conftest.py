@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/imagezoo.py
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# the remembered model transforms (models/transform.py) of this test session, not the user's
+os.environ.setdefault("DEEPSCOPE_CACHE", tempfile.mkdtemp(prefix="deepscope-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -92,3 +92,20 @@ def test_local_rerun_does_nothing_and_resumes(ray_cluster, photos, tmp_path, cap
     res = run(two_stage_job(photos, out, "local"))
     assert res.computed == 0
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_prefetch_with_a_stale_remembered_transform_reads_again(ray_cluster, photos, tmp_path, monkeypatch):
+    """The first partitions start decoding with the transform remembered from the last run; when
+    the model's own transform differs, they are read again with it: the features are unchanged."""
+    from deepscope.models.transform import Transform, recall, remember
+
+    reference = tmp_path / "reference"
+    run(two_stage_job(photos, reference, "local"))
+    assert recall("torchvision:alexnet") == Transform()  # remembered by that run
+    remember("torchvision:alexnet", Transform(resize=300, crop=288))  # stale: another geometry
+    run(two_stage_job(photos, tmp_path / "out", "local"))
+    got, want = read_features(tmp_path / "out"), read_features(reference)
+    assert sorted(got) == sorted(want)
+    for i in want:
+        np.testing.assert_array_equal(got[i], want[i])
+    assert recall("torchvision:alexnet") == Transform()

@@ -191,7 +191,7 @@ class Hosts:
     def __init__(self, address: str | None, cpu_actors: int, threads: int | None, log_path: str | None,
                  env: dict | None = None, warm: tuple[str, dict] | None = None, executor: str = "auto"):
         self.kind, self.why = choose_executor(executor, address, cpu_actors)
-        self.warm, self.reads = warm, None
+        self.warm, self.reads, self.early = warm, None, {}
         if self.kind == "local":
             self.pool = ActorPool(1, local_gpus() > 0, threads or local_cpus())
             self.readers = _EARLY.readers if _EARLY is not None else max(1, min(local_cpus() - 1, 32))
@@ -216,6 +216,12 @@ class Hosts:
                 f"the model in this process on {where}")
 
     @property
+    def ahead(self) -> int:
+        """Local: partitions read ahead of the model (a partition of 256 images is ~40 MB of pixels):
+        one per read process, and two more, so that the model never waits for the next one."""
+        return self.readers + 2
+
+    @property
     def local(self) -> bool:
         return self.kind == "local"
 
@@ -231,23 +237,38 @@ class Hosts:
         global _EARLY
         self.reads, _EARLY = _EARLY or start_readers(self.readers), None
 
+    def prefetch(self, fn, parts: list[Partition], kwargs: dict) -> None:
+        """Local: start reading the first partitions before the pass (before the model is built);
+        `read` hands them over if it asks for the same partition with the same arguments."""
+        if self.local:
+            for part in parts[:self.ahead]:
+                self.early[part.name] = (kwargs, self._submit(fn, _desc(part), kwargs))
+
     def read(self, fn, desc: dict, kwargs: dict):
         """Local: a partition's rows, read in the pool (a future)."""
+        early = self.early.pop(desc["part"][0], None)
+        if early is not None and fn is not None and early[0] == kwargs:
+            return early[1]
         if fn is None:
             from concurrent.futures import Future
             f = Future()
             f.set_result(_read(lambda b: b, desc, {}))
             return f
-        return self.reads.submit(_read, fn, desc, kwargs)
+        return self._submit(fn, desc, kwargs)
 
-    def restart_reads(self) -> None:
-        """A read process died (BrokenProcessPool): a new pool."""
-        self.reads.shutdown(wait=False, cancel_futures=True)
-        self._start_reads()
+    def _submit(self, fn, desc: dict, kwargs: dict):
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self.reads.submit(_read, fn, desc, kwargs)
+        except BrokenProcessPool:  # a read process died: a new pool reads from now on (what was in
+            self.reads.shutdown(wait=False, cancel_futures=True)  # flight fails and is read again)
+            self.reads = start_readers(self.readers)
+            return self.reads.submit(_read, fn, desc, kwargs)
 
     def close(self) -> None:
         if self.local:
-            self.actors = []
+            self.actors, self.early = [], {}
             if self.reads is not None:
                 self.reads.shutdown(wait=True, cancel_futures=True)
                 self.reads = None
@@ -458,17 +479,17 @@ def _run_ray(p: Pass, hosts: Hosts, spec: tuple, commits: _Commits) -> None:
 
 
 def _run_local(p: Pass, hosts: Hosts, spec: tuple, commits: _Commits) -> None:
-    """Partitions in order: the pool reads `readers + 1` ahead while this process runs the model on
-    the oldest. A read process that dies breaks the pool: a new one reads what was in flight."""
+    """Partitions in order: the pool reads `ahead` partitions ahead while this process runs the model on
+    the oldest. A read process that dies breaks the pool: the next read starts a new one, and each
+    partition that was in flight in the old one is read again (Hosts._submit)."""
     import collections
-    from concurrent.futures.process import BrokenProcessPool
 
     worker = hosts.actors[0]
     queue = collections.deque(p.parts)
     reading: collections.deque = collections.deque()
 
     def fill() -> None:
-        while queue and len(reading) < hosts.readers + 1:
+        while queue and len(reading) < hosts.ahead:
             part = queue.popleft()
             reading.append((part, hosts.read(p.read, _desc(part), p.read_kwargs)))
 
@@ -480,10 +501,6 @@ def _run_local(p: Pass, hosts: Hosts, spec: tuple, commits: _Commits) -> None:
             table = worker.run(spec, future.result())
         except Exception as e:  # the partition's images fail inside the worker; this is the code or the pool
             commits.failed(part, e)
-            if isinstance(e, BrokenProcessPool):
-                hosts.restart_reads()
-                queue.extendleft(x for x, _ in reversed(reading))
-                reading.clear()
             queue.append(part)
             fill()
             continue

@@ -20,6 +20,7 @@ from deepscope.errors import UserError
 from deepscope.executor import (Hosts, Pass, RunContext, ensure_ray, execute, local_log_path,  # noqa: F401
                                 log, worker_env)  # ensure_ray, worker_env: re-exported
 from deepscope.io import schemas
+from deepscope.io.cluster import submitted_job
 from deepscope.io.plan import Partition, plan
 from deepscope.io.store import Store
 from deepscope.job import load_spec  # noqa: F401 (re-exported)
@@ -61,18 +62,24 @@ def plan_job(job) -> tuple[list, int, object]:
     return parts, sum(p.size for p in parts), dups
 
 
+def read_kwargs(job, transform) -> dict:
+    """What every decode task is given: the model's geometry and the job's limits."""
+    from deepscope.io.decode import DecodeLimits
+
+    return {"transform": transform, "limits": DecodeLimits(
+        max_pixels=job.run.max_pixels, max_bytes=job.run.max_bytes, timeout_s=job.run.decode_timeout_s)}
+
+
 def image_pass(job, store, loaded, stages, parts, t_command=None, hosts=None):
     """One pass of the image pipeline over `parts` for the given pipeline stages."""
-    from deepscope.io.decode import DecodeLimits, decode_partitions
+    from deepscope.io.decode import decode_partitions
     from deepscope.mapper import ModelMapper
 
-    limits = DecodeLimits(max_pixels=job.run.max_pixels, max_bytes=job.run.max_bytes,
-                          timeout_s=job.run.decode_timeout_s)
     return execute(store, Pass(
         parts=parts, commits=[s.name for s in stages] + [ERRORS], worker=ModelMapper,
         worker_kwargs={"job": job.model_dump(mode="json"), "stages": stages, "out": store.url,
                        "metadata": store.metadata},
-        read=decode_partitions, read_kwargs={"transform": loaded.transform, "limits": limits},
+        read=decode_partitions, read_kwargs=read_kwargs(job, loaded.transform),
         address=job.run.address, actors=job.run.actors, threads=job.run.threads,
         env=worker_env(), executor=job.run.executor), t_command, hosts)
 
@@ -87,6 +94,8 @@ def run(job, t_command: float | None = None) -> RunResult:
     stages = build_stages(job)
     store = Store(job.out)
     store.open(job.fingerprint())  # an output location that cannot be written fails here, first
+    if submitted_job():  # join first: joining moves this process's working directory (io/cluster.py),
+        ensure_ray(job.run.address, local_log_path(store))  # which no thread may be reading then
     with ThreadPoolExecutor(1) as background:
         # the driver's model (torch's import, the weights) loads while the driver plans, Ray starts
         # and the model actors start (their processes import torch and read the model meanwhile)
@@ -101,6 +110,7 @@ def run(job, t_command: float | None = None) -> RunResult:
         try:
             if _pipeline_pending(store, pipeline, parts):
                 hosts = Hosts(*hosts_args(job, local_log_path(store)))
+                _prefetch(job, store, pipeline, parts, hosts)
             loaded = loading.result()  # a missing weights file fails here, before any pass
             if hosts is not None:
                 hosts.adopt(loaded)  # local: the model worker copies this one
@@ -138,6 +148,21 @@ def hosts_args(job, log_path: str | None) -> tuple:
     return (job.run.address, job.run.actors, job.run.threads, log_path, worker_env(),
             ("deepscope.mapper:preload", {"model": job.model.name, "weights": job.model.weights}),
             job.run.executor)
+
+
+def _prefetch(job, store, pipeline, parts, hosts) -> None:
+    """Local: the first pass's first partitions start decoding while the model is still being
+    built, with the transform this model had last time (the pass checks it is still the same)."""
+    from deepscope.io.decode import decode_partitions
+    from deepscope.models.transform import recall
+
+    transform = recall(job.model.name) if hosts.local else None
+    if transform is None:
+        return
+    first = [s for s in pipeline if s.phase == min(x.phase for x in pipeline)]
+    names = [s.name for s in first] + [ERRORS]
+    hosts.prefetch(decode_partitions, [p for p in parts if not all(store.has_part(n, p.name) for n in names)],
+                   read_kwargs(job, transform))
 
 
 def _pipeline_pending(store, pipeline, parts) -> bool:

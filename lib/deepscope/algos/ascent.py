@@ -41,7 +41,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from deepscope.models.taps import LayerTaps
 
@@ -190,6 +189,10 @@ def scores(loaded, x: torch.Tensor, layer: str, targets: torch.Tensor, position:
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = 2 * int(np.ceil(2 * sigma)) + 1
+    # imported here: torchvision's import pulls in torch._dynamo (a second on a laptop), and a job
+    # on a model that is not torchvision's never needs it otherwise
+    from torchvision.transforms.functional import gaussian_blur
+
     return gaussian_blur(x, [k, k], [sigma, sigma])
 
 

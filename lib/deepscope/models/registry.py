@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from deepscope.errors import UserError
-from deepscope.models.transform import Transform
+from deepscope.models.transform import Transform, remember
 
 FAMILIES = ("lite0", "torchvision", "timm", "torchscript")
 RANDOM_TEXT = "random (TEST ONLY, not a trained model)"
@@ -75,6 +75,8 @@ def load_model(spec: str = "lite0", weights: str | None = None) -> LoadedModel:
               "torchscript": _load_torchscript}[family]
     loaded = loader(spec, name, weights)
     _freeze(loaded.module)
+    if family != "torchscript":  # a file's transform may change with the file
+        remember(spec, loaded.transform)
     return loaded
 
 

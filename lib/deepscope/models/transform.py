@@ -113,3 +113,46 @@ def image_input(loaded, path: str) -> torch.Tensor:
     from deepscope.io.decode import open_image
 
     return loaded.transform.normalize(torch.from_numpy(loaded.transform.geometry(open_image(path)))[None])
+
+
+def _cache_file() -> str:
+    import os
+
+    root = os.environ.get("DEEPSCOPE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deepscope")
+    return os.path.join(root, "transforms.json")
+
+
+def remember(spec: str, transform: Transform) -> None:
+    """Keep a model's transform, so that a later run can start decoding before torch is imported
+    and the model built (recall). Best effort: an unwritable cache only costs that head start."""
+    import json
+    import os
+
+    path = _cache_file()
+    try:
+        known = json.load(open(path)) if os.path.exists(path) else {}
+        if known.get(spec) == transform.to_dict():
+            return
+        known[spec] = transform.to_dict()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(known, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass
+
+
+def recall(spec: str) -> Transform | None:
+    """The transform this model had last time, or None. A guess: the pass checks it against the
+    model's own transform and reads again whatever was read with a different one."""
+    import json
+
+    try:
+        known = json.load(open(_cache_file())).get(spec)
+        if known is None:
+            return None
+        return Transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+    except (OSError, ValueError, TypeError):
+        return None
