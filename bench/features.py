@@ -8,7 +8,9 @@ model load and, for deepscope, Ray start-up included), run alternately, `--round
 then the ceilings, in this process:
   decode only decode + resize + crop, in 2 processes (the CPU-side ceiling)
   model only  forward passes on preloaded tensors (the model-side ceiling)
-The load average is printed beside every row; above 1, a ratio is not a result.
+The load average is printed beside every row; above 1, a ratio is not a result. Before each timed
+command the benchmark waits (up to 150 s) for the load average to fall under 0.9 (`--settle`), so
+that the previous command's own processes do not count against the next.
 
     .venv/bin/python bench/features.py [--model lite0] [--layer penultimate] [--n 1000] [--rounds 2]
 """
@@ -113,6 +115,15 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
+def settle(limit: float, max_wait: float = 150.0) -> float:
+    """Wait (at most max_wait s) until the 1-minute load average is under `limit`: the previous
+    command's own processes otherwise count against the next. Returns the load reached."""
+    t = time.time()
+    while limit and load() >= limit and time.time() - t < max_wait:
+        time.sleep(2)
+    return load()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="lite0")
@@ -121,6 +132,8 @@ def main():
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=0.9,
+                    help="before each timed command, wait until the load average is under this (0: never)")
     a = ap.parse_args()
     if load() > 1:
         print(f"WARNING: load average {load():.2f} > 1: other processes hold the cores; ratios measured now are not results")
@@ -138,11 +151,11 @@ def main():
               "| deepscope (Ray) s | first image s | load | ratio |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in range(a.rounds):
-            l0 = load()
+            l0 = settle(a.settle)
             loop = plain_loop_cli(tmp, paths, a.model, a.weights, a.layer, a.batch)
-            l1 = load()
+            l1 = settle(a.settle)
             ds, first = deepscope_cli(data, Path(tmp) / f"out{r}", a.model, a.weights, a.layer, a.batch, "local")
-            l2 = load()
+            l2 = settle(a.settle)
             dr, first_r = deepscope_cli(data, Path(tmp) / f"ray{r}", a.model, a.weights, a.layer, a.batch, "ray")
             warn = "  (load above 1: not a result)" if max(l0, l1, l2) > 1 else ""
             print(f"| {r + 1} | {loop:.1f} | {l0:.2f} | {ds:.1f} | {first} | {l1:.2f} | {loop / ds:.2f}x "
@@ -151,7 +164,7 @@ def main():
         for name, fn in (("decode only (2 processes)", lambda: decode_only(paths, model)),
                          ("model only, fp32", lambda: model_only(model, a.layer, a.batch, 256, False)),
                          ("model only, fp32 channels_last", lambda: model_only(model, a.layer, a.batch, 256, True))):
-            l0 = load()
+            l0 = settle(a.settle)
             print(f"| {name} | {fn():.1f} | {l0:.2f} |", flush=True)
 
 

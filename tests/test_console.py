@@ -44,6 +44,7 @@ def test_info_lists_every_stage_with_rows(run_output):
     p = subprocess.run([sys.executable, "-m", "deepscope.cli", "info", str(out)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "features: 12 rows" in p.stdout and "pixels: 12 rows" in p.stdout and "RANDOM WEIGHTS" in p.stdout
+    assert "executor: local: one machine" in p.stdout  # no address, one actor: no Ray needed
     p = subprocess.run([sys.executable, "-m", "deepscope.cli", "info", str(out), "--json"], capture_output=True, text=True)
     info = json.loads(p.stdout)
     assert info["stages"]["features"]["rows"] == info["stages"]["pixels"]["rows"] == 12 and info["images"] == 12

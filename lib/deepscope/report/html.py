@@ -36,7 +36,7 @@ def write_report(store, sections: list[tuple[str, str]]) -> None:
     warn = ('<p class="warn">RANDOM WEIGHTS: this model is untrained (test only); nothing here describes a real network.</p>'
             if run.get("random_weights") else "")
     keys = ("dataset", "model", "weights", "images", "failed", "partitions", "computed_this_run", "wall_s",
-            "images_per_s", "first_image_s")
+            "images_per_s", "first_image_s", "executor")
     made = run.get("command") or "a job run from Python"
     m = run.get("machine") or {}
     machine = (f"{m.get('nodes') or 1} node(s), {m.get('cluster_cpus') or m.get('driver_cpus')} CPUs, "

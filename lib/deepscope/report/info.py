@@ -38,7 +38,7 @@ def describe(out: str, reasons: int = 3) -> dict:
                 "model": (spec.get("model") or {}).get("name") or run.get("model"),
                 "weights": run.get("weights"), "random_weights": run.get("random_weights"),
                 "layer": (spec.get("features") or {}).get("layer"),
-                "command": run.get("command")},
+                "command": run.get("command"), "executor": run.get("executor")},
         "images": run.get("images"), "failed": run.get("failed"), "partitions": run.get("partitions"),
         "stages": {k: v for k, v in stages.items() if k != "errors"},
         "errors": errors,
@@ -56,6 +56,8 @@ def text(info: dict) -> str:
              + ("  RANDOM WEIGHTS (test only)" if j["random_weights"] else "")]
     if j.get("command"):
         lines.append(f"  made by: {j['command']}")
+    if j.get("executor"):
+        lines.append(f"  executor: {j['executor']}")
     for name, s in info["stages"].items():
         rows = f"{s['rows']} rows in {s['parts']} parts" if s["parts"] else "dataset-level outputs"
         settings = ", ".join(f"{k}={v}" for k, v in s["settings"].items() if v not in (None, [], {}))
