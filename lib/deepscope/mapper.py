@@ -1,4 +1,5 @@
-"""The model worker: a Ray Data callable class, one per GPU (or per CPU slot).
+"""The model worker: one per GPU (or per CPU slot), in a Ray actor or, on the local executor,
+in the command's own process.
 
 Loads the model once. Each call receives whole partitions (decoded by a CPU task); for each
 batch of a partition it runs one forward pass with every layer the job's stages read and hands
