@@ -20,7 +20,6 @@ from deepscope.errors import UserError
 from deepscope.executor import (Hosts, Pass, RunContext, ensure_ray, execute, local_log_path,  # noqa: F401
                                 log, worker_env)  # ensure_ray, worker_env: re-exported
 from deepscope.io import schemas
-from deepscope.io.cluster import submitted_job
 from deepscope.io.plan import Partition, plan
 from deepscope.io.store import Store
 from deepscope.job import load_spec  # noqa: F401 (re-exported)
@@ -94,8 +93,6 @@ def run(job, t_command: float | None = None) -> RunResult:
     stages = build_stages(job)
     store = Store(job.out)
     store.open(job.fingerprint())  # an output location that cannot be written fails here, first
-    if submitted_job():  # join first: joining moves this process's working directory (io/cluster.py),
-        ensure_ray(job.run.address, local_log_path(store))  # which no thread may be reading then
     with ThreadPoolExecutor(1) as background:
         # the driver's model (torch's import, the weights) loads while the driver plans, Ray starts
         # and the model actors start (their processes import torch and read the model meanwhile)

@@ -65,7 +65,11 @@ def submit(job_file: str, address: str, wait: bool = False) -> str:
         for attempt in range(30):
             try:
                 job_id = client.submit_job(
-                    entrypoint="python -m deepscope.cli run job.toml",
+                    # the driver runs from a folder of its own: Ray sets the job's working_dir up
+                    # again when the job's workers start, and a driver still inside it is left in a
+                    # deleted directory (any later os.getcwd(), e.g. in a lazy import, then fails)
+                    entrypoint='d="$(mktemp -d)" && cp job.toml "$d/" && cd "$d" && '
+                               'python -m deepscope.cli run job.toml',
                     runtime_env={"working_dir": tmp, "py_modules": [str(Path(deepscope.__file__).parent)]},
                     metadata={"deepscope_job": Path(job_file).name},
                 )

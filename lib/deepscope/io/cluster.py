@@ -41,17 +41,7 @@ def ensure_ray(address: str | None = None, log_path: str | None = None) -> None:
         return
     quiet_ray_logging(log_path)
     env = {k: v for k, v in os.environ.items() if k.startswith("DEEPSCOPE_")}
-    cwd = os.getcwd()
     ray.init(address=address, configure_logging=False, log_to_driver=False,
              include_dashboard=False if address == "local" else None,
              runtime_env={"env_vars": env} if env else None)
-    try:  # the driver of a job submitted through the Jobs API: joining sets the job's working_dir up
-        if os.stat(".").st_ino != os.stat(cwd).st_ino:  # again, a new directory under the same path,
-            os.chdir(cwd)  # and this process was left in the deleted one
-    except OSError:
-        pass
 
-
-def submitted_job() -> bool:
-    """Is this process the driver of a job submitted through Ray's Jobs API?"""
-    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
