@@ -194,9 +194,9 @@ class Hosts:
         self.warm, self.reads, self.early = warm, None, {}
         if self.kind == "local":
             self.pool = ActorPool(1, local_gpus() > 0, threads or local_cpus())
-            self.readers = _EARLY.readers if _EARLY is not None else max(1, min(local_cpus() - 1, 32))
+            self.reads = take_prestarted() or start_readers(default_readers())
+            self.readers = self.reads.readers
             self.actors = [WorkerHost()]
-            self._start_reads()
             return
         drop_prestarted()
         self.pool = start_actor_pool(address, cpu_actors, threads, log_path)  # in the main thread:
@@ -232,10 +232,6 @@ class Hosts:
 
             module, name = self.warm[0].split(":")
             getattr(importlib.import_module(module), name)(**self.warm[1], threads=self.pool.threads, loaded=loaded)
-
-    def _start_reads(self) -> None:
-        global _EARLY
-        self.reads, _EARLY = _EARLY or start_readers(self.readers), None
 
     def prefetch(self, fn, parts: list[Partition], kwargs: dict) -> None:
         """Local: start reading the first partitions before the pass (before the model is built);
@@ -283,6 +279,11 @@ class Hosts:
 _EARLY = None  # a read pool started at the command's start (prestart_readers), taken by the first local Hosts
 
 
+def default_readers() -> int:
+    """Local read processes: every core but the one the model's threads lead on, at least one."""
+    return max(1, min(local_cpus() - 1, 32))
+
+
 def start_readers(n: int):
     """A pool of `n` read processes, spawned now (not at the first partition)."""
     import multiprocessing
@@ -305,14 +306,20 @@ def prestart_readers(executor: str | None, address: str | None) -> None:
     if ray is not None and ray.is_initialized():
         return
     if _EARLY is None and (executor or "auto") != "ray" and not address and not os.environ.get("RAY_ADDRESS"):
-        _EARLY = start_readers(max(1, min(local_cpus() - 1, 32)))
+        _EARLY = start_readers(default_readers())
+
+
+def take_prestarted():
+    """The prestarted read pool (once), or None."""
+    global _EARLY
+    pool, _EARLY = _EARLY, None
+    return pool
 
 
 def drop_prestarted() -> None:
-    global _EARLY
-    if _EARLY is not None:
-        _EARLY.shutdown(wait=True)
-        _EARLY = None
+    pool = take_prestarted()
+    if pool is not None:
+        pool.shutdown(wait=True)
 
 
 def _reader_init() -> None:
@@ -350,7 +357,7 @@ class _Commits:
     def __init__(self, store, p: Pass, t_command: float | None, t0: float, local: bool):
         import collections
 
-        self.store, self.p, self.t_first, self.local = store, p, t_command or t0, local
+        self.store, self.t_first, self.local = store, t_command or t0, local
         self.waiting = {x.name: set(p.commits) for x in p.parts}
         self.tries: collections.Counter = collections.Counter()
         self.stats = PassStats()

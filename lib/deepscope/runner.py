@@ -157,15 +157,18 @@ def _prefetch(job, store, pipeline, parts, hosts) -> None:
     if transform is None:
         return
     first = [s for s in pipeline if s.phase == min(x.phase for x in pipeline)]
-    names = [s.name for s in first] + [ERRORS]
-    hosts.prefetch(decode_partitions, [p for p in parts if not all(store.has_part(n, p.name) for n in names)],
-                   read_kwargs(job, transform))
+    hosts.prefetch(decode_partitions, _pending(store, first, parts), read_kwargs(job, transform))
+
+
+def _pending(store, stages, parts) -> list:
+    """The partitions that lack a part of one of these pipeline stages (or their error rows)."""
+    names = [s.name for s in stages] + [ERRORS]
+    return [p for p in parts if not all(store.has_part(n, p.name) for n in names)]
 
 
 def _pipeline_pending(store, pipeline, parts) -> bool:
     """Will a model pass run? (some partition lacks a part of a pipeline stage)"""
-    names = [s.name for s in pipeline] + [ERRORS] if pipeline else []
-    return any(not store.has_part(n, p.name) for p in parts for n in names)
+    return bool(pipeline) and bool(_pending(store, pipeline, parts))
 
 
 def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, hosts) -> RunResult:
@@ -186,8 +189,7 @@ def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, ho
     timings: dict[str, float] = {}
     for phase in sorted({s.phase for s in pipeline}):
         members = [s for s in pipeline if s.phase == phase]
-        names = [s.name for s in members] + [ERRORS]
-        pending = [p for p in parts if not all(store.has_part(n, p.name) for n in names)]
+        pending = _pending(store, members, parts)
         if pending:
             for s in members:
                 s.prepare(ctx)  # e.g. thresholds from an earlier phase, shipped to the actors
