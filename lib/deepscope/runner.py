@@ -61,11 +61,13 @@ def plan_job(job) -> tuple[list, int, object]:
     return parts, sum(p.size for p in parts), dups
 
 
-def read_kwargs(job, transform) -> dict:
-    """What every decode task is given: the model's geometry and the job's limits."""
+def read_kwargs(job, transform, stages=()) -> dict:
+    """What every decode task is given: the model's geometry, the job's limits, and what the pass's
+    stages want made from the whole decoded image (thumbnails)."""
     from deepscope.io.decode import DecodeLimits
 
-    return {"transform": transform, "limits": DecodeLimits(
+    thumbs = next((s.thumb_spec() for s in stages if s.name == "thumbs"), None)
+    return {"transform": transform, "thumbs": thumbs, "limits": DecodeLimits(
         max_pixels=job.run.max_pixels, max_bytes=job.run.max_bytes, timeout_s=job.run.decode_timeout_s)}
 
 
@@ -78,7 +80,7 @@ def image_pass(job, store, loaded, stages, parts, t_command=None, hosts=None):
         parts=parts, commits=[s.name for s in stages] + [ERRORS], worker=ModelMapper,
         worker_kwargs={"job": job.model_dump(mode="json"), "stages": stages, "out": store.url,
                        "metadata": store.metadata},
-        read=decode_partitions, read_kwargs=read_kwargs(job, loaded.transform),
+        read=decode_partitions, read_kwargs=read_kwargs(job, loaded.transform, stages),
         address=job.run.address, actors=job.run.actors, threads=job.run.threads,
         env=worker_env(), executor=job.run.executor), t_command, hosts)
 
@@ -157,7 +159,7 @@ def _prefetch(job, store, pipeline, parts, hosts) -> None:
     if transform is None:
         return
     first = [s for s in pipeline if s.phase == min(x.phase for x in pipeline)]
-    hosts.prefetch(decode_partitions, _pending(store, first, parts), read_kwargs(job, transform))
+    hosts.prefetch(decode_partitions, _pending(store, first, parts), read_kwargs(job, transform, first))
 
 
 def _pending(store, stages, parts) -> list:

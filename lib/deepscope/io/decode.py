@@ -152,6 +152,30 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr...
 
 
+@dataclass(frozen=True)
+class ThumbSpec:
+    """What the decode task adds when the pass includes the thumbs stage."""
+    size: int = 256  # longest side
+    quality: int = 85
+    format: str = "JPEG"  # or "WEBP"
+
+
+def pixel_hash(img: Image.Image) -> str:
+    """Hex digest of the decoded RGB pixels and their shape: equal for exact duplicates."""
+    import hashlib
+
+    return hashlib.blake2b(f"{img.width}x{img.height}:".encode() + img.tobytes(), digest_size=16).hexdigest()
+
+
+def thumbnail_bytes(img: Image.Image, spec: ThumbSpec) -> bytes:
+    """The whole image shrunk to spec.size on its longest side (never enlarged), encoded."""
+    t = img.copy()
+    t.thumbnail((spec.size, spec.size), Image.Resampling.LANCZOS, reducing_gap=2.0)  # reducing_gap: box-shrink first
+    buf = io.BytesIO()
+    t.save(buf, format=spec.format, quality=spec.quality)
+    return buf.getvalue()
+
+
 def open_image(path: str, what: str = "image") -> Image.Image:
     """One image file a user named on the command line, as RGB; a missing or unreadable file is
     one clear error line (UserError), not a traceback."""
@@ -167,12 +191,14 @@ def open_image(path: str, what: str = "image") -> Image.Image:
 
 
 def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
-                 limits: DecodeLimits) -> dict[str, np.ndarray]:
+                 limits: DecodeLimits, thumbs: ThumbSpec | None = None) -> dict[str, np.ndarray]:
     """Ray Data map_batches function (numpy batch format).
 
     Passes every input column through and adds `pixels` uint8 (N, 3, crop, crop) (zeros on
     failure), `width`/`height` int32 (original oriented size, 0 on failure), `error` ('' or the
     reason) and `decode_ms` float32 (read + decode + resize/crop wall time of the row).
+    thumbs: also `thumb` (encoded bytes of the whole image) and `pixel_hash` (of the image as decoded
+    here: a JPEG large enough for draft mode is hashed at its draft scale, the same for the same file).
     """
     paths = batch["path"]
     n = len(paths)
@@ -181,6 +207,7 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
     height = np.zeros(n, dtype=np.int32)
     error = np.full(n, "", dtype=object)
     decode_ms = np.zeros(n, dtype=np.float32)
+    thumb, digest = np.full(n, b"", dtype=object), np.full(n, "", dtype=object)
     for i, path in enumerate(paths):
         start = time.perf_counter()
         try:
@@ -191,18 +218,21 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
                 data = read_bytes(str(path), limits.max_bytes)
                 img, width[i], height[i] = decode(data, limits, draft_size=transform.resize)
             pixels[i] = transform.geometry(img)
+            if thumbs is not None:
+                thumb[i], digest[i] = thumbnail_bytes(img, thumbs), pixel_hash(img)
         except DecodeError as e:
             error[i] = str(e)
         except Exception as e:  # unreadable file (missing, permissions, network): still one row
             error[i] = f"read failed: {type(e).__name__}: {e}"
             width[i] = height[i] = 0
         decode_ms[i] = (time.perf_counter() - start) * 1000
+    extra = {"thumb": thumb, "pixel_hash": digest} if thumbs is not None else {}
     return {**batch, "pixels": pixels, "width": width, "height": height,
-            "error": error, "decode_ms": decode_ms}
+            "error": error, "decode_ms": decode_ms, **extra}
 
 
 def decode_partitions(batch: dict[str, np.ndarray], transform: Transform,
-                      limits: DecodeLimits) -> dict[str, np.ndarray]:
+                      limits: DecodeLimits, thumbs: ThumbSpec | None = None) -> dict[str, np.ndarray]:
     """Ray Data map_batches function over partition descriptors (`part`, `desc`): every item of
     each partition, read (listing a shard's rows here, not on the driver) and decoded, as one
     block, so that a partition reaches one model actor whole and is written there."""
@@ -214,5 +244,5 @@ def decode_partitions(batch: dict[str, np.ndarray], transform: Transform,
         rows = {"id": items["id"].to_numpy(dtype=object), "path": items["path"].to_numpy(dtype=object),
                 "label": items["label"].fillna("").to_numpy(dtype=object),
                 "part": np.full(len(items), part, dtype=object), "part_size": np.full(len(items), len(items), np.int32)}
-        out.append(decode_batch(rows, transform, limits))
+        out.append(decode_batch(rows, transform, limits, thumbs))
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}

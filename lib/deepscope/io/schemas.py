@@ -127,10 +127,31 @@ KNN_DUPLICATES = pa.schema([
     pa.field("group", pa.string(), nullable=False),
     pa.field("a", pa.string(), nullable=False),
     pa.field("b", pa.string(), nullable=False),
-    pa.field("distance", pa.float32(), nullable=False),  # combined (the threshold applies to this)
+    pa.field("tier", pa.string(), nullable=False),  # "exact" (same pixel_hash), "near-identical", "edited"
+    pa.field("distance", pa.float32(), nullable=False),  # combined feature x pixel distance (the candidates' order)
     pa.field("feature_distance", pa.float32(), nullable=False),
     pa.field("feature_exact", pa.bool_(), nullable=False),  # false: a lower bound (edge found in pixel space only)
     pa.field("pixel_distance", pa.float32()),  # 1 - correlation of pixel signatures; null without pixels
+    pa.field("mutual", pa.bool_(), nullable=False),  # each is the other's nearest by the combined distance
+    pa.field("verified", pa.bool_(), nullable=False),  # false: accepted without thumbnails (no [thumbs] stage)
+    pa.field("inliers", pa.int32()),  # local-feature matches that agree with one similarity transform
+    pa.field("inlier_ratio", pa.float32()),  # inliers / the matches that passed the ratio test
+    pa.field("flip", pa.bool_()),  # matched after mirroring b
+    pa.field("scale", pa.float32()),  # of the transform b -> a, in thumbnail pixels
+    pa.field("rotation", pa.float32()),  # degrees
+    pa.field("overlap", pa.float32()),  # share of a's thumbnail that b covers after alignment
+    pa.field("aligned_correlation", pa.float32()),  # of the aligned, blurred grey images over the overlap
+])
+
+# thumbs/*.parquet: a small encoded picture of every WHOLE image (not the model's crop) and a hash of
+# its decoded pixels, made in the decode task (the explorer's gallery and duplicate verification read these).
+THUMBS = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("thumb", pa.binary(), nullable=False),  # JPEG or WebP, longest side = [thumbs] size
+    pa.field("width", pa.int32(), nullable=False),  # the original image's size, after EXIF orientation
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("pixel_hash", pa.string(), nullable=False),  # hex blake2b of the decoded RGB and its shape
 ])
 
 # map/coords.parquet: 2-D positions of every image (t-SNE columns null when only PCA ran).
