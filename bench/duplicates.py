@@ -1,13 +1,28 @@
-"""Near-duplicates at the issue's size: 5,000 generated scenes of random shapes, 200 of them planted
-near-copies of others (cropped by 5%, resized to 80%, lightened, JPEG quality 60), through the real
-job (lite0 features and pixels, both indexes, [knn]); prints the duplicate groups' precision and
-recall over the planted pairs at the threshold chosen from the data, and what features alone give.
+"""Near-duplicates, side by side with the tools people use, on data the detector was not tuned on.
 
-    .venv/bin/python bench/duplicates.py [--n 5000 --copies 200] [--dir DIR]
+Three sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
+and look-alike pairs that are NOT copies:
+  shapes   io/demo_data.random_scene (the settings of algos/verify.py were chosen on this one)
+  textured a new generator written here (held out: no setting was chosen on it): smooth coloured
+           fields with grain, polygons, rings, striped boxes and letters, in varied aspect ratios;
+           its look-alikes: two frames of one scene (objects moved), one object on two backgrounds,
+           two scenes of the same layout in other colours
+  photos   non-overlapping tiles of scikit-image's bundled photos (held out); look-alikes: two views
+           of one photo panned by 40-50% of a side
+Each set runs through deepscope (features + pixels + thumbs + index + knn, lite0 with its ImageNet
+weights) and, on the same folder, imagededup's PHash / DHash / AHash / WHash, fastdup and cleanvision
+(from a separate virtualenv, --tools-python: their pins would downgrade numpy, OpenCV and Pillow in
+deepscope's).  Printed: precision, recall and F1 over pairs for each tool at its default threshold and
+at its best one (chosen with the answers known, labelled so), recall per edit kind, the look-alike
+pairs each tool calls duplicates, time, and the verification step's time per image; load beside.
+
+    .venv/bin/python bench/duplicates.py [--distinct 300 --per-edit 20] [--dir DIR] [--tools-python PY]
 """
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import subprocess
 import sys
 import tempfile
@@ -15,81 +30,402 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
+# ---------------------------------------------------------------------------- generators
 
-def pairs_scores(group: dict, planted: set) -> tuple[float, float, int]:
+
+def _colour(rng) -> tuple:
+    return tuple(int(v) for v in rng.integers(0, 256, 3))
+
+
+def textured_params(rng, size: int = 224) -> dict:
+    """The new generator's scene as parameters, so that look-alikes can re-render it changed."""
+    aspect = float(rng.choice([0.75, 1.0, 1.33, 1.5]))
+    w, h = (size, int(size / aspect)) if aspect >= 1 else (int(size * aspect), size)
+    objs = []
+    for _ in range(int(rng.integers(4, 9))):
+        objs.append({"kind": str(rng.choice(["poly", "ring", "stripes", "letters", "star"])), "colour": _colour(rng),
+                     "colour2": _colour(rng), "x": float(rng.uniform(0.05, 0.8)), "y": float(rng.uniform(0.05, 0.8)),
+                     "s": float(rng.uniform(0.12, 0.35)), "seed": int(rng.integers(1 << 30))})
+    return {"w": w, "h": h, "field": rng.integers(0, 256, (3, 4, 3)).tolist(), "grain": float(rng.uniform(3, 12)),
+            "seed": int(rng.integers(1 << 30)), "objects": objs}
+
+
+def textured_render(p: dict) -> Image.Image:
+    w, h = p["w"], p["h"]
+    field = Image.fromarray(np.array(p["field"], np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+    grain = np.random.default_rng(p["seed"]).normal(0, p["grain"], (h, w, 1))
+    img = Image.fromarray(np.clip(np.asarray(field, np.float32) + grain, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    side = min(w, h)
+    for o in p["objects"]:
+        o = dict(o, colour=tuple(o["colour"]), colour2=tuple(o["colour2"]))  # lists after a JSON copy
+        r = np.random.default_rng(o["seed"])
+        x0, y0, s = o["x"] * w, o["y"] * h, o["s"] * side
+        if o["kind"] == "poly":
+            ang = np.sort(r.uniform(0, 2 * np.pi, int(r.integers(5, 9))))
+            rad = s / 2 * r.uniform(0.5, 1, len(ang))
+            d.polygon([(x0 + s / 2 + a * np.cos(t), y0 + s / 2 + a * np.sin(t)) for a, t in zip(rad, ang)], fill=o["colour"])
+        elif o["kind"] == "ring":
+            d.ellipse((x0, y0, x0 + s, y0 + s), outline=o["colour"], width=max(2, int(s / 6)))
+            d.ellipse((x0 + s / 3, y0 + s / 3, x0 + 2 * s / 3, y0 + 2 * s / 3), fill=o["colour2"])
+        elif o["kind"] == "stripes":
+            n = int(r.integers(3, 7))
+            for i in range(n):
+                d.rectangle((x0, y0 + i * s / n, x0 + 1.4 * s, y0 + (i + 0.5) * s / n), fill=o["colour"] if i % 2 else o["colour2"])
+        elif o["kind"] == "letters":
+            font = ImageFont.load_default(size=max(10, int(s / 2.5)))
+            word = "".join(chr(int(c)) for c in r.integers(65, 91, int(r.integers(3, 7))))
+            d.text((x0, y0), word, fill=o["colour"], font=font, stroke_width=1, stroke_fill=o["colour2"])
+        else:
+            pts = []
+            for i in range(10):
+                a = np.pi * i / 5
+                rr = s / 2 if i % 2 == 0 else s / 5
+                pts.append((x0 + s / 2 + rr * np.cos(a), y0 + s / 2 + rr * np.sin(a)))
+            d.polygon(pts, fill=o["colour"], outline=o["colour2"])
+    return img
+
+
+def shapes(rng) -> Image.Image:
+    from deepscope.io.demo_data import random_scene
+
+    return random_scene(rng, int(rng.choice([160, 192, 224])))
+
+
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "page", "retina",
+          "immunohistochemistry", "hubble_deep_field", "horse", "cat", "clock", "text")
+
+
+def photo(name: str) -> Image.Image:
+    from skimage import data
+
+    x = getattr(data, name)()
+    if x.dtype != np.uint8:
+        x = (x.astype(np.float32) / x.max() * 255).astype(np.uint8)
+    return Image.fromarray(x).convert("RGB")
+
+
+def photo_tiles(tile: int = 120) -> list[Image.Image]:
+    """Non-overlapping tiles of the bundled photos (distinct images), 2 px apart."""
+    out = []
+    for name in PHOTOS:
+        src = photo(name)
+        for y in range(0, src.height - tile + 1, tile + 2):
+            for x in range(0, src.width - tile + 1, tile + 2):
+                t = src.crop((x, y, x + tile, y + tile))
+                if np.asarray(t.convert("L"), np.float32).std() > 8:  # not a flat patch (sky, background)
+                    out.append(t)
+    return out
+
+
+# ---------------------------------------------------------------------------- edits (what copies get)
+
+
+def _enc(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _crop(img, rng, frac):
+    w, h = img.size
+    dx, dy = int(round(w * frac * rng.uniform(0.5, 1))), int(round(h * frac * rng.uniform(0.5, 1)))
+    left, top = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
+    return img.crop((left, top, left + w - dx, top + h - dy))
+
+
+def _text(img, rng):
+    img = img.copy()
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(10, img.height // 10))
+    y = int(img.height * rng.uniform(0.05, 0.8))
+    d.text((int(img.width * 0.05), y), "(c) deepscope 2026", fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    return img
+
+
+def _resize(img, f):
+    return img.resize((max(8, int(img.width * f)), max(8, int(img.height * f))), Image.Resampling.LANCZOS)
+
+
+EDITS = {  # name -> (image, rng) -> (file bytes, extension)
+    "jpeg50": lambda im, r: (_enc(im, "JPEG", quality=50), "jpg"),
+    "jpeg95": lambda im, r: (_enc(im, "JPEG", quality=95), "jpg"),
+    "png": lambda im, r: (_enc(im, "PNG"), "png"),
+    "webp": lambda im, r: (_enc(im, "WEBP", quality=75), "webp"),
+    "resize50": lambda im, r: (_enc(_resize(im, 0.5), "JPEG", quality=90), "jpg"),
+    "resize85": lambda im, r: (_enc(_resize(im, 0.85), "PNG"), "png"),
+    "crop15": lambda im, r: (_enc(_crop(im, r, 0.15), "JPEG", quality=90), "jpg"),
+    "bright25": lambda im, r: (_enc(ImageEnhance.Brightness(im).enhance(float(r.choice([0.75, 1.25]))), "JPEG", quality=90), "jpg"),
+    "contrast25": lambda im, r: (_enc(ImageEnhance.Contrast(im).enhance(float(r.choice([0.75, 1.25]))), "JPEG", quality=90), "jpg"),
+    "rotate5": lambda im, r: (_enc(im.rotate(float(r.choice([-5, -3, 3, 5])), Image.Resampling.BICUBIC), "JPEG", quality=90), "jpg"),
+    "flip": lambda im, r: (_enc(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "JPEG", quality=90), "jpg"),
+    "text": lambda im, r: (_enc(_text(im, r), "JPEG", quality=90), "jpg"),
+    "combo": lambda im, r: (_enc(_text(ImageEnhance.Brightness(_resize(_crop(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), r, 0.1), 0.7)).enhance(1.2), r), "WEBP", quality=80), "webp"),
+}
+
+
+# ---------------------------------------------------------------------------- look-alikes (not copies)
+
+
+def textured_lookalikes(rng) -> list[tuple[str, Image.Image, Image.Image]]:
+    p = textured_params(rng)
+    out = []
+    q = json.loads(json.dumps(p))  # two frames of one scene: three objects moved, the view shifted 4%
+    for o in q["objects"][:3]:
+        o["x"], o["y"] = float(np.clip(o["x"] + rng.choice([-1, 1]) * rng.uniform(0.2, 0.35), 0, 0.85)), float(np.clip(o["y"] + rng.uniform(-0.2, 0.2), 0, 0.85))
+    a, b = textured_render(p), textured_render(q)
+    out.append(("frames", a, b.crop((int(0.04 * b.width), 0, b.width, b.height)).resize(b.size)))
+    p2 = textured_params(rng)  # one object (the largest) on two backgrounds, at another place and scale
+    obj = dict(max(p2["objects"], key=lambda o: o["s"]), x=0.3, y=0.3, s=0.4)
+    s1, s2 = textured_params(rng), textured_params(rng)
+    s1["objects"] = s1["objects"][:2] + [obj]
+    s2["objects"] = s2["objects"][:2] + [dict(obj, x=0.45, y=0.2, s=0.5)]
+    out.append(("object", textured_render(s1), textured_render(s2)))
+    p3 = textured_params(rng)  # the same layout in other colours and grain
+    q3 = json.loads(json.dumps(p3))
+    q3["field"], q3["seed"] = rng.integers(0, 256, (3, 4, 3)).tolist(), int(rng.integers(1 << 30))
+    for o in q3["objects"]:
+        o["colour"], o["colour2"] = _colour(rng), _colour(rng)
+    out.append(("layout", textured_render(p3), textured_render(q3)))
+    return out
+
+
+def photo_lookalikes(rng, n: int) -> list[tuple[str, Image.Image, Image.Image]]:
+    out = []
+    for _ in range(n):
+        src = photo(str(rng.choice(PHOTOS[:10])))
+        t = int(min(src.size) * 0.45)
+        x, y = int(rng.integers(0, src.width - int(1.5 * t))), int(rng.integers(0, src.height - t))
+        shift = int(t * rng.uniform(0.4, 0.5))
+        out.append(("pan", src.crop((x, y, x + t, y + t)), src.crop((x + shift, y, x + shift + t, y + t))))
+    return out
+
+
+# ---------------------------------------------------------------------------- a set on disk
+
+
+def make_set(root: Path, kind: str, distinct: int, per_edit: int, lookalikes: int, seed: int) -> dict:
+    """Writes root/<files>; -> {"pairs": {(a, b): edit}, "looks": {(a, b): kind}}."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    if kind == "photos":
+        tiles = photo_tiles()
+        rng.shuffle(tiles)
+        images = tiles[:distinct]
+    elif kind == "shapes":
+        images = [shapes(rng) for _ in range(distinct)]
+    else:
+        images = [textured_render(textured_params(rng)) for _ in range(distinct)]
+    names = []
+    for i, img in enumerate(images):
+        names.append(f"{kind}_{i:05d}.png")
+        img.save(root / names[-1])
+    chosen = rng.choice(len(images), min(len(images), per_edit * len(EDITS)), replace=False)
+    pairs = {}
+    for j, i in enumerate(chosen):
+        edit = list(EDITS)[j % len(EDITS)]
+        data, ext = EDITS[edit](images[i], rng)
+        name = f"copy_{edit}_{i:05d}.{ext}"
+        (root / name).write_bytes(data)
+        pairs[tuple(sorted((names[i], name)))] = edit
+    looks = {}
+    found = (textured_lookalikes(rng) if kind != "photos" else photo_lookalikes(rng, 3) for _ in range(lookalikes))
+    for j, group in enumerate(found):
+        for what, a, b in group:
+            na, nb = f"look_{what}_{j:03d}_a.png", f"look_{what}_{j:03d}_b.png"
+            a.save(root / na)
+            b.save(root / nb)
+            looks[(na, nb)] = what
+    return {"pairs": pairs, "looks": looks, "images": len(list(root.iterdir()))}
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def scores(found: set, truth: dict, looks: dict) -> dict:
+    tp = len(found & set(truth))
+    p, r = tp / max(len(found), 1), tp / max(len(truth), 1)
+    per_edit = {}
+    for e in dict.fromkeys(truth.values()):
+        mine = {k for k, v in truth.items() if v == e}
+        copies = {b for a, b in mine} | {a for a, b in mine if a.startswith("copy_")}
+        fp = {k for k in found - set(truth) if k[0] in copies or k[1] in copies}
+        t = len(found & mine)
+        pe, re_ = t / max(t + len(fp), 1), t / len(mine)
+        per_edit[e] = {"recall": re_, "f1": 2 * pe * re_ / max(pe + re_, 1e-9)}
+    return {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-9), "pairs": len(found),
+            "lookalikes_called": len(found & set(looks)), "per_edit": per_edit}
+
+
+def group_pairs(group: dict) -> set:
     members = {}
     for i, g in group.items():
         if g is not None:
             members.setdefault(g, []).append(i)
-    together = {(a, b) for m in members.values() for a in m for b in m if a < b}
-    tp = len(together & planted)
-    return tp / max(len(together), 1), tp / len(planted), len(together)
+    return {tuple(sorted((a, b))) for m in members.values() for a in m for b in m if a < b}
+
+
+def best_threshold(scored: list[tuple[float, tuple]], truth: dict, looks: dict, smaller_is_closer: bool = True) -> tuple[dict, float]:
+    """Each pair's score -> the threshold with the best F1 (known answers), its scores."""
+    if not scored:
+        return scores(set(), truth, looks), float("nan")
+    scored = sorted(scored, key=lambda x: x[0] if smaller_is_closer else -x[0])
+    best, best_t, found, tp = None, None, set(), 0
+    for i, (s, pair) in enumerate(scored):
+        found.add(pair)
+        tp += pair in truth
+        if i + 1 < len(scored) and scored[i + 1][0] == s:
+            continue
+        f1 = 2 * tp / (len(found) + len(truth))
+        if best is None or f1 > best:
+            best, best_t = f1, s
+    chosen = {p for s, p in scored if (s <= best_t if smaller_is_closer else s >= best_t)}
+    return scores(chosen, truth, looks), best_t
+
+
+# ---------------------------------------------------------------------------- deepscope
+
+
+def run_deepscope(data: Path, out: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from deepscope import job as jobmod
+    from deepscope.runner import run
+
+    t0 = time.time()
+    run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
+                         "run": {"batch_size": 32, "partition_size": 250}, "features": {}, "pixels": {},
+                         "thumbs": {}, "index": {"spaces": ["features", "pixels"]}, "knn": {}}))
+    wall = time.time() - t0
+    images = pq.read_table(out / "knn/images.parquet").to_pylist()
+    s = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]
+    return {"found": group_pairs({x["id"]: x["group"] for x in images}), "wall": wall, "summary": s,
+            "tiers": pq.read_table(out / "knn/duplicates.parquet", columns=["a", "b", "tier"]).to_pylist()}
+
+
+# ---------------------------------------------------------------------------- the other tools (their own Python)
+
+TOOLS_SCRIPT = r'''
+import json, sys, time, os
+data, which = sys.argv[1], sys.argv[2]
+out = {}
+if which == "imagededup":
+    from imagededup.methods import PHash, DHash, AHash, WHash
+    for cls in (PHash, DHash, AHash, WHash):
+        m = cls(verbose=False)
+        t0 = time.time()
+        enc = m.encode_images(image_dir=data)
+        scored = m.find_duplicates(encoding_map=enc, max_distance_threshold=32, scores=True)
+        t = time.time() - t0
+        default = m.find_duplicates(encoding_map=enc)  # max_distance_threshold=10
+        pairs = {}
+        for a, ds in scored.items():
+            for b, d in ds:
+                pairs[tuple(sorted((a, b)))] = int(d)
+        out[cls.__name__] = {"default": sorted({tuple(sorted((a, b))) for a, ds in default.items() for b in ds}),
+                             "scored": [[d, list(p)] for p, d in pairs.items()], "seconds": t}
+elif which == "fastdup":
+    import fastdup, tempfile
+    work = tempfile.mkdtemp()
+    t0 = time.time()
+    fd = fastdup.create(work_dir=work, input_dir=data)
+    fd.run(ccthreshold=0.96, overwrite=True, verbose=False, threshold=0.5)
+    t = time.time() - t0
+    sim = fd.similarity()
+    pairs = {}
+    for _, r in sim.iterrows():
+        a, b = os.path.basename(r["filename_from"]), os.path.basename(r["filename_to"])
+        p = tuple(sorted((a, b)))
+        pairs[p] = max(pairs.get(p, 0), float(r["distance"]))
+    default = fd.connected_components()[0]  # ccthreshold 0.96: fastdup's default duplicate clusters
+    col = "component_id"
+    groups = {}
+    for _, r in default.iterrows():
+        if r.get("count", 2) > 1:
+            groups.setdefault(r[col], []).append(os.path.basename(r["filename"]))
+    dflt = sorted({tuple(sorted((a, b))) for g in groups.values() for a in g for b in g if a < b})
+    out["fastdup"] = {"default": dflt, "scored": [[d, list(p)] for p, d in pairs.items()], "seconds": t}
+elif which == "cleanvision":
+    from cleanvision import Imagelab
+    t0 = time.time()
+    lab = Imagelab(data_path=data)
+    lab.find_issues({"exact_duplicates": {}, "near_duplicates": {}})
+    t = time.time() - t0
+    sets = lab.info["exact_duplicates"]["sets"] + lab.info["near_duplicates"]["sets"]
+    dflt = sorted({tuple(sorted((os.path.basename(a), os.path.basename(b)))) for s in sets for a in s for b in s if a != b})
+    out["cleanvision"] = {"default": dflt, "scored": [], "seconds": t}
+print("RESULT" + json.dumps(out))
+'''
+
+
+def run_tool(python: str, data: Path, which: str) -> dict:
+    p = subprocess.run([python, "-c", TOOLS_SCRIPT, str(data), which], capture_output=True, text=True, timeout=3600)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return json.loads(line[6:])
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=5000)
-    ap.add_argument("--copies", type=int, default=200)
+    ap.add_argument("--distinct", type=int, default=300)
+    ap.add_argument("--per-edit", type=int, default=20)
+    ap.add_argument("--lookalikes", type=int, default=10, help="look-alike groups per set (3 pairs each on generated sets)")
+    ap.add_argument("--sets", default="shapes,textured,photos")
     ap.add_argument("--dir", default=None)
-    ap.add_argument("--reuse", default=None, help="a bench-dups-* folder of an earlier run: recompute [knn] only")
+    ap.add_argument("--tools-python", default=None, help="a Python with imagededup / fastdup / cleanvision")
     a = ap.parse_args()
-
-    import pyarrow.parquet as pq
-
-    from deepscope import job as jobmod
-    from deepscope.io.demo_data import make_duplicates_data
-    from deepscope.runner import run
-
-    if a.reuse:
-        root = Path(a.reuse)
-        truth = {f"copies/{p.name}": f"scenes/scene_{p.stem.split('_of_')[1]}.png" for p in (root / "data/copies").glob("*.jpg")}
-    else:
-        root = Path(tempfile.mkdtemp(dir=a.dir, prefix="bench-dups-"))
-        truth = make_duplicates_data(root / "data", n=a.n, copies=a.copies, seed=0)
-    planted = {tuple(sorted(p)) for p in truth.items()}
-    t0 = time.time()
-    run(jobmod.validate({"out": str(root / "out"), "dataset": {"source": str(root / "data")},
-                         "model": {"name": "lite0"}, "run": {"batch_size": 32, "partition_size": 500},
-                         "features": {}, "pixels": {}, "index": {"spaces": ["features", "pixels"]}, "knn": {}}))
-    wall = time.time() - t0
-    images = pq.read_table(root / "out/knn/images.parquet").to_pylist()
-    p, r, n_pairs = pairs_scores({x["id"]: x["group"] for x in images}, planted)
-    import json
-
-    s = json.loads((root / "out/manifest.json").read_text())["summary"]["knn"]
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"\n## near-duplicates: {a.n:,} scenes, {a.copies} planted near-copies (job wall {wall:.0f} s; {load})\n")
-    print(f"threshold {s['duplicates']['threshold']} ({s['duplicates']['how']['method']}): "
-          f"{s['duplicates']['groups']} groups, {n_pairs} pairs -> precision {p:.3f}, recall {r:.3f}")
-    # features alone (cosine distance of the feature graph's pairs): the best thresholds
-    from deepscope.index.build import matrix
-
-    f = pq.read_table(root / "out/knn/features", columns=["id", "neighbor_ids"]).to_pylist()
-    feats = {}
-    for part in sorted((root / "out/features").glob("*.parquet")):
-        t = pq.read_table(part, columns=["id", "feature"])
-        for i, v in zip(t.column("id").to_pylist(), matrix(t.column("feature"))):
-            feats[i] = v / np.linalg.norm(v)
-    cand = {}
-    for row in f:
-        for j in row["neighbor_ids"]:
-            key = tuple(sorted((row["id"], j)))
-            cand[key] = 1 - float(feats[key[0]] @ feats[key[1]])
-    dist = np.array(list(cand.values()))
-    is_dup = np.array([k in planted for k in cand])
-    best = []
-    for t in np.unique(dist):
-        sel = dist <= t
-        tp = int((sel & is_dup).sum())
-        best.append((tp / sel.sum(), tp / len(planted), t))
-    at_p1 = max((x for x in best if x[0] >= 1.0), key=lambda x: x[1], default=(1, 0, 0))
-    f1 = max(best, key=lambda x: 2 * x[0] * x[1] / max(x[0] + x[1], 1e-9))
-    print(f"features alone (cosine, best thresholds over the graph's pairs): recall {at_p1[1]:.3f} at precision "
-          f"1.0 (t = {at_p1[2]:.3f}); best F1: precision {f1[0]:.3f}, recall {f1[1]:.3f} (t = {f1[2]:.3f})")
-    print(f"folder: {root}")
+    root = Path(tempfile.mkdtemp(dir=a.dir, prefix="bench-dups-"))
+    print(f"# near-duplicates: {a.distinct} distinct images a set, {a.per_edit} copies per edit kind "
+          f"({len(EDITS)} kinds), look-alike pairs; folder {root}")
+    for seed, kind in enumerate(a.sets.split(",")):
+        data = root / kind
+        truth = make_set(data, kind, a.distinct, a.per_edit, a.lookalikes, seed + 10)
+        print(f"\n## {kind}{' (settings chosen here)' if kind == 'shapes' else ' (held out)'}: {truth['images']} images, "
+              f"{len(truth['pairs'])} planted copies, {len(truth['looks'])} look-alike pairs")
+        rows = []
+        l0 = load()
+        ds = run_deepscope(data, root / f"out-{kind}")
+        res = scores(ds["found"], truth["pairs"], truth["looks"])
+        v = ds["summary"].get("verification") or {}
+        rows.append(("deepscope (default)", res, ds["wall"], f"job wall, load {l0} -> {load()}"))
+        if a.tools_python:
+            for which in ("imagededup", "fastdup", "cleanvision"):
+                l0 = load()
+                got = run_tool(a.tools_python, data, which)
+                if "error" in got:
+                    print(f"{which}: did not run: {got['error']}")
+                    continue
+                for name, g in got.items():
+                    rows.append((f"{name} (default)", scores({tuple(p) for p in g["default"]}, truth["pairs"], truth["looks"]),
+                                 g["seconds"], f"load {l0}"))
+                    if g["scored"]:
+                        best, t = best_threshold([(d, tuple(p)) for d, p in g["scored"]], truth["pairs"], truth["looks"],
+                                                 smaller_is_closer=name != "fastdup")
+                        rows.append((f"{name} (best threshold {t:g}, answers known)", best, g["seconds"], ""))
+        print("| tool | precision | recall | F1 | look-alikes called | s | |\n|---|---|---|---|---|---|---|")
+        for name, r, sec, note in rows:
+            print(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['lookalikes_called']} of "
+                  f"{len(truth['looks'])} | {sec:.1f} | {note} |")
+        pe = res["per_edit"]
+        print("\ndeepscope per edit (recall / F1): " + ", ".join(f"{e} {x['recall']:.2f}/{x['f1']:.2f}" for e, x in pe.items()))
+        tiers = {}
+        for t in ds["tiers"]:
+            tiers[t["tier"]] = tiers.get(t["tier"], 0) + 1
+        print(f"deepscope tiers of the pairs found: {tiers}; verification: {v.get('pairs')} candidate pairs in "
+              f"{v.get('seconds')} s = {v.get('ms_per_image')} ms per image (load {load()})")
+        (root / f"result-{kind}.json").write_text(json.dumps({"rows": [(n, r, s) for n, r, s, _ in rows]}, default=str))
 
 
 if __name__ == "__main__":

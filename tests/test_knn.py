@@ -430,3 +430,110 @@ def test_list_by_list_ivf_search_equals_faiss():
     assert (got_i == want_i).mean() > 0.999
     np.testing.assert_allclose(got_d, want_d, rtol=1e-4, atol=1e-3)
     assert got_d[10][0] == 0 and set(got_i[10][:2]) == {17, 27}
+
+
+# ---------------------------------------------------------------------------- verification and tiers
+
+def scene(seed: int, size=(200, 160)):
+    """A textured scene: a smooth colour field with grain and a few shapes and letters."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    field = Image.fromarray(rng.integers(0, 256, (3, 4, 3), np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    img = Image.fromarray(np.clip(np.asarray(field, np.float32) + rng.normal(0, 6, (size[1], size[0], 1)), 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for _ in range(6):
+        x, y, s = rng.uniform(0, size[0] * 0.8), rng.uniform(0, size[1] * 0.8), rng.uniform(20, 60)
+        c = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            d.polygon([(x + s * rng.random(), y + s * rng.random()) for _ in range(5)], fill=c)
+        else:
+            d.text((x, y), "".join(chr(int(v)) for v in rng.integers(65, 91, 4)), fill=c)
+    return img
+
+
+def prepared(img, flip=False):
+    from PIL import Image
+
+    from deepscope.algos import verify as V
+
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return V.prepare(np.asarray(img.convert("RGB")))
+
+
+def test_verification_accepts_edited_copies_and_rejects_lookalikes():
+    import io
+
+    from PIL import Image, ImageDraw, ImageEnhance
+
+    from deepscope.algos import verify as V
+
+    def jpeg(img, q):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=q)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    originals = [scene(s) for s in range(4)]
+    for img in originals:
+        w, h = img.size
+        captioned = img.copy()
+        ImageDraw.Draw(captioned).text((10, h - 30), "(c) 2026 somebody", fill=(255, 255, 255))
+        copies = {  # hand-known truth: each is the same picture
+            "jpeg50": jpeg(img, 50), "resize50": img.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
+            "crop15": img.crop((int(0.15 * w), int(0.1 * h), w, h)), "lighter": ImageEnhance.Brightness(img).enhance(1.25),
+            "rotate4": img.rotate(4, Image.Resampling.BICUBIC), "flip": img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            "caption": captioned}
+        a = prepared(img)
+        for name, c in copies.items():
+            ev = V.verify_pair(a, prepared(c))
+            assert ev["same"], (name, ev)
+            assert ev["flip"] == (name == "flip"), (name, ev)
+        ev = V.verify_pair(a, prepared(copies["resize50"]))
+        assert V.tier(False, ev) == "near-identical" and V.tier(True, ev) == "exact"
+        assert V.tier(False, V.verify_pair(a, prepared(copies["crop15"]))) == "edited"
+    # look-alikes (hand-known: different pictures): other scenes; one scene's left and right halves;
+    # the same layout (shapes) in other colours
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not V.verify_pair(prepared(originals[i]), prepared(originals[j]))["same"], (i, j)
+    wide = scene(9, (400, 160))
+    left, right = wide.crop((0, 0, 200, 160)), wide.crop((200, 0, 400, 160))
+    assert not V.verify_pair(prepared(left), prepared(right))["same"]
+    grey = np.asarray(originals[0].convert("L"))
+    recoloured = Image.fromarray(np.stack([255 - grey, grey, (grey // 2 + 60).astype(np.uint8)], 2))  # same edges
+    assert not V.verify_pair(prepared(originals[0]), prepared(recoloured))["same"]
+
+
+def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
+    """One exact copy, one re-encoded copy and one flipped + cropped copy among distinct scenes: three
+    pairs, of the three tiers, and nothing else."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for s in range(16):
+        scene(100 + s).save(data / f"scene_{s:02d}.png")
+    shutil.copy(data / "scene_00.png", data / "exact_of_00.png")
+    scene(101).save(data / "reencoded_of_01.jpg", quality=75)
+    img = scene(102)
+    img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((20, 10, 200, 160)).save(data / "edited_of_02.png")
+    out = tmp_path / "out"
+    run_job(out=str(out), dataset={"source": str(data)}, features={}, pixels={}, thumbs={},
+            index={"spaces": ["features", "pixels"]}, knn={"k": 5})
+    pairs = {(r["a"], r["b"]): r for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
+    assert {k: r["tier"] for k, r in pairs.items()} == {
+        ("exact_of_00.png", "scene_00.png"): "exact", ("reencoded_of_01.jpg", "scene_01.png"): "near-identical",
+        ("edited_of_02.png", "scene_02.png"): "edited"}
+    assert pairs[("edited_of_02.png", "scene_02.png")]["flip"] and pairs[("edited_of_02.png", "scene_02.png")]["verified"]
+    images = {r["id"]: r for r in pq.read_table(out / "knn/images.parquet").to_pylist()}
+    assert images["scene_01.png"]["group_size"] == 2 and images["scene_05.png"]["group_size"] == 1
+    s = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]
+    assert s["tiers"] == {"exact": 1, "near-identical": 1, "edited": 1} and s["verification"]["pairs"] >= 3
+    cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
+    assert sum(r["accepted"] for r in cand) == 3 and len(cand) > 3  # the rejected candidates are kept, explained
+    assert "near-identical" in (out / "report/index.html").read_text()

@@ -263,6 +263,36 @@ def undirected_edges(rows: np.ndarray, dist: np.ndarray, own: np.ndarray) -> tup
     return lo[first], hi[first], d[first]
 
 
+def mutual_nearest(a: np.ndarray, b: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """Per edge (a[i], b[i]): is each the other's nearest (nearest: (n,) row, -1 none)?"""
+    return (nearest[a] == b) & (nearest[b] == a)
+
+
+def candidate_edges(a: np.ndarray, b: np.ndarray, dist: np.ndarray, n: int, top: int) -> np.ndarray:
+    """The edges worth verifying: those among the `top` nearest of either of their images (by dist),
+    so that the work is about n * top pairs, whatever the distances' scale.  -> sorted edge indices."""
+    node = np.concatenate([a, b])
+    edge = np.concatenate([np.arange(len(a)), np.arange(len(a))])
+    order = np.lexsort((edge, np.concatenate([dist, dist]), node))
+    node, edge = node[order], edge[order]
+    first = np.searchsorted(node, np.arange(n))
+    rank = np.arange(len(node)) - first[node]
+    return np.unique(edge[rank < top])
+
+
+def equal_key_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that share a non-empty key (a content hash): each joined to its group's first row
+    (enough for the groups) -> (a, b) with a < b."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    start = np.ones(len(k), bool)
+    start[1:] = k[1:] != k[:-1]
+    head = order[np.maximum.accumulate(np.where(start, np.arange(len(k)), 0))]
+    pick = ~start & (k != "")
+    lo, hi = np.minimum(head[pick], order[pick]), np.maximum(head[pick], order[pick])
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
 # ---------------------------------------------------------------------------- uniqueness, labels
 
 UNIQUENESS_WEIGHTS = (0.6, 0.3, 0.1)  # the nearest neighbours count most (as FiftyOne's uniqueness does)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from deepscope.algos import knn as K
+from deepscope.algos import verify as V
 from deepscope.errors import UserError
 from deepscope.index.build import load_shard, parts_with_starts
 from deepscope.io import schemas
@@ -443,7 +444,43 @@ def analyse(store, spaces: list[str], cfg, log) -> dict:
         threshold, how = float(cfg.dup_threshold), {"method": "set in the job (dup_threshold)"}
     else:
         threshold, how = K.choose_threshold(nearest[np.isfinite(nearest)], cfg.min_dip)
-    dup = dist <= threshold
+    mutual = K.mutual_nearest(a, b, nearest_id)
+    thumbs = _thumb_rows(store, ids) if cfg.verify and store.parts("thumbs") else None
+    if thumbs is None:  # no thumbnails to look at: the threshold decides, as before
+        cand = np.nonzero(dist <= threshold)[0]
+        ev = {"same": np.ones(len(cand), bool)}
+        tiers = np.full(len(cand), "unverified", object)
+        verification = None
+    else:
+        cand = K.candidate_edges(a, b, dist, n, cfg.verify_top)
+        same_hash = np.zeros(len(cand), bool)
+        hashes = thumbs["hash"]
+        ha, hb = hashes[a[cand]], hashes[b[cand]]
+        same_hash = (ha == hb) & (ha != "")
+        extra_a, extra_b = K.equal_key_pairs(hashes)  # exact copies the graph missed (free: the hash is known)
+        known = set(zip(a[cand].tolist(), b[cand].tolist()))
+        keep = np.array([(i, j) not in known for i, j in zip(extra_a.tolist(), extra_b.tolist())], bool)
+        if keep.any():
+            first = len(a)
+            a, b = np.concatenate([a, extra_a[keep]]), np.concatenate([b, extra_b[keep]])
+            pad = int(keep.sum())
+            dist, d_feat = np.concatenate([dist, np.zeros(pad, np.float32)]), np.concatenate([d_feat, np.zeros(pad, np.float32)])
+            exact = np.concatenate([exact, np.zeros(pad, bool)])
+            mutual = np.concatenate([mutual, np.zeros(pad, bool)])
+            if d_pix is not None:
+                d_pix = np.concatenate([d_pix, np.zeros(pad, np.float32)])
+            cand = np.concatenate([cand, np.arange(first, len(a))])
+            same_hash = np.concatenate([same_hash, np.ones(pad, bool)])
+        t0 = time.time()
+        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log)
+        seconds = time.time() - t0
+        ev["same"] |= same_hash
+        tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
+        verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "seconds": round(seconds, 2),
+                        "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
+                        "exact_pairs_outside_graph": int(keep.sum())}
+    ok = ev["same"]
+    dup = cand[ok]
     group_of = K.components(n, a[dup], b[dup])
     sizes = np.bincount(group_of, minlength=n)[group_of]
     in_group = sizes > 1
@@ -465,24 +502,23 @@ def analyse(store, spaces: list[str], cfg, log) -> dict:
         "label_flagged": pa.array(lab["flagged"]),
     }, schema=schemas.KNN_IMAGES)
     store.write_table("knn/images.parquet", images)
-    e = np.nonzero(dup)[0]
-    e = e[np.lexsort((dist[e], group_of[a[e]]))]
-    store.write_table("knn/duplicates.parquet", pa.table({
-        "group": pa.array(ids[group_of[a[e]]].tolist(), pa.string()),
-        "a": pa.array(ids[a[e]].tolist(), pa.string()), "b": pa.array(ids[b[e]].tolist(), pa.string()),
-        "distance": pa.array(dist[e], pa.float32()), "feature_distance": pa.array(d_feat[e], pa.float32()),
-        "feature_exact": pa.array(exact[e]),
-        "pixel_distance": pa.array(d_pix[e], pa.float32()) if d_pix is not None else pa.nulls(len(e), pa.float32()),
-    }, schema=schemas.KNN_DUPLICATES))
+    cols = _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual, ev, tiers)
+    order = np.lexsort((dist[cand], group_of[a[cand]]))
+    accepted = pa.table(cols).take(pa.array(order[ok[order]]))
+    store.write_table("knn/duplicates.parquet", accepted.drop_columns(["accepted"]).cast(schemas.KNN_DUPLICATES))
+    if thumbs is not None:
+        store.write_table("knn/candidates.parquet", pa.table(cols).take(pa.array(order)).cast(schemas.KNN_CANDIDATES))
 
     from deepscope.index import figures
 
     store.write_file("knn/distances.png", figures.distance_plot(
-        nearest[np.isfinite(nearest)], threshold, d_feat / scale_f, None if d_pix is None else d_pix / scale_p, dup))
+        nearest[np.isfinite(nearest)], threshold, d_feat / scale_f, None if d_pix is None else d_pix / scale_p,
+        np.isin(np.arange(len(a)), dup)))
     groups = _largest_groups(group_of, in_group, dist, a, cfg.show)
     paths = table.column("path").to_pylist()
-    store.write_file("knn/duplicates.png", figures.group_grid(
-        [[(paths[i], ids[i]) for i in g] for g in groups]) if groups else figures.empty_png())
+    pictures = _thumb_bytes(store, thumbs, [i for g in groups for i in g]) if thumbs is not None else {}
+    store.write_file("knn/duplicates.png", figures.group_grid(  # thumbnails when there are: no original is read
+        [[(pictures.get(i, paths[i]), ids[i]) for i in g] for g in groups]) if groups else figures.empty_png())
     order_u = np.argsort(uniq, kind="stable")
     store.write_file("knn/uniqueness.png", figures.rows_grid([
         ("most unique", [(paths[i], f"{uniq[i]:.2f}") for i in order_u[::-1][:cfg.show]]),
@@ -494,16 +530,128 @@ def analyse(store, spaces: list[str], cfg, log) -> dict:
           [(paths[i], str(labels[i]))] + [(paths[j], str(labels[j])) for j in rows_f[i][:8] if j >= 0])
          for i in flagged], first_framed=True) if len(flagged) else figures.empty_png())
     n_groups = int(len(np.unique(group_of[in_group])))
-    log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images) at threshold {threshold:.3g} "
-        f"({how['method']}); {int(lab['flagged'].sum())} labels disagree with their neighbours")
+    tier_counts = {t: int((tiers[ok] == t).sum()) for t in ("exact", "near-identical", "edited", "unverified") if (tiers[ok] == t).any()}
+    decided = (f"verified on thumbnails: {verification['pairs']} candidate pairs in {verification['seconds']} s"
+               if verification else f"at threshold {threshold:.3g} ({how['method']}; no [thumbs] to verify on)")
+    log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images, "
+        f"{', '.join(f'{v} {k}' for k, v in tier_counts.items()) or 'no pairs'}) {decided}; "
+        f"{int(lab['flagged'].sum())} labels disagree with their neighbours")
     return {
         "duplicates": {"threshold": round(threshold, 4), "how": how, "groups": n_groups, "images": int(in_group.sum()),
-                       "edges": int(dup.sum()), "candidate_pairs": len(a), "pixel_evidence": d_pix is not None,
+                       "edges": int(len(dup)), "candidate_pairs": len(a), "pixel_evidence": d_pix is not None,
+                       "verification": verification, "tiers": tier_counts,
                        "feature_scale": round(scale_f, 4), "pixel_scale": None if scale_p is None else round(scale_p, 4)},
         "uniqueness": {"median_mean_distance": round(float(np.nanmedian(np.where(np.isfinite(dist_f), dist_f, np.nan).mean(1))), 4)},
         "labels": {"labelled": int(sum(1 for x in labels if x not in (None, ""))), "flagged": int(lab["flagged"].sum()),
                    "flag_below": cfg.flag_below},
     }
+
+
+def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual, ev, tiers) -> dict:
+    """The columns of duplicates.parquet / candidates.parquet for the candidate edges `cand`."""
+    ea, eb = a[cand], b[cand]
+    accepted = np.asarray(ev["same"], bool)
+    verified = np.asarray(ev.get("verified", np.zeros(len(cand), bool)), bool)
+
+    def evidence(k, typ):
+        if k not in ev:
+            return pa.nulls(len(cand), typ)
+        v = np.asarray(ev[k])
+        return pa.array(v, typ, mask=~verified if typ != pa.bool_() else ~verified)
+
+    return {
+        "group": pa.array(np.where(accepted, ids[group_of[ea]], None).tolist(), pa.string()),
+        "a": pa.array(ids[ea].tolist(), pa.string()), "b": pa.array(ids[eb].tolist(), pa.string()),
+        "tier": pa.array(np.where(accepted, tiers, None).tolist(), pa.string()),
+        "distance": pa.array(dist[cand], pa.float32()), "feature_distance": pa.array(d_feat[cand], pa.float32()),
+        "feature_exact": pa.array(exact[cand]),
+        "pixel_distance": pa.array(d_pix[cand], pa.float32()) if d_pix is not None else pa.nulls(len(cand), pa.float32()),
+        "mutual": pa.array(mutual[cand]), "verified": pa.array(verified),
+        "inliers": evidence("inliers", pa.int32()), "inlier_ratio": evidence("inlier_ratio", pa.float32()),
+        "flip": evidence("flip", pa.bool_()), "scale": evidence("scale", pa.float32()),
+        "rotation": evidence("rotation", pa.float32()), "overlap": evidence("overlap", pa.float32()),
+        "aligned_correlation": evidence("aligned_correlation", pa.float32()), "accepted": pa.array(accepted),
+    }
+
+
+# ---------------------------------------------------------------------------- verification on thumbnails
+
+def _thumb_rows(store, ids: np.ndarray) -> dict | None:
+    """Where each index row's thumbnail is: {"file": (n,) part file or "", "row": (n,) row in it,
+    "hash": (n,) pixel hash or ""}; None when no image of the index has one."""
+    where = {}
+    for _, entry in sorted(store.parts("thumbs").items()):
+        t = store.loc.read_table(entry["file"], columns=["id", "pixel_hash"])
+        for r, (i, h) in enumerate(zip(t.column("id").to_pylist(), t.column("pixel_hash").to_pylist())):
+            where[i] = (entry["file"], r, h)
+    got = [where.get(i, ("", -1, "")) for i in ids]
+    if not any(g[0] for g in got):
+        return None
+    return {"file": np.array([g[0] for g in got], object), "row": np.array([g[1] for g in got], np.int64),
+            "hash": np.array([g[2] for g in got], object)}
+
+
+def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
+    out, tables = {}, {}
+    for i in rows:
+        f = thumbs["file"][i]
+        if f:
+            if f not in tables:
+                tables[f] = store.loc.read_table(f, columns=["thumb"]).column("thumb")
+            out[i] = tables[f][int(thumbs["row"][i])].as_py()
+    return out
+
+
+def verify_settings(cfg) -> dict:
+    return {"min_inliers": cfg.min_inliers, "min_correlation": cfg.min_correlation, "max_differing": cfg.max_differing}
+
+
+def verify_chunk(out_url: str, pairs: dict, settings: dict) -> dict[str, np.ndarray]:
+    """One independent task: the pairs' thumbnails read through the location layer, each image
+    prepared once, every pair verified (algos/verify.py) -> evidence arrays (V.EVIDENCE).
+    pairs: {"a_file", "a_row", "b_file", "b_row"} arrays; settings: VerifySettings' fields."""
+    import cv2
+
+    from deepscope.io.location import Location
+
+    loc = Location(out_url)
+    s = V.VerifySettings(**settings)
+    tables, images = {}, {}
+
+    def image(f, r):
+        if (f, r) not in images:
+            if f not in tables:
+                tables[f] = loc.read_table(f, columns=["thumb"]).column("thumb")
+            data = np.frombuffer(tables[f][r].as_py(), np.uint8)
+            images[(f, r)] = V.prepare(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), s)
+        return images[(f, r)]
+
+    rows = [V.verify_pair(image(fa, ra), image(fb, rb), s)
+            for fa, ra, fb, rb in zip(pairs["a_file"], pairs["a_row"], pairs["b_file"], pairs["b_row"])]
+    return {k: np.array([r[k] for r in rows]) for k in V.EVIDENCE}
+
+
+def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log) -> dict[str, np.ndarray]:
+    """Every candidate pair verified, in independent chunks of pairs that share thumbnail parts;
+    pairs without both thumbnails are left unverified (not accepted, unless their hashes agree)."""
+    n = len(a)
+    out = {k: np.zeros(n, np.float32) for k in V.EVIDENCE}
+    out["same"], out["flip"], out["inliers"] = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32)
+    have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
+    todo = np.nonzero(have)[0]
+    todo = todo[np.lexsort((thumbs["file"][b[todo]], thumbs["file"][a[todo]]))]  # a chunk reads few parts
+    chunks = [todo[s:s + cfg.verify_chunk] for s in range(0, len(todo), cfg.verify_chunk)]
+    settings = verify_settings(cfg)
+    t0 = time.time()
+    for c, idx in enumerate(chunks):  # issue 22: the lead routes these calls onto the executor's task map
+        res = verify_chunk(store.url, {"a_file": thumbs["file"][a[idx]], "a_row": thumbs["row"][a[idx]],
+                                       "b_file": thumbs["file"][b[idx]], "b_row": thumbs["row"][b[idx]]}, settings)
+        for k, v in res.items():
+            out[k][idx] = v
+        log(f"knn: verified {min((c + 1) * cfg.verify_chunk, len(todo))} of {len(todo)} candidate pairs on "
+            f"thumbnails ({time.time() - t0:.0f} s)")
+    out["verified"] = have
+    return out
 
 
 def _largest_groups(group_of, in_group, dist, a, show: int) -> list[list[int]]:

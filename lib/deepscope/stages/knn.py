@@ -23,6 +23,12 @@ class KnnConfig(StageConfig):
     chunk_rows: int = Field(16_384, ge=1)  # rows streamed at a time by the exact check
     dup_threshold: float | None = Field(None, ge=0)  # None: chosen from the data
     min_dip: float = Field(0.5, gt=0, lt=1)  # a valley: density under this share of the peak below it
+    verify: bool = True  # check candidate pairs on the thumbnails (a [thumbs] stage); False: the threshold decides
+    verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
+    verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
+    min_inliers: int = Field(8, ge=3)  # local-feature matches agreeing with one similarity transform
+    min_correlation: float = Field(0.6, ge=-1, le=1)  # of the aligned grey thumbnails over their overlap
+    max_differing: float = Field(0.15, gt=0, le=1)  # share of the overlap that differs after a colour fit
     flag_below: float = Field(0.5, gt=0, le=1)  # flag a label held by less than this share of neighbours
     show: int = Field(12, ge=1, le=100)  # groups and images shown in the report
     seed: int = 0
@@ -43,6 +49,28 @@ class Knn(Stage):
         graphs = {space: graph_space(store, space, self.config.k, self.config, log, address) for space in spaces}
         return {"graphs": graphs, **analyse(store, spaces, self.config, log)}
 
+    @staticmethod
+    def _decision(d: dict, evidence: str) -> str:
+        v = d.get("verification")
+        if not v:
+            return (f"Pairs at duplicate distance under {d['threshold']} ({html.escape(d['how']['method'])}); "
+                    f"duplicate distance: {evidence}. Add a [thumbs] stage to verify pairs on thumbnails instead.")
+        return (f"Candidates: each image's {v['top']} nearest by {evidence}, and images with equal pixel hashes "
+                f"({v['pairs']} pairs); each verified on the thumbnails (ORB keypoints matched, directly and "
+                f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared) in "
+                f"{v['seconds']} s ({v['ms_per_image']} ms an image). Every pair looked at is in "
+                f"<code>knn/candidates.parquet</code>.")
+
+    @staticmethod
+    def _tiers(d: dict) -> str:
+        tiers = d.get("tiers") or {}
+        if not tiers:
+            return ""
+        what = {"exact": "the same decoded pixels", "near-identical": "re-encoded or resized",
+                "edited": "cropped, lightened, flipped, rotated or drawn on", "unverified": "decided by the threshold alone"}
+        rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{c}</td><td>{what.get(t, '')}</td></tr>" for t, c in tiers.items())
+        return f"<table><tr><th>tier</th><th>pairs</th><th>meaning</th></tr>{rows}</table>"
+
     def report(self, store):
         s = store.summary(self.name) or {}
         if not s.get("graphs"):
@@ -60,9 +88,9 @@ class Knn(Stage):
         return (
             f"<table>{head}{rows}</table><p>Every image's neighbours in <code>knn/&lt;space&gt;/part-*.parquet</code>; "
             f"recall@k measured on a random sample against exact search.</p>"
-            f"<h3>Near-duplicates</h3><p>{d['groups']} groups, {d['images']} images, at threshold "
-            f"{d['threshold']} ({html.escape(d['how']['method'])}). Duplicate distance: {evidence}. "
-            f"Pairs in <code>knn/duplicates.parquet</code>, per image in <code>knn/images.parquet</code>.</p>"
+            f"<h3>Near-duplicates</h3><p>{d['groups']} groups, {d['images']} images. {self._decision(d, evidence)} "
+            f"Pairs with their tier and evidence in <code>knn/duplicates.parquet</code>, per image in "
+            f"<code>knn/images.parquet</code>.</p>{self._tiers(d)}"
             f'<img src="../knn/distances.png"><p>Largest groups, one per row:</p><img src="../knn/duplicates.png">'
             "<h3>Uniqueness</h3><p>An image's distances to its three nearest neighbours (weights 0.6, 0.3, 0.1) "
             "over the dataset's median of that (high: unique or an outlier; low: redundant, it has copies).</p>"
