@@ -287,6 +287,42 @@ def best_threshold(scored: list[tuple[float, tuple]], truth: dict, looks: dict, 
     return scores(chosen, truth, looks), best_t
 
 
+# ---------------------------------------------------------------------------- what each piece of evidence brings
+
+
+def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list[tuple[str, dict]]:
+    """Decisions from the candidates deepscope looked at (knn/candidates.parquet), one piece of
+    evidence at a time; pairs of each decision joined into groups as deepscope does."""
+    import pyarrow.parquet as pq
+
+    c = pq.read_table(out / "knn/candidates.parquet").to_pandas()
+    geo = (c["inliers"].fillna(0) >= 8) & (c["inlier_ratio"].fillna(0) >= 0.15)
+    pix = (c["aligned_correlation"].fillna(0) >= 0.6) & (c["differing"].fillna(1) <= 0.15) & (c["overlap"].fillna(0) >= 0.55)
+    exact = c["tier"].eq("exact")
+    ways = {
+        "combined distance <= the density valley's threshold (the old decision)": c["distance"] <= threshold,
+        "verification (default: geometry + aligned pixels)": c["accepted"],
+        "verification, mutual nearest pairs only": c["accepted"] & c["mutual"],
+        "geometry alone (inliers >= 8, ratio >= 0.15)": geo | exact,
+        "aligned pixels alone (after the geometric fit)": pix | exact,
+        "verification and the old threshold": c["accepted"] & (c["distance"] <= threshold),
+    }
+    rows = []
+    for name, sel in ways.items():
+        pairs = list(zip(c["a"][sel], c["b"][sel]))
+        parent = {}
+
+        def find(x):
+            while parent.get(x, x) != x:
+                x = parent[x]
+            return x
+
+        for x, y in pairs:
+            parent[find(x)] = find(y)
+        rows.append((name, scores(group_pairs({x: find(x) for p in pairs for x in p}), truth, looks)))
+    return rows
+
+
 # ---------------------------------------------------------------------------- deepscope
 
 
@@ -370,6 +406,31 @@ def run_tool(python: str, data: Path, which: str) -> dict:
     return json.loads(line[6:])
 
 
+# ---------------------------------------------------------------------------- the thumbnails' cost
+
+
+def thumbs_cost(data: Path, root: Path, repeats: int = 2) -> None:
+    """The features pass with and without [thumbs], alternated on the same folder, load beside."""
+    from deepscope import job as jobmod
+    from deepscope.runner import run
+
+    rows = []
+    for r in range(repeats):
+        for with_thumbs in (False, True):
+            out = root / f"cost-{r}-{int(with_thumbs)}"
+            l0 = load()
+            t0 = time.time()
+            run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
+                                 "run": {"batch_size": 32, "partition_size": 250, "executor": "local"}, "features": {},
+                                 **({"thumbs": {}} if with_thumbs else {})}))
+            rows.append((with_thumbs, time.time() - t0, l0, load()))
+    n = len(list(data.iterdir()))
+    print(f"\n## the features pass with and without [thumbs] ({n} images, lite0, local executor)\n")
+    print("| pass | wall s | images/s | load before -> after |\n|---|---|---|---|")
+    for w, sec, l0, l1 in rows:
+        print(f"| features{' + thumbs' if w else ''} | {sec:.1f} | {n / sec:.1f} | {l0} -> {l1} |")
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -385,6 +446,7 @@ def main():
     ap.add_argument("--sets", default="shapes,textured,photos")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--tools-python", default=None, help="a Python with imagededup / fastdup / cleanvision")
+    ap.add_argument("--thumbs-cost", action="store_true", help="also time the features pass with and without [thumbs]")
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(dir=a.dir, prefix="bench-dups-"))
     print(f"# near-duplicates: {a.distinct} distinct images a set, {a.per_edit} copies per edit kind "
@@ -420,12 +482,18 @@ def main():
                   f"{len(truth['looks'])} | {sec:.1f} | {note} |")
         pe = res["per_edit"]
         print("\ndeepscope per edit (recall / F1): " + ", ".join(f"{e} {x['recall']:.2f}/{x['f1']:.2f}" for e, x in pe.items()))
+        print("\nwhat each piece of evidence brings (on deepscope's candidate pairs):\n")
+        print("| decision | precision | recall | F1 | look-alikes called |\n|---|---|---|---|---|")
+        for name, r in evidence_rows(root / f"out-{kind}", truth["pairs"], truth["looks"], ds["summary"]["threshold"]):
+            print(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['lookalikes_called']} |")
         tiers = {}
         for t in ds["tiers"]:
             tiers[t["tier"]] = tiers.get(t["tier"], 0) + 1
         print(f"deepscope tiers of the pairs found: {tiers}; verification: {v.get('pairs')} candidate pairs in "
               f"{v.get('seconds')} s = {v.get('ms_per_image')} ms per image (load {load()})")
         (root / f"result-{kind}.json").write_text(json.dumps({"rows": [(n, r, s) for n, r, s, _ in rows]}, default=str))
+        if a.thumbs_cost and kind == a.sets.split(",")[-1]:
+            thumbs_cost(data, root)
 
 
 if __name__ == "__main__":

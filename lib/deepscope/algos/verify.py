@@ -48,7 +48,9 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     f = WORK_SIDE / max(h, w)
     colour = cv2.resize(np.ascontiguousarray(rgb), (max(1, round(w * f)), max(1, round(h * f))),
                         interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
-    out = {"colour": colour, "grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings}
+    half = cv2.resize(colour, (max(1, colour.shape[1] // 2), max(1, colour.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+    out = {"colour": colour, "grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings,
+           "half": half.astype(np.float32)}  # the pixel comparison's scale (it blurs finer detail away anyway)
     out["direct"] = _keypoints(out["grey"], settings)
     return out
 
@@ -85,7 +87,7 @@ def _fit(pa: np.ndarray, pb: np.ndarray, matches: np.ndarray):
     if len(matches) < 3:
         return None, np.zeros(len(matches), bool)
     m, inl = cv2.estimateAffinePartial2D(pb[matches[:, 1]], pa[matches[:, 0]], method=cv2.RANSAC,
-                                         ransacReprojThreshold=4.0, maxIters=2000, confidence=0.995)
+                                         ransacReprojThreshold=4.0, maxIters=1000, confidence=0.995)
     return (m, inl.reshape(-1).astype(bool)) if m is not None else (None, np.zeros(len(matches), bool))
 
 
@@ -95,15 +97,17 @@ def _compare(a: dict, b: dict, m: np.ndarray) -> dict:
     share that differs once each colour channel of b is fitted to a's by a line (a lightening or a
     contrast change is such a line; a caption or a moved object is not); b's brightness shift and
     contrast ratio against a."""
-    h, w = a["grey"].shape
-    warped = cv2.warpAffine(b["colour"].astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
-    inside = cv2.warpAffine(np.ones(b["grey"].shape, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
-    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)).astype(bool)  # not the border's blend
+    h, w = a["half"].shape[:2]
+    m = np.array(m, np.float64)
+    m[:, 2] /= 2  # the same transform between the half-size images
+    warped = cv2.warpAffine(b["half"], m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    inside = cv2.warpAffine(np.ones(b["half"].shape[:2], np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    inside = cv2.erode(inside, np.ones((3, 3), np.uint8)).astype(bool)  # not the border's blend
     overlap = float(inside.mean())
-    if inside.sum() < 64:
+    if inside.sum() < 32:
         return {"overlap": overlap, "aligned_correlation": 0.0, "differing": 1.0, "brightness_shift": 0.0, "contrast_ratio": 1.0}
     sigma = max(h, w) / 128
-    ca = cv2.GaussianBlur(a["colour"].astype(np.float32), (0, 0), sigma)[inside]
+    ca = cv2.GaussianBlur(a["half"], (0, 0), sigma)[inside]
     cb = cv2.GaussianBlur(warped, (0, 0), sigma)[inside]
     ga, gb = ca.mean(1), cb.mean(1)
     sa, sb = float(ga.std()), float(gb.std())
@@ -146,6 +150,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             if m is None:
                 continue
             inl, ratio = int(mask.sum()), float(mask.sum()) / max(len(mt), 1)
+            if inl < 4:  # cannot pass: the pixel comparison is not worth its time
+                continue
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)

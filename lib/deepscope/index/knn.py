@@ -556,8 +556,7 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
     def evidence(k, typ):
         if k not in ev:
             return pa.nulls(len(cand), typ)
-        v = np.asarray(ev[k])
-        return pa.array(v, typ, mask=~verified if typ != pa.bool_() else ~verified)
+        return pa.array(np.asarray(ev[k]), typ, mask=~verified)
 
     return {
         "group": pa.array(np.where(accepted, ids[group_of[ea]], None).tolist(), pa.string()),
@@ -570,7 +569,8 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "inliers": evidence("inliers", pa.int32()), "inlier_ratio": evidence("inlier_ratio", pa.float32()),
         "flip": evidence("flip", pa.bool_()), "scale": evidence("scale", pa.float32()),
         "rotation": evidence("rotation", pa.float32()), "overlap": evidence("overlap", pa.float32()),
-        "aligned_correlation": evidence("aligned_correlation", pa.float32()), "accepted": pa.array(accepted),
+        "aligned_correlation": evidence("aligned_correlation", pa.float32()),
+        "differing": evidence("differing", pa.float32()), "accepted": pa.array(accepted),
     }
 
 

@@ -141,6 +141,7 @@ KNN_DUPLICATES = pa.schema([
     pa.field("rotation", pa.float32()),  # degrees
     pa.field("overlap", pa.float32()),  # share of a's thumbnail that b covers after alignment
     pa.field("aligned_correlation", pa.float32()),  # of the aligned, blurred grey images over the overlap
+    pa.field("differing", pa.float32()),  # share of the overlap that differs once b's colours are fitted to a's
 ])
 
 # knn/candidates.parquet: every pair the verification looked at (duplicates.parquet's columns; group and tier
