@@ -334,7 +334,7 @@ def run_deepscope(data: Path, out: Path) -> dict:
 
     t0 = time.time()
     run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
-                         "run": {"batch_size": 32, "partition_size": 250}, "features": {}, "pixels": {},
+                         "run": {"batch_size": 32, "partition_size": 250, "executor": "local"}, "features": {}, "pixels": {},
                          "thumbs": {}, "index": {"spaces": ["features", "pixels"]}, "knn": {}}))
     wall = time.time() - t0
     images = pq.read_table(out / "knn/images.parquet").to_pylist()

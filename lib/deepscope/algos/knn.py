@@ -174,10 +174,16 @@ def pixel_signature(pixels: np.ndarray, size: int) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
 
 
-def signature_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def signature_distance(a: np.ndarray, b: np.ndarray, mirrored: bool = False) -> np.ndarray:
     """Row-wise 1 - correlation of signatures (0: the same picture, about 1: unrelated); a flat
-    image (no structure) is at 1 from everything."""
-    return np.clip(1 - (a.astype(np.float32) * b.astype(np.float32)).sum(1), 0, 2)
+    image (no structure) is at 1 from everything.  mirrored: the smaller of the distances to b and to
+    b mirrored left-right (a flipped copy is near its original)."""
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    d = np.clip(1 - (a * b).sum(1), 0, 2)
+    if mirrored and b.shape[1] == 3 * SIGNATURE_GRID ** 2:
+        m = b.reshape(len(b), 3, SIGNATURE_GRID, SIGNATURE_GRID)[..., ::-1].reshape(len(b), -1)
+        d = np.minimum(d, np.clip(1 - (a * m).sum(1), 0, 2))
+    return d
 
 
 def combine(d_feat: np.ndarray, d_pix: np.ndarray | None, scale_feat: float, scale_pix: float | None) -> np.ndarray:

@@ -357,7 +357,7 @@ def _norms_and_rows(store, info: dict, rows: np.ndarray) -> tuple[np.ndarray, np
 def _signature_distances(sig: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(len(a), np.float32)
     for s in range(0, len(a), 1 << 20):
-        out[s:s + (1 << 20)] = K.signature_distance(sig[a[s:s + (1 << 20)]], sig[b[s:s + (1 << 20)]])
+        out[s:s + (1 << 20)] = K.signature_distance(sig[a[s:s + (1 << 20)]], sig[b[s:s + (1 << 20)]], mirrored=True)
     return out
 
 

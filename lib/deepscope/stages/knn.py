@@ -26,7 +26,7 @@ class KnnConfig(StageConfig):
     verify: bool = True  # check candidate pairs on the thumbnails (a [thumbs] stage); False: the threshold decides
     verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
     verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
-    min_inliers: int = Field(8, ge=3)  # local-feature matches agreeing with one similarity transform
+    min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
     min_correlation: float = Field(0.6, ge=-1, le=1)  # of the aligned grey thumbnails over their overlap
     max_differing: float = Field(0.15, gt=0, le=1)  # share of the overlap that differs after a colour fit
     flag_below: float = Field(0.5, gt=0, le=1)  # flag a label held by less than this share of neighbours
@@ -83,7 +83,7 @@ class Knn(Stage):
             for sp, g in s["graphs"].items())
         d, lab = s["duplicates"], s["labels"]
         evidence = ("the geometric mean of the feature distance and the pixel-signature distance (1 - correlation "
-                    "of blurred 8x8 tiny images), each divided by its median over the feature graph's pairs"
+                    "of blurred 8x8 tiny images, or of one and the other mirrored), each divided by its median over the feature graph's pairs"
                     if d["pixel_evidence"] else "the feature distance divided by its median (no pixels index)")
         return (
             f"<table>{head}{rows}</table><p>Every image's neighbours in <code>knn/&lt;space&gt;/part-*.parquet</code>; "
