@@ -111,13 +111,14 @@ def photo(name: str) -> Image.Image:
 
 def photo_tiles(tile: int = 120) -> list[Image.Image]:
     """Non-overlapping tiles of the bundled photos (distinct images), 2 px apart."""
-    out = []
+    out, seen = [], set()
     for name in PHOTOS:
         src = photo(name)
         for y in range(0, src.height - tile + 1, tile + 2):
             for x in range(0, src.width - tile + 1, tile + 2):
                 t = src.crop((x, y, x + tile, y + tile))
-                if np.asarray(t.convert("L"), np.float32).std() > 8:  # not a flat patch (sky, background)
+                if np.asarray(t.convert("L"), np.float32).std() > 12 and t.tobytes() not in seen:  # not flat, not twice
+                    seen.add(t.tobytes())
                     out.append(t)
     return out
 
@@ -409,7 +410,7 @@ def run_tool(python: str, data: Path, which: str) -> dict:
 # ---------------------------------------------------------------------------- the thumbnails' cost
 
 
-def thumbs_cost(data: Path, root: Path, repeats: int = 2) -> None:
+def thumbs_cost(data: Path, root: Path, repeats: int = 1) -> None:
     """The features pass with and without [thumbs], alternated on the same folder, load beside."""
     from deepscope import job as jobmod
     from deepscope.runner import run

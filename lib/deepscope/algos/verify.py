@@ -31,7 +31,7 @@ class VerifySettings:
     min_inliers: int = 4  # matches that agree with one transform (RANSAC's consensus: the pixels decide)
     min_correlation: float = 0.60  # of the aligned, blurred grey images over their overlap
     max_differing: float = 0.15  # share of the overlap that differs (a caption is small; a moved object is not)
-    min_overlap: float = 0.55  # share of the first image covered by the second (crops of 15% a side: 0.72)
+    min_overlap: float = 0.55  # share of each image covered by the other, the smaller (crops of 15% a side: 0.72)
     max_rotation: float = 20.0  # degrees; copies rotate a few degrees, look-alike frames may turn more
     scale_range: tuple[float, float] = (0.5, 2.0)  # of the transform between the two working images
     ratio_test: float = 0.8
@@ -58,7 +58,7 @@ def _keypoints(grey: np.ndarray, settings: VerifySettings) -> tuple[np.ndarray, 
     if settings.detector == "sift":
         det = cv2.SIFT_create(nfeatures=settings.features)
     else:
-        det = cv2.ORB_create(nfeatures=settings.features, edgeThreshold=15, patchSize=15, fastThreshold=10)
+        det = cv2.ORB_create(nfeatures=settings.features, edgeThreshold=15, patchSize=15, fastThreshold=5)  # smooth photos too
     kp, desc = det.detectAndCompute(grey, None)
     pts = np.array([k.pt for k in kp], np.float32).reshape(-1, 2)
     if desc is None:
@@ -102,7 +102,9 @@ def _compare(a: dict, b: dict, m: np.ndarray) -> dict:
     warped = cv2.warpAffine(b["half"], m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     inside = cv2.warpAffine(np.ones(b["half"].shape[:2], np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     inside = cv2.erode(inside, np.ones((3, 3), np.uint8)).astype(bool)  # not the border's blend
-    overlap = float(inside.mean())
+    # the share of each picture that the other covers, the smaller (m scales areas of b by det)
+    scale2 = abs(float(np.linalg.det(m[:, :2])))
+    overlap = float(min(inside.mean(), inside.sum() / max(scale2 * b["half"].shape[0] * b["half"].shape[1], 1)))
     if inside.sum() < 32:
         return {"overlap": overlap, "aligned_correlation": 0.0, "differing": 1.0, "brightness_shift": 0.0, "contrast_ratio": 1.0}
     sigma = max(h, w) / 128
@@ -162,10 +164,12 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
               **_compare(a, b, m)}
         # the transform needs only a consensus (min_inliers): the aligned pixels then decide, as a transform
         # fitted to chance matches between two different pictures does not align them
+        # without keypoints nothing but the frames aligns the two: only near-equal pixels pass
+        corr_needed, differing_allowed = (s.min_correlation, s.max_differing) if textured else (0.95, s.max_differing / 5)
         ev["same"] = bool((not textured or inl >= s.min_inliers)
                           and abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
-                          and ev["overlap"] >= s.min_overlap and ev["aligned_correlation"] >= s.min_correlation
-                          and ev["differing"] <= s.max_differing)
+                          and ev["overlap"] >= s.min_overlap and ev["aligned_correlation"] >= corr_needed
+                          and ev["differing"] <= differing_allowed)
         if best is None or (ev["same"], ev["inliers"], ev["aligned_correlation"]) > (best["same"], best["inliers"], best["aligned_correlation"]):
             best = ev
         if best["same"]:

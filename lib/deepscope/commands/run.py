@@ -11,6 +11,8 @@ def add_commands(sub) -> None:
     f.add_argument("--out", required=True, help="output folder or URL (s3://bucket/prefix, gs://...)")
     f.add_argument("--layer", default="penultimate", help="fc7, penultimate, logits or a module name")
     f.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    f.add_argument("--thumbs", action="store_true", help="also a 256-px thumbnail and a pixel hash of every image "
+                                                          "(the explorer's gallery; `knn` verifies duplicates on them)")
     model_options(f)
     run_options(f, errors=True)
     f.set_defaults(fn="deepscope.commands.run:cmd_features")
@@ -48,7 +50,7 @@ def cmd_features(a):
         "out": a.out, "dataset": {"source": a.data},
         "model": {"name": a.model, "weights": a.weights},
         "run": run_section(a),
-        "features": {"layer": a.layer, "dtype": a.dtype},
+        "features": {"layer": a.layer, "dtype": a.dtype}, **({"thumbs": {}} if a.thumbs else {}),
     }, "arguments"), t_command=T_COMMAND)
 
 

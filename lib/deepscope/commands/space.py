@@ -55,7 +55,10 @@ def add_commands(sub) -> None:
     g.add_argument("--k", type=int, help="neighbours per image (default 10)")
     g.add_argument("--space", choices=["features", "pixels"], action="append",
                    help="the graph's space (repeatable; default: every indexed space)")
-    g.add_argument("--dup-threshold", type=float, help="near-duplicate distance threshold (default: from the data)")
+    g.add_argument("--dup-threshold", type=float, help="near-duplicate distance threshold, when pairs are not verified "
+                                                       "on thumbnails (default: from the data)")
+    g.add_argument("--no-verify", action="store_true", help="decide duplicates by the threshold even when there are thumbnails")
+    g.add_argument("--verify-top", type=int, help="each image's nearest pairs verified on the thumbnails (default 2)")
     g.add_argument("--sample", type=int, help="images whose neighbours are checked against exact search (default 1000)")
     g.add_argument("--block-rows", type=int, help="images per search task (default 65536)")
     g.set_defaults(fn="deepscope.commands.space:cmd_knn")
@@ -234,7 +237,8 @@ def cmd_knn(a):
     made = store.summary("knn")
     if made and any(g.get("inputs") != infos.get(sp, {}).get("inputs") for sp, g in made.get("graphs", {}).items()):
         store.update_summary("knn", None)  # the index was rebuilt since: search again
-    cfg = _given(k=a.k, dup_threshold=a.dup_threshold, sample=a.sample, block_rows=a.block_rows)
+    cfg = _given(k=a.k, dup_threshold=a.dup_threshold, sample=a.sample, block_rows=a.block_rows,
+                 verify=False if a.no_verify else None, verify_top=a.verify_top)
     if a.space:
         cfg["spaces"] = list(dict.fromkeys(a.space))
     run_stage(a.out, "knn", cfg)
