@@ -298,7 +298,7 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
 
     c = pq.read_table(out / "knn/candidates.parquet").to_pandas()
     geo = (c["inliers"].fillna(0) >= 8) & (c["inlier_ratio"].fillna(0) >= 0.15)
-    pix = (c["aligned_correlation"].fillna(0) >= 0.6) & (c["differing"].fillna(1) <= 0.15) & (c["overlap"].fillna(0) >= 0.55)
+    pix = (c["aligned_correlation"].fillna(0) >= 0.6) & (c["differing"].fillna(1) <= 0.15) & (c["overlap"].fillna(0) >= 0.65)
     exact = c["tier"].eq("exact")
     ways = {
         "combined distance <= the density valley's threshold (the old decision)": c["distance"] <= threshold,
@@ -410,7 +410,7 @@ def run_tool(python: str, data: Path, which: str) -> dict:
 # ---------------------------------------------------------------------------- the thumbnails' cost
 
 
-def thumbs_cost(data: Path, root: Path, repeats: int = 1) -> None:
+def thumbs_cost(data: Path, root: Path, repeats: int = 2) -> None:
     """The features pass with and without [thumbs], alternated on the same folder, load beside."""
     from deepscope import job as jobmod
     from deepscope.runner import run

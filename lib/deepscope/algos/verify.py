@@ -22,7 +22,7 @@ import numpy as np
 
 WORK_SIDE = 256  # both images are brought to this longest side first (small thumbnails enlarged)
 DIFFERS = 40.0  # a pixel differs when a channel is this far (of 255) from the fitted line
-EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "overlap", "aligned_correlation",
+EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
             "differing", "brightness_shift", "contrast_ratio")
 
 
@@ -31,7 +31,8 @@ class VerifySettings:
     min_inliers: int = 4  # matches that agree with one transform (RANSAC's consensus: the pixels decide)
     min_correlation: float = 0.60  # of the aligned, blurred grey images over their overlap
     max_differing: float = 0.15  # share of the overlap that differs (a caption is small; a moved object is not)
-    min_overlap: float = 0.55  # share of each image covered by the other, the smaller (crops of 15% a side: 0.72)
+    min_overlap: float = 0.65  # share of each image covered by the other, the smaller (crops of 15% a side: 0.72)
+    min_spread: float = 0.03  # share of the picture the inliers' hull covers (a caption alone: a thin band)
     max_rotation: float = 20.0  # degrees; copies rotate a few degrees, look-alike frames may turn more
     scale_range: tuple[float, float] = (0.5, 2.0)  # of the transform between the two working images
     ratio_test: float = 0.8
@@ -132,14 +133,19 @@ def _frame(ga: np.ndarray, gb: np.ndarray, flip: bool) -> np.ndarray:
 
 def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -> dict:
     """Two prepared images -> the decision `same` and its evidence (EVIDENCE's keys):
-    inliers, inlier_ratio, flip, scale, rotation (of the transform b -> a), overlap (share of a that b
-    covers), aligned_correlation, differing, brightness_shift, contrast_ratio."""
+    inliers, inlier_ratio, flip, scale, rotation (of the transform b -> a), overlap (the smaller share of
+    either covered by the other), spread (of the inliers over the overlap), aligned_correlation,
+    differing, brightness_shift, contrast_ratio."""
     s = settings
     best = None
     textured = min(len(a["direct"][0]), len(b["direct"][0])) >= s.min_keypoints
-    for flip in (False, True):
-        if not textured:
-            m, inl, ratio = _frame(a["grey"], b["grey"], flip), 0, 0.0
+    # keypoints first; then (no keypoints, or no transform they agree on) the two frames aligned whole
+    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", False), ("frames", True)]
+    for how, flip in tries:
+        if how == "frames":
+            if best is not None and best["inliers"] >= s.min_inliers:
+                break  # the keypoints agreed on a transform: their answer stands
+            m, inl, ratio, spread = _frame(a["grey"], b["grey"], flip), 0, 0.0, 1.0
             (ha, wa), (hb, wb) = a["grey"].shape, b["grey"].shape
             if abs(np.log((wa / ha) / (wb / hb))) > 0.05:  # another shape: not the whole same picture
                 continue
@@ -153,6 +159,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             inl, ratio = int(mask.sum()), float(mask.sum()) / max(len(mt), 1)
             if inl < 4:  # cannot pass: the pixel comparison is not worth its time
                 continue
+            spread = _spread(pa[mt[mask, 0]], a["grey"].shape)
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
@@ -161,12 +168,12 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
         r = m[:, :2] @ (np.diag([-1.0, 1.0]) if flip else np.eye(2))
         rotation = float(np.degrees(np.arctan2(r[1, 0], r[0, 0])))
         ev = {"inliers": inl, "inlier_ratio": ratio, "flip": flip, "scale": scale, "rotation": rotation,
-              **_compare(a, b, m)}
-        # the transform needs only a consensus (min_inliers): the aligned pixels then decide, as a transform
-        # fitted to chance matches between two different pictures does not align them
-        # without keypoints nothing but the frames aligns the two: only near-equal pixels pass
-        corr_needed, differing_allowed = (s.min_correlation, s.max_differing) if textured else (0.95, s.max_differing / 5)
-        ev["same"] = bool((not textured or inl >= s.min_inliers)
+              "spread": spread, **_compare(a, b, m)}
+        # keypoints need only a consensus (min_inliers) spread over the picture (not one shared caption or
+        # watermark): the aligned pixels then decide, as chance matches do not align two pictures;
+        # aligned by their frames alone, only near-equal pixels pass
+        corr_needed, differing_allowed = (s.min_correlation, s.max_differing) if how == "keypoints" else (0.95, s.max_differing / 5)
+        ev["same"] = bool((how == "frames" or (inl >= s.min_inliers and spread >= s.min_spread))
                           and abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
                           and ev["overlap"] >= s.min_overlap and ev["aligned_correlation"] >= corr_needed
                           and ev["differing"] <= differing_allowed)
@@ -176,9 +183,17 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             break  # the direct match holds: the mirror is not tried
     if best is None:
         best = {"inliers": 0, "inlier_ratio": 0.0, "flip": False, "scale": float("nan"), "rotation": float("nan"),
-                "overlap": 0.0, "aligned_correlation": 0.0, "differing": 1.0, "brightness_shift": 0.0,
+                "spread": 0.0, "overlap": 0.0, "aligned_correlation": 0.0, "differing": 1.0, "brightness_shift": 0.0,
                 "contrast_ratio": 1.0, "same": False}
     return best
+
+
+def _spread(points: np.ndarray, shape: tuple) -> float:
+    """Share of the picture that the inliers' convex hull covers (a caption's matches: a thin band)."""
+    if len(points) < 3:
+        return 0.0
+    hull = cv2.convexHull(points.astype(np.float32))
+    return float(cv2.contourArea(hull)) / float(shape[0] * shape[1])
 
 
 def tier(same_hash: bool, ev: dict) -> str:

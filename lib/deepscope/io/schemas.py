@@ -139,6 +139,7 @@ KNN_DUPLICATES = pa.schema([
     pa.field("flip", pa.bool_()),  # matched after mirroring b
     pa.field("scale", pa.float32()),  # of the transform b -> a, in thumbnail pixels
     pa.field("rotation", pa.float32()),  # degrees
+    pa.field("spread", pa.float32()),  # share of a's picture that the inliers' convex hull covers
     pa.field("overlap", pa.float32()),  # share of each picture the other covers after alignment, the smaller
     pa.field("aligned_correlation", pa.float32()),  # of the aligned, blurred grey images over the overlap
     pa.field("differing", pa.float32()),  # share of the overlap that differs once b's colours are fitted to a's
