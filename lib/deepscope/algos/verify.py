@@ -139,12 +139,10 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     s = settings
     best = None
     textured = min(len(a["direct"][0]), len(b["direct"][0])) >= s.min_keypoints
-    # keypoints first; then (no keypoints, or no transform they agree on) the two frames aligned whole
+    # keypoints first; then (no keypoints, or no transform that passes) the two frames aligned whole
     tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", False), ("frames", True)]
     for how, flip in tries:
         if how == "frames":
-            if best is not None and best["inliers"] >= s.min_inliers:
-                break  # the keypoints agreed on a transform: their answer stands
             m, inl, ratio, spread = _frame(a["grey"], b["grey"], flip), 0, 0.0, 1.0
             (ha, wa), (hb, wb) = a["grey"].shape, b["grey"].shape
             if abs(np.log((wa / ha) / (wb / hb))) > 0.05:  # another shape: not the whole same picture
@@ -172,8 +170,9 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
         # keypoints need only a consensus (min_inliers) spread over the picture (not one shared caption or
         # watermark): the aligned pixels then decide, as chance matches do not align two pictures;
         # aligned by their frames alone, only near-equal pixels pass
+        near_equal = ev["aligned_correlation"] >= 0.95 and ev["differing"] <= s.max_differing / 5
         corr_needed, differing_allowed = (s.min_correlation, s.max_differing) if how == "keypoints" else (0.95, s.max_differing / 5)
-        ev["same"] = bool((how == "frames" or (inl >= s.min_inliers and spread >= s.min_spread))
+        ev["same"] = bool((how == "frames" or (inl >= s.min_inliers and (spread >= s.min_spread or near_equal)))
                           and abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
                           and ev["overlap"] >= s.min_overlap and ev["aligned_correlation"] >= corr_needed
                           and ev["differing"] <= differing_allowed)
