@@ -2,8 +2,8 @@
 tune its search parameters against exact search, and write it with its id mapping.
 
 Sharded builds: the driver plans (which rows of which parts go to which shard), trains the
-quantizer on a bounded sample read part by part, and records what the tasks wrote; one Ray task
-per shard reads its rows from the parts (each checked against its sha256), fills a copy of the
+quantizer on a bounded sample read part by part, and records what the tasks wrote; one task (on
+the command's executor) per shard reads its rows from the parts (each checked against its sha256), fills a copy of the
 trained index and writes it, so the driver never holds a shard, a chunk of the vectors, or more
 of the id mapping than its Arrow columns.  One shard is filled the same way in the driver (the
 index then fits memory_mb: that is why it is one shard).
@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 
 from deepscope.errors import UserError
 from deepscope.io import schemas
-from deepscope.io.cluster import ensure_ray
-from deepscope.io.location import Location, is_remote
+from deepscope.io.location import Location
 from deepscope.io.store import sha256
 
 SPACES = {"features": ("features", "feature"), "pixels": ("pixels", "pixels")}  # space -> (stage, column)
@@ -184,26 +183,28 @@ _SHARD: dict = {}  # one shard per worker process, by sha256: the tuning's and t
 
 def _file_sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # a local shard of the location (load_shard), hashed in pieces
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
 
 
-def load_shard(path: str, sha: str):
-    """A shard file (local path or URL), opened only when it matches the sha256 recorded at build time.
-    A worker keeps the last one it loaded: reading 1 GB again for every task would cost more than the search."""
+def load_shard(url: str, rel: str, sha: str):
+    """A shard of the output location `url`, opened only when it matches the sha256 recorded at build
+    time. A worker keeps the last one it loaded: reading 1 GB again for every task would cost more
+    than the search."""
     if sha not in _SHARD:
         _SHARD.clear()  # drop the old one first: one shard in memory
-        if is_remote(path):
-            data = Location(path).get("")
+        loc = Location(url)
+        if loc.remote:
+            data = loc.get(rel)
             if sha256(data) != sha:
-                raise RuntimeError(f"{path} does not match the sha256 recorded at build time; rebuild the index")
+                raise RuntimeError(f"{loc.full(rel)} does not match the sha256 recorded at build time; rebuild the index")
             _SHARD[sha] = deserialize(data)
-        else:
-            if _file_sha256(path) != sha:
-                raise RuntimeError(f"{path} does not match the sha256 recorded at build time; rebuild the index")
-            _SHARD[sha] = faiss.read_index(path)
+        else:  # a local file is hashed in pieces and mapped by FAISS (not held twice)
+            if _file_sha256(loc.full(rel)) != sha:
+                raise RuntimeError(f"{loc.full(rel)} does not match the sha256 recorded at build time; rebuild the index")
+            _SHARD[sha] = faiss.read_index(loc.full(rel))
     return _SHARD[sha]
 
 
@@ -418,9 +419,9 @@ def shard_slices(parts, bounds: np.ndarray) -> list[list[Slice]]:
     return plan
 
 
-def build_space(store, space: str, cfg, log, address: str | None = None) -> dict:
+def build_space(store, space: str, cfg, log, executor) -> dict:
     """Build, tune and write the index of one space; returns its info (also written as index.json).
-    address: the Ray cluster that fills shards (default: RAY_ADDRESS or a local one)."""
+    Several shards are filled in parallel tasks on the executor."""
     stage, column = SPACES[space]
     t_start = time.time()
     n, d, _ = dataset_shape(store, stage, column)
@@ -448,8 +449,8 @@ def build_space(store, space: str, cfg, log, address: str | None = None) -> dict
     if plan.shards == 1:
         shard_files, truth, search = _fill_local(store, space, empty, slices[0], column, cosine, sample.queries, k + 1)
     else:
-        shard_files, truth, search = _fill_ray(store, space, empty, slices, column, cosine, sample.queries, k + 1,
-                                               plan, address)
+        shard_files, truth, search = _fill_parallel(store, space, empty, slices, column, cosine, sample.queries,
+                                                    k + 1, plan, executor)
     add_s = time.time() - t0
 
     t0 = time.time()
@@ -494,11 +495,9 @@ def fill_shard(index, loc, rel: str, slices: list[Slice], column: str, cosine: b
     return {"file": rel, "rows": int(index.ntotal), "sha256": write_index(loc, rel, index)}, (truth.D, truth.I)
 
 
-def _fill_shard_task(empty: bytes, url: str, rel: str, slices: list[Slice], column: str, cosine: bool,
-                     queries: np.ndarray, k: int):
-    """One Ray task: one shard, built from the parts themselves (the driver ships only the plan)."""
-    from deepscope.io.store import Location
-
+def _fill_shard_task(url: str, rel: str, slices: list[Slice], column: str, cosine: bool, k: int, *,
+                     empty: bytes, queries: np.ndarray):
+    """One task: one shard, built from the parts themselves (the driver ships only the plan)."""
     return fill_shard(deserialize(empty), Location(url), rel, slices, column, cosine, queries, k)
 
 
@@ -516,37 +515,33 @@ def _fill_local(store, space, index, slices, column, cosine, queries, k):
     return [file], rows, search
 
 
-def _fill_ray(store, space, empty, slices, column, cosine, queries, k, plan, address):
-    """Shards filled in parallel Ray tasks, each reading its rows from the parts and writing its file;
+def _fill_parallel(store, space, empty, slices, column, cosine, queries, k, plan, executor):
+    """Shards filled in parallel tasks, each reading its rows from the parts and writing its file;
     the driver sends the plan and records the files, so it never holds a shard or the vectors."""
-    import ray
-
-    ensure_ray(address)
-    empty_ref, queries_ref = ray.put(bytes(serialize(empty))), ray.put(queries)
-    opts = {"num_cpus": 1, "memory": int(plan.shard_bytes * 1.2) + 2**26}
-    task = ray.remote(_fill_shard_task).options(**opts)
-    refs = [task.remote(empty_ref, store.url, f"index/{space}/shard-{s:03d}.faiss", plan_s, column, cosine,
-                        queries_ref, k) for s, plan_s in enumerate(slices)]
+    memory_mb = plan.shard_bytes * 1.2 / 2**20 + 64
+    calls = [(store.url, f"index/{space}/shard-{s:03d}.faiss", plan_s, column, cosine, k) for s, plan_s in enumerate(slices)]
+    done = dict(executor.map(_fill_shard_task, calls, shared={"empty": bytes(serialize(empty)), "queries": queries},
+                             memory_mb=memory_mb))
     files, truth = [], faiss.ResultHeap(len(queries), k)
-    for ref in refs:  # in shard order: equal distances keep the lower rows, as one pass over all would
-        file, (dist, rows) = ray.get(ref)
+    for s in range(len(slices)):  # in shard order: equal distances keep the lower rows, as one pass over all would
+        file, (dist, rows) = done[s]
         store.record_file(file["file"], file["sha256"])
         files.append(file)
         truth.add_result(dist, rows)
     truth.finalize()
-    search_task = ray.remote(_search_shard).options(**opts)
 
     def search(setting, k):
-        return merge_knn(ray.get([search_task.remote(str(store.path(f["file"])), f["sha256"], queries_ref, k, setting)
-                                  for f in files]), k)
+        found = dict(executor.map(_search_shard, [(store.url, f["file"], f["sha256"]) for f in files],
+                                  shared={"queries": queries, "k": k, "setting": setting}, memory_mb=memory_mb))
+        return merge_knn([found[i] for i in range(len(files))], k)
 
     return files, truth.I, search
 
 
-def _search_shard(path: str, sha: str, queries: np.ndarray, k: int, setting: dict):
+def _search_shard(url: str, rel: str, sha: str, *, queries: np.ndarray, k: int, setting: dict):
     from deepscope.index.search import search_params
 
-    index = load_shard(path, sha)
+    index = load_shard(url, rel, sha)
     return index.search(queries, k, params=search_params(index, **setting))
 
 
