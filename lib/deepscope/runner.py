@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from deepscope import __version__
 from deepscope.errors import UserError
-from deepscope.executor import PassStats, Pass, RunContext, executor_for, log, worker_env  # noqa: F401
+from deepscope.executor import Pass, PassStats, RunContext, executor_for, log
 from deepscope.io import schemas
 from deepscope.io.plan import Partition, plan
 from deepscope.io.store import Store

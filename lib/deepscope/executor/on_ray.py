@@ -41,7 +41,7 @@ class RayExecutor(Executor):
 
     def describe(self) -> str:
         n = len(self.actors) or self.cpu_actors
-        return f"{n} {'GPU' if self.gpus else 'CPU'} model actor{'s' if n > 1 else ''} on Ray"
+        return f"{n} {'GPU' if self.gpus else 'CPU'} model actor{'s' if n > 1 else ''}"
 
     @property
     def cpus(self) -> int:

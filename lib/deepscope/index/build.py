@@ -39,7 +39,7 @@ HNSW_EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 40
 
 
 @dataclass
-class Plan:
+class IndexChoice:
     kind: str
     factory: str  # FAISS index_factory string of one shard
     shards: int
@@ -83,7 +83,7 @@ def factory(kind: str, d: int, nlist: int, m: int) -> str:
 
 
 def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: int = 20_000,
-           shards: int = 0, nlist: int = 0, train_max: int = 100_000) -> Plan:
+           shards: int = 0, nlist: int = 0, train_max: int = 100_000) -> IndexChoice:
     """The index for n vectors of d dims under a memory budget per shard (machine).
 
     auto: exact (Flat) up to flat_max vectors; above, HNSW for low dimensions and IVF-Flat
@@ -93,7 +93,7 @@ def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: 
     """
     budget = memory_mb * 2**20
 
-    def plan_for(count: int, n_shards: int) -> Plan | None:
+    def plan_for(count: int, n_shards: int) -> IndexChoice | None:
         nl = min(nlist or default_nlist(count, train_max), count)
         if kind != "auto":
             m = pq_bytes(d, count, nl, budget) if kind in ("ivf_pq", "opq_ivf_pq") else 0
@@ -113,7 +113,7 @@ def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: 
             k = "ivf_pq" if m * 16 >= d else "opq_ivf_pq"
             why = f"raw vectors exceed {memory_mb} MB: {m}-byte PQ codes" + (" with OPQ" if k == "opq_ivf_pq" else "")
         nl = nl if k.startswith(("ivf", "opq")) else 0
-        return Plan(k, factory(k, d, nl, m), n_shards, nl, m, estimate_bytes(k, count, d, nl, m), why)
+        return IndexChoice(k, factory(k, d, nl, m), n_shards, nl, m, estimate_bytes(k, count, d, nl, m), why)
 
     if shards:
         return plan_for(math.ceil(n / shards), shards)
@@ -164,7 +164,7 @@ def deserialize(data) -> faiss.Index:
     return faiss.read_index(faiss.PyCallbackIOReader(read))
 
 
-def write_index(loc, rel: str, index) -> str:
+def write_faiss_index(loc, rel: str, index) -> str:
     """Write an index into the folder in pieces, hashing as it goes (serialize() would hold a second
     copy of a 1 GB shard); returns its sha256.  The bytes are serialize()'s."""
     h = hashlib.sha256()
@@ -217,7 +217,7 @@ def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.ascontiguousarray(col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d), dtype=np.float32)
 
 
-def chunks(store, stage: str, column: str, chunk_rows: int, cosine: bool, meta: bool = False):
+def stream_vectors(store, stage: str, column: str, chunk_rows: int, cosine: bool, meta: bool = False):
     """Yield (first row, vectors, {id, path, label, part, offset} or None), parts in manifest order,
     about chunk_rows rows at a time (memory: one chunk)."""
     cols = [column] + (["id", "path", "label"] if meta else [])
@@ -292,7 +292,7 @@ def inputs_digest(store, stage: str) -> str:
 
 # ---------------------------------------------------------------------------- tuning
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray, query_rows: np.ndarray, k: int = K) -> float:
+def recall_without_self(found: np.ndarray, truth: np.ndarray, query_rows: np.ndarray, k: int = K) -> float:
     """Share of the exact k nearest that were found; each query's own row is left out of both lists
     (the queries are rows of the indexed set, and finding oneself is no achievement)."""
     hits = total = 0
@@ -304,7 +304,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, query_rows: np.ndarray, k:
     return hits / total if total else 1.0
 
 
-def candidates(plan: Plan) -> list[dict]:
+def candidates(plan: IndexChoice) -> list[dict]:
     """Search settings from cheapest to dearest."""
     if plan.nlist:
         return [{"nprobe": p} for p in IVF_PROBES if p < plan.nlist] + [{"nprobe": plan.nlist}]
@@ -313,7 +313,7 @@ def candidates(plan: Plan) -> list[dict]:
     return [{}]
 
 
-def tune(search, plan: Plan, truth: np.ndarray, query_rows: np.ndarray, target: float, log, k: int):
+def tune(search, plan: IndexChoice, truth: np.ndarray, query_rows: np.ndarray, target: float, log, k: int):
     """The cheapest setting whose recall@k reaches the target (else the best one) -> (setting, recall, sweep)."""
     sweep = []
     best = None
@@ -321,7 +321,7 @@ def tune(search, plan: Plan, truth: np.ndarray, query_rows: np.ndarray, target: 
         t0 = time.perf_counter()
         _, found = search(setting, k + 1)
         ms = (time.perf_counter() - t0) * 1000 / max(len(query_rows), 1)
-        r = recall_at_k(found, truth, query_rows, k)
+        r = recall_without_self(found, truth, query_rows, k)
         sweep.append({**setting, "recall": round(r, 4), "ms_per_query": round(ms, 3)})
         if best is None or r > best[1]:
             best = (setting, r)
@@ -492,7 +492,7 @@ def fill_shard(index, loc, rel: str, slices: list[Slice], column: str, cosine: b
         _add_truth(truth, queries, x, s.first)
         del x
     truth.finalize()
-    return {"file": rel, "rows": int(index.ntotal), "sha256": write_index(loc, rel, index)}, (truth.D, truth.I)
+    return {"file": rel, "rows": int(index.ntotal), "sha256": write_faiss_index(loc, rel, index)}, (truth.D, truth.I)
 
 
 def _fill_shard_task(url: str, rel: str, slices: list[Slice], column: str, cosine: bool, k: int, *,

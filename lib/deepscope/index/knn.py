@@ -284,20 +284,20 @@ def read_graph(store, space: str, columns=("neighbor_rows", "distances")) -> tup
 
 def measure_recall(store, space: str, info: dict, k: int, sample: int, seed: int, chunk_rows: int) -> dict:
     """Recall@k of the written graph on a random sample of images, against exact blocked search."""
-    from deepscope.index.build import chunks
+    from deepscope.index.build import stream_vectors
 
     n = info["rows"]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, min(sample, n), replace=False))
     cosine = info["metric"] == "cosine"
     q, found = [], []
-    for start, x, _ in chunks(store, info["stage"], info["column"], chunk_rows, cosine):
+    for start, x, _ in stream_vectors(store, info["stage"], info["column"], chunk_rows, cosine):
         lo, hi = np.searchsorted(rows, [start, start + len(x)])
         if hi > lo:
             q.append(x[rows[lo:hi] - start])
     q = np.concatenate(q)
     top = K.TopK(len(q), k)
-    for start, x, _ in chunks(store, info["stage"], info["column"], chunk_rows, cosine):
+    for start, x, _ in stream_vectors(store, info["stage"], info["column"], chunk_rows, cosine):
         top.add_block(q, x, start, exclude=rows)
     graph_rows, _ = read_graph(store, space, columns=("neighbor_rows", "distances"))
     found = graph_rows[rows]
@@ -308,11 +308,11 @@ def measure_recall(store, space: str, info: dict, k: int, sample: int, seed: int
 
 def _signatures(store, info: dict) -> np.ndarray:
     """Pixel signatures (n, 192) float16 in the pixels index's row order, streamed part by part."""
-    from deepscope.index.build import chunks
+    from deepscope.index.build import stream_vectors
 
     size = int(round((info["dim"] / 3) ** 0.5))
     out = np.empty((info["rows"], 3 * K.SIGNATURE_GRID ** 2 if size % K.SIGNATURE_GRID == 0 else 3), np.float16)
-    for start, x, _ in chunks(store, "pixels", "pixels", 16384, cosine=False):
+    for start, x, _ in stream_vectors(store, "pixels", "pixels", 16384, cosine=False):
         out[start:start + len(x)] = K.pixel_signature(x, size)
     return out
 
@@ -322,11 +322,11 @@ EXACT_ROWS = 50_000  # vectors read to give pairs found in pixel space only thei
 
 def _norms_and_rows(store, info: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One pass over the stage: every vector's norm, and the vectors of the given (sorted) rows."""
-    from deepscope.index.build import chunks
+    from deepscope.index.build import stream_vectors
 
     norms = np.empty(info["rows"], np.float32)
     got = []
-    for start, x, _ in chunks(store, info["stage"], info["column"], 16384, cosine=False):
+    for start, x, _ in stream_vectors(store, info["stage"], info["column"], 16384, cosine=False):
         norms[start:start + len(x)] = np.linalg.norm(x, axis=1)
         lo, hi = np.searchsorted(rows, [start, start + len(x)])
         if hi > lo:
