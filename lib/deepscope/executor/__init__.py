@@ -39,3 +39,12 @@ def executor_for(run, store=None) -> Executor:
     log_path = log_path_for(store.url, store.loc.remote) if store is not None else None
     return make_executor(get("executor") or "auto", get("address"), int(get("actors") or 1),
                          int(get("threads") or 0), log_path, worker_env())
+
+
+def shutdown() -> None:
+    """At the command's end: a local Ray started by it is shut down (its processes go with it)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

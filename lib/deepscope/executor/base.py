@@ -206,9 +206,10 @@ class Executor:
         """Tasks that run at once in a task map."""
         raise NotImplementedError
 
-    def start_model_workers(self, warm: tuple[str, dict] | None = None) -> None:
+    def start_model_workers(self, warm: tuple[str, dict] | None = None, reads: bool = True) -> None:
         """Start the run's model workers once (every pass of the run reuses them); warm: a
-        ("module:function", kwargs) each one calls first (the job's model, read while the driver plans)."""
+        ("module:function", kwargs) each one calls first (the job's model, read while the driver plans);
+        reads: the passes will read images (local: the read processes start now)."""
         raise NotImplementedError
 
     def map(self, fn: Callable, calls: list[tuple], *, shared: dict | None = None, cpus: float = 1,
@@ -247,7 +248,7 @@ class Executor:
 
         p = p or Pass(**fields)
         if not self.started:
-            self.start_model_workers()
+            self.start_model_workers(reads=p.read is not None)
         total = sum(x.size for x in p.parts)
         log(f"{store.root}: {total} {p.unit} in {len(p.parts)} partitions to compute ({self.describe()})")
         t0 = time.time()

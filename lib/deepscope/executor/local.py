@@ -40,9 +40,10 @@ class LocalExecutor(Executor):
         one per read process, and two more, so that the model never waits for the next one."""
         return self.readers + 2
 
-    def start_model_workers(self, warm: tuple[str, dict] | None = None) -> None:
+    def start_model_workers(self, warm: tuple[str, dict] | None = None, reads: bool = True) -> None:
         self.warm, self.host, self.started = warm, ModelWorkerHost(), True
-        self._readers()  # spawned now: they import the decoder while the driver still loads torch
+        if reads:
+            self._readers()  # spawned now: they import the decoder while the driver still loads torch
 
     def adopt(self, loaded) -> None:
         """The model worker copies the driver's loaded model instead of reading it again."""

@@ -56,7 +56,7 @@ class RayExecutor(Executor):
     def _runtime_env(self) -> dict:
         return {"runtime_env": {"env_vars": self.env}} if self.env else {}
 
-    def start_model_workers(self, warm: tuple[str, dict] | None = None) -> None:
+    def start_model_workers(self, warm: tuple[str, dict] | None = None, reads: bool = True) -> None:
         """Actors, one per GPU (else cpu_actors): creating them returns at once, and their processes
         import torch and read the model while the driver goes on. A CPU actor reserves half a CPU but
         runs `threads` torch threads: read tasks must always find a CPU beside the actors, also after
