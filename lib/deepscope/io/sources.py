@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Iterator
 
 import fsspec
@@ -50,8 +51,13 @@ def _fs(url: str):
 
 
 def _relative_to(base: str, paths) -> list[str]:
-    """A manifest's paths: relative ones are taken from the manifest's folder."""
-    return [p if ("://" in p or os.path.isabs(p)) else f"{base}/{p}" for p in paths]
+    """A manifest's paths: relative ones are taken from the manifest's folder (`..` resolved here:
+    an object store has no parent folders to resolve it)."""
+    if "://" in base:
+        protocol, rest = base.split("://", 1)
+        return [p if ("://" in p or os.path.isabs(p)) else f"{protocol}://{posixpath.normpath(f'{rest}/{p}')}"
+                for p in paths]
+    return [p if ("://" in p or os.path.isabs(p)) else os.path.normpath(f"{base}/{p}") for p in paths]
 
 
 def _frame(df: pd.DataFrame, base: str) -> pd.DataFrame:
