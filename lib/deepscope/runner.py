@@ -209,8 +209,7 @@ def _pending(store, stages, parts) -> list:
 
 
 def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, executor) -> RunResult:
-    store.metadata = {"deepscope.model": job.model.name, "deepscope.weights": loaded.weights,
-                      "deepscope.random_weights": str(loaded.random_weights).lower()}
+    _with_metadata(store, job, loaded)
     if dups is not None and len(dups) and not store.has_part(ERRORS, "listing"):
         store.write_part(ERRORS, "listing", pa.table({
             "id": dups["id"].tolist(), "path": dups["path"].tolist(), "stage": ["list"] * len(dups),
@@ -325,6 +324,8 @@ def run_post(out: str, stage: str, config: dict, run_overrides: dict | None = No
                 rec.record.update(status="nothing to do", computed=0)
                 return RunResult(out=out, seconds=time.time() - t_start)
             ctx = RunContext(store=store, job=job, log=log, executor=executor, load=lambda: _load_model(job))
+            ctx.run_pass = lambda st, ps: image_pass(job, _with_metadata(store, job, ctx.loaded), ctx.loaded, st, ps,
+                                                     executor)  # a stage's own pass (dissection's concept set)
             store.open_stage(stage, s.fingerprint(), replace=True)
             store.update_summary(stage, None)  # an interrupted run is redone
             store.update_summary(stage, s.finish(ctx))
@@ -337,6 +338,13 @@ def run_post(out: str, stage: str, config: dict, run_overrides: dict | None = No
             return RunResult(out=out, seconds=seconds, summary=store.summary(stage) or {})
     finally:
         executor.close()
+
+
+def _with_metadata(store, job, loaded):
+    """The store, saying in every Parquet file it writes which model made it (random weights say so)."""
+    store.metadata = {"deepscope.model": job.model.name, "deepscope.weights": loaded.weights,
+                      "deepscope.random_weights": str(loaded.random_weights).lower()}
+    return store
 
 
 def _load_model(job):
