@@ -32,6 +32,16 @@ PAGES = ["README.md", "docs/index.md", "docs/datasets.md", "docs/features.md", "
 ALL = os.environ.get("DEEPSCOPE_DOCS_ALL") == "1"
 FENCE = re.compile(r"^(```+|~~~+)[ \t]*(\S*)[ \t]*(.*)$")
 FAILS = ("deepscope: error:", "deepscope: job failed:")
+WORLD_JOB = """out = "runs/demo"
+[dataset]
+source = "data/demo"
+[run]
+executor = "local"
+[features]
+[pixels]
+[index]
+spaces = ["features", "pixels"]
+"""  # jobs/demo.toml's first stages: one pass for features and pixels, then both indexes
 
 
 def blocks(page: Path) -> list[dict]:
@@ -78,10 +88,9 @@ def world(tmp_path_factory):
     """The working folder: 12 demo images, their features and both indexes (the demo's output, in small)."""
     where = tmp_path_factory.mktemp("docs")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DEEPSCOPE_DOCS_WORLD=str(where))
-    for cmd in ["deepscope demo-data data/demo --per-photo 2",
-                "deepscope features data/demo --out runs/demo --executor local",
-                "deepscope index runs/demo --pixels"]:
+               PYTHONUNBUFFERED="1")  # stdout and stderr in the order they were written, as on a terminal
+    (where / "world.toml").write_text(WORLD_JOB)
+    for cmd in ["deepscope demo-data data/demo --per-photo 2", "deepscope run world.toml"]:
         done = subprocess.run(cmd, shell=True, cwd=where, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{cmd}\n{done.stdout}\n{done.stderr}"
     return where, env
