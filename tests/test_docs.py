@@ -152,3 +152,20 @@ def test_matches():
     assert matches("a\n...\nz", "a\nb\nc\nz")
     assert not matches("done: 12 images", "done: 13 images")
     assert not matches("a\nz", "a\nb\nz")
+
+
+def test_site_builds_without_warnings_and_documents_every_command(tmp_path):
+    """`make docs`' build (--strict: a broken link or anchor fails it); the CLI page names every command."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "WARNING" not in done.stderr, done.stderr
+    from deepscope.commands import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    cli_page = (tmp_path / "site" / "cli" / "index.html").read_text()
+    missing = [name for name in commands if f'id="deepscope-{name}"' not in cli_page]
+    assert not missing, missing
