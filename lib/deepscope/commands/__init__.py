@@ -25,7 +25,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
+    from deepscope import __version__
+
     p = Parser(prog="deepscope", description="Visualizing and understanding CNNs at dataset scale, on Ray.")
+    p.add_argument("--version", action="version", version=f"deepscope {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for family in FAMILIES:
         importlib.import_module(f"deepscope.commands.{family}").add_commands(sub)
