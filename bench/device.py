@@ -135,6 +135,13 @@ def job_dict(model: str, layer: str, out: str, batch: int, part: int, precision:
                             **(stage or {"features": {"layer": layer}})}).model_dump(mode="json")
 
 
+def call(m, rows):
+    """One partition through the model worker, as the executor calls it: (partition, its rows)."""
+    import types
+
+    return m(types.SimpleNamespace(name=str(rows["part"][0])), rows)
+
+
 def mapper(job: dict, out: str):
     from deepscope import job as jobmod
     from deepscope.mapper import ModelMapper
@@ -144,12 +151,12 @@ def mapper(job: dict, out: str):
 
 
 def actor_rate(m, decoded: list[dict], repeat: int = 1) -> float:
-    m(decoded[0])  # warm-up: cuDNN's algorithm choice, the first allocation
+    call(m, decoded[0])  # warm-up: cuDNN's algorithm choice, the first allocation
     sync(m.device)
     n, t = 0, time.perf_counter()
     for _ in range(repeat):
         for rows in decoded:
-            m(rows)
+            call(m, rows)
             n += len(rows["id"])
     sync(m.device)
     return n / (time.perf_counter() - t)
@@ -161,7 +168,7 @@ def pipeline_rate(m, paths, transform, procs: int, part: int) -> float:
         list(ex.map(_decode, jobs[:procs]))  # the processes started and warm, as Ray's read workers are
         t = time.perf_counter()
         for rows in ex.map(_decode, jobs):
-            m(rows)
+            call(m, rows)
         sync(m.device)
     return len(paths) / (time.perf_counter() - t)
 
@@ -278,7 +285,7 @@ def main() -> None:
                 precision, cl = ("bf16", True) if device.type == "cuda" else ("fp32", True)
                 out = str(tmp / f"pipe-{model.replace(':', '_')}")
                 m = mapper(job_dict(model, layer, out, batch, part, precision, cl), out)
-                m(decoded[0])
+                call(m, decoded[0])
                 pr = pipeline_rate(m, paths, loaded.transform, max(1, a.procs - 1), part)
                 ceiling = min(dec_rate, best)
                 row(f"{model} pipeline", f"{max(1, a.procs - 1)} decode processes -> actor, {precision}"

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 from deepscope import job as jobmod  # noqa: E402
 from deepscope.io.concepts import Concepts, make_concept_data  # noqa: E402
 from deepscope.io.store import Store  # noqa: E402
-from deepscope.runner import ensure_ray, run  # noqa: E402
+from deepscope.io.cluster import ensure_ray  # noqa: E402
+from deepscope.runner import run  # noqa: E402
 
 
 class PeakRSS(threading.Thread):

@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from deepscope import job as jobmod  # noqa: E402
-from deepscope.runner import ensure_ray, run  # noqa: E402
+from deepscope.io.cluster import ensure_ray  # noqa: E402
+from deepscope.runner import run  # noqa: E402
 from deepscope.stages.patches import Patches  # noqa: E402
 
 DRIVER_S = {"prepare": 0.0, "finish": 0.0}  # the stage's own driver time in the last job

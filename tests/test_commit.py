@@ -13,7 +13,7 @@ from PIL import Image
 from deepscope import job as jobmod
 from deepscope.cli import main
 from deepscope.errors import UserError
-from deepscope.io.plan import chunks, plan
+from deepscope.io.plan import content_defined_chunks as chunks, plan
 from deepscope.io.store import Store
 from deepscope.runner import run
 from test_features import read_features, small_dataset, spec
@@ -49,7 +49,7 @@ def test_commit_cost_does_not_grow(tmp_path):
     rec = writer.write("s", "p0", table)
     store.open_stage("s", {})
     for n in range(1, 2001):
-        store.manifest["stages"]["s"]["parts"][f"q{n}"] = dict(rec, file=f"s/q{n}.parquet")
+        store.manifest["stages"]["s"]["parts"][f"q{n}"] = dict(rec.entry(), file=f"s/q{n}.parquet")
     snap = (tmp_path / "o/manifest.json").stat().st_mtime_ns
     assert store.commit(rec) and not store.commit(rec)  # a duplicate delivery commits nothing
     assert (tmp_path / "o/manifest.json").stat().st_mtime_ns == snap, "no snapshot rewrite per part"

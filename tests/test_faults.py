@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deepscope.io.store import Store
-from deepscope.mapper import FAULT_ENV
+from deepscope.mapper import KILL_ENV
 from deepscope.runner import run
 from test_features import read_features, small_dataset, spec
 
@@ -39,9 +39,11 @@ def assert_exactly_once_and_equal(out, reference):
 
 
 def test_dying_model_actors(ray_cluster, photos, reference, tmp_path, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "0.1")  # 10% of model-actor calls kill their own process
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ENV, f"{marker}@2")  # the model actor dies at its second partition, once
     out = tmp_path / "out"
-    res = run(spec(photos, out, "torchvision:alexnet", "random", "fc7", batch_size=2))
+    res = run(spec(photos, out, "torchvision:alexnet", "random", "fc7", batch_size=2, executor="ray"))
+    assert marker.exists(), "a model actor was killed mid-job"
     assert res.failed == 0
     assert_exactly_once_and_equal(out, reference)
 

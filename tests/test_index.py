@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from deepscope.executor import LocalExecutor
 from deepscope.cli import main
 from deepscope.errors import UserError
 from deepscope.index.build import build_space, choose
@@ -12,6 +13,8 @@ from deepscope.index.search import Searcher
 from deepscope.io.store import Store
 from deepscope.stages.features import Features, FeaturesConfig
 from deepscope.stages.index import IndexConfig
+
+LOCAL = LocalExecutor("the tests: tasks run here")
 
 
 def clustered(n, d, centres=100, seed=0):
@@ -64,7 +67,7 @@ def test_recall_meets_recorded_figure(tmp_path):
     x, q = points[:50_000], points[50_000:]  # fresh queries from the same distribution, not in the set
     store = feature_store(tmp_path / "out", x)
     cfg = IndexConfig(flat_max=1000, tune_queries=300)  # flat_max: make the auto choice an approximate index
-    info = build_space(store, "features", cfg, quiet)
+    info = build_space(store, "features", cfg, quiet, LOCAL)
     assert info["kind"] == "hnsw" and info["rows"] == 50_000  # 64 dims: the rule picks a graph
     assert info["recall_at_10"] >= 0.95 and info["target_met"]
     # answered through the stored index, against brute force
@@ -92,7 +95,7 @@ def test_every_kind_builds_tunes_and_answers(tmp_path, kind, one_faiss_thread):
     x, q = points[:3000], points[3000:]  # fresh queries from the same distribution
     between = np.random.default_rng(7).standard_normal((100, 16)).astype(np.float32) * 4  # off the clusters
     store = feature_store(tmp_path / "out", x)
-    info = build_space(store, "features", IndexConfig(kind=kind, nlist=16, tune_queries=100), quiet)
+    info = build_space(store, "features", IndexConfig(kind=kind, nlist=16, tune_queries=100), quiet, LOCAL)
     assert info["kind"] == kind and info["sweep"]
     assert info["search"] in [{k: v for k, v in step.items() if k in ("nprobe", "ef_search")} for step in info["sweep"]]
     s = Searcher(store, "features", info)
@@ -117,7 +120,7 @@ def test_sharded_search_equals_one_index(ray_cluster, tmp_path, kind, nprobe):
     results = []
     for shards in (1, 3):
         store = feature_store(tmp_path / f"s{shards}", x, part_rows=1000)
-        info = build_space(store, "features", IndexConfig(kind=kind, shards=shards, nlist=64, tune_queries=100), quiet)
+        info = build_space(store, "features", IndexConfig(kind=kind, shards=shards, nlist=64, tune_queries=100), quiet, LOCAL)
         assert info["shards"] == shards and len(info["shard_files"]) == shards
         s = Searcher(store, "features", info)
         hits = s.search(q, 10, nprobe=nprobe)
@@ -129,7 +132,7 @@ def test_sharded_search_equals_one_index(ray_cluster, tmp_path, kind, nprobe):
 def test_answers_name_rows_and_files_are_checked(tmp_path):
     x = clustered(5000, 16, seed=4)
     store = feature_store(tmp_path / "out", x)
-    info = build_space(store, "features", IndexConfig(kind="ivf_flat", nlist=64, tune_queries=50), quiet)
+    info = build_space(store, "features", IndexConfig(kind="ivf_flat", nlist=64, tune_queries=50), quiet, LOCAL)
     store.update_summary("index", {"spaces": {"features": info}})
     s = Searcher(str(tmp_path / "out"))
     hits = s.search(x[:3], 1000, nprobe=1)  # one list of 64 holds fewer than 1000: FAISS pads with -1
@@ -151,7 +154,7 @@ def test_answers_name_rows_and_files_are_checked(tmp_path):
 def test_cosine_distances(tmp_path):
     x = clustered(3000, 24, seed=5)
     store = feature_store(tmp_path / "out", x)
-    info = build_space(store, "features", IndexConfig(metric="cosine", tune_queries=20), quiet)
+    info = build_space(store, "features", IndexConfig(metric="cosine", tune_queries=20), quiet, LOCAL)
     s = Searcher(store, "features", info)
     hits = s.search(x[7], 5)[0]
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -243,6 +246,6 @@ def test_index_errors(tmp_path, capsys):
     assert "not a deepscope output folder" in capsys.readouterr().err
     store = feature_store(tmp_path / "out", clustered(100, 8))
     with pytest.raises(UserError, match="no pixels results"):
-        build_space(store, "pixels", IndexConfig(), quiet)
+        build_space(store, "pixels", IndexConfig(), quiet, LOCAL)
     with pytest.raises(UserError, match="no pixels index"):
         Searcher(store, "pixels")

@@ -4,7 +4,10 @@ groups, swapped labels flagged, /duplicates/{id} over HTTP, bad input in one lin
 import numpy as np
 import pytest
 
+from deepscope.executor import LocalExecutor
 from deepscope.algos import knn as K
+
+LOCAL = LocalExecutor("the tests: tasks run here")
 
 
 def brute(q, x, k, metric="l2", own=None):
@@ -136,7 +139,7 @@ def built(store, **index_kw):
     from deepscope.index.build import build_space
     from deepscope.stages.index import IndexConfig
 
-    info = build_space(store, "features", IndexConfig(**index_kw), quiet)
+    info = build_space(store, "features", IndexConfig(**index_kw), quiet, LOCAL)
     store.update_summary("index", {"spaces": {"features": info}})
     return info
 
@@ -149,7 +152,7 @@ def test_sharded_graph_equals_exact_search(ray_cluster, tmp_path, kind, shards):
     x[100] = x[7]  # an exact copy: it ties with the image itself, which must still be dropped by row
     store = feature_store(tmp_path / "out", x, part_rows=400)
     built(store, kind=kind, shards=shards, nlist=16, tune_queries=200, target_recall=0.99)
-    rec = graph_space(store, "features", 5, knn_cfg(block_rows=700, sample=300), quiet)
+    rec = graph_space(store, "features", 5, knn_cfg(block_rows=700, sample=300), quiet, LOCAL)
     rows, dist = read_graph(store, "features")
     d, r = K.exact_knn(x, x, 5, exclude=np.arange(3000))
     if kind == "flat":  # exact blocks: the very neighbours (ties aside) and distances
@@ -170,7 +173,7 @@ def test_graph_resumes_per_partition_and_refuses_bad_k(ray_cluster, tmp_path):
     x = clustered(1200, 8, seed=12)
     store = feature_store(tmp_path / "out", x, part_rows=300)
     built(store, kind="flat")
-    graph_space(store, "features", 4, knn_cfg(block_rows=300, sample=50), quiet)
+    graph_space(store, "features", 4, knn_cfg(block_rows=300, sample=50), quiet, LOCAL)
     rel = GRAPH.format(space="features")
     parts = store.parts(rel)
     assert len(parts) == 4
@@ -178,16 +181,16 @@ def test_graph_resumes_per_partition_and_refuses_bad_k(ray_cluster, tmp_path):
     before = {p: e["sha256"] for p, e in parts.items()}
     store.manifest["stages"][rel]["parts"].pop(first)  # as if interrupted before this part was written
     lines = []
-    graph_space(store, "features", 4, knn_cfg(block_rows=300, sample=50), lines.append)
+    graph_space(store, "features", 4, knn_cfg(block_rows=300, sample=50), lines.append, LOCAL)
     assert "3 of 4 parts done" in lines[0]
     assert {p: e["sha256"] for p, e in store.parts(rel).items()} == before  # the same part, recomputed
     t = pq.read_table(store.path(store.parts(rel)[first]["file"]))
     assert t.num_rows == 300 and t.column("row").to_pylist() == list(range(300, 600))
     lines.clear()
-    graph_space(store, "features", 3, knn_cfg(block_rows=300, sample=50), lines.append)  # another k: all again
+    graph_space(store, "features", 3, knn_cfg(block_rows=300, sample=50), lines.append, LOCAL)  # another k: all again
     assert "0 of 4 parts done" in lines[0]
     with pytest.raises(UserError, match="k = 1200 is not below the number of images"):
-        graph_space(store, "features", 1200, knn_cfg(), quiet)
+        graph_space(store, "features", 1200, knn_cfg(), quiet, LOCAL)
 
 
 # ---------------------------------------------------------------------------- on real images (lite0)

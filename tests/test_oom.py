@@ -1,11 +1,9 @@
 """Out of memory never fails a batch (issue 17): the batch is split in halves down to one image,
 and the size that worked is kept for the following batches."""
-import json
-
 import numpy as np
 import pytest
 
-from deepscope.io.decode import DecodeLimits, decode_partitions
+from deepscope.io.decode import DecodeLimits, decode_partition
 from deepscope.io.plan import plan
 from deepscope.mapper import ModelMapper
 from deepscope.models.registry import load_model
@@ -19,8 +17,7 @@ def partition(tmp_path_factory):
     job = spec(photos, tmp_path_factory.mktemp("out") / "o", "torchvision:alexnet", "random", "fc7",
                batch_size=8, partition_size=100)
     p = next(x for x in plan(str(photos), 100))
-    rows = decode_partitions({"part": [p.name], "desc": [json.dumps(p.desc)]},
-                             load_model("torchvision:alexnet", "random").transform, DecodeLimits())
+    rows = decode_partition(p, load_model("torchvision:alexnet", "random").transform, DecodeLimits())
     return job, rows
 
 

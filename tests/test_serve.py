@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from deepscope.executor import LocalExecutor
 from deepscope.index.build import build_space
 from deepscope.index.search import Searcher
 from deepscope.io.store import Store
@@ -26,6 +27,8 @@ from test_cluster import cluster  # noqa: F401  (module fixture: a loopback two-
 from test_index import indexed_photos  # noqa: F401  (session fixture: a real lite0 job on 9 photos)
 
 MAX_UPLOAD = 2**20
+
+LOCAL = LocalExecutor("the tests: tasks run here")
 
 
 def free_port() -> int:
@@ -41,7 +44,7 @@ def server(indexed_photos, tmp_path_factory):  # noqa: F811
     shutil.copytree(out, served)
     store = Store(served)
     # an IVF index of 3 lists over the 9 photos, so that nprobe changes the answers
-    info = build_space(store, "features", IndexConfig(kind="ivf_flat", nlist=3), lambda *a: None)
+    info = build_space(store, "features", IndexConfig(kind="ivf_flat", nlist=3), lambda *a: None, LOCAL)
     store.update_summary("index", {"spaces": {**store.summary("index")["spaces"], "features": info}})
     app = create_app(str(served), Limits(max_upload_bytes=MAX_UPLOAD, max_pixels=4_000_000))
     port = free_port()
@@ -200,7 +203,7 @@ def test_serve_ray_on_two_nodes_equals_single_process_and_survives_a_killed_repl
     served = tmp_path / "out"
     shutil.copytree(out, served)
     store = Store(served)  # a 3-shard feature index, so that the router fans out and merges
-    info = build_space(store, "features", IndexConfig(kind="flat", shards=3), lambda *a: None)
+    info = build_space(store, "features", IndexConfig(kind="flat", shards=3), lambda *a: None, LOCAL)
     store.update_summary("index", {"spaces": {**store.summary("index")["spaces"], "features": info}})
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "deepscope.cli", "serve", str(served), "--ray", "--port", str(port),

@@ -228,15 +228,19 @@ def test_bulk_stylization_exactly_once_and_rerun_writes_nothing(ray_cluster, pho
 
 
 def test_stylize_with_dying_workers_is_exactly_once(ray_cluster, photos, tmp_path, monkeypatch):
-    from deepscope.mapper import FAULT_ENV
+    from deepscope.mapper import KILL_ENV
 
     torch.manual_seed(0)
     net = sn.StyleNet(sn.StyleNetConfig(styles=["a"], widths=(4, 8, 8), res_blocks=1)).eval()
     model = tmp_path / "m.pt"
     model.write_bytes(sn.to_bytes(net))
-    monkeypatch.setenv(FAULT_ENV, "0.15")  # 15% of model-actor calls kill their own process
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ENV, f"{marker}@2")  # the model actor dies at its second partition, once
     out = tmp_path / "out"
-    res = run(_stylize_job(photos, out, model, size=32))
+    job = _stylize_job(photos, out, model, size=32)
+    job.run.executor = "ray"  # the killed worker is an actor, never the test's own process
+    res = run(job)
+    assert marker.exists(), "a model actor was killed mid-job"
     assert res.failed == 0
     t = pq.read_table(out / "stylized.parquet").to_pandas()
     ids = sorted(str(p.relative_to(photos)) for p in photos.rglob("*.jpg"))

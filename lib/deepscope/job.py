@@ -4,6 +4,7 @@ Relative paths in a job file are taken from the current directory, as on the CLI
 """
 from __future__ import annotations
 
+import functools
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -59,8 +60,12 @@ class JobBase(Section):
                 "precision": self.run.precision}
 
 
-JobSpec = create_model("JobSpec", __base__=JobBase,
-                       **{name: (cls.Config | None, None) for name, cls in STAGES.items()})
+@functools.cache
+def job_spec(names: tuple[str, ...] | None = None) -> type[JobBase]:
+    """The job model with a section per stage (names: only these, so that a command that touches one
+    stage imports only that stage's module)."""
+    names = tuple(STAGES) if names is None else names
+    return create_model("JobSpec", __base__=JobBase, **{n: (STAGES[n].Config | None, None) for n in names})
 
 
 def _describe(e: ValidationError) -> str:
@@ -76,9 +81,10 @@ def _describe(e: ValidationError) -> str:
     return "; ".join(msgs)
 
 
-def validate(data: dict, origin: str = "job") -> JobBase:
+def validate(data: dict, origin: str = "job", only: tuple[str, ...] | None = None) -> JobBase:
+    """A job from a dict; only: the stage sections it may have (None: every stage)."""
     try:
-        return JobSpec.model_validate(data)
+        return job_spec(only).model_validate(data)
     except ValidationError as e:
         raise UserError(f"{origin}: {_describe(e)}") from None
 
@@ -101,4 +107,4 @@ def load_spec(out: str) -> JobBase:
     store = Store(out)
     if not store.manifest.get("spec"):
         raise UserError(f"{out} is not a deepscope output folder (no manifest.json with a job); run `deepscope features` first")
-    return validate({k: v for k, v in store.manifest["spec"].items() if k not in STAGES}, f"{out}/manifest.json")
+    return validate({k: v for k, v in store.manifest["spec"].items() if k not in STAGES}, f"{out}/manifest.json", only=())

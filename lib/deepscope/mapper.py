@@ -12,7 +12,6 @@ and the size that worked is kept for the following batches.
 from __future__ import annotations
 
 import os
-import random
 import time
 
 import numpy as np
@@ -20,9 +19,10 @@ import torch
 
 from deepscope.models.registry import best_device
 
-PASSTHROUGH = ("id", "path", "label", "part", "width", "height", "error", "error_stage", "decode_ms")
+PASSTHROUGH = ("id", "path", "label", "width", "height", "error", "error_stage", "decode_ms")
 OOM_ENV = "DEEPSCOPE_OOM_ABOVE"  # tests: the model raises out-of-memory on batches larger than this
-FAULT_ENV = "DEEPSCOPE_FAULT_RATE"  # tests: share of batches whose actor process kills itself
+KILL_ENV = "DEEPSCOPE_WORKER_KILL"  # tests: "MARKER@N": the worker that reaches its N-th partition while
+#   MARKER does not exist creates it and kills its own process (once per job: a lost actor, mid-job)
 SLOW_ENV = "DEEPSCOPE_SLOW_BATCH_S"  # tests: seconds of sleep per batch, so that a run can be interrupted
 
 
@@ -75,6 +75,15 @@ def _take_model(key: tuple):
     return load_model(*key)
 
 
+def kill_marker(setting: str | None, calls: int) -> None:
+    """Fault injection (KILL_ENV): die like a lost node, mid-partition, exactly once per marker."""
+    if setting:
+        marker, _, at = setting.rpartition("@") if "@" in setting else (setting, "", "1")
+        if calls >= int(at) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+
+
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -102,7 +111,7 @@ class ModelMapper:
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.job.run.precision)
         self.batch_size = self.job.run.batch_size  # lowered for good when a batch runs out of memory
         self.writer = PartWriter(out or self.job.out, metadata)
-        self.fault_rate = float(os.environ.get(FAULT_ENV, "0") or 0)
+        self.calls = 0
         self.slow_s = float(os.environ.get(SLOW_ENV, "0") or 0)
         self.oom_above = int(os.environ.get(OOM_ENV, "0") or 0)
 
@@ -151,26 +160,15 @@ class ModelMapper:
             b = self._run_split({k: v[half:] for k, v in rows.items()})
             return {k: np.concatenate([a[k], b[k]]) for k in a}
 
-    def __call__(self, batch: dict[str, np.ndarray]):
-        import pyarrow as pa
-
-        parts = np.asarray(batch["part"])
-        records = []
-        for part in dict.fromkeys(parts.tolist()):
-            idx = np.nonzero(parts == part)[0]
-            rows = {k: np.asarray(v)[idx] for k, v in batch.items()}
-            if len(idx) != int(rows["part_size"][0]):
-                raise RuntimeError(f"partition {part} reached a model actor incomplete ({len(idx)} of "
-                                   f"{int(rows['part_size'][0])} rows)")
-            t_model = time.time()
-            mapped = self._map(rows)
-            records += self._write(part, mapped, t_model)
-        return pa.Table.from_pylist(records)
+    def __call__(self, part, rows: dict[str, np.ndarray]) -> list:
+        """One partition's decoded rows in; its parts written here; their commit records out."""
+        t_model = time.time()
+        return self._write(part.name, self._map(rows), t_model)
 
     def _map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every stage's results for one partition's rows, batch by batch (columns `stage:name`)."""
-        if self.fault_rate and random.random() < self.fault_rate:
-            os._exit(1)  # fault injection: die like a lost node, mid-partition
+        self.calls += 1
+        kill_marker(os.environ.get(KILL_ENV), self.calls)
         n = len(batch["id"])
         out = {k: batch[k] for k in PASSTHROUGH if k in batch}
         out["error"] = np.asarray(batch["error"], dtype=object).copy()
@@ -199,10 +197,8 @@ class ModelMapper:
             out[k] = full
         return out
 
-    def _write(self, part: str, rows: dict[str, np.ndarray], t_model: float) -> list[dict]:
+    def _write(self, part: str, rows: dict[str, np.ndarray], t_model: float) -> list:
         """Write the partition's parts (files first, then tables; errors last) -> their records."""
-        import json
-
         t0 = time.perf_counter()
         ok = np.asarray(rows["error"]) == ""
         good = {k: v[ok] for k, v in rows.items() if ":" not in k}
@@ -211,11 +207,8 @@ class ModelMapper:
             cols = {**good, **{k.split(":", 1)[1]: v[ok] for k, v in rows.items() if k.startswith(f"{s.name}:")}}
             records.append(self.writer.write(s.name, part, s.part_table(cols), s.part_files(part, cols)))
         records.append(self.writer.write(self.ERRORS, part, errors_table(rows)))
-        write_ms = (time.perf_counter() - t0) * 1000
-        for r in records:
-            r["files"] = json.dumps(r["files"])
-            r.update(images=0, failed=0, decode_ms=0.0, infer_ms=0.0, write_ms=0.0, t_model=t_model)
-        records[-1].update(images=len(rows["id"]), failed=int((~ok).sum()),
-                           decode_ms=float(np.sum(rows.get("decode_ms", 0))),
-                           infer_ms=float(np.sum(rows["infer_ms"])), write_ms=write_ms)
+        last = records[-1]  # the partition's counts and timings ride on its errors record
+        last.images, last.failed, last.t_model = len(rows["id"]), int((~ok).sum()), t_model
+        last.decode_ms, last.infer_ms = float(np.sum(rows.get("decode_ms", 0))), float(np.sum(rows["infer_ms"]))
+        last.write_ms = (time.perf_counter() - t0) * 1000
         return records

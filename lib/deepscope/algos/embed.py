@@ -4,14 +4,20 @@ No Ray, no deepscope.io: callers stream the data in and write the results out.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 def downsample_pixels(x01: torch.Tensor, size: int) -> np.ndarray:
     """(N, 3, H, W) floats in [0, 1] -> uint8 (N, 3*size*size): the "pixel space" of the lecture's
     nearest-neighbour figure.  Area averaging, so that the tiny image is the mean of its block."""
+    import torch  # here, not above: the map stage uses this module without torch
+    import torch.nn.functional as F
+
     with torch.autocast(x01.device.type, enabled=False):  # the same result with or without autocast
         small = F.interpolate(x01.float(), size=(size, size), mode="area")
     return (small * 255).round_().clamp_(0, 255).to(torch.uint8).flatten(1).cpu().numpy()

@@ -114,9 +114,9 @@ class ContentImages:
     """Random square crops of the content folder, decoded on demand (bad files skipped)."""
 
     def __init__(self, source: str, size: int, seed: int, paths: list[str] | None = None):
-        from deepscope.io.sources import list_items
+        from deepscope.io.sources import open_source
 
-        self.paths = paths if paths is not None else list_items(source)[0]["path"].tolist()
+        self.paths = paths if paths is not None else [p for items in open_source(source).items() for p in items["path"]]
         if not self.paths:
             raise UserError(f"no content images found in {source}")
         self.size = size

@@ -25,7 +25,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
+    from deepscope import __version__
+
     p = Parser(prog="deepscope", description="Visualizing and understanding CNNs at dataset scale, on Ray.")
+    p.add_argument("--version", action="version", version=f"deepscope {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for family in FAMILIES:
         importlib.import_module(f"deepscope.commands.{family}").add_commands(sub)
@@ -62,19 +65,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `deepscope` script and `python -m deepscope.cli`: main(), then a prompt exit. A local Ray
-    started by the command is shut down here (its processes go with it), and the interpreter's own
+    """The `deepscope` script and `python -m deepscope.cli`: main(), then a prompt exit. The executor
+    shuts down what the command started (a local Ray and its processes), and the interpreter's own
     teardown of torch and the rest, a second or more here for nothing, is skipped: every output is
     written and closed (atomically) by then."""
     import logging
     import os
 
     rc = main()
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+    if "deepscope.executor" in sys.modules:
+        sys.modules["deepscope.executor"].shutdown()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -86,7 +86,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_visualize(a):
-    from deepscope.executor import RunContext
+    from deepscope.executor import executor_for
     from deepscope.io.ranges import parse_targets
     from deepscope.io.store import Store
     from deepscope.models.taps import layer_width
@@ -119,7 +119,11 @@ def cmd_visualize(a):
                       "deepscope.random_weights": str(loaded.random_weights).lower()}
     run = {"batch_size": a.batch_size, "actors": a.actors, "address": a.address, "executor": a.executor,
            "precision": a.precision or "fp32"}
-    s = visualize_job(store, a.model, a.weights, layer, kind, targets, settings, run, log, RunContext.execute)
+    executor = executor_for(run, store)
+    try:
+        s = visualize_job(store, a.model, a.weights, layer, kind, targets, settings, run, log, executor)
+    finally:
+        executor.close()
     write_index(a.out, f"deepscope visualize: {a.model} {layer}", visualize_html(s))
 
 

@@ -215,16 +215,16 @@ def _loss_network(model: str, weights: str | None, content_layers: str | None, s
 
 def _image_list(path: str) -> tuple[list[str], Path | None]:
     """A file -> [it], None; a folder -> its images, the folder (ids are paths relative to it)."""
-    from deepscope.io.sources import list_items
+    from deepscope.io.sources import FolderSource
 
     p = Path(path)
     if p.is_file():
         return [str(p)], None
     if p.is_dir():
-        items, _ = list_items(str(p))
-        if not len(items):
+        paths = [x for items in FolderSource(str(p)).items() for x in items["path"]]
+        if not paths:
             raise UserError(f"no images found in {p}")
-        return items["path"].tolist(), p
+        return paths, p
     raise UserError(f"content image or folder not found: {path}")
 
 

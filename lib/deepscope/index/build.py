@@ -2,8 +2,8 @@
 tune its search parameters against exact search, and write it with its id mapping.
 
 Sharded builds: the driver plans (which rows of which parts go to which shard), trains the
-quantizer on a bounded sample read part by part, and records what the tasks wrote; one Ray task
-per shard reads its rows from the parts (each checked against its sha256), fills a copy of the
+quantizer on a bounded sample read part by part, and records what the tasks wrote; one task (on
+the command's executor) per shard reads its rows from the parts (each checked against its sha256), fills a copy of the
 trained index and writes it, so the driver never holds a shard, a chunk of the vectors, or more
 of the id mapping than its Arrow columns.  One shard is filled the same way in the driver (the
 index then fits memory_mb: that is why it is one shard).
@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 
 from deepscope.errors import UserError
 from deepscope.io import schemas
-from deepscope.io.cluster import ensure_ray
-from deepscope.io.location import Location, is_remote
+from deepscope.io.location import Location
 from deepscope.io.store import sha256
 
 SPACES = {"features": ("features", "feature"), "pixels": ("pixels", "pixels")}  # space -> (stage, column)
@@ -40,7 +39,7 @@ HNSW_EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 40
 
 
 @dataclass
-class Plan:
+class IndexChoice:
     kind: str
     factory: str  # FAISS index_factory string of one shard
     shards: int
@@ -84,7 +83,7 @@ def factory(kind: str, d: int, nlist: int, m: int) -> str:
 
 
 def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: int = 20_000,
-           shards: int = 0, nlist: int = 0, train_max: int = 100_000) -> Plan:
+           shards: int = 0, nlist: int = 0, train_max: int = 100_000) -> IndexChoice:
     """The index for n vectors of d dims under a memory budget per shard (machine).
 
     auto: exact (Flat) up to flat_max vectors; above, HNSW for low dimensions and IVF-Flat
@@ -94,7 +93,7 @@ def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: 
     """
     budget = memory_mb * 2**20
 
-    def plan_for(count: int, n_shards: int) -> Plan | None:
+    def plan_for(count: int, n_shards: int) -> IndexChoice | None:
         nl = min(nlist or default_nlist(count, train_max), count)
         if kind != "auto":
             m = pq_bytes(d, count, nl, budget) if kind in ("ivf_pq", "opq_ivf_pq") else 0
@@ -114,7 +113,7 @@ def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: 
             k = "ivf_pq" if m * 16 >= d else "opq_ivf_pq"
             why = f"raw vectors exceed {memory_mb} MB: {m}-byte PQ codes" + (" with OPQ" if k == "opq_ivf_pq" else "")
         nl = nl if k.startswith(("ivf", "opq")) else 0
-        return Plan(k, factory(k, d, nl, m), n_shards, nl, m, estimate_bytes(k, count, d, nl, m), why)
+        return IndexChoice(k, factory(k, d, nl, m), n_shards, nl, m, estimate_bytes(k, count, d, nl, m), why)
 
     if shards:
         return plan_for(math.ceil(n / shards), shards)
@@ -165,7 +164,7 @@ def deserialize(data) -> faiss.Index:
     return faiss.read_index(faiss.PyCallbackIOReader(read))
 
 
-def write_index(loc, rel: str, index) -> str:
+def write_faiss_index(loc, rel: str, index) -> str:
     """Write an index into the folder in pieces, hashing as it goes (serialize() would hold a second
     copy of a 1 GB shard); returns its sha256.  The bytes are serialize()'s."""
     h = hashlib.sha256()
@@ -184,26 +183,28 @@ _SHARD: dict = {}  # one shard per worker process, by sha256: the tuning's and t
 
 def _file_sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # a local shard of the location (load_shard), hashed in pieces
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
 
 
-def load_shard(path: str, sha: str):
-    """A shard file (local path or URL), opened only when it matches the sha256 recorded at build time.
-    A worker keeps the last one it loaded: reading 1 GB again for every task would cost more than the search."""
+def load_shard(url: str, rel: str, sha: str):
+    """A shard of the output location `url`, opened only when it matches the sha256 recorded at build
+    time. A worker keeps the last one it loaded: reading 1 GB again for every task would cost more
+    than the search."""
     if sha not in _SHARD:
         _SHARD.clear()  # drop the old one first: one shard in memory
-        if is_remote(path):
-            data = Location(path).get("")
+        loc = Location(url)
+        if loc.remote:
+            data = loc.get(rel)
             if sha256(data) != sha:
-                raise RuntimeError(f"{path} does not match the sha256 recorded at build time; rebuild the index")
+                raise RuntimeError(f"{loc.full(rel)} does not match the sha256 recorded at build time; rebuild the index")
             _SHARD[sha] = deserialize(data)
-        else:
-            if _file_sha256(path) != sha:
-                raise RuntimeError(f"{path} does not match the sha256 recorded at build time; rebuild the index")
-            _SHARD[sha] = faiss.read_index(path)
+        else:  # a local file is hashed in pieces and mapped by FAISS (not held twice)
+            if _file_sha256(loc.full(rel)) != sha:
+                raise RuntimeError(f"{loc.full(rel)} does not match the sha256 recorded at build time; rebuild the index")
+            _SHARD[sha] = faiss.read_index(loc.full(rel))
     return _SHARD[sha]
 
 
@@ -216,7 +217,7 @@ def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.ascontiguousarray(col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d), dtype=np.float32)
 
 
-def chunks(store, stage: str, column: str, chunk_rows: int, cosine: bool, meta: bool = False):
+def stream_vectors(store, stage: str, column: str, chunk_rows: int, cosine: bool, meta: bool = False):
     """Yield (first row, vectors, {id, path, label, part, offset} or None), parts in manifest order,
     about chunk_rows rows at a time (memory: one chunk)."""
     cols = [column] + (["id", "path", "label"] if meta else [])
@@ -291,7 +292,7 @@ def inputs_digest(store, stage: str) -> str:
 
 # ---------------------------------------------------------------------------- tuning
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray, query_rows: np.ndarray, k: int = K) -> float:
+def recall_without_self(found: np.ndarray, truth: np.ndarray, query_rows: np.ndarray, k: int = K) -> float:
     """Share of the exact k nearest that were found; each query's own row is left out of both lists
     (the queries are rows of the indexed set, and finding oneself is no achievement)."""
     hits = total = 0
@@ -303,7 +304,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, query_rows: np.ndarray, k:
     return hits / total if total else 1.0
 
 
-def candidates(plan: Plan) -> list[dict]:
+def candidates(plan: IndexChoice) -> list[dict]:
     """Search settings from cheapest to dearest."""
     if plan.nlist:
         return [{"nprobe": p} for p in IVF_PROBES if p < plan.nlist] + [{"nprobe": plan.nlist}]
@@ -312,7 +313,7 @@ def candidates(plan: Plan) -> list[dict]:
     return [{}]
 
 
-def tune(search, plan: Plan, truth: np.ndarray, query_rows: np.ndarray, target: float, log, k: int):
+def tune(search, plan: IndexChoice, truth: np.ndarray, query_rows: np.ndarray, target: float, log, k: int):
     """The cheapest setting whose recall@k reaches the target (else the best one) -> (setting, recall, sweep)."""
     sweep = []
     best = None
@@ -320,7 +321,7 @@ def tune(search, plan: Plan, truth: np.ndarray, query_rows: np.ndarray, target: 
         t0 = time.perf_counter()
         _, found = search(setting, k + 1)
         ms = (time.perf_counter() - t0) * 1000 / max(len(query_rows), 1)
-        r = recall_at_k(found, truth, query_rows, k)
+        r = recall_without_self(found, truth, query_rows, k)
         sweep.append({**setting, "recall": round(r, 4), "ms_per_query": round(ms, 3)})
         if best is None or r > best[1]:
             best = (setting, r)
@@ -418,9 +419,9 @@ def shard_slices(parts, bounds: np.ndarray) -> list[list[Slice]]:
     return plan
 
 
-def build_space(store, space: str, cfg, log, address: str | None = None) -> dict:
+def build_space(store, space: str, cfg, log, executor) -> dict:
     """Build, tune and write the index of one space; returns its info (also written as index.json).
-    address: the Ray cluster that fills shards (default: RAY_ADDRESS or a local one)."""
+    Several shards are filled in parallel tasks on the executor."""
     stage, column = SPACES[space]
     t_start = time.time()
     n, d, _ = dataset_shape(store, stage, column)
@@ -448,8 +449,8 @@ def build_space(store, space: str, cfg, log, address: str | None = None) -> dict
     if plan.shards == 1:
         shard_files, truth, search = _fill_local(store, space, empty, slices[0], column, cosine, sample.queries, k + 1)
     else:
-        shard_files, truth, search = _fill_ray(store, space, empty, slices, column, cosine, sample.queries, k + 1,
-                                               plan, address)
+        shard_files, truth, search = _fill_parallel(store, space, empty, slices, column, cosine, sample.queries,
+                                                    k + 1, plan, executor)
     add_s = time.time() - t0
 
     t0 = time.time()
@@ -491,14 +492,12 @@ def fill_shard(index, loc, rel: str, slices: list[Slice], column: str, cosine: b
         _add_truth(truth, queries, x, s.first)
         del x
     truth.finalize()
-    return {"file": rel, "rows": int(index.ntotal), "sha256": write_index(loc, rel, index)}, (truth.D, truth.I)
+    return {"file": rel, "rows": int(index.ntotal), "sha256": write_faiss_index(loc, rel, index)}, (truth.D, truth.I)
 
 
-def _fill_shard_task(empty: bytes, url: str, rel: str, slices: list[Slice], column: str, cosine: bool,
-                     queries: np.ndarray, k: int):
-    """One Ray task: one shard, built from the parts themselves (the driver ships only the plan)."""
-    from deepscope.io.store import Location
-
+def _fill_shard_task(url: str, rel: str, slices: list[Slice], column: str, cosine: bool, k: int, *,
+                     empty: bytes, queries: np.ndarray):
+    """One task: one shard, built from the parts themselves (the driver ships only the plan)."""
     return fill_shard(deserialize(empty), Location(url), rel, slices, column, cosine, queries, k)
 
 
@@ -516,37 +515,33 @@ def _fill_local(store, space, index, slices, column, cosine, queries, k):
     return [file], rows, search
 
 
-def _fill_ray(store, space, empty, slices, column, cosine, queries, k, plan, address):
-    """Shards filled in parallel Ray tasks, each reading its rows from the parts and writing its file;
+def _fill_parallel(store, space, empty, slices, column, cosine, queries, k, plan, executor):
+    """Shards filled in parallel tasks, each reading its rows from the parts and writing its file;
     the driver sends the plan and records the files, so it never holds a shard or the vectors."""
-    import ray
-
-    ensure_ray(address)
-    empty_ref, queries_ref = ray.put(bytes(serialize(empty))), ray.put(queries)
-    opts = {"num_cpus": 1, "memory": int(plan.shard_bytes * 1.2) + 2**26}
-    task = ray.remote(_fill_shard_task).options(**opts)
-    refs = [task.remote(empty_ref, store.url, f"index/{space}/shard-{s:03d}.faiss", plan_s, column, cosine,
-                        queries_ref, k) for s, plan_s in enumerate(slices)]
+    memory_mb = plan.shard_bytes * 1.2 / 2**20 + 64
+    calls = [(store.url, f"index/{space}/shard-{s:03d}.faiss", plan_s, column, cosine, k) for s, plan_s in enumerate(slices)]
+    done = dict(executor.map(_fill_shard_task, calls, shared={"empty": bytes(serialize(empty)), "queries": queries},
+                             memory_mb=memory_mb))
     files, truth = [], faiss.ResultHeap(len(queries), k)
-    for ref in refs:  # in shard order: equal distances keep the lower rows, as one pass over all would
-        file, (dist, rows) = ray.get(ref)
+    for s in range(len(slices)):  # in shard order: equal distances keep the lower rows, as one pass over all would
+        file, (dist, rows) = done[s]
         store.record_file(file["file"], file["sha256"])
         files.append(file)
         truth.add_result(dist, rows)
     truth.finalize()
-    search_task = ray.remote(_search_shard).options(**opts)
 
     def search(setting, k):
-        return merge_knn(ray.get([search_task.remote(str(store.path(f["file"])), f["sha256"], queries_ref, k, setting)
-                                  for f in files]), k)
+        found = dict(executor.map(_search_shard, [(store.url, f["file"], f["sha256"]) for f in files],
+                                  shared={"queries": queries, "k": k, "setting": setting}, memory_mb=memory_mb))
+        return merge_knn([found[i] for i in range(len(files))], k)
 
     return files, truth.I, search
 
 
-def _search_shard(path: str, sha: str, queries: np.ndarray, k: int, setting: dict):
+def _search_shard(url: str, rel: str, sha: str, *, queries: np.ndarray, k: int, setting: dict):
     from deepscope.index.search import search_params
 
-    index = load_shard(path, sha)
+    index = load_shard(url, rel, sha)
     return index.search(queries, k, params=search_params(index, **setting))
 
 

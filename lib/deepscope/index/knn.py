@@ -1,10 +1,10 @@
-"""The whole dataset's neighbours: every image's k nearest, as sharded batch searches in Ray tasks
-over the index `deepscope index` built, then what that graph says (near-duplicate groups,
+"""The whole dataset's neighbours: every image's k nearest, as sharded batch searches in tasks on
+the command's executor (local processes or Ray) over the index `deepscope index` built, then what that graph says (near-duplicate groups,
 uniqueness, label disagreement).
 
 Search (`graph_space`): the stage's parts are grouped into blocks of at most block_rows images.
-One Ray task searches one block against one shard of the index (k + 1 neighbours, the image
-itself is dropped later), reading the shard and the block's vectors from the output folder, each
+One task searches one block against one shard of the index (k + 1 neighbours, the image
+itself is dropped later), reading the shard and the block's vectors through the output location, each
 checked against its recorded sha256: a task holds one shard and one block, whatever the dataset's
 size.  Shards of an IVF index share one coarse quantizer (trained once): a task per block finds
 its images' nprobe nearest lists once, and every shard searches those lists.  An IVF-Flat shard is
@@ -34,7 +34,6 @@ from deepscope.algos import verify as V
 from deepscope.errors import UserError
 from deepscope.index.build import load_shard, parts_with_starts
 from deepscope.io import schemas
-from deepscope.io.cluster import ensure_ray
 from deepscope.io.store import sha256
 
 GRAPH = "knn/{space}"  # the graph's parts: a stage entry of its own in the manifest, per space
@@ -77,29 +76,21 @@ def _blocks(parts, block_rows: int) -> list[list]:
     return blocks
 
 
-# ---------------------------------------------------------------------------- Ray tasks
+# ---------------------------------------------------------------------------- tasks
 
-def _read_block(files: list[tuple[str, str]], column: str, cosine: bool) -> np.ndarray:
-    import faiss
-    import pyarrow.parquet as pq
+def _read_block(url: str, files: list[tuple[str, str]], column: str, cosine: bool) -> np.ndarray:
+    """A block's vectors, read through the output location, each part checked against its sha256."""
+    from deepscope.index.build import part_vectors
+    from deepscope.io.location import Location
 
-    from deepscope.index.build import matrix
-
-    xs = []
-    for path, sha in files:
-        data = open(path, "rb").read()
-        if sha256(data) != sha:
-            raise RuntimeError(f"{path} does not match the manifest's sha256")
-        xs.append(matrix(pq.read_table(pa.BufferReader(data), columns=[column]).column(column)))
-    x = np.ascontiguousarray(np.concatenate(xs) if len(xs) > 1 else xs[0])
-    if cosine:
-        faiss.normalize_L2(x)
-    return x
+    loc = Location(url)
+    xs = [part_vectors(loc, rel, sha, column, cosine) for rel, sha in files]
+    return np.ascontiguousarray(np.concatenate(xs) if len(xs) > 1 else xs[0])
 
 
-def search_block(shard: tuple[str, str], files: list[tuple[str, str]], column: str, cosine: bool, k: int,
+def search_block(url: str, shard: tuple[str, str], files: list[tuple[str, str]], column: str, cosine: bool, k: int,
                  setting: dict, assigned=None) -> tuple[np.ndarray, np.ndarray]:
-    """One Ray task: a block of the stage's vectors against one shard -> (squared L2 (nq, k), rows).
+    """One task: a block of the stage's vectors against one shard -> (squared L2 (nq, k), rows).
     assigned: the block's (distances, lists) from the shared IVF quantizer (assign_block), so that S
     shards do not repeat the coarse search S times."""
     import faiss
@@ -107,8 +98,8 @@ def search_block(shard: tuple[str, str], files: list[tuple[str, str]], column: s
     from deepscope.index.search import search_params
 
     faiss.omp_set_num_threads(1)  # one task, one CPU: parallelism comes from the tasks
-    index = load_shard(*shard)
-    x = _read_block(files, column, cosine)
+    index = load_shard(url, *shard)
+    x = _read_block(url, files, column, cosine)
     k = min(k, index.ntotal)
     if assigned is not None:
         dq, iq = assigned
@@ -137,13 +128,13 @@ def _list_reader(ivf):
     return read
 
 
-def quantizer_of(shard: tuple[str, str]) -> bytes | None:
-    """One Ray task: the IVF coarse quantizer the shards share (trained once on the driver), or None."""
+def quantizer_of(url: str, shard: tuple[str, str]) -> bytes | None:
+    """One task: the IVF coarse quantizer the shards share (trained once on the driver), or None."""
     import faiss
 
     from deepscope.index.build import serialize
 
-    index = load_shard(*shard)
+    index = load_shard(url, *shard)
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -153,15 +144,15 @@ def quantizer_of(shard: tuple[str, str]) -> bytes | None:
     return bytes(serialize(faiss.downcast_index(ivf.quantizer)))
 
 
-def assign_block(quantizer: bytes, files: list[tuple[str, str]], column: str, cosine: bool, nprobe: int):
-    """One Ray task: a block's nprobe nearest IVF lists, for every shard's search_preassigned."""
+def assign_block(url: str, files: list[tuple[str, str]], column: str, cosine: bool, nprobe: int, *,
+                 quantizer: bytes):
+    """One task: a block's nprobe nearest IVF lists, for every shard's search_preassigned."""
     import faiss
 
     from deepscope.index.build import deserialize
 
     faiss.omp_set_num_threads(1)
-    q = deserialize(quantizer)
-    return q.search(_read_block(files, column, cosine), nprobe)
+    return deserialize(quantizer).search(_read_block(url, files, column, cosine), nprobe)
 
 
 # ---------------------------------------------------------------------------- the graph
@@ -173,10 +164,9 @@ def graph_key(info: dict, k: int, block_rows: int) -> dict:
             "inputs": info["inputs"]}
 
 
-def graph_space(store, space: str, k: int, cfg, log, address: str | None = None) -> dict:
-    """Every image's k nearest neighbours in one space, written part by part; returns its record."""
-    import ray
-
+def graph_space(store, space: str, k: int, cfg, log, executor) -> dict:
+    """Every image's k nearest neighbours in one space, written part by part; returns its record.
+    The blocks' searches are tasks on the command's executor."""
     info = index_info(store, space)
     n, stage, column = info["rows"], info["stage"], info["column"]
     if k >= n:
@@ -192,46 +182,37 @@ def graph_space(store, space: str, k: int, cfg, log, address: str | None = None)
     pending = [p for p in parts if p[0] not in done]
     ids_table = _ids_table(store, info)
     ids = ids_table.column("id")
-    shards = [(str(store.path(f["file"])), f["sha256"]) for f in info["shard_files"]]
+    shards = [(f["file"], f["sha256"]) for f in info["shard_files"]]
     log(f"knn {space}: {n} images, k={k}, {len(shards)} shard{'s' if len(shards) > 1 else ''} "
         f"({info['kind']}, {', '.join(f'{a}={b}' for a, b in info['search'].items()) or 'exact'}); "
         f"{len(parts) - len(pending)} of {len(parts)} parts done")
     if pending:
-        ensure_ray(address)
         cosine = info["metric"] == "cosine"
-        dim = info["dim"]
-        shard_mb = info.get("estimated_mb_per_shard", 0)
-        task = ray.remote(search_block).options(
-            num_cpus=1, max_retries=3,
-            memory=int(shard_mb * 2**20 * 1.2 + cfg.block_rows * dim * 4 * 2) + 2**27)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        memory_mb = info.get("estimated_mb_per_shard", 0) * 1.2 + cfg.block_rows * info["dim"] * 8 / 2**20 + 128
         quantizer = None
         if info["search"].get("nprobe"):  # IVF: assign once per block, search list by list
-            q = ray.get(ray.remote(quantizer_of).options(num_cpus=1).remote(shards[0]))
-            quantizer = ray.put(q) if q is not None else None
-        assign = ray.remote(assign_block).options(num_cpus=1, max_retries=3)
+            quantizer = next(executor.map(quantizer_of, [(store.url, shards[0])]))[1]
         blocks = _blocks(pending, cfg.block_rows)
-        written = 0
-        for w in range(0, len(blocks), cpus):
-            window = blocks[w:w + cpus]
-            refs = {}
-            files = [[(str(store.path(e["file"])), e["sha256"]) for _, e, _ in block] for block in window]
-            assigned = [assign.remote(quantizer, f, column, cosine, info["search"]["nprobe"]) if quantizer else None
-                        for f in files]
-            for s, shard in enumerate(shards):  # shard by shard: a worker keeps reusing its shard
-                for b in range(len(window)):
-                    refs[task.remote(shard, files[b], column, cosine, k + 1, info["search"], assigned[b])] = (b, s)
+        written, total = 0, sum(e["rows"] for _, e, _ in pending)
+        width = executor.cpus
+        for w in range(0, len(blocks), width):
+            window = blocks[w:w + width]
+            files = [[(e["file"], e["sha256"]) for _, e, _ in block] for block in window]
+            assigned = [None] * len(window)
+            if quantizer is not None:
+                calls = [(store.url, f, column, cosine, info["search"]["nprobe"]) for f in files]
+                for b, result in executor.map(assign_block, calls, shared={"quantizer": quantizer}):
+                    assigned[b] = result
+            calls = [(store.url, shard, files[b], column, cosine, k + 1, info["search"], assigned[b])
+                     for shard in shards for b in range(len(window))]  # shard by shard: a worker keeps its shard
             results: dict[int, list] = {b: [] for b in range(len(window))}
-            waiting = list(refs)
-            while waiting:
-                ready, waiting = ray.wait(waiting, num_returns=1)
-                b, _ = refs[ready[0]]
-                results[b].append(ray.get(ready[0]))
+            for i, result in executor.map(search_block, calls, memory_mb=memory_mb):
+                b = i % len(window)
+                results[b].append(result)
                 if len(results[b]) == len(shards):
                     _write_block(store, rel, window[b], results.pop(b), k, info["metric"], ids, ids_table)
                     written += sum(e["rows"] for _, e, _ in window[b])
-            log(f"knn {space}: {written} of {sum(e['rows'] for _, e, _ in pending)} images searched "
-                f"({time.time() - t_start:.0f} s)")
+            log(f"knn {space}: {written} of {total} images searched ({time.time() - t_start:.0f} s)")
     search_s = time.time() - t_start
     t0 = time.time()
     recall = measure_recall(store, space, info, k, cfg.sample, cfg.seed, cfg.chunk_rows)
@@ -304,20 +285,20 @@ def read_graph(store, space: str, columns=("neighbor_rows", "distances")) -> tup
 
 def measure_recall(store, space: str, info: dict, k: int, sample: int, seed: int, chunk_rows: int) -> dict:
     """Recall@k of the written graph on a random sample of images, against exact blocked search."""
-    from deepscope.index.build import chunks
+    from deepscope.index.build import stream_vectors
 
     n = info["rows"]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, min(sample, n), replace=False))
     cosine = info["metric"] == "cosine"
     q, found = [], []
-    for start, x, _ in chunks(store, info["stage"], info["column"], chunk_rows, cosine):
+    for start, x, _ in stream_vectors(store, info["stage"], info["column"], chunk_rows, cosine):
         lo, hi = np.searchsorted(rows, [start, start + len(x)])
         if hi > lo:
             q.append(x[rows[lo:hi] - start])
     q = np.concatenate(q)
     top = K.TopK(len(q), k)
-    for start, x, _ in chunks(store, info["stage"], info["column"], chunk_rows, cosine):
+    for start, x, _ in stream_vectors(store, info["stage"], info["column"], chunk_rows, cosine):
         top.add_block(q, x, start, exclude=rows)
     graph_rows, _ = read_graph(store, space, columns=("neighbor_rows", "distances"))
     found = graph_rows[rows]
@@ -328,11 +309,11 @@ def measure_recall(store, space: str, info: dict, k: int, sample: int, seed: int
 
 def _signatures(store, info: dict) -> np.ndarray:
     """Pixel signatures (n, 192) float16 in the pixels index's row order, streamed part by part."""
-    from deepscope.index.build import chunks
+    from deepscope.index.build import stream_vectors
 
     size = int(round((info["dim"] / 3) ** 0.5))
     out = np.empty((info["rows"], 3 * K.SIGNATURE_GRID ** 2 if size % K.SIGNATURE_GRID == 0 else 3), np.float16)
-    for start, x, _ in chunks(store, "pixels", "pixels", 16384, cosine=False):
+    for start, x, _ in stream_vectors(store, "pixels", "pixels", 16384, cosine=False):
         out[start:start + len(x)] = K.pixel_signature(x, size)
     return out
 
@@ -342,11 +323,11 @@ EXACT_ROWS = 50_000  # vectors read to give pairs found in pixel space only thei
 
 def _norms_and_rows(store, info: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One pass over the stage: every vector's norm, and the vectors of the given (sorted) rows."""
-    from deepscope.index.build import chunks
+    from deepscope.index.build import stream_vectors
 
     norms = np.empty(info["rows"], np.float32)
     got = []
-    for start, x, _ in chunks(store, info["stage"], info["column"], 16384, cosine=False):
+    for start, x, _ in stream_vectors(store, info["stage"], info["column"], 16384, cosine=False):
         norms[start:start + len(x)] = np.linalg.norm(x, axis=1)
         lo, hi = np.searchsorted(rows, [start, start + len(x)])
         if hi > lo:

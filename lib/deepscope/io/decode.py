@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from deepscope.io.plan import SYNTHETIC, read_partition, synthetic_image
-from deepscope.io.sources import read_bytes
+from deepscope.io.sources import SYNTHETIC, read_bytes, read_partition, synthetic_image
 from deepscope.models.transform import Transform
 
 # A truncated file must raise, not decode with a grey bottom.
@@ -231,18 +230,11 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
             "error": error, "decode_ms": decode_ms, **extra}
 
 
-def decode_partitions(batch: dict[str, np.ndarray], transform: Transform,
-                      limits: DecodeLimits, thumbs: ThumbSpec | None = None) -> dict[str, np.ndarray]:
-    """Ray Data map_batches function over partition descriptors (`part`, `desc`): every item of
-    each partition, read (listing a shard's rows here, not on the driver) and decoded, as one
-    block, so that a partition reaches one model actor whole and is written there."""
-    import json
-
-    out = []
-    for part, desc in zip(batch["part"], batch["desc"]):
-        items = read_partition(json.loads(desc))
-        rows = {"id": items["id"].to_numpy(dtype=object), "path": items["path"].to_numpy(dtype=object),
-                "label": items["label"].fillna("").to_numpy(dtype=object),
-                "part": np.full(len(items), part, dtype=object), "part_size": np.full(len(items), len(items), np.int32)}
-        out.append(decode_batch(rows, transform, limits, thumbs))
-    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+def decode_partition(part, transform: Transform, limits: DecodeLimits,
+                     thumbs: ThumbSpec | None = None) -> dict[str, np.ndarray]:
+    """A read task: every item of one partition (a shard's rows are read here, not on the driver),
+    read and decoded as one block, so that the partition reaches one model worker whole."""
+    items = read_partition(part.desc)
+    rows = {"id": items["id"].to_numpy(dtype=object), "path": items["path"].to_numpy(dtype=object),
+            "label": items["label"].fillna("").to_numpy(dtype=object)}
+    return decode_batch(rows, transform, limits, thumbs)

@@ -12,25 +12,37 @@ import torch.nn.functional as F
 from deepscope.errors import UserError
 
 
-def read_objects(objects: str | None, source: str) -> dict[str, tuple[str, object]]:
-    """id -> ("box", (x0, y0, x1, y1)) or ("mask", path): from `objects`, else the dataset manifest's
-    own `box`/`mask` columns (a folder dataset has none).  Ids follow the manifest rule: the `id`
-    column, else `path`.  A mask wins over a box."""
+def read_objects(objects: str | None, manifests: list[str]) -> dict[str, tuple[str, object]]:
+    """id -> ("box", (x0, y0, x1, y1)) or ("mask", path): from `objects`, else the dataset's own
+    manifest tables' `box`/`mask` columns (manifests: Source.manifest_files(): one manifest, every
+    shard of a glob, none for a folder).  Ids follow the manifest rule: the `id` column, else `path`.
+    A mask wins over a box."""
+    out: dict[str, tuple[str, object]] = {}
+    for table in ([objects] if objects else manifests):
+        out.update(_read_table(table, required=bool(objects)))
+    return out
+
+
+def _read_table(table: str, required: bool) -> dict[str, tuple[str, object]]:
     import fsspec
     import pandas as pd
 
-    table = objects or (source if source.lower().endswith((".csv", ".parquet")) else None)
-    if table is None:
-        return {}
     try:
         with fsspec.open(table, "rb") as f:
-            df = pd.read_parquet(f) if table.lower().endswith(".parquet") else pd.read_csv(f, dtype=str, keep_default_na=False)
+            if table.lower().endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                pf = pq.ParquetFile(f)  # only the columns that matter (a shard may hold many more)
+                cols = [c for c in ("id", "path", "box", "mask") if c in pf.schema_arrow.names]
+                df = pf.read(columns=cols).to_pandas()
+            else:
+                df = pd.read_csv(f, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise UserError(f"objects table not found: {table}") from None
     except Exception as e:
         raise UserError(f"cannot read objects table {table}: {type(e).__name__}: {e}") from None
     if "box" not in df.columns and "mask" not in df.columns:
-        if objects:
+        if required:
             raise UserError(f"objects table {table} has neither a 'box' nor a 'mask' column")
         return {}
     key = "id" if "id" in df.columns else "path"

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,6 +36,7 @@ from deepscope.io.location import Location, Root
 
 MANIFEST = "manifest.json"
 LOG = "_log"
+HISTORY = "history"  # one small record per command that ran here (never rewritten): the run history
 FORMAT = 2
 
 
@@ -52,6 +54,29 @@ def config_digest(config: dict) -> str:
     return sha256(json.dumps(config, sort_keys=True, default=str).encode())[:16]
 
 
+@dataclass
+class CommitRecord:
+    """What a worker returns for one part it wrote, and the driver commits: where the part is, its
+    size and checksum, its files; the timings of the partition ride on its last record."""
+    stage: str
+    part: str
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+    files: dict[str, int] = field(default_factory=dict)  # other files of the part: path -> bytes
+    images: int = 0  # the partition's items (on its errors record), 0 on the others
+    failed: int = 0
+    decode_ms: float = 0.0
+    infer_ms: float = 0.0
+    write_ms: float = 0.0
+    t_model: float = 0.0  # when the partition reached the model (time.time())
+
+    def entry(self) -> dict:
+        """What the manifest keeps of it."""
+        return {"file": self.file, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256, "files": self.files}
+
+
 class PartWriter:
     """Worker side: write one partition's files and table to the location, return its record.
 
@@ -63,7 +88,7 @@ class PartWriter:
         self.loc = Location(url)
         self.metadata = metadata or {}
 
-    def write(self, stage: str, part: str, table: pa.Table, files: dict[str, bytes] | None = None) -> dict:
+    def write(self, stage: str, part: str, table: pa.Table, files: dict[str, bytes] | None = None) -> CommitRecord:
         sizes = {}
         for rel, data in (files or {}).items():
             self.loc.put(rel, data)
@@ -71,8 +96,7 @@ class PartWriter:
         data = table_bytes(with_metadata(table, self.metadata))
         rel = f"{stage}/{part}.parquet"
         self.loc.put(rel, data)
-        return {"stage": stage, "part": part, "file": rel, "rows": table.num_rows, "bytes": len(data),
-                "sha256": sha256(data), "files": sizes}
+        return CommitRecord(stage, part, rel, table.num_rows, len(data), sha256(data), sizes)
 
 
 def with_metadata(table: pa.Table, metadata: dict[str, str]) -> pa.Table:
@@ -122,6 +146,10 @@ class Store:
             self.loc.rm(f"{LOG}/{stage}/{part}.json")
         self._logged.clear()
 
+    def save(self) -> None:
+        """Write the snapshot now (after a change to the manifest itself)."""
+        self._save()
+
     def open(self, job: dict) -> None:
         """Claim the location for a job configuration; refuse to mix two configurations."""
         if not self.loc.remote and self.root.exists() and not (self.root / MANIFEST).exists() \
@@ -164,14 +192,14 @@ class Store:
     def writer(self) -> PartWriter:
         return PartWriter(self.url, self.metadata)
 
-    def commit(self, record: dict) -> bool:
+    def commit(self, record: CommitRecord) -> bool:
         """Commit one part a worker wrote: one small record, whatever the number of parts already
         committed. False: this part was committed already (a duplicate delivery), nothing done."""
-        stage, part = record["stage"], record["part"]
+        stage, part = record.stage, record.part
         parts = self.manifest["stages"].setdefault(stage, {"config": {}, "parts": {}})["parts"]
         if part in parts:
             return False
-        entry = _entry(record)
+        entry = record.entry()
         self.loc.put(f"{LOG}/{stage}/{part}.json", json.dumps({"stage": stage, "part": part, **entry}).encode())
         parts[part] = entry
         self._logged.add((stage, part))
@@ -251,6 +279,27 @@ class Store:
             if not ok:
                 bad.append(p)
         return bad
+
+    # -- run history --------------------------------------------------------------
+    def append_history(self, record: dict) -> None:
+        """Add one command's record (what it ran, on which executor, times, rate, failures or its
+        error): a file of its own, so that no command overwrites another's."""
+        import time
+        import uuid
+
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(record.get("started") or time.time()))
+        self.loc.put(f"{HISTORY}/{stamp}-{uuid.uuid4().hex[:8]}.json",
+                     json.dumps(record, indent=1, sort_keys=True, default=str).encode())
+
+    def history(self) -> list[dict]:
+        """Every command's record, oldest first."""
+        out = []
+        for rel in sorted(self.loc.sizes(HISTORY)):
+            try:
+                out.append(json.loads(self.loc.get(rel)))
+            except (ValueError, OSError):
+                continue  # a torn record
+        return sorted(out, key=lambda r: r.get("started") or 0)
 
     # -- whole files ------------------------------------------------------------
     def write_file(self, rel: str, data: bytes | str, record: bool = True):

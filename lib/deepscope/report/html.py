@@ -29,6 +29,24 @@ def errors_section(store, limit: int = 50) -> str:
     return f"<p>{len(t)} inputs failed (<code>errors.parquet</code>):</p><table><tr><th>id</th><th>stage</th><th>error</th></tr>{rows}</table>{more}"
 
 
+def history_section(store, limit: int = 30) -> str:
+    """The output's run history: every command that ran here, newest first."""
+    import time
+
+    rows = store.history()[::-1]
+    if not rows:
+        return ""
+    cells = "".join(
+        f"<tr><td>{html.escape(time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r.get('started') or 0)))}</td>"
+        f"<td><code>{html.escape(r.get('command') or 'a job run from Python')}</code></td>"
+        f"<td>{html.escape(', '.join(r.get('stages') or []))}</td><td>{html.escape(str(r.get('status')))}"
+        + (f": {html.escape(r.get('error') or '')}" if r.get("error") else "") + "</td>"
+        f"<td>{html.escape(str(r.get('executor') or ''))}</td><td>{r.get('wall_s', '')}</td>"
+        f"<td>{r.get('rate') or ''}</td></tr>" for r in rows[:limit])
+    return ("<table><tr><th>started (UTC)</th><th>command</th><th>stages</th><th>status</th><th>executor</th>"
+            f"<th>wall s</th><th>images/s</th></tr>{cells}</table>")
+
+
 def write_report(store, sections: list[tuple[str, str]]) -> None:
     """The report of everything this folder holds: the run, its errors, then each stage's section
     ((name, HTML) of every stage that has a summary, in the order of the stage registry)."""
@@ -43,13 +61,14 @@ def write_report(store, sections: list[tuple[str, str]]) -> None:
                f"{int(m.get('cluster_gpus') or 0)} GPUs" + (f" ({m['gpu']})" if m.get("gpu") else "")) if m else "?"
     t = store.summary("timings") or {}
     timings = ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in t.items()) + " (summed over workers)" if t else ""
-    links = " · ".join(['<a href="#run">Run</a>', '<a href="#errors">Errors</a>',
+    links = " · ".join(['<a href="#run">Run</a>', '<a href="#history">History</a>', '<a href="#errors">Errors</a>',
                         *(f'<a href="#{n}">{html.escape(n.capitalize())}</a>' for n, _ in sections)])
     body = [f"<h1>deepscope report: {html.escape(str(store.root))}</h1>", warn,
             f"<p>Made by <code>{html.escape(made)}</code> on {html.escape(machine)}."
             + (f" Timings: {html.escape(timings)}." if timings else "") + "</p>",
             f"<p>{links}</p>", '<h2 id="run">Run</h2>',
-            _kv({k: run.get(k) for k in keys}), '<h2 id="errors">Errors</h2>', errors_section(store)]
+            _kv({k: run.get(k) for k in keys}), '<h2 id="history">History</h2>', history_section(store),
+            '<h2 id="errors">Errors</h2>', errors_section(store)]
     for name, section in sections:
         body += [f'<h2 id="{name}">{html.escape(name.capitalize())}</h2>', section]
     page = f"<!doctype html><meta charset=utf-8><title>deepscope report</title><style>{CSS}</style>{''.join(body)}"

@@ -93,12 +93,10 @@ def saliency_html(store, s: dict, target_setting, methods: list[str], tables: st
 
 
 def _classes_html(store, method: str, tables: str) -> str:
-    import pyarrow.parquet as pq
-
-    p = store.path(f"{tables}/classes.parquet")
-    if not p.exists():
+    rel = f"{tables}/classes.parquet"
+    if not store.exists(rel):
         return ""
-    rows = [r for r in pq.read_table(p).to_pylist() if r["method"] == method]
+    rows = [r for r in store.loc.read_table(rel).to_pylist() if r["method"] == method]
     red = ' style="background:#fdd"'
     body = "".join(
         f"<tr{red if r['flagged'] else ''}><td>{html.escape(r['group'])}</td>"

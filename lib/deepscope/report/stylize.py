@@ -29,7 +29,7 @@ def stylize_figure(store, sample, net, meta=None, style_specs=None) -> str | Non
     for src, out in sample:
         try:
             a, _, _ = decode(read_bytes(src))
-            pairs.append((a, Image.open(store.path(out)).convert("RGB")))
+            pairs.append((a, Image.open(io.BytesIO(store.read_bytes(out))).convert("RGB")))
         except Exception:
             continue
     if not pairs:

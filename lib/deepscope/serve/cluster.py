@@ -115,7 +115,7 @@ def run(out: str, host: str, port: int, limits, replicas: int, address: str | No
     """Deploy on the cluster (RAY_ADDRESS, --address, or a local one) and serve until interrupted."""
     from ray import serve
 
-    from deepscope.executor import ensure_ray
+    from deepscope.io.cluster import ensure_ray
 
     import ray
 

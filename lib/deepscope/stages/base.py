@@ -5,12 +5,14 @@ The runner knows nothing else about a stage. A stage file never imports the CLI.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
 
 
 class StageConfig(BaseModel):
@@ -48,6 +50,14 @@ class Stage:
     def layers(self) -> list[str]:
         """Layer names this stage reads; the model mapper taps their union in one forward pass."""
         return []
+
+    def check(self, loaded) -> None:
+        """On the driver, before any pass: the settings that depend on the model (its layers) are
+        checked, so that a bad one is one error line, not an error row per image."""
+        from deepscope.models.taps import resolve
+
+        for layer in self.layers():
+            resolve(loaded, layer)
 
     def prepare(self, ctx) -> None:
         """On the driver, before this stage's pass: read what earlier phases wrote (kept on self,

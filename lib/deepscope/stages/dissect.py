@@ -175,7 +175,7 @@ class Dissect(Stage):
     def finish(self, ctx):
         store, log = ctx.store, ctx.log
         from deepscope.io.concepts import Concepts, make_concept_data
-        from deepscope.io.plan import partition_items
+        from deepscope.io.sources import partition_items
 
         cfg, job = self.config, self.job
         self.passes = {}  # per pass computed in this run: images, seconds (the benchmark reads them)

@@ -21,7 +21,7 @@ class IndexConfig(StageConfig):
     kind: Literal["auto", *KINDS] = "auto"  # auto: by size and memory_mb; or force one
     metric: Literal["l2", "cosine"] = "l2"  # of the feature space (pixel space is always L2)
     memory_mb: int = Field(4096, ge=1)  # RAM one index (one shard) may take; compress or shard beyond
-    shards: int = Field(0, ge=0, le=1024)  # 0: as many as memory_mb needs; >1 builds shards in parallel Ray tasks
+    shards: int = Field(0, ge=0, le=1024)  # 0: as many as memory_mb needs; >1 builds shards in parallel tasks
     nlist: int = Field(0, ge=0)  # IVF lists; 0: about 4 sqrt(n)
     flat_max: int = Field(20_000, ge=0)  # up to this many vectors, exact search
     target_recall: float = Field(0.95, gt=0, le=1)  # recall@10 that the search setting is tuned to reach
@@ -39,8 +39,8 @@ class Index(Stage):
 
     def finish(self, ctx):
         store, log = ctx.store, ctx.log
-        address = self.job.run.address if self.job is not None else None
-        spaces = {space: build_space(store, space, self.config, log, address) for space in dict.fromkeys(self.config.spaces)}
+        spaces = {space: build_space(store, space, self.config, log, ctx.executor)
+                  for space in dict.fromkeys(self.config.spaces)}
         if self.config.examples and all(i["shards"] == 1 for i in spaces.values()):
             store.write_file("index/examples.png", self._examples(store, spaces))
         return {"spaces": spaces}

@@ -1,8 +1,8 @@
 """k-NN graph: every image's k nearest neighbours over the index `index` built (sharded batch
-searches in Ray tasks, resumable per partition), and what the graph says: near-duplicate groups
+searches in tasks on the executor, resumable per partition), and what the graph says: near-duplicate groups
 (feature and pixel evidence, a threshold from the data), uniqueness, label disagreement.
 
-A post stage; the work is in deepscope/index/knn.py (Ray, the folder) and deepscope/algos/knn.py
+A post stage; the work is in deepscope/index/knn.py (the tasks, the folder) and deepscope/algos/knn.py
 (the algorithms, on arrays).
 """
 from __future__ import annotations
@@ -44,9 +44,8 @@ class Knn(Stage):
         from deepscope.index.knn import analyse, graph_space, indexed_spaces
 
         store.update_summary(self.name, None)  # an interrupted run is redone (its finished parts are kept)
-        address = self.job.run.address if self.job is not None else None
         spaces = self.config.spaces or indexed_spaces(store) or ["features"]
-        graphs = {space: graph_space(store, space, self.config.k, self.config, log, address) for space in spaces}
+        graphs = {space: graph_space(store, space, self.config.k, self.config, log, ctx.executor) for space in spaces}
         return {"graphs": graphs, **analyse(store, spaces, self.config, log)}
 
     @staticmethod

@@ -33,10 +33,10 @@ class MapConfig(StageConfig):
 
 def _stream(store, chunk_rows: int, meta: bool = False):
     """Feature chunks of at least chunk_rows rows (the last one of up to twice that), for partial_fit."""
-    from deepscope.index.build import chunks
+    from deepscope.index.build import stream_vectors
 
     held = None
-    for _, x, m in chunks(store, "features", "feature", chunk_rows, cosine=False, meta=meta):
+    for _, x, m in stream_vectors(store, "features", "feature", chunk_rows, cosine=False, meta=meta):
         if held is not None and len(x) < chunk_rows:  # a short last chunk joins the one before
             x = np.concatenate([held[0], x])
             m = {k: held[1][k] + m[k] for k in m} if meta else None

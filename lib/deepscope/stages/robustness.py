@@ -67,21 +67,21 @@ class Robustness(Stage):
         store = ctx.store
         if not self.config.universal:
             return
+        import copy
+
         from deepscope.io.decode import decode
-        from deepscope.io.sources import list_items, read_bytes
-        from deepscope.models.registry import load_model
+        from deepscope.io.sources import open_source, read_bytes
         log = ctx.log
 
         cfg = self.config
-        loaded = load_model(self.job.model.name, self.job.model.weights)
+        loaded = copy.deepcopy(ctx.loaded)  # moved to the device here, the driver's own copy stays
         device = best_device()
         loaded.module.to(device)
-        items, _ = list_items(self.job.dataset.source)
-        pick = np.random.default_rng(cfg.seed).permutation(len(items))[:cfg.universal_images]
+        paths = _sample_paths(open_source(self.job.dataset.source), cfg.universal_images, cfg.seed)
         pixels = []
-        for i in sorted(pick):
+        for path in paths:
             try:
-                pixels.append(torch.from_numpy(loaded.transform.geometry(decode(read_bytes(items["path"][i]))[0])))
+                pixels.append(torch.from_numpy(loaded.transform.geometry(decode(read_bytes(path))[0])))
             except Exception:
                 continue  # a bad image: the pass records it as an error row
         batch = max(1, min(self.job.run.batch_size, 32))
@@ -195,15 +195,12 @@ class Robustness(Stage):
         return summary
 
     def report(self, store):
-        import pyarrow.parquet as pq
-
         s = store.summary(self.name) or {}
         eps = s.get("eps") or []
         head = "".join(f"<th>eps {e:g}</th>" for e in eps)
         rows = ""
-        p = store.path("robustness_classes.parquet")
-        if p.exists():
-            for r in pq.read_table(p).to_pylist()[:60]:
+        if store.exists("robustness_classes.parquet"):
+            for r in store.loc.read_table("robustness_classes.parquet").to_pylist()[:60]:
                 cells = "".join(f"<td>{v:.0%}</td>" for v in r["changed_share"])
                 uni = f"<td>{r['universal_share']:.0%}</td>" if r["universal_share"] is not None else "<td></td>"
                 rows += f"<tr><td>{html.escape(r['group'])}</td><td>{r['images']}</td>{cells}{uni}</tr>"
@@ -220,6 +217,24 @@ class Robustness(Stage):
                 + images_html([r["adversarial"] for r in least],
                               [f"{r['id'][-16:]} eps {r['min_eps']:g}: {r['pred']}->{r['adv_pred']}" for r in least])
                 + f"<p>Most robust:</p><ul>{most}</ul>{uni}")
+
+
+def _sample_paths(source, n: int, seed: int) -> list[str]:
+    """n paths drawn uniformly from the whole dataset in one pass over its listing (reservoir sampling:
+    memory n, whatever the dataset's size)."""
+    rng = np.random.default_rng(seed)
+    keep: list[str] = []
+    seen = 0
+    for items in source.items():
+        for path in items["path"]:
+            seen += 1
+            if len(keep) < n:
+                keep.append(path)
+            else:
+                j = int(rng.integers(seen))
+                if j < n:
+                    keep[j] = path
+    return sorted(keep)
 
 
 def _npy(a: np.ndarray) -> bytes:

@@ -80,17 +80,15 @@ class Saliency(Stage):
 
     # -- driver, before the pass: fail on bad settings before any image is computed -----------
     def prepare(self, ctx):
-        from deepscope.models.registry import load_model
+        from deepscope.io.sources import open_source
 
-        loaded = load_model(self.job.model.name, self.job.model.weights)
+        loaded = ctx.loaded
         self._check_model(loaded)
+        source = open_source(self.job.dataset.source)
         if self.config.target == "label":
-            from deepscope.io.sources import list_items
-
-            items, _ = list_items(self.job.dataset.source)
-            self._label_index = label_index(items["label"].tolist(), self.config.labels, loaded.class_names,
-                                            self._n_classes)
-        read_objects(self.config.objects, self.job.dataset.source)  # parses every box: errors now
+            labels = [x for items in source.items() for x in items["label"].tolist()]
+            self._label_index = label_index(labels, self.config.labels, loaded.class_names, self._n_classes)
+        read_objects(self.config.objects, source.manifest_files())  # parses every box: errors now
 
     def _check_model(self, loaded):
         from deepscope.models.taps import resolve
@@ -236,7 +234,9 @@ class Saliency(Stage):
         cfg, S = self.config, self.config.map_size
         loaded = ctx.loaded or load_model(self.job.model.name, self.job.model.weights)
         transform = loaded.transform
-        objects = read_objects(cfg.objects, self.job.dataset.source)
+        from deepscope.io.sources import open_source
+
+        objects = read_objects(cfg.objects, open_source(self.job.dataset.source).manifest_files())
         coverage: dict[str, tuple[str, np.ndarray] | None] = {}  # id -> (truth, S x S object share)
         sums: dict[tuple[str, str], np.ndarray] = {}
         counts: dict[tuple[str, str], int] = {}

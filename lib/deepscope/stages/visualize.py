@@ -63,7 +63,7 @@ class Visualize(Stage):
         run = self.job.run.model_dump()
         run["batch_size"] = min(run["batch_size"], 16)  # targets per part: pictures arrive steadily
         return visualize_job(store, self.job.model.name, self.job.model.weights, cfg.layer, kind, targets,
-                             settings, run, log, ctx.execute)
+                             settings, run, log, ctx.executor)
 
     def report(self, store):
         from deepscope.report.visualize import visualize_html
@@ -100,40 +100,35 @@ class VisualizeActor:
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.writer = PartWriter(out, metadata)
 
-    def __call__(self, batch: dict):
-        """Whole partitions of targets in; each one's PNGs and table written here; records out."""
-        import json
-
+    def __call__(self, part, rows=None) -> list:
+        """One partition of targets in; its PNGs and table written here; its record out."""
         import pyarrow as pa
 
         from deepscope.algos.ascent import visualize
         from deepscope.io import schemas
 
-        records = []
-        for part, desc in zip(batch["part"], batch["desc"]):
-            targets = [int(t) for t in json.loads(desc)["targets"]]
-            t0 = time.perf_counter()
-            r = visualize(self.loaded, self.layer, targets, self.settings, self.kind, self.amp)
-            files = {f"{VIS}/images/{self.kind}_{t:04d}.png": png_bytes(p) for t, p in zip(targets, r.pixels)}
-            names = self.loaded.class_names if self.kind == "class" else None
-            table = pa.table({
-                "layer": [self.layer] * len(targets), "kind": [self.kind] * len(targets),
-                "target": pa.array(targets, pa.int32()), "name": [names[t] if names else None for t in targets],
-                "image": list(files), "start": pa.array(np.asarray(r.start, np.float32)),
-                "score": pa.array(np.asarray(r.score, np.float32)),
-                "top1": pa.array(np.asarray(r.top1, np.int32))}, schema=schemas.VISUALIZE)
-            ms = (time.perf_counter() - t0) * 1000
-            rec = self.writer.write(VIS, part, table, files)
-            records.append({**rec, "files": json.dumps(rec["files"]), "images": len(targets), "failed": 0,
-                            "decode_ms": 0.0, "infer_ms": ms, "write_ms": 0.0, "t_model": time.time() - ms / 1000})
-        return pa.Table.from_pylist(records)
+        targets = [int(t) for t in part.desc["targets"]]
+        t0 = time.perf_counter()
+        r = visualize(self.loaded, self.layer, targets, self.settings, self.kind, self.amp)
+        files = {f"{VIS}/images/{self.kind}_{t:04d}.png": png_bytes(p) for t, p in zip(targets, r.pixels)}
+        names = self.loaded.class_names if self.kind == "class" else None
+        table = pa.table({
+            "layer": [self.layer] * len(targets), "kind": [self.kind] * len(targets),
+            "target": pa.array(targets, pa.int32()), "name": [names[t] if names else None for t in targets],
+            "image": list(files), "start": pa.array(np.asarray(r.start, np.float32)),
+            "score": pa.array(np.asarray(r.score, np.float32)),
+            "top1": pa.array(np.asarray(r.top1, np.int32))}, schema=schemas.VISUALIZE)
+        ms = (time.perf_counter() - t0) * 1000
+        rec = self.writer.write(VIS, part.name, table, files)
+        rec.images, rec.infer_ms, rec.t_model = len(targets), ms, time.time() - ms / 1000
+        return [rec]
 
 
 def visualize_job(store, model: str, weights: str | None, layer: str, kind: str, targets: list[int],
-                  settings: dict, run: dict, log, execute) -> dict:
+                  settings: dict, run: dict, log, executor) -> dict:
     """Visualize `targets` of `layer` into an open Store: parts visualize/pNNNNN, PNGs, grid, summary.
     Runs on the executor every pass runs on (actors write their parts, the driver commits):
-    execute(store, **Pass fields), e.g. RunContext.execute."""
+    executor.run_pass(store, **Pass fields)."""
     from deepscope.io.plan import Partition
     from deepscope.models.registry import load_model
 
@@ -155,13 +150,11 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
     done = 0
     if pending:
         log(f"{len(pending)} parts of {kind} pictures of {layer}, {settings.get('steps', 100)} steps")
-        stats = execute(
+        stats = executor.run_pass(
             store, parts=pending, commits=[VIS], worker=VisualizeActor, unit="pictures",
             worker_kwargs=dict(model=model, weights=weights, layer=layer, kind=kind, settings=settings,
                                precision=run.get("precision", "fp32"), channels_last=run.get("channels_last", True),
-                               out=store.url, metadata=store.metadata),
-            address=run.get("address"), actors=int(run.get("actors") or 1), threads=run.get("threads") or 0,
-            executor=run.get("executor") or "auto")
+                               out=store.url, metadata=store.metadata))
         done = stats.items
     else:
         log(f"nothing to do: all {len(plan)} parts of {store.root}/{VIS} are complete")
