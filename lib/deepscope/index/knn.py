@@ -350,7 +350,7 @@ def _cosine_from_l2(d: np.ndarray, norms: np.ndarray, a: np.ndarray, b: np.ndarr
     return np.clip(1 - cos, 0, 2).astype(np.float32)
 
 
-def analyse(store, spaces: list[str], cfg, log) -> dict:
+def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     """Near-duplicate groups, uniqueness and label disagreement from the graphs; writes
     knn/images.parquet, knn/duplicates.parquet and the figures.  Returns the summary's numbers."""
     feat_space = "features" if "features" in spaces else spaces[0]
@@ -453,7 +453,7 @@ def analyse(store, spaces: list[str], cfg, log) -> dict:
             cand = np.concatenate([cand, np.arange(first, len(a))])
             same_hash = np.concatenate([same_hash, np.ones(pad, bool)])
         t0 = time.time()
-        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log)
+        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor)
         seconds = time.time() - t0
         ev["same"] |= same_hash
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
@@ -588,7 +588,7 @@ def verify_settings(cfg) -> dict:
     return {"min_inliers": cfg.min_inliers, "min_correlation": cfg.min_correlation, "max_differing": cfg.max_differing}
 
 
-def verify_chunk(out_url: str, pairs: dict, settings: dict) -> dict[str, np.ndarray]:
+def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.ndarray]:
     """One independent task: the pairs' thumbnails read through the location layer, each image
     prepared once, every pair verified (algos/verify.py) -> evidence arrays (V.EVIDENCE).
     pairs: {"a_file", "a_row", "b_file", "b_row"} arrays; settings: VerifySettings' fields."""
@@ -613,9 +613,10 @@ def verify_chunk(out_url: str, pairs: dict, settings: dict) -> dict[str, np.ndar
     return {k: np.array([r[k] for r in rows]) for k in V.EVIDENCE}
 
 
-def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log) -> dict[str, np.ndarray]:
-    """Every candidate pair verified, in independent chunks of pairs that share thumbnail parts;
-    pairs without both thumbnails are left unverified (not accepted, unless their hashes agree)."""
+def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor) -> dict[str, np.ndarray]:
+    """Every candidate pair verified, in independent chunks of pairs that share thumbnail parts, as
+    tasks on the command's executor; pairs without both thumbnails are left unverified (not
+    accepted, unless their hashes agree)."""
     n = len(a)
     out = {k: np.zeros(n, np.float32) for k in V.EVIDENCE}
     out["same"], out["flip"], out["inliers"] = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32)
@@ -625,13 +626,14 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     chunks = [todo[s:s + cfg.verify_chunk] for s in range(0, len(todo), cfg.verify_chunk)]
     settings = verify_settings(cfg)
     t0 = time.time()
-    for c, idx in enumerate(chunks):  # issue 22: the lead routes these calls onto the executor's task map
-        res = verify_chunk(store.url, {"a_file": thumbs["file"][a[idx]], "a_row": thumbs["row"][a[idx]],
-                                       "b_file": thumbs["file"][b[idx]], "b_row": thumbs["row"][b[idx]]}, settings)
+    calls = [(store.url, {"a_file": thumbs["file"][a[idx]], "a_row": thumbs["row"][a[idx]],
+                          "b_file": thumbs["file"][b[idx]], "b_row": thumbs["row"][b[idx]]}) for idx in chunks]
+    done = 0
+    for c, res in executor.map(verify_chunk, calls, shared={"settings": settings}):
         for k, v in res.items():
-            out[k][idx] = v
-        log(f"knn: verified {min((c + 1) * cfg.verify_chunk, len(todo))} of {len(todo)} candidate pairs on "
-            f"thumbnails ({time.time() - t0:.0f} s)")
+            out[k][chunks[c]] = v
+        done += len(chunks[c])
+        log(f"knn: verified {done} of {len(todo)} candidate pairs on thumbnails ({time.time() - t0:.0f} s)")
     out["verified"] = have
     return out
 

@@ -46,7 +46,7 @@ class Knn(Stage):
         store.update_summary(self.name, None)  # an interrupted run is redone (its finished parts are kept)
         spaces = self.config.spaces or indexed_spaces(store) or ["features"]
         graphs = {space: graph_space(store, space, self.config.k, self.config, log, ctx.executor) for space in spaces}
-        return {"graphs": graphs, **analyse(store, spaces, self.config, log)}
+        return {"graphs": graphs, **analyse(store, spaces, self.config, log, ctx.executor)}
 
     @staticmethod
     def _decision(d: dict, evidence: str) -> str:
