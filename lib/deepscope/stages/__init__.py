@@ -15,5 +15,6 @@ from deepscope.stages.dream import Dream
 from deepscope.stages.invert import Invert
 from deepscope.stages.robustness import Robustness
 from deepscope.stages.visualize import Visualize
+from deepscope.stages.atlas import Atlas
 
-STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Knn, Map, Patches, Saliency, Dissect, Stylize, Dream, Invert, Robustness, Visualize,)}
+STAGES = {cls.name: cls for cls in (Features, Pixels, Index, Knn, Map, Patches, Saliency, Dissect, Stylize, Dream, Invert, Robustness, Visualize, Atlas,)}
