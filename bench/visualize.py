@@ -34,6 +34,7 @@ HOLDOUT = [14, 94, 145, 323, 340, 388, 430, 511, 950, 985]  # not tuned on (issu
 RECIPES = {
     "default": {},  # fourier, decorrelated colours, preconditioned steps, pad/jitter/scale/rotate, L2 3e-5
     "before": dict(l2=1e-3),  # the default before issue 25: L2 1e-3, a grey wash
+    "l2-5e-5": dict(l2=5e-5),  # issue 25's tuning: between the two
     "lucid": dict(optimizer="adam", pad=12, jitter=8, scale=0.1, rotate=10.0, lr=0.06),  # Lucid's: Adam
     "pixel": dict(param="pixel", pad=0, scale=0.0, rotate=0.0, jitter=8),  # the defaults before issue 14
 }

@@ -96,7 +96,8 @@ def test_atlas_rerun_does_nothing(atlas_run, capsys):
     out, job = atlas_run
     before = Store(out).parts("atlas_cells")
     run(jobmod.validate(job))
-    assert "nothing to do" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "nothing to do" in captured.out + captured.err
     assert Store(out).parts("atlas_cells") == before
 
 

@@ -138,9 +138,11 @@ def invert_vectors(loaded, vectors: torch.Tensor, layer: str, size: int, setting
     spec.requires_grad_(True)
     with torch.no_grad():
         start = vector_loss(_layer(loaded, fourier_image(spec, size, size), layer, amp), vectors)
+    shift = size / 224  # the transformations' pixels are meant for a 224 px picture
+    pad, jitter = round(s.pad * shift), round(s.jitter * shift)
     for _ in range(s.steps):
         x = fourier_image(spec, size, size)
-        seen = random_transform(x * 2 - 1, gens, s.pad, s.jitter, s.scale, s.rotate) / 2 + 0.5
+        seen = random_transform(x * 2 - 1, gens, pad, jitter, s.scale, s.rotate) / 2 + 0.5
         loss = vector_loss(_layer(loaded, seen, layer, amp), vectors) + s.tv * total_variation(x, s.beta)
         g, = torch.autograd.grad(loss.sum(), spec)
         with torch.no_grad():

@@ -85,7 +85,7 @@ class Atlas(Stage):
             from deepscope.models.taps import LayerTaps
 
             with torch.enable_grad(), LayerTaps(model, [cfg.layer], detach=False) as t:
-                logits = t.forward(x.detach())
+                logits = t.forward(x.detach().float().requires_grad_(True))  # frozen weights: a graph from x
                 a = t.outputs[cfg.layer]
                 g, = torch.autograd.grad(logits[:, cfg.filter_class].float().sum(), a)
             act = a.detach().float()
@@ -146,7 +146,7 @@ class Atlas(Stage):
                         executor=run.executor)
         else:
             log(f"nothing to do: all {len(rows)} cells of {store.root}/{CELLS} are inverted")
-        done = store.read(CELLS).to_pylist()
+        done = store.read(CELLS).to_pylist() if store.parts(CELLS) else []
         images = {}
         for name in sorted({r["atlas"] for r in done}):
             mine = [r for r in done if r["atlas"] == name]
@@ -181,15 +181,18 @@ class Atlas(Stage):
                 return t
         t = store.read(self.name, columns=["vector", "attribution"])
         vec = np.asarray(t["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
-        vec = vec.reshape(t.num_rows, -1)
+        vec = vec.reshape(t.num_rows, -1) if t.num_rows else np.zeros((0, 1), np.float32)  # every image failed
         t1 = time.time()
         xy = layout(vec, cfg.layout, cfg.layout_points, cfg.seed)
-        cell = bin_cells(xy, cfg.grid)
+        cell = bin_cells(xy, cfg.grid) if len(xy) else np.zeros(0, np.int64)
+        if not len(vec):
+            log(f"atlas: no activation vectors of {cfg.layer} (every image failed): an empty atlas")
         log(f"atlas: {len(vec)} vectors of {cfg.layer} laid out ({cfg.layout}) in {time.time() - t1:.1f} s")
         selections = {"all": np.ones(len(vec), bool)}
         if cfg.filter_class is not None:
             attr = t["attribution"].to_numpy(zero_copy_only=False).astype(np.float64)
-            selections[f"class_{cfg.filter_class}"] = attr >= np.quantile(attr, 1 - cfg.filter_share)
+            cut = np.quantile(attr, 1 - cfg.filter_share) if len(attr) else 0.0
+            selections[f"class_{cfg.filter_class}"] = attr >= cut
         cols = {"atlas": [], "cell": [], "count": [], "vector": []}
         for name, keep in selections.items():
             ids, counts, means = cell_means(vec[keep], cell[keep], cfg.min_count)
