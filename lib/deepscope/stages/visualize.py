@@ -134,7 +134,7 @@ class VisualizeActor:
                 "peak": pa.array(np.asarray(r.peak, np.float32))}, schema=schemas.VISUALIZE)
             ms = (time.perf_counter() - t0) * 1000
             rec = self.writer.write(VIS, part, table, files)
-            records.append({**rec, "files": json.dumps(rec["files"]), "images": len(targets), "failed": 0,
+            records.append({**rec, "files": json.dumps(rec["files"]), "images": len(each), "failed": 0,
                             "decode_ms": 0.0, "infer_ms": ms, "write_ms": 0.0, "t_model": time.time() - ms / 1000})
         return pa.Table.from_pylist(records)
 
@@ -159,7 +159,8 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
         store.drop_parts_except(VIS, set())  # a part's name says which targets, not how they were made
     store.open_stage(VIS, store.stage_config(VIS) or config)  # a job's post stage opened it already
     store.drop_parts_except(VIS, set(plan))
-    pending = [Partition(p, len(ts), {"kind": "targets", "targets": ts}) for p, ts in plan.items()
+    per_target = int(settings.get("facets", 1))
+    pending = [Partition(p, len(ts) * per_target, {"kind": "targets", "targets": ts}) for p, ts in plan.items()
                if not store.has_part(VIS, p)]
     t0 = time.time()
     done = 0
