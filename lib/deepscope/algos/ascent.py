@@ -54,7 +54,8 @@ COLOR_CORRELATION = COLOR_CORRELATION / COLOR_CORRELATION.norm(dim=0).max()
 class AscentSettings:
     steps: int = 100
     lr: float | None = None  # RMS of each step: pixel 0.06 (normalized input); fourier sgd 0.1 (pre-sigmoid image)
-    l2: float = 1e-3  # weight of ||x||^2 (normalized input) subtracted from the score
+    l2: float | None = None  # weight of ||x||^2 (normalized input) subtracted from the score: pixel 1e-3,
+    #                          fourier 3e-5 (1e-3 there gave a grey wash, pixel std 0.084: README, issue 25)
     blur_every: int = 4  # pixel: steps between blurs; 0: off
     blur_sigma: float = 0.5  # pixel: Gaussian sigma, pixels
     value_clip: float = 0.0  # pixel: quantile of pixels with the smallest norm set to the mean colour; 0: off
@@ -69,11 +70,19 @@ class AscentSettings:
     position: Literal["mean", "center"] = "mean"  # unit objective: spatial mean, or the centre position
     size: int | None = None  # image side (default: the model's crop)
     seed: int = 0
+    facets: int = 1  # pictures per target, made together (a batch of facets per target)
+    diversity: float = 0.5  # facets > 1: weight of their Gram-matrix similarity (Olah et al. 2017), in units
+    #                         of the item's own score (0.5: half the score traded for entirely different facets)
 
     def step_size(self) -> float:
         if self.lr is not None:
             return self.lr
         return 0.06 if self.param == "pixel" else {"sgd": 0.1, "adam": 0.06}[self.optimizer]
+
+    def l2_weight(self) -> float:
+        if self.l2 is not None:
+            return self.l2
+        return 1e-3 if self.param == "pixel" else 3e-5
 
 
 PIXEL = dict(param="pixel", pad=0, scale=0.0, rotate=0.0, jitter=8)  # the lecture's pixel ascent (blur, jitter)
@@ -87,6 +96,9 @@ class AscentResult:
     start: np.ndarray  # float32 (N,): the target's score on the initial image
     score: np.ndarray  # float32 (N,): the target's score on the final 8-bit picture
     top1: np.ndarray  # int64 (N,): the model's prediction on the final 8-bit picture
+    facet: np.ndarray | None = None  # int64 (N,): facet number; items are target-major (t0f0, t0f1, ..., t1f0)
+    selectivity: np.ndarray | None = None  # float32 (N,): the target's mean activation over the layer's mean |activation|
+    peak: np.ndarray | None = None  # float32 (N,): the target channel's largest activation over positions
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -100,9 +112,9 @@ def item_generators(seeds: list[int]) -> list[torch.Generator]:
     return gens
 
 
-def item_seed(seed: int, kind: str, target: int) -> int:
+def item_seed(seed: int, kind: str, target: int, facet: int = 0) -> int:
     """Each picture's random stream depends on what it shows, not on its place in a batch."""
-    return seed * 1_000_003 + (0 if kind == "class" else 500_000) + int(target)
+    return seed * 1_000_003 + (0 if kind == "class" else 500_000) + int(target) + 7_919_000 * int(facet)
 
 
 def random_shifts(gens: list[torch.Generator], jitter: int) -> list[tuple[int, int]]:
@@ -178,11 +190,34 @@ def target_score(act: torch.Tensor, targets: torch.Tensor, position: str = "mean
 
 
 def scores(loaded, x: torch.Tensor, layer: str, targets: torch.Tensor, position: str = "mean",
-           amp: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target scores (N,), logits) for normalized input x; differentiable when x requires grad."""
+           amp: torch.dtype | None = None, with_layer: bool = False):
+    """(target scores (N,), logits[, the layer's output]) for normalized input x; differentiable
+    when x requires grad."""
     with LayerTaps(loaded, [layer], detach=False) as taps, autocast(x.device, amp):
         logits = taps.forward(x)
-    return target_score(taps.outputs[layer], targets, position), logits.float()
+    act = taps.outputs[layer]
+    out = (target_score(act, targets, position), logits.float())
+    return (*out, act.float()) if with_layer else out
+
+
+def selectivity(act: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) each item's target channel (spatial mean) over the mean |spatial mean| of all the
+    layer's channels: 1 for a picture that drives everything alike, >> 1 for a selective one."""
+    per_channel = act.float().flatten(2).mean(2) if act.ndim > 2 else act.float()
+    own = per_channel.gather(1, targets[:, None])[:, 0]
+    return own / per_channel.abs().mean(1).clamp_min(1e-12)
+
+
+def gram_similarity(act: torch.Tensor, facets: int) -> torch.Tensor:
+    """(N,) for items in groups of `facets` (target-major), each item's mean cosine similarity of
+    its Gram matrix (channels x channels, over positions) to the others of its group: the
+    diversity penalty of Olah et al. 2017 (Lucid's objectives.diversity)."""
+    f = act.float().flatten(2) if act.ndim > 2 else act.float()[:, :, None]
+    gram = torch.einsum("ncp,ndp->ncd", f, f).flatten(1)
+    gram = F.normalize(gram, dim=1).view(-1, facets, gram.shape[1])
+    sim = torch.einsum("gid,gjd->gij", gram, gram)
+    off = sim.sum(2) - sim.diagonal(dim1=1, dim2=2)
+    return (off / max(facets - 1, 1)).flatten()
 
 
 # ---------------------------------------------------------------------------- regularizers
@@ -251,8 +286,9 @@ def visualize(loaded, layer: str, targets: list[int], settings: AscentSettings =
     device = model_device(loaded)
     tf = loaded.transform
     size = s.size or tf.crop
-    t = torch.tensor(targets, dtype=torch.long, device=device)
-    gens = item_generators([item_seed(s.seed, kind, v) for v in targets])
+    nf = max(1, s.facets)
+    t = torch.tensor([v for v in targets for _ in range(nf)], dtype=torch.long, device=device)
+    gens = item_generators([item_seed(s.seed, kind, v, f) for v in targets for f in range(nf)])
     lo, hi = pixel_bounds(tf, device)
     mean = torch.tensor(tf.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(tf.std, device=device).view(1, 3, 1, 1)
@@ -282,8 +318,11 @@ def visualize(loaded, layer: str, targets: list[int], settings: AscentSettings =
             seen = random_transform(img, gens, s.pad, s.jitter, s.scale, s.rotate)
         else:
             seen = roll(img, random_shifts(gens, s.jitter))
-        score, _ = scores(loaded, seen, layer, t, s.position, amp)
-        objective = score - s.l2 * img.pow(2).flatten(1).sum(1)
+        score, _, act = scores(loaded, seen, layer, t, s.position, amp, with_layer=True)
+        objective = score - s.l2_weight() * img.pow(2).flatten(1).sum(1)
+        if s.diversity and nf > 1:
+            # scaled by the score itself: the weight means the same for a weak unit and a strong one
+            objective = objective - s.diversity * score.detach().abs().clamp_min(1.0) * gram_similarity(act, nf)
         if s.param == "fourier" and s.optimizer == "adam":
             opt.zero_grad()
             (-objective.sum()).backward()
@@ -310,6 +349,19 @@ def visualize(loaded, layer: str, targets: list[int], settings: AscentSettings =
 
     with torch.no_grad():
         pixels = to_uint8(image() * std + mean)
-        final, logits = scores(loaded, tf.normalize(pixels), layer, t, s.position, amp)
+        final, logits, act = scores(loaded, tf.normalize(pixels), layer, t, s.position, amp, with_layer=True)
+        own = act[torch.arange(len(act), device=act.device), t]
     return AscentResult(pixels.cpu().numpy(), start.float().cpu().numpy(), final.float().cpu().numpy(),
-                        logits.argmax(1).cpu().numpy())
+                        logits.argmax(1).cpu().numpy(), np.tile(np.arange(nf), len(targets)),
+                        selectivity(act, t).cpu().numpy(), own.reshape(len(own), -1).amax(1).cpu().numpy())
+
+
+def facet_correlation(pixels: np.ndarray, facets: int) -> np.ndarray:
+    """(targets,) the mean pairwise Pearson correlation of the pixels of each target's facets
+    (items target-major, as visualize returns them); nan for one facet."""
+    x = torch.from_numpy(np.asarray(pixels)).float().flatten(1)
+    x = F.normalize(x - x.mean(1, keepdim=True), dim=1).view(-1, facets, x.shape[1])
+    if facets < 2:
+        return np.full(len(x), np.nan, np.float32)
+    c = torch.einsum("gid,gjd->gij", x, x)
+    return ((c.sum((1, 2)) - c.diagonal(dim1=1, dim2=2).sum(1)) / (facets * (facets - 1))).numpy()

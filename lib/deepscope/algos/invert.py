@@ -49,12 +49,7 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 
 
 def _features(loaded, pixels01, layer, amp):
-    tf = loaded.transform
-    mean = torch.tensor(tf.mean, device=pixels01.device).view(1, 3, 1, 1)
-    std = torch.tensor(tf.std, device=pixels01.device).view(1, 3, 1, 1)
-    with LayerTaps(loaded, [layer], detach=False) as taps, autocast(pixels01.device, amp):
-        taps.forward((pixels01 - mean) / std)
-    return taps.outputs[layer].float().flatten(1)
+    return _layer(loaded, pixels01, layer, amp).flatten(1)
 
 
 def _generator_states(gens):
@@ -121,3 +116,49 @@ def _invert_fourier(loaded, src, layer, s: InvertSettings, gens, amp) -> torch.T
             spec -= s.lr_fourier * g / rms
     with torch.no_grad():
         return fourier_image(spec, h, w)
+
+
+def vector_loss(act: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """(N,) mean over the map's positions of ||a_p - v||^2 / ||v||^2: the whole map made of v."""
+    a = act.float().flatten(2) if act.ndim > 2 else act.float()[:, :, None]  # (N, C, P)
+    v = vectors.float()[:, :, None]
+    return (a - v).pow(2).sum(1).mean(1) / v.pow(2).sum(1)[:, 0].clamp_min(1e-12)
+
+
+def invert_vectors(loaded, vectors: torch.Tensor, layer: str, size: int, settings: InvertSettings = InvertSettings(),
+                   seeds: list[int] | None = None, amp=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activation vectors (N, C) of `layer` (an atlas cell's mean) -> (pictures in [0, 1] (N, 3, size, size)
+    whose every position's activation is close to its vector, loss at the start (N,), loss at the end (N,)).
+    The image prior of class visualization (1/f spectrum, decorrelated colours, preconditioned steps,
+    random transformations of the picture each step) with the TV prior of inversion."""
+    s = settings
+    dev = vectors.device
+    gens = item_generators(seeds if seeds is not None else [s.seed + i for i in range(len(vectors))])
+    spec = torch.stack([torch.randn(3, size, size // 2 + 1, 2, generator=g) * 0.01 for g in gens]).to(dev)
+    spec.requires_grad_(True)
+    with torch.no_grad():
+        start = vector_loss(_layer(loaded, fourier_image(spec, size, size), layer, amp), vectors)
+    shift = size / 224  # the transformations' pixels are meant for a 224 px picture
+    pad, jitter = round(s.pad * shift), round(s.jitter * shift)
+    for _ in range(s.steps):
+        x = fourier_image(spec, size, size)
+        seen = random_transform(x * 2 - 1, gens, pad, jitter, s.scale, s.rotate) / 2 + 0.5
+        loss = vector_loss(_layer(loaded, seen, layer, amp), vectors) + s.tv * total_variation(x, s.beta)
+        g, = torch.autograd.grad(loss.sum(), spec)
+        with torch.no_grad():
+            u = fourier_linear(g, size, size)
+            rms = u.pow(2).flatten(1).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1, 1)
+            spec -= s.lr_fourier * g / rms
+    with torch.no_grad():
+        x = fourier_image(spec, size, size)
+        return x, start, vector_loss(_layer(loaded, x, layer, amp), vectors)
+
+
+def _layer(loaded, pixels01, layer, amp):
+    """The layer's output (N, C, H, W) for pixels in [0, 1]."""
+    tf = loaded.transform
+    mean = torch.tensor(tf.mean, device=pixels01.device).view(1, 3, 1, 1)
+    std = torch.tensor(tf.std, device=pixels01.device).view(1, 3, 1, 1)
+    with LayerTaps(loaded, [layer], detach=False) as taps, autocast(pixels01.device, amp):
+        taps.forward((pixels01 - mean) / std)
+    return taps.outputs[layer].float()

@@ -106,3 +106,16 @@ def keeps_structure(outputs: torch.Tensor, inputs: torch.Tensor, min_own: float 
                     margin: float = 0.15) -> bool:
     own, other = structure_kept(outputs, inputs)
     return bool(((own >= min_own) & (own >= other + margin)).all())
+
+
+def pixel_std(pixels: torch.Tensor) -> torch.Tensor:
+    """(N,) standard deviation of each picture's values in [0, 1], over pixels and channels
+    (issue 25: photos 0.14-0.32, a grey wash below 0.1)."""
+    return _float01(pixels).flatten(1).std(1)
+
+
+def mean_saturation(pixels: torch.Tensor) -> torch.Tensor:
+    """(N,) mean HSV saturation, (max - min) / max over RGB per pixel (0: grey; photos ~0.2-0.5)."""
+    x = _float01(pixels)
+    hi, lo = x.amax(1), x.amin(1)
+    return ((hi - lo) / hi.clamp_min(1e-6)).flatten(1).mean(1)

@@ -15,7 +15,7 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, help="ascent steps (default 100)")
     p.add_argument("--size", type=int, help="picture side (default: the model's crop)")
     p.add_argument("--lr", type=float, help="RMS of each step (default fourier 0.1, pixel 0.06)")
-    p.add_argument("--l2", type=float, help="L2 weight (default 1e-3)")
+    p.add_argument("--l2", type=float, help="L2 weight (default pixel 1e-3, fourier 3e-5)")
     p.add_argument("--blur-every", type=int, help="blur every N steps, 0 off (default 4)")
     p.add_argument("--blur-sigma", type=float, help="blur sigma, pixels (default 0.5)")
     p.add_argument("--value-clip", type=float, help="quantile of small-norm pixels zeroed each step (default 0)")
@@ -30,6 +30,9 @@ def add_commands(sub) -> None:
     p.add_argument("--scale", type=float, help="... random scale 1 +- SCALE each step (default 0.25)")
     p.add_argument("--rotate", type=float, help="... random rotation up to ROTATE degrees each step (default 15)")
     p.add_argument("--position", choices=["mean", "center"], help="unit objective: mean activation or the centre one")
+    p.add_argument("--facets", type=int, help="pictures per unit or class that differ from each other (default 1)")
+    p.add_argument("--diversity", type=float,
+                   help="with --facets: weight of the facets' Gram-matrix similarity, in units of the score (default 0.5)")
     p.add_argument("--plain", action="store_true", help="no regularizers and no jitter (fooling images)")
     model_options(p, seed=True)
     run_options(p)
@@ -108,7 +111,10 @@ def cmd_visualize(a):
     settings = {k: v for k, v in dict(steps=a.steps, lr=a.lr, l2=a.l2, blur_every=a.blur_every, blur_sigma=a.blur_sigma,
                                       value_clip=a.value_clip, grad_clip=a.grad_clip, jitter=a.jitter, param=a.param,
                                       optimizer=a.optimizer, decay=a.decay, pad=a.pad, scale=a.scale, rotate=a.rotate,
-                                      position=a.position, size=a.size, seed=a.seed).items() if v is not None}
+                                      position=a.position, size=a.size, seed=a.seed, facets=a.facets,
+                                      diversity=a.diversity).items() if v is not None}
+    if not 1 <= settings.get("facets", 1) <= 16:
+        raise UserError("--facets must be between 1 and 16")
     if a.plain:
         from deepscope.algos.ascent import PLAIN
         settings = {**PLAIN, **settings}

@@ -1,5 +1,5 @@
-"""What units look for: `patches` (a stage added to an output folder), `filters` and `activations`
-(one-model figures, report/units.py)."""
+"""What units look for: `patches` and `atlas` (stages added to an output folder), `filters` and
+`activations` (one-model figures, report/units.py)."""
 from __future__ import annotations
 
 from deepscope.commands.common import run_options, run_section
@@ -16,6 +16,19 @@ def add_commands(sub) -> None:
     p.add_argument("--tile", type=int, default=64, help="grid cell side, px")
     run_options(p, precision=False)
     p.set_defaults(fn="deepscope.commands.units:cmd_patches")
+
+    t = sub.add_parser("atlas", help="an activation atlas of a layer over an output folder's dataset")
+    t.add_argument("out", help="an output folder made by `deepscope features` or `deepscope run`")
+    t.add_argument("--layer", required=True, help="a layer with a spatial map, e.g. _blocks.15")
+    t.add_argument("--grid", type=int, help="cells per side (default 20)")
+    t.add_argument("--per-image", type=int, help="activation vectors sampled per image (default 16)")
+    t.add_argument("--layout", choices=["tsne", "pca"], help="2-D layout (default tsne)")
+    t.add_argument("--min-count", type=int, help="cells with fewer vectors stay empty (default 3)")
+    t.add_argument("--steps", type=int, help="inversion steps per cell (default 64)")
+    t.add_argument("--size", type=int, help="a cell's picture side, px (default 64)")
+    t.add_argument("--filter-class", type=int, help="also an atlas of the vectors that most support this class")
+    run_options(t, precision=False)
+    t.set_defaults(fn="deepscope.commands.units:cmd_atlas")
 
     f = sub.add_parser("filters", help="a conv layer's weights as an image grid (default: the first layer)")
     f.add_argument("model", help="lite0 | torchvision:NAME | timm:NAME")
@@ -51,6 +64,14 @@ def cmd_patches(a):
     # names checked first: a folder that already has patches would otherwise only say its settings differ
     Patches(Patches.Config.model_validate(config), load_spec(a.out)).measure(receptive_fields=False)
     run_stage(a.out, "patches", config, run_section(a))
+
+
+def cmd_atlas(a):
+    from deepscope.runner import run_stage
+
+    config = {"layer": a.layer, "grid": a.grid, "per_image": a.per_image, "layout": a.layout, "min_count": a.min_count,
+              "steps": a.steps, "size": a.size, "filter_class": a.filter_class}
+    run_stage(a.out, "atlas", {k: v for k, v in config.items() if v is not None}, run_section(a))
 
 
 def _write(path: str, data: bytes) -> None:

@@ -300,7 +300,31 @@ VISUALIZE = pa.schema([
     pa.field("start", pa.float32()),  # target score on the initial image
     pa.field("score", pa.float32()),  # target score on the final 8-bit picture
     pa.field("top1", pa.int32()),  # the model's prediction on the picture
+    pa.field("facet", pa.int32()),  # 0..facets-1: pictures of one target made to differ (issue 25)
+    pa.field("selectivity", pa.float32()),  # target's mean activation / the layer's mean |activation|
+    pa.field("peak", pa.float32()),  # the target channel's largest activation over positions
 ])
+
+def atlas_samples(dim: int) -> pa.Schema:
+    """atlas/<part>.parquet: activation vectors of one layer sampled at random positions of each image."""
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),  # row * map width + column in the layer's map
+        pa.field("vector", pa.list_(pa.float16(), dim), nullable=False),
+        pa.field("attribution", pa.float32()),  # a . d logit(class) / da at that position ([atlas] filter_class)
+    ])
+
+
+# atlas/cells.parquet: the atlas's grid cells that hold activations; atlas_cells/<part>.parquet adds their pictures
+ATLAS_CELLS = pa.schema([
+    pa.field("atlas", pa.string(), nullable=False),  # "all", or "class_<n>" (the class-filtered atlas)
+    pa.field("cell", pa.int32(), nullable=False),  # row * grid + column
+    pa.field("count", pa.int32(), nullable=False),  # activation vectors in the cell
+    pa.field("image", pa.string()),  # PNG path relative to the output folder
+    pa.field("loss_start", pa.float32()),  # inversion loss (vector_loss) of the initial picture
+    pa.field("loss", pa.float32()),  # ... of the final picture
+])
+
 
 # dream/<part>.parquet: one DeepDream picture per image, PNG under dream/images/
 DREAM = pa.schema([

@@ -14,6 +14,7 @@ _WHERE = {  # name -> module:class, in the order of the report's sections
     "map": "map:Map", "patches": "patches:Patches", "saliency": "saliency:Saliency", "dissect": "dissect:Dissect",
     "stylize": "stylize:Stylize", "dream": "dream:Dream", "invert": "invert:Invert",
     "robustness": "robustness:Robustness", "visualize": "visualize:Visualize", "thumbs": "thumbs:Thumbs",
+    "atlas": "atlas:Atlas",
 }
 
 

@@ -29,7 +29,7 @@ class VisualizeConfig(StageConfig):
     steps: int = Field(100, ge=1)
     size: int | None = Field(None, ge=16)  # default: the model's crop
     lr: float | None = Field(None, gt=0)  # default: fourier 0.1, pixel 0.06 (algos/ascent.py)
-    l2: float = Field(1e-3, ge=0)
+    l2: float | None = Field(None, ge=0)  # default: pixel 1e-3, fourier 3e-5 (algos/ascent.py)
     blur_every: int = Field(4, ge=0)
     blur_sigma: float = Field(0.5, gt=0)
     value_clip: float = Field(0.0, ge=0, lt=1)
@@ -43,6 +43,8 @@ class VisualizeConfig(StageConfig):
     rotate: float = Field(15.0, ge=0)
     position: Literal["mean", "center"] = "mean"
     seed: int = 0
+    facets: int = Field(1, ge=1, le=16)  # pictures per target that differ (Gram-matrix diversity)
+    diversity: float = Field(0.5, ge=0)  # with facets > 1 (algos/ascent.py: gram_similarity)
 
 
 class Visualize(Stage):
@@ -75,6 +77,10 @@ class Visualize(Stage):
 # ---------------------------------------------------------------------------- the Ray job (also `deepscope visualize`)
 
 VIS = "visualize"
+
+
+def picture_name(kind: str, target: int, facet: int, facets: int) -> str:
+    return f"{VIS}/images/{kind}_{target:04d}{f'_f{facet}' if facets > 1 else ''}.png"
 
 
 class VisualizeActor:
@@ -110,17 +116,21 @@ class VisualizeActor:
         targets = [int(t) for t in part.desc["targets"]]
         t0 = time.perf_counter()
         r = visualize(self.loaded, self.layer, targets, self.settings, self.kind, self.amp)
-        files = {f"{VIS}/images/{self.kind}_{t:04d}.png": png_bytes(p) for t, p in zip(targets, r.pixels)}
+        nf = self.settings.facets
+        each = [t for t in targets for _ in range(nf)]
+        files = {picture_name(self.kind, t, f, nf): png_bytes(p) for t, f, p in zip(each, r.facet, r.pixels)}
         names = self.loaded.class_names if self.kind == "class" else None
         table = pa.table({
-            "layer": [self.layer] * len(targets), "kind": [self.kind] * len(targets),
-            "target": pa.array(targets, pa.int32()), "name": [names[t] if names else None for t in targets],
+            "layer": [self.layer] * len(each), "kind": [self.kind] * len(each),
+            "target": pa.array(each, pa.int32()), "name": [names[t] if names else None for t in each],
             "image": list(files), "start": pa.array(np.asarray(r.start, np.float32)),
             "score": pa.array(np.asarray(r.score, np.float32)),
-            "top1": pa.array(np.asarray(r.top1, np.int32))}, schema=schemas.VISUALIZE)
+            "top1": pa.array(np.asarray(r.top1, np.int32)), "facet": pa.array(np.asarray(r.facet, np.int32)),
+            "selectivity": pa.array(np.asarray(r.selectivity, np.float32)),
+            "peak": pa.array(np.asarray(r.peak, np.float32))}, schema=schemas.VISUALIZE)
         ms = (time.perf_counter() - t0) * 1000
         rec = self.writer.write(VIS, part.name, table, files)
-        rec.images, rec.infer_ms, rec.t_model = len(targets), ms, time.time() - ms / 1000
+        rec.images, rec.infer_ms, rec.t_model = len(each), ms, time.time() - ms / 1000
         return [rec]
 
 
@@ -144,7 +154,8 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
         store.drop_parts_except(VIS, set())  # a part's name says which targets, not how they were made
     store.open_stage(VIS, store.stage_config(VIS) or config)  # a job's post stage opened it already
     store.drop_parts_except(VIS, set(plan))
-    pending = [Partition(p, len(ts), {"kind": "targets", "targets": ts}) for p, ts in plan.items()
+    per_target = int(settings.get("facets", 1))
+    pending = [Partition(p, len(ts) * per_target, {"kind": "targets", "targets": ts}) for p, ts in plan.items()
                if not store.has_part(VIS, p)]
     t0 = time.time()
     done = 0
@@ -159,19 +170,84 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
     else:
         log(f"nothing to do: all {len(plan)} parts of {store.root}/{VIS} are complete")
     table = store.read(VIS)
-    rows = sorted(table.to_pylist(), key=lambda r: r["target"])
+    rows = sorted(table.to_pylist(), key=lambda r: (r["target"], r["facet"] or 0))
+    facets = int(settings.get("facets", 1))
     caption = [f"{r['target']}{' ' + r['name'][:14] if r['name'] else ''}\n{r['score']:.1f}" for r in rows]
     pics = [read_png(io.BytesIO(store.read_bytes(r["image"])))[0].numpy() for r in rows]
     grid = f"{VIS}/grid_{re.sub(r'[^A-Za-z0-9._-]+', '_', layer)}.png"
-    store.write_file(grid, grid_png(pics, caption))
+    store.write_file(grid, grid_png(pics, caption, cols=facets * max(1, 8 // facets) if facets > 1 else 8))
+    units = unit_figures(store, layer, rows, pics, facets, log) if kind == "unit" else {}
     wall = time.time() - t0
+    sel = np.array([r["selectivity"] for r in rows if r["selectivity"] is not None], np.float64)
     summary = {"layer": layer, "kind": kind, "pictures": len(rows), "computed": done, "wall_s": round(wall, 2),
                "per_s": round(done / wall, 3) if done else None, "grid": grid,
                "top1_is_target": sum(r["top1"] == r["target"] for r in rows) if kind == "class" else None,
                "mean_gain": float(np.mean([r["score"] - r["start"] for r in rows])) if rows else None,
                "settings": settings, "weights": loaded.weights, "random_weights": loaded.random_weights,
-               "config": config}
+               "config": config, "facets": facets,
+               "selective_3x": float((sel >= 3).mean()) if kind == "unit" and len(sel) else None,
+               "median_selectivity": float(np.median(sel)) if kind == "unit" and len(sel) else None,
+               "facet_correlation": facet_correlation_of(pics, facets) if facets > 1 else None,
+               **units}
     store.update_summary(VIS, summary)
     log(f"done: {len(rows)} {kind} pictures of {layer}, {done} computed in {wall:.1f} s"
         f"{f', {done / wall:.2f}/s' if done else ''} -> {store.root}/{VIS}/")
     return summary
+
+
+def facet_correlation_of(pics: list[np.ndarray], facets: int) -> float:
+    """The mean over targets of the mean pairwise pixel correlation of a target's facets."""
+    from deepscope.algos.ascent import facet_correlation
+
+    return float(np.nanmean(facet_correlation(np.stack(pics), facets)))
+
+
+def unit_figures(store, layer: str, rows: list[dict], pics: list[np.ndarray], facets: int, log,
+                 per_page: int = 16) -> dict:
+    """Per unit, its pictures beside its top dataset patches (the patches stage's
+    patches/top-<layer>.parquet) and its dissection concept (dissection/iou-<layer>.parquet), when
+    the folder has them: pages visualize/units_<layer>_NNN.png, and each unit's picture against its
+    best patch (a picture should drive its unit harder than any dataset patch)."""
+    from deepscope.io.images import file_name
+    from deepscope.report.visualize import unit_page_png
+
+    patches, concepts = {}, {}
+    rel = f"patches/top-{file_name(layer)}.parquet"
+    if store.exists(rel):
+        import pyarrow.parquet as pq
+
+        for r in pq.read_table(io.BytesIO(store.read_bytes(rel))).to_pylist():
+            if r["layer"] == layer:
+                patches.setdefault(r["channel"], []).append(r)
+    rel = f"dissection/iou-{file_name(layer)}.parquet"
+    if store.exists(rel):
+        import pyarrow.parquet as pq
+
+        for r in pq.read_table(io.BytesIO(store.read_bytes(rel))).to_pylist():
+            if r["rank"] == 1:
+                concepts[r["unit"]] = f"{r['concept']} (IoU {r['iou']:.2f})"
+    if not patches and not concepts:
+        return {}
+    by_unit: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_unit.setdefault(r["target"], []).append(i)
+    units = sorted(by_unit)
+    pages, beats = [], []
+    for start in range(0, len(units), per_page):
+        entries = []
+        for u in units[start:start + per_page]:
+            mine = sorted(patches.get(u, []), key=lambda r: r["rank"])
+            best = max((r["score"] for r in mine), default=None)
+            peak = max(rows[i]["peak"] for i in by_unit[u])
+            if best is not None:
+                beats.append(peak > best)
+            entries.append({"unit": u, "pictures": [pics[i] for i in by_unit[u]],
+                            "patches": [r["patch"] for r in mine if r["patch"] is not None][:8],
+                            "concept": concepts.get(u), "peak": peak, "best_patch": best})
+        page = f"{VIS}/units_{file_name(layer)}_{start // per_page:03d}.png"
+        store.write_file(page, unit_page_png(entries, facets))
+        pages.append(page)
+    log(f"visualize: {len(units)} units beside their dataset patches{' and concepts' if concepts else ''} "
+        f"-> {pages[0]}{f' (+{len(pages) - 1} pages)' if len(pages) > 1 else ''}")
+    return {"unit_pages": pages, "beats_best_patch": int(sum(beats)) if beats else None,
+            "units_with_patches": len(beats)}
