@@ -293,7 +293,7 @@ class Tables:
         eq: dict[str, list] = {}
         clauses, params = [], []
         for key, value in query:
-            if key in ("sort", "page", "per", "view", "id", "layer", "unit", "space"):
+            if key in ("sort", "page", "per", "view"):
                 continue
             if key == "q":
                 clauses.append("(contains(lower(id), lower(?)) OR contains(lower(path), lower(?)))")
