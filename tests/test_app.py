@@ -253,3 +253,62 @@ def test_the_same_folder_on_s3(s3, tmp_path):  # noqa: F811
     assert got.thumb(one) == want.thumb(one) and got.image(one)["neighbors"] == want.image(one)["neighbors"]
     assert got.patch(bench_app.LAYER, 3, 1) == want.patch(bench_app.LAYER, 3, 1)
     assert not list(tmp_path.glob("**/deepscope")), "nothing written locally for the remote folder"
+
+
+def test_graph_tsne_keeps_clusters_apart():
+    """t-SNE from a precomputed exact k-NN graph: ten separated clusters stay separated in 2-D
+    (each point's 5 nearest on the map share its cluster), every point placed."""
+    from deepscope.algos.embed import graph_tsne
+
+    rng = np.random.default_rng(0)
+    n, k = 600, 10
+    cluster = np.arange(n) % 10
+    x = rng.normal(size=(n, 20)) + 8 * np.eye(20)[cluster]
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nb = np.argsort(d, 1)[:, :k]
+    xy = graph_tsne(nb, np.sqrt(np.take_along_axis(d, nb, 1)), x[:, :2], iterations=150, n_jobs=1)
+    assert xy.shape == (n, 2) and np.isfinite(xy).all()
+    d2 = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    agree = (cluster[np.argsort(d2, 1)[:, :5]] == cluster[:, None]).mean()
+    assert agree > 0.95, agree
+
+
+def test_map_method_graph_places_every_image_by_its_neighbours(tmp_path):
+    """The map stage's `graph` method on an output whose knn parts list the rows in another order
+    than the features: each image lands near its graph neighbours (ids matched, not positions)."""
+    import pyarrow as pa
+
+    from deepscope.io import schemas
+    from deepscope.io.store import Store
+    from deepscope.executor import RunContext
+    from deepscope.stages.map import Map, MapConfig
+
+    truth = bench_app.generate(str(tmp_path / "out"), 80, part_rows=40, images_dir=str(tmp_path / "images"))
+    store = Store(tmp_path / "out")
+    # replace the random graph by a ring: image i's neighbours are i +- 1..5 (graph rows = reversed ids)
+    n, ids = 80, truth["ids"]
+    row_of = {i: n - 1 - j for j, i in enumerate(ids)}
+    for stage in ("knn/features",):
+        store.drop_parts_except(stage, set())
+        for start in (0, 40):
+            js = range(start, start + 40)
+            nbr = [[ids[(j + o) % n] for o in (1, -1, 2, -2, 3, -3, 4, -4, 5, -5)] for j in js]
+            store.write_part(stage, f"part-{start:06d}", pa.table({
+                "id": [ids[j] for j in js], "path": [truth["paths"][j] for j in js], "label": [truth["labels"][j] for j in js],
+                "row": pa.array([row_of[ids[j]] for j in js], pa.int64()),
+                "neighbor_ids": nbr, "neighbor_rows": [[row_of[i] for i in r] for r in nbr],
+                "distances": pa.array([[float(abs(o)) for o in (1, 1, 2, 2, 3, 3, 4, 4, 5, 5)]] * 40, pa.list_(pa.float32()))},
+                schema=schemas.KNN_GRAPH))
+    store.flush()
+
+    ctx = RunContext(store=store, job=None, log=lambda *a: None)
+    summary = Map(MapConfig(method="graph", iterations=200, grid=4), job=None).finish(ctx)
+    assert summary["method"] == "graph" and summary["tsne_sample"] == n
+    coords = pd.read_parquet(tmp_path / "out/map/coords.parquet").set_index("id").loc[ids]
+    assert coords.tsne_sample.all() and np.isfinite(coords[["tsne_x", "tsne_y"]].to_numpy()).all()
+    xy = coords[["tsne_x", "tsne_y"]].to_numpy()
+    ring = np.mean([np.linalg.norm(xy[j] - xy[(j + 1) % n]) for j in range(n)])
+    far = np.mean([np.linalg.norm(xy[j] - xy[(j + n // 2) % n]) for j in range(n)])
+    assert ring < 0.2 * far, (ring, far)
