@@ -312,3 +312,70 @@ def test_map_method_graph_places_every_image_by_its_neighbours(tmp_path):
     ring = np.mean([np.linalg.norm(xy[j] - xy[(j + 1) % n]) for j in range(n)])
     far = np.mean([np.linalg.norm(xy[j] - xy[(j + n // 2) % n]) for j in range(n)])
     assert ring < 0.2 * far, (ring, far)
+
+
+def test_the_explorer_in_chromium(explorer):
+    """A user's path: filter the gallery to flagged labels, open an image, follow a neighbour, open a
+    unit from it, select a region of the map and see the gallery follow; no console error."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from test_knn import chromium, console_errors
+
+    client, out, truth, port = explorer
+    driver = chromium()
+    try:
+        wait = WebDriverWait(driver, 60)
+
+        def ready(view):
+            wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == view)
+
+        def shown(where):
+            return driver.execute_script(f"return [...document.querySelectorAll('{where} figure')].map(f => f.dataset.id)")
+
+        driver.get(f"http://127.0.0.1:{port}/")
+        ready("gallery")
+        assert len(shown("#grid")) == 60
+        Select(driver.find_element(By.NAME, "label_flagged")).select_by_value("true")
+        wait.until(lambda d: "label_flagged=true" in d.current_url)
+        ready("gallery")
+        flagged = client.get("/api/images", params={"label_flagged": "true", "per": 500}).json()["rows"]
+        assert shown("#grid") == [r["id"] for r in flagged] and len(flagged) > 0
+        driver.find_element(By.CSS_SELECTOR, "#grid figure").click()
+        ready("image")
+        assert driver.find_element(By.ID, "title").text == flagged[0]["id"]
+        neighbour = shown("#nb-features")[0]
+        assert neighbour == client.get("/api/image", params={"id": flagged[0]["id"]}).json()["neighbors"]["features"][0]["id"]
+        driver.find_element(By.CSS_SELECTOR, "#nb-features figure").click()
+        ready("image")
+        assert driver.find_element(By.ID, "title").text == neighbour
+        driver.back()  # the URL held the view: back is the flagged image again
+        ready("image")
+        assert driver.find_element(By.ID, "title").text == flagged[0]["id"]
+        driver.find_element(By.CSS_SELECTOR, "#nb-features figure").click()
+        ready("image")
+        units = client.get("/api/image", params={"id": neighbour}).json()["units"]
+        assert units, "the generated patches give this image units"
+        driver.find_element(By.CSS_SELECTOR, "#units figure").click()
+        ready("unit")
+        assert driver.find_element(By.ID, "title").text.startswith(f"{units[0]['layer']} unit {units[0]['unit']}")
+        assert len(shown("#drivers")) == 8
+        wait.until(lambda d: d.execute_script("return [...document.images].every(i => i.complete)"))
+        assert driver.execute_script("return [...document.images].every(i => i.naturalWidth > 0)")
+
+        driver.find_element(By.CSS_SELECTOR, "nav a[data-view=map]").click()
+        ready("map")
+        canvas = driver.find_element(By.ID, "map")
+        (ActionChains(driver).move_to_element_with_offset(canvas, -150, -120).key_down(Keys.SHIFT).click_and_hold()
+         .move_by_offset(200, 150).release().key_up(Keys.SHIFT).perform())
+        wait.until(lambda d: "box=" in d.current_url)
+        ready("gallery")
+        box = driver.execute_script("return new URLSearchParams(location.search).get('box')")
+        want = client.get("/api/images", params={"box": box, "per": 500}).json()["rows"]
+        x0, y0, x1, y1 = map(float, box.split(","))
+        assert want and all(x0 <= r["map_x"] <= x1 and y0 <= r["map_y"] <= y1 for r in want)
+        assert shown("#grid") == [r["id"] for r in want]
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()

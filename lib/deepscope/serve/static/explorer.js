@@ -36,11 +36,13 @@ function link(p, text, cls) {
   const q = new URLSearchParams(p);
   return el('a', {href: '?' + q.toString(), class: cls, onclick: e => { e.preventDefault(); go(q); }}, text);
 }
-function tile(id, caption, cls) {
-  const f = el('figure', {class: 'tile ' + (cls || ''), title: id, 'data-id': id,
-                          onclick: () => go({view: 'image', id})},
-               el('img', {src: thumbUrl(id), loading: 'lazy', alt: id}), el('figcaption', {}, caption));
-  return f;
+// an image that failed to decode has no picture: a grey square instead of a request that 404s
+const NO_PICTURE = 'data:image/svg+xml,' + enc('<svg xmlns="http://www.w3.org/2000/svg" width="128" height="128">' +
+  '<rect width="128" height="128" fill="#ddd"/><text x="64" y="70" font-size="14" text-anchor="middle" fill="#777">' +
+  'no picture</text></svg>');
+function tile(id, caption, cls, noPicture) {
+  return el('figure', {class: 'tile ' + (cls || ''), title: id, 'data-id': id, onclick: () => go({view: 'image', id})},
+            el('img', {src: noPicture ? NO_PICTURE : thumbUrl(id), loading: 'lazy', alt: id}), el('figcaption', {}, caption));
 }
 
 // -- gallery --------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ async function gallery(p) {
     const cap = (r.label || '') + (r.label_flagged ? ' ⚑ ' + (r.majority_label || '') : '') +
                 (r.uniqueness !== undefined && r.uniqueness !== null ? ' · u ' + fmt(r.uniqueness) : '') +
                 (r.error ? ' · error' : '');
-    grid.append(tile(r.id, cap, (r.label_flagged ? 'flag' : '') + (r.error ? ' err' : '')));
+    grid.append(tile(r.id, cap, (r.label_flagged ? 'flag' : '') + (r.error ? ' err' : ''), r.error && !r.width));
   }
   const to = n => { const q2 = params(); q2.set('page', n); return q2; };
   if (page > 0) pager.append(link(to(page - 1), '← previous'));
@@ -122,8 +124,9 @@ async function image(p) {
   }
   const more = el('button', {id: 'more', onclick: () => go({view: 'search', id})}, 'more like this');
   const parts = [el('h2', {id: 'title'}, id),
-    el('div', {class: 'image-head'}, el('img', {class: 'big', src: '/api/original?id=' + enc(id), alt: id,
-                                               onerror: e => { e.target.src = thumbUrl(id); }}), el('div', {}, more, kv))];
+    el('div', {class: 'image-head'}, el('img', {class: 'big', alt: id, src: d.error ? NO_PICTURE : '/api/original?id=' + enc(id),
+                                              onerror: e => { if (!e.target.src.includes('/api/thumb')) e.target.src = thumbUrl(id); }}),
+        el('div', {}, more, kv))];
   const maps = el('div', {class: 'maps'});
   for (const m of d.saliency) maps.append(el('figure', {}, el('img', {src: `/api/saliency?id=${enc(id)}&method=${enc(m)}`}),
                                           el('figcaption', {}, 'saliency: ' + m)));
