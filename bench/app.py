@@ -126,7 +126,7 @@ def generate(out: str, n: int, part_rows: int = 10_000, images_dir: str | None =
             "universal_pred": pa.nulls(m, pa.int32())}, schema=schemas.robustness(3)), files)
         if thumbs:
             thumb = [_png(tuple(int(v) for v in c), 24, "JPEG") for c in colours[sl]] if images_dir else \
-                [b"\xff\xd8\xff" + bytes(rng.integers(0, 256, 3000, np.uint8)) for _ in range(m)]
+                [b"\xff\xd8\xff" + bytes(rng.integers(0, 256, 2000, np.uint8)) for _ in range(m)]
             store.write_part("thumbs", part, pa.table({
                 "id": col(ids[sl], pa.string()), "path": col(paths[sl], pa.string()), "thumb": col(thumb, pa.binary()),
                 "width": col(np.full(m, 32), pa.int32()), "height": col(np.full(m, 32), pa.int32()),

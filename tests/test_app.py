@@ -189,6 +189,9 @@ def test_map_points_match_coords(explorer):
     ids = all_ids(client, [])  # gallery order (by id) is the points' order
     assert np.array_equal(x, coords.tsne_x.reindex(ids).to_numpy(np.float32), equal_nan=True)
     assert np.array_equal(y, coords.tsne_y.reindex(ids).to_numpy(np.float32), equal_nan=True)
+    codes = np.frombuffer(data, np.uint16, n, 8 * n)
+    labels = [r["label"] for r in client.get("/api/images", params={"per": 500}).json()["rows"]]
+    assert [meta["labels"][c - 1] if c else None for c in codes] == labels
     near = client.get("/api/map/near", params={"box": "-100,-100,100,100", "limit": 5}).json()
     assert len(near) == 5 and all(coords.tsne_x[p["id"]] == np.float32(p["x"]) for p in near)
 
@@ -379,3 +382,12 @@ def test_the_explorer_in_chromium(explorer):
         assert console_errors(driver) == []
     finally:
         driver.quit()
+
+
+def test_cli_refuses_a_folder_that_is_not_an_output_in_one_line(tmp_path, capsys):
+    from deepscope.commands import main
+
+    assert main(["app", str(tmp_path / "nothing")]) == 2
+    assert main(["app", str(tmp_path), "--port", "70000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "is not a deepscope output folder" in err[0] and "--port must be" in err[1], err

@@ -470,10 +470,12 @@ class Tables:
         t = self._arrow("SELECT map_x, map_y, label FROM images ORDER BY row")
         labels = [r[0] for r in self._sql("SELECT label FROM images WHERE label IS NOT NULL GROUP BY label "
                                           "ORDER BY count(*) DESC, label LIMIT 65534")]
-        code = {lab: i + 1 for i, lab in enumerate(labels)}
+        import pyarrow.compute as pc
+
         x = t.column("map_x").to_numpy(zero_copy_only=False).astype(np.float32)
         y = t.column("map_y").to_numpy(zero_copy_only=False).astype(np.float32)
-        c = np.array([code.get(v, 0) for v in t.column("label").to_pylist()], np.uint16)
+        code = pc.index_in(t.column("label"), value_set=pa.array(labels, pa.string()))  # null: no label
+        c = (pc.fill_null(code, -1).to_numpy() + 1).astype(np.uint16)
         fin = np.isfinite(x) & np.isfinite(y)
         bounds = [float(x[fin].min()), float(y[fin].min()), float(x[fin].max()), float(y[fin].max())] if fin.any() else [0, 0, 1, 1]
         return {"n": len(x), "labels": labels, "bounds": bounds}, x.tobytes() + y.tobytes() + c.tobytes()
