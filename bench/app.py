@@ -182,9 +182,36 @@ def generate(out: str, n: int, part_rows: int = 10_000, images_dir: str | None =
     return {"ids": ids, "labels": labels, "failed": failed, "paths": paths}
 
 
-def main():
-    import threading
+def bench_map(n: int, k: int = 10, dim: int = 64, iterations: int = 750) -> None:
+    """The map method `graph` alone: t-SNE of n clustered vectors from their exact k-NN graph (FAISS,
+    as the knn stage gives it), timed, with how well 2-D neighbours keep the clusters (1,000 points)."""
+    import faiss
 
+    from deepscope.algos.embed import graph_tsne
+
+    rng = np.random.default_rng(0)
+    cluster = rng.integers(0, 100, n)
+    centres = rng.normal(size=(100, dim)).astype(np.float32) * 3
+    x = centres[cluster] + rng.normal(size=(n, dim)).astype(np.float32)
+    t = time.time()
+    index = faiss.IndexFlatL2(dim)
+    index.add(x)
+    d, nb = index.search(x, k + 1)
+    print(f"exact {k}-NN graph of {n} x {dim}: {time.time() - t:.0f} s (load {load()})", flush=True)
+    t = time.time()
+    xy = graph_tsne(nb[:, 1:], np.sqrt(np.maximum(d[:, 1:], 0)), x[:, :2], iterations=iterations,
+                    log=lambda m: print(f"  {m} ({time.time() - t:.0f} s, load {load()})", flush=True)
+                    if "iteration 250" in m or "iteration 500" in m else None)
+    took = time.time() - t
+    sample = rng.choice(n, 1000, replace=False)
+    d2 = ((xy[sample, None] - xy[None]) ** 2).sum(-1)
+    d2[np.arange(1000), sample] = np.inf
+    agree = (cluster[np.argsort(d2, 1)[:, :10]] == cluster[sample, None]).mean()
+    print(f"map method graph, {n} images, {iterations} iterations: {took:.0f} s; 10 nearest on the map in the "
+          f"same cluster: {agree:.1%} (load {load()})", flush=True)
+
+
+def main():
     import httpx
     import psutil
 
@@ -193,7 +220,10 @@ def main():
     p.add_argument("--out", default=None, help="reuse (or keep) the generated outputs here")
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--port", type=int, default=8731)
+    p.add_argument("--map", type=int, help="instead: time the map method graph on this many images")
     a = p.parse_args()
+    if a.map:
+        return bench_map(a.map)
     import tempfile
 
     out = a.out or tempfile.mkdtemp(prefix="bench-app-")
@@ -244,9 +274,39 @@ def main():
     pts = client.get("/api/map/points").content
     print(f"\nmap points: {meta['n']} images, {len(pts) / 2**20:.1f} MB binary, fetched in "
           f"{(time.perf_counter() - t) * 1000:.0f} ms (first call computes them), peak RSS {_hwm(proc):.0f} MB (load {load()})")
+    browser_first_view(a.port, proc)
     server.terminate()
     server.wait(30)
-    del threading
+
+
+def browser_first_view(port: int, proc) -> None:
+    """The map's first view in headless Chromium: page load to the points drawn (3 fresh loads)."""
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        print("no chromium here: map first view in the browser not measured")
+        return
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,900"):
+        opts.add_argument(arg)
+    for view in ("map", "gallery"):
+        times = []
+        for _ in range(3):
+            driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+            try:
+                t = time.perf_counter()
+                driver.get(f"http://127.0.0.1:{port}/?view={view}")
+                while driver.execute_script("return document.body.dataset.ready") != view:
+                    time.sleep(0.02)
+                times.append(time.perf_counter() - t)
+            finally:
+                driver.quit()
+        print(f"browser, first view of the {view}: {', '.join(f'{x:.2f}' for x in times)} s "
+              f"(page load to drawn; server peak RSS {_hwm(proc):.0f} MB, load {load()})", flush=True)
 
 
 def _hwm(proc) -> float:

@@ -97,6 +97,15 @@ class Tables:
         """A view over parts: only the named columns are ever read (a part that lacks one: nulls)."""
         if not rels:
             return False
+        if not self.loc.remote:  # DuckDB's own reader: it streams within the memory limit
+            files = ", ".join("'" + self._path(r).replace("'", "''") + "'" for r in rels)
+            try:
+                self._exec(f"CREATE TEMP VIEW src_{name} AS SELECT {', '.join(map(_q, columns))} "
+                           f"FROM read_parquet([{files}], union_by_name = true)")
+                self.sources[name] = True
+                return True
+            except duckdb.BinderException:  # a column no part has: the arrow reader gives it as nulls
+                pass
         schema = pa.schema([pa.field(k, t) for k, t in columns.items()])
         self.db.register(f"src_{name}", self._dataset(rels, schema))
         self.sources[name] = True
