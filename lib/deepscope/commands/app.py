@@ -30,4 +30,31 @@ def cmd_app(a):
     tables = app.state.tables
     print(f"{tables.n} images of {a.out} ready in {time.time() - t:.1f} s; "
           f"explore on http://{a.host}:{a.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    server = _server_class()(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning"))
+    try:
+        server.run()
+    finally:  # the joined tables' temporary database (the command ends with os._exit: no finalizers)
+        tables.close()
+
+
+def _server_class():
+    import contextlib
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but Ctrl-C and SIGTERM end it by returning (uvicorn re-raises the signal
+        once shut down, which would kill the process before the temporary tables are removed)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            import signal
+
+            old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+
+    return Server
