@@ -197,7 +197,8 @@ def bench_map(n: int, k: int = 10, dim: int = 64, iterations: int = 750) -> None
     if n <= 50_000:
         index = faiss.IndexFlatL2(dim)
     else:  # exact search of a few hundred thousand points costs most of an hour here: IVF, as the knn stage does
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), 1024)
+        quantizer = faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, 1024)
         index.train(x[rng.choice(n, 50_000, replace=False)])
         index.nprobe = 8
     index.add(x)

@@ -4,7 +4,6 @@ and sort against pandas over the same tables, pictures by id, bad queries (one 4
 serving), the same folder on S3 (moto), the `graph` map method, and a real browser."""
 import importlib.util
 import io
-import sys
 import threading
 import time
 from pathlib import Path

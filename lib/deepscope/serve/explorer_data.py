@@ -21,7 +21,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from deepscope.errors import UserError
 from deepscope.io import schemas
@@ -112,7 +111,7 @@ class Tables:
         return True
 
     def _build(self):
-        db, s = self.db, schemas
+        s = schemas
         base = None
         for stage, cols in (("features", ["id", "path", "label"]), ("pixels", ["id", "path", "label"]),
                             ("saliency", ["id", "path", "label"]), ("robustness", ["id", "path", "label"]),
@@ -217,8 +216,7 @@ class Tables:
         self._located[name] = rels
 
     def _build_units(self):
-        db = self.db
-        top = [r for r in self._files("patches/top-")]
+        top = self._files("patches/top-")
         self.patch_files = {}
         if top:
             cols = {f.name: f.type for f in schemas.PATCHES if f.name != "patch"}
