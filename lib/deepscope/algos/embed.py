@@ -96,14 +96,14 @@ def graph_tsne(neighbors: np.ndarray, distances: np.ndarray, init: np.ndarray, p
     emb = TSNEEmbedding(start, aff, negative_gradient_method=method, n_jobs=n_jobs, random_state=seed)
     early = max(1, iterations // 3)  # early exaggeration first (openTSNE's defaults: 250 of 750)
     emb = emb.optimize(early, exaggeration=12, momentum=0.5, callbacks=log and [_Progress(log, "early")],
-                       callbacks_every_iters=50)
+                       callbacks_every_iters=125)
     emb = emb.optimize(iterations - early, momentum=0.8, callbacks=log and [_Progress(log, "main", early)],
-                       callbacks_every_iters=50)
+                       callbacks_every_iters=125)
     return np.asarray(emb, np.float32)
 
 
 class _Progress:
-    """openTSNE callback: a line every 50 iterations (a 1,000,000-point map takes minutes)."""
+    """openTSNE callback: a line every 125 iterations (a 1,000,000-point map takes minutes)."""
 
     def __init__(self, log, phase: str, offset: int = 0):
         self.log, self.phase, self.offset = log, phase, offset
