@@ -145,8 +145,10 @@ def generate(out: str, n: int, part_rows: int = 10_000, images_dir: str | None =
     store.write_table("knn/duplicates.parquet", pa.table({
         "group": [p[0] for p in pairs], "a": [p[1] for p in pairs], "b": [p[2] for p in pairs],
         "distance": pa.array([p[3] for p in pairs], pa.float32()), "feature_distance": pa.array([p[3] for p in pairs], pa.float32()),
-        "feature_exact": [True] * len(pairs), "pixel_distance": pa.array([p[3] for p in pairs], pa.float32())},
-        schema=schemas.KNN_DUPLICATES))
+        "feature_exact": [True] * len(pairs), "pixel_distance": pa.array([p[3] for p in pairs], pa.float32()),
+        "tier": ["near-identical"] * len(pairs), "mutual": [True] * len(pairs), "verified": [False] * len(pairs),
+        **{f.name: pa.nulls(len(pairs), f.type) for f in schemas.KNN_DUPLICATES if f.nullable and f.name not in
+           ("pixel_distance",)}}, schema=schemas.KNN_DUPLICATES))
     store.write_table("map/coords.parquet", pa.table({
         "id": ids, "path": paths, "label": labels, "pca_x": xy[:, 0], "pca_y": xy[:, 1], "tsne_x": xy[:, 0],
         "tsne_y": xy[:, 1], "tsne_sample": np.ones(n, bool)}, schema=schemas.MAP_COORDS))
