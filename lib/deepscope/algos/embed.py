@@ -73,3 +73,41 @@ def grid_cells(xy: np.ndarray, side: int) -> np.ndarray:
     out = np.empty(n, np.int64)
     out[rows] = cells
     return out
+
+
+def graph_tsne(neighbors: np.ndarray, distances: np.ndarray, init: np.ndarray, perplexity: float = 30.0,
+               iterations: int = 750, seed: int = 0, n_jobs: int = -1, log=None) -> np.ndarray:
+    """t-SNE of every point from a precomputed k-NN graph (openTSNE: perplexity-based affinities on the
+    given neighbours, FFT-accelerated gradients above 10,000 points), so that no point is left out and nothing needs the
+    vectors again. neighbors: (n, k) row numbers (the point itself left out), distances: (n, k);
+    init: (n, 2) starting layout (PCA's first two components), rescaled as openTSNE recommends.
+    Perplexity is lowered to k / 3 (the neighbours the affinities can use). Returns (n, 2) float32."""
+    from openTSNE import TSNEEmbedding, affinity, initialization
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+
+    n, k = neighbors.shape
+    if n < 4:
+        return np.zeros((n, 2), np.float32)
+    knn = PrecomputedNeighbors(np.ascontiguousarray(neighbors, np.int64), np.ascontiguousarray(distances, np.float64))
+    aff = affinity.PerplexityBasedNN(knn_index=knn, perplexity=min(perplexity, k / 3), n_jobs=n_jobs,
+                                     random_state=seed)
+    start = initialization.rescale(np.asarray(init, np.float64))
+    method = "fft" if n > 10_000 else "bh"  # FFT interpolation costs a fixed grid per iteration: slower below ~10k points
+    emb = TSNEEmbedding(start, aff, negative_gradient_method=method, n_jobs=n_jobs, random_state=seed)
+    early = max(1, iterations // 3)  # early exaggeration first (openTSNE's defaults: 250 of 750)
+    emb = emb.optimize(early, exaggeration=12, momentum=0.5, callbacks=log and [_Progress(log, "early")],
+                       callbacks_every_iters=125)
+    emb = emb.optimize(iterations - early, momentum=0.8, callbacks=log and [_Progress(log, "main", early)],
+                       callbacks_every_iters=125)
+    return np.asarray(emb, np.float32)
+
+
+class _Progress:
+    """openTSNE callback: a line every 125 iterations (a 1,000,000-point map takes minutes)."""
+
+    def __init__(self, log, phase: str, offset: int = 0):
+        self.log, self.phase, self.offset = log, phase, offset
+
+    def __call__(self, iteration, error, embedding):
+        self.log(f"map: graph t-SNE {self.phase} iteration {self.offset + iteration}, KL {error:.3f}")
+        return False

@@ -16,7 +16,7 @@ T_COMMAND = time.time()  # the command's start: the run summary's "first image a
 
 from deepscope.errors import UserError
 
-FAMILIES = ["run", "space", "units", "saliency", "dissect", "optimize", "style", "cluster"]
+FAMILIES = ["run", "space", "units", "saliency", "dissect", "optimize", "style", "cluster", "app"]
 
 
 class Parser(argparse.ArgumentParser):

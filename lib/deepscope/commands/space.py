@@ -65,7 +65,7 @@ def add_commands(sub) -> None:
 
     m = sub.add_parser("map", help="2-D maps of OUT's features: PCA, t-SNE, a thumbnail grid and a scatter")
     m.add_argument("out")
-    m.add_argument("--method", choices=["pca", "tsne"], help="layout of the thumbnail grid (default tsne)")
+    m.add_argument("--method", choices=["pca", "tsne", "graph"], help="layout of the thumbnail grid (default tsne; graph: every image, from the k-NN graph)")
     m.add_argument("--tsne-max", type=int, help="t-SNE on at most this many images (default 5000)")
     m.add_argument("--grid", type=int, help="thumbnails per side of the grid (default 20)")
     m.set_defaults(fn="deepscope.commands.space:cmd_map")

@@ -2,9 +2,12 @@
 Parquet, a scatter coloured by label, and the "cnnembed" picture: thumbnails on a grid by position.
 
 A post stage.  PCA is scikit-learn's IncrementalPCA fitted part by part (memory: one chunk plus
-n x pca_dims projections).  t-SNE runs on those projections, on a random sample of at most
-tsne_max images (Barnes-Hut t-SNE costs minutes beyond ~10,000 points on a few cores); the
-others are placed at their nearest sampled neighbour's position.
+n x pca_dims projections).  method "tsne" runs t-SNE on those projections, on a random sample of at
+most tsne_max images (Barnes-Hut t-SNE costs minutes beyond ~10,000 points on a few cores); the
+others are placed at their nearest sampled neighbour's position.  method "graph" embeds every image:
+t-SNE from the k-NN graph the knn stage wrote (openTSNE, affinities from the precomputed neighbours,
+FFT gradients), so a million images are all on the map; its coordinates go in the tsne_x/tsne_y
+columns (tsne_sample true for every image).
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from deepscope.stages.base import Stage, StageConfig
 
 
 class MapConfig(StageConfig):
-    method: Literal["pca", "tsne"] = "tsne"  # the layout the grid uses; PCA coordinates are always written
+    method: Literal["pca", "tsne", "graph"] = "tsne"  # the layout the grid uses; PCA coordinates are always written
+    graph_space: Literal["features", "pixels"] = "features"  # method graph: whose k-NN graph (deepscope knn)
+    iterations: int = Field(750, ge=10)  # method graph: t-SNE iterations (a third of them exaggerated)
     pca_dims: int = Field(50, ge=2, le=1024)  # IncrementalPCA components (t-SNE's input)
     tsne_max: int = Field(5000, ge=10)  # t-SNE on at most this many images; the rest by nearest neighbour
     perplexity: float = Field(30.0, gt=1)
@@ -87,6 +92,10 @@ class Map(Stage):
             log(f"map: t-SNE of {len(sample)} images" + (f", {n - len(sample)} placed by nearest neighbour"
                                                           if n > len(sample) else ""))
 
+        if c.method == "graph":
+            tsne_xy = self._graph_layout(store, z, meta["id"], log)
+            in_sample[:] = True
+
         null = pa.nulls(n, pa.float32())
         coords = pa.table({
             **{k: pa.array(v, pa.string()) for k, v in meta.items()},
@@ -106,12 +115,52 @@ class Map(Stage):
                 "explained_variance_2d": round(float(pca.explained_variance_ratio_[:2].sum()), 4),
                 "tsne_sample": int(in_sample.sum()), "grid_images": shown}
 
+    def _graph_layout(self, store, z, ids, log) -> np.ndarray:
+        """Every image's t-SNE position from the knn stage's graph (its rows: the index's rows)."""
+        import time
+
+        import pyarrow.compute as pc
+
+        from deepscope.algos.embed import graph_tsne
+        from deepscope.errors import UserError
+
+        c = self.config
+        stage = f"knn/{c.graph_space}"
+        if not store.parts(stage):
+            raise UserError(f"map method graph needs the {c.graph_space} k-NN graph: run `deepscope knn {store.root}` first")
+        rows, nbrs, dists, gids = [], [], [], []
+        for _, t in store.iter_parts(stage, columns=["id", "row", "neighbor_rows", "distances"]):
+            if t.num_rows:
+                k = pc.min(pc.list_value_length(t.column("neighbor_rows"))).as_py()
+                rows.append(t.column("row").to_numpy())
+                nbrs.append(pc.list_slice(t.column("neighbor_rows"), 0, k).combine_chunks().flatten().to_numpy().reshape(-1, k))
+                dists.append(pc.list_slice(t.column("distances"), 0, k).combine_chunks().flatten().to_numpy().reshape(-1, k))
+                gids.append(t.column("id"))
+        k = min(x.shape[1] for x in nbrs)  # every row the same k (a part's lists may be longer)
+        order = np.argsort(np.concatenate(rows))
+        nb = np.concatenate([x[:, :k] for x in nbrs])[order]
+        dist = np.concatenate([x[:, :k] for x in dists])[order]
+        n = len(order)
+        if not np.array_equal(np.concatenate(rows)[order], np.arange(n)) or nb.max() >= n:
+            raise UserError(f"the {c.graph_space} k-NN graph of {store.root} is incomplete: run `deepscope knn {store.root}`")
+        where = pc.index_in(pa.array(ids, pa.string()), pa.chunked_array(gids).take(pa.array(order)))
+        if where.null_count:
+            raise UserError(f"the k-NN graph of {store.root} is out of date: run `deepscope knn {store.root}` again")
+        where = where.to_numpy().astype(np.int64)  # map row -> graph row
+        init = np.zeros((n, 2))
+        init[where] = z[:, :2]
+        t0 = time.time()
+        xy = graph_tsne(nb, dist, init, c.perplexity, c.iterations, c.seed, log=log)
+        log(f"map: graph t-SNE of all {n} images from their {k} nearest ({c.graph_space} space) in {time.time() - t0:.0f} s")
+        return xy[where]
+
     def _scatter(self, pca_xy, tsne_xy, labels) -> bytes:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        panels = [("PCA", pca_xy)] + ([("t-SNE", tsne_xy)] if tsne_xy is not None else [])
+        name = "t-SNE of the k-NN graph" if self.config.method == "graph" else "t-SNE"
+        panels = [("PCA", pca_xy)] + ([(name, tsne_xy)] if tsne_xy is not None else [])
         fig = Figure(figsize=(6 * len(panels), 5.5), dpi=100)
         FigureCanvasAgg(fig)
         names = sorted({lab or "(none)" for lab in labels})
@@ -157,7 +206,7 @@ class Map(Stage):
         s = store.summary(self.name) or {}
         if not s:
             return ""
-        what = "t-SNE" if s.get("method") == "tsne" else "PCA"
+        what = {"tsne": "t-SNE", "graph": "t-SNE (from the k-NN graph)"}.get(s.get("method"), "PCA")
         sample = (f" t-SNE ran on {s['tsne_sample']} images; the others sit at their nearest sampled neighbour."
                   if s.get("method") == "tsne" and s.get("tsne_sample", 0) < s.get("rows", 0) else "")
         return (f"<p>{s.get('rows')} images mapped to 2-D from {s.get('dim')}-d features (PCA to {s.get('pca_dims')} "
