@@ -122,7 +122,89 @@ def test_gradcam_equals_its_definition(resnet):
     want = torch.nn.functional.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     got = sal.attribute(resnet.module, x, t, "gradcam", sal.Options(layer=layer))
     torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-6)
-    assert sal.default_cam_layer(resnet.module, x[:1]) == "layer4"
+    assert sal.default_cam_layer(resnet.module, x[:1]).name == "layer4"
+
+
+def test_ig_delta_is_the_completeness_miss(resnet):
+    x, t = batch(3, 32), torch.tensor([4, 8, 15])
+    fill = torch.tensor([0.5, -1.0, 0.25]).view(1, 3, 1, 1)
+    base = fill.expand(1, 3, 32, 32)
+    raw = IntegratedGradients(resnet.module).attribute(x.clone(), baselines=base, target=t, n_steps=6)
+    with torch.no_grad():
+        change = resnet.module(x)[range(3), t] - resnet.module(base.expand(3, -1, -1, -1))[range(3), t]
+    want = ((raw.sum((1, 2, 3)) - change).abs() / change.abs()).double()
+    maps, delta, steps = sal.integrated_gradients(resnet.module, x, t, sal.Options(steps=6, fill=fill))
+    torch.testing.assert_close(delta.double(), want, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(maps, raw.abs().sum(1))
+    assert steps.tolist() == [6, 6, 6] and (want > 1e-3).all()  # 6 steps miss: the test can tell
+
+
+def test_tolerance_reruns_only_the_images_that_miss(resnet):
+    x, t = batch(4, 32), torch.tensor([1, 2, 3, 4])
+    fill = torch.tensor([0.5, -1.0, 0.25]).view(1, 3, 1, 1)
+    fixed, fixed_delta, _ = sal.integrated_gradients(resnet.module, x, t, sal.Options(steps=4, fill=fill))
+    tol = float(fixed_delta.median())  # two images meet it at 4 steps, two miss it
+    miss = fixed_delta > tol
+    assert miss.sum() == 2
+    rows = []
+    hook = resnet.module.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    try:
+        maps, delta, steps = sal.integrated_gradients(resnet.module, x, t, sal.Options(steps=4, fill=fill,
+                                                                                        tolerance=tol, max_steps=16))
+    finally:
+        hook.remove()
+    assert steps[~miss].tolist() == [4, 4] and (steps[miss] > 4).all()
+    torch.testing.assert_close(maps[~miss], fixed[~miss])
+    for i in miss.nonzero()[:, 0].tolist():  # each rerun image: the map and delta of a direct run at its steps
+        m, d, _ = sal.integrated_gradients(resnet.module, x[i:i + 1], t[i:i + 1],
+                                          sal.Options(steps=int(steps[i]), fill=fill))
+        torch.testing.assert_close(maps[i:i + 1], m, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(delta[i:i + 1], d, rtol=1e-3, atol=1e-5)
+        assert d[0] <= tol or steps[i] == 16
+    # Captum evaluates steps + 2 inputs per image (the path, then x and the baseline for the delta):
+    # only the images that missed went through the reruns
+    rounds = [s for s in (8, 16) if s <= int(steps.max())]
+    want = 4 * (4 + 2) + sum(int((steps >= s).sum()) * (s + 2) for s in rounds)
+    assert sum(rows) == want
+
+
+def _lite0_head_activated(model):
+    """lite0 with its head's activation as a module of its own (the shared `_swish` stays the stem's):
+    the activated head that Captum's LayerGradCam can hook directly."""
+    ref = copy.deepcopy(model)
+    ref.head_act = nn.ReLU6()
+
+    def extract_features(self, x):
+        x = self._swish(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)  # eval mode: no drop-connect
+        return self.head_act(self._bn1(self._conv_head(x)))
+
+    ref.extract_features = extract_features.__get__(ref)
+    return ref
+
+
+def test_gradcam_on_lite0_is_the_activated_head():
+    from captum.attr import LayerGradCam
+
+    from deepscope.models.registry import load_model
+
+    model = load_model("lite0", "random").module  # random weights: a test of the hooks, not of lite0
+    x, t = batch(2, 96, seed=4), torch.tensor([3, 500])
+    layer = sal.default_cam_layer(model, x[:1])
+    assert (layer.name, layer.activated) == ("_swish@2", True)
+    calls = {c.name: c for c in sal.layer_calls(model, x[:1])}
+    assert not calls["_bn1"].activated and calls["_swish@1"].activated and calls["_blocks.15"].shape[-1] == 3
+    ref_model = _lite0_head_activated(model)
+    ref = LayerGradCam(ref_model, ref_model.head_act).attribute(x.clone(), target=t, relu_attributions=True)
+    want = torch.nn.functional.interpolate(ref, size=(96, 96), mode="bilinear", align_corners=False)[:, 0]
+    got = sal.attribute(model, x, t, "gradcam", sal.Options(layer=model._swish, layer_call=2))
+    assert float(want.amax()) > 0
+    for g, w in zip(got, want.detach()):
+        assert np.corrcoef(g.flatten(), w.flatten())[0, 1] >= 0.999
+    torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-6 * float(want.amax()))
+    pre = sal.attribute(model, x, t, "gradcam", sal.Options(layer=model._bn1))  # the old default differs
+    assert not torch.allclose(pre, got, rtol=1e-2, atol=1e-2 * float(got.amax()))
 
 
 @pytest.mark.parametrize("method", sal.METHODS)
