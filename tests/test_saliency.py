@@ -90,16 +90,20 @@ class Linear(nn.Module):
         return torch.einsum("nchw,kchw->nk", x, self.w)
 
 
-def test_occlusion_known_answer():
+@pytest.mark.parametrize("stride", [3, 4])
+def test_occlusion_known_answer(stride):
+    # stride 3: whole windows reach the border; stride 4: the last window of each row and column is
+    # cut off by the right/bottom border (starts 0, 4, .., 16 of 20 px: 4 px wide), as Captum does
     g = torch.Generator().manual_seed(5)
-    size, win, stride = 20, 5, 3
+    size, win = 20, 5
     w = torch.randn(2, 3, size, size, generator=g, dtype=torch.float64)
     x = torch.randn(2, 3, size, size, generator=g, dtype=torch.float64)
     fill = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64).view(1, 3, 1, 1)
     t = torch.tensor([0, 1])
     acc, cnt = torch.zeros(2, size, size, dtype=torch.float64), torch.zeros(size, size, dtype=torch.float64)
-    for i in range(0, size - win + 1, stride):
-        for j in range(0, size - win + 1, stride):
+    starts = range(0, size - win + stride, stride)  # up to the first start at or past size - win
+    for i in starts:
+        for j in starts:
             sl = (slice(None), slice(None), slice(i, i + win), slice(j, j + win))
             drop = (w[t][sl] * (x - fill)[sl]).sum((1, 2, 3))  # the score's drop when this window is filled
             acc[:, i:i + win, j:j + win] += drop[:, None, None]
@@ -369,6 +373,54 @@ def test_bias_finder_flags_the_background_model(ray_cluster, tmp_path):
     assert (tmp_path / "background/report/saliency/backprop_objects.png").stat().st_size > 1000
 
 
+class Saturating(nn.Module):
+    """score_c = mean of sigmoid(4 x_c) over the centre: curved along IG's path, so few steps miss completeness."""
+
+    def forward(self, x):
+        return torch.sigmoid(4 * x[:, :2, 64:160, 64:160]).mean((2, 3))
+
+
+def test_ig_tolerance_through_the_stage(ray_cluster, tmp_path):
+    from imagezoo import reference_rgb
+
+    from deepscope import job as jobmod
+    from deepscope.models.registry import load_model
+    from deepscope.runner import run
+
+    data = _bias_dataset(tmp_path / "data")
+    path = tmp_path / "saturating.pt"
+    torch.jit.save(torch.jit.script(Saturating()), str(path))
+    loaded = load_model(f"torchscript:{path}")
+    tf = loaded.transform.torchvision()
+
+    def delta(name, target, steps):  # the completeness error of Captum's IG, computed here
+        x = tf(reference_rgb(data.parent / name))[None]
+        raw = IntegratedGradients(loaded.module).attribute(x, baselines=0.0, target=target, n_steps=steps)
+        with torch.no_grad():
+            change = float(loaded.module(x)[0, target] - loaded.module(torch.zeros_like(x))[0, target])
+        return abs(float(raw.sum()) - change) / abs(change)
+
+    at_two = {f"{i}.png": delta(f"{i}.png", i % 2, 2) for i in range(8)}  # target: the label (red 0, green 1)
+    tol = float(np.median(list(at_two.values())))  # half of the images miss it at 2 steps
+    out = tmp_path / "out"
+    run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": f"torchscript:{path}"},
+                         "run": {"batch_size": 4, "partition_size": 4},
+                         "saliency": {"method": "integrated_gradients", "target": "label", "labels": {"red": 0, "green": 1},
+                                      "steps": 2, "ig_tolerance": tol, "ig_max_steps": 8, "grabcut": False}}, "test"))
+    t = Store(out).read("saliency").to_pandas()
+    for _, r in t.iterrows():
+        name = r["path"].split("/")[-1]
+        assert r["ig_delta"] == pytest.approx(delta(name, int(r["target"]), int(r["ig_steps"])), rel=1e-3, abs=1e-6)
+        assert (r["ig_steps"] == 2) == (at_two[name] <= tol)  # only the images that missed ran again
+        assert r["ig_delta"] <= tol or r["ig_steps"] == 8
+    assert (t["ig_steps"] == 2).sum() == 4
+    ig = Store(out).summary("saliency")["methods"]["integrated_gradients"]["ig"]
+    assert ig["more_steps"] == 4 and ig["still_miss"] == (t["ig_delta"] > tol).sum()
+    assert ig["median"] == pytest.approx(float(t["ig_delta"].median()), rel=1e-6)
+    assert (out / "report/saliency/integrated_gradients_ig_delta.png").stat().st_size > 1000
+    assert "completeness error ig_delta" in (out / "report/index.html").read_text()
+
+
 def test_cli_stage_equals_direct_per_image(ray_cluster, tmp_path, resnet, capsys):
     from deepscope.models.taps import forward_with_taps
     from imagezoo import reference_rgb
@@ -391,6 +443,8 @@ def test_cli_stage_equals_direct_per_image(ray_cluster, tmp_path, resnet, capsys
                  "--label", "chelsea=tabby", "--label", "coffee=12", "--batch-size", "4", "--map-size", "28"]) == 0
     t = Store(out).read("saliency").to_pandas()
     assert sorted(t["method"].unique()) == ["backprop", "gradcam"] and len(t) == 12
+    assert Store(out).summary("saliency")["gradcam_layer"] == {"name": "layer4", "activated": True, "input": False}
+    assert t["ig_delta"].isna().all() and t["ig_steps"].isna().all()  # integrated gradients only
     names = resnet.class_names or [str(i) for i in range(1000)]
     want_target = {"astronaut": 7, "chelsea": 281, "coffee": 12}  # 281 = tabby
     assert (t["target"] == t["label"].map(want_target)).all()
@@ -417,6 +471,8 @@ def test_cli_stage_equals_direct_per_image(ray_cluster, tmp_path, resnet, capsys
                                  (bare, ["--target", "5000"], "does not exist"),
                                  (bare, ["--method", "gradcam", "--layer", "layer9"], "unknown layer"),
                                  (bare, ["--method", "gradcam", "--layer", "fc"], "spatial"),
+                                 (bare, ["--method", "gradcam", "--layer", "layer4@2"], "runs 1 time"),
+                                 (bare, ["--ig-tolerance", "-1"], "ig_tolerance"),
                                  (bare, ["--fill", "white"], "--fill"),
                                  (bare, ["--label", "chelsea"], "LABEL=CLASS")):
         assert main(["saliency", str(folder), *args]) == 2, args
