@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
@@ -94,7 +95,7 @@ def ig_tolerance(paths: list[str], tolerance: float = 0.05, steps: int = 50, max
         # Captum evaluates steps + 2 inputs per image and run (the path, then x and the baseline)
         rounds = [steps * 2 ** k for k in range(8) if steps * 2 ** k <= max(int(used.max()), steps)]
         evaluated = sum(int((used >= s).sum()) * (s + 2) for s in rounds)
-        rows.append((name, len(paths), evaluated, seconds, float(delta.median()), float(delta.max()),
+        rows.append((name, len(paths), evaluated, seconds, float(np.median(delta.numpy())), float(delta.max()),
                      int((used > steps).sum()), int((delta > tolerance).sum()), f"{before} -> {load()}"))
         print(f"  {name}: {seconds:.1f} s, ig_delta {' '.join(f'{d:.4f}' for d in delta.tolist())}, "
               f"steps {used.tolist()}", file=sys.stderr, flush=True)
@@ -179,8 +180,9 @@ def main():
             ours = stage(str(data), method, chosen, tmp, grabcut, precision)
             rows.append((method + (" +grabcut" if grabcut else "") + (" bf16" if precision == "bf16" else ""), n, "", base, ours))
             print(f"  {method}: captum {base:.3f} img/s, deepscope {ours:.3f} img/s", file=sys.stderr, flush=True)
-    print(f"\nlite0, {os.cpu_count()} CPU cores, torch {torch.__version__}; deepscope times include Ray start-up\n")
-    print(f"{'method':28s} {'images':>6s} {'captum loop img/s':>18s} {'deepscope img/s':>16s} {'speed-up':>9s}")
+    if rows:
+        print(f"\nlite0, {os.cpu_count()} CPU cores, torch {torch.__version__}; deepscope times include Ray start-up\n")
+        print(f"{'method':28s} {'images':>6s} {'captum loop img/s':>18s} {'deepscope img/s':>16s} {'speed-up':>9s}")
     for name, n, _, base, ours in rows:
         print(f"{name:28s} {n:6d} {base:18.3f} {ours:16.3f} {ours / base:8.2f}x")
     if ig_rows:
