@@ -9,6 +9,13 @@ one window per forward pass).  It runs in a Ray worker (timed inside, model load
 that both sides get the same CPU priority: Ray runs its workers at nice 15.  The stage runs the same methods and settings on the model actor,
 in batches, writes Parquet and computes the dataset statistics; GrabCut is off except in the
 last row (it is extra work the baseline does not do).
+
+The ig_tolerance rows compare integrated gradients at a fixed 50 steps with the same images at the
+default tolerance (ig_delta <= 0.05: the images that miss run again at 100, 200, ... up to 800
+steps), both through algos/saliency.py in this process (lite0, real weights, one image per demo
+photo in turn): the extra model evaluations and seconds, and the completeness errors of both.
+
+    .venv/bin/python bench/saliency.py --methods ig_tolerance --slow-images 6
 """
 from __future__ import annotations
 
@@ -20,12 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 logging.getLogger("ray").setLevel(logging.ERROR)
 
 from deepscope import job as jobmod  # noqa: E402
+from deepscope.algos import saliency as sal  # noqa: E402
 from deepscope.algos.saliency import default_cam_layer  # noqa: E402
 from deepscope.io.demo_data import make_demo_data  # noqa: E402
 from deepscope.io.decode import decode  # noqa: E402
@@ -51,7 +60,8 @@ def captum_loop(loaded, method: str, paths: list[str]) -> float:
         kwargs = {"sliding_window_shapes": (3, 15, 15), "strides": (3, 8, 8)}
     else:
         x = torch.zeros(1, 3, loaded.transform.crop, loaded.transform.crop)
-        algo = LayerGradCam(model, dict(model.named_modules())[default_cam_layer(model, x)])
+        # lite0: the activated head, the last call of _swish; Captum's hook keeps a module's last call (same cost)
+        algo = LayerGradCam(model, dict(model.named_modules())[default_cam_layer(model, x).module])
     t0 = time.perf_counter()
     for p in paths:
         img, _, _ = decode(read_bytes(p))
@@ -61,6 +71,35 @@ def captum_loop(loaded, method: str, paths: list[str]) -> float:
         attr = algo.attribute(x, target=target, **kwargs)
         attr.detach().abs().amax(1).numpy()
     return len(paths) / (time.perf_counter() - t0)
+
+
+def load() -> str:
+    return "load %s" % os.getloadavg()[0].__format__(".2f")
+
+
+def ig_tolerance(paths: list[str], tolerance: float = 0.05, steps: int = 50, max_steps: int = 800) -> list[tuple]:
+    """(run, images, image-steps evaluated, seconds, median ig_delta, max ig_delta, rerun, still missing, load)
+    for integrated gradients at fixed steps and at the tolerance, same images, same process."""
+    loaded = load_model("lite0")
+    tf = loaded.transform.torchvision()
+    x = torch.stack([tf(decode(read_bytes(p))[0]) for p in paths])
+    with torch.no_grad():
+        target = loaded.module(x).argmax(1)
+    rows = []
+    for name, tol in (("fixed 50 steps", 0.0), (f"tolerance {tolerance:g}", tolerance)):
+        before = load()
+        t0 = time.perf_counter()
+        _, delta, used = sal.integrated_gradients(loaded.module, x, target, sal.Options(
+            steps=steps, tolerance=tol, max_steps=max_steps))
+        seconds = time.perf_counter() - t0
+        # Captum evaluates steps + 2 inputs per image and run (the path, then x and the baseline)
+        rounds = [steps * 2 ** k for k in range(8) if steps * 2 ** k <= max(int(used.max()), steps)]
+        evaluated = sum(int((used >= s).sum()) * (s + 2) for s in rounds)
+        rows.append((name, len(paths), evaluated, seconds, float(np.median(delta.numpy())), float(delta.max()),
+                     int((used > steps).sum()), int((delta > tolerance).sum()), f"{before} -> {load()}"))
+        print(f"  {name}: {seconds:.1f} s, ig_delta {' '.join(f'{d:.4f}' for d in delta.tolist())}, "
+              f"steps {used.tolist()}", file=sys.stderr, flush=True)
+    return rows
 
 
 def captum_loop_in_ray(method: str, paths: list[str]) -> float:
@@ -110,9 +149,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256, help="images for backprop, guided, gradcam")
     ap.add_argument("--slow-images", type=int, default=4, help="images for occlusion and integrated gradients")
-    ap.add_argument("--methods", default="backprop,guided,gradcam,integrated_gradients,occlusion,occlusion_bf16,grabcut",
+    ap.add_argument("--methods",
+                    default="backprop,guided,gradcam,integrated_gradients,occlusion,occlusion_bf16,grabcut,ig_tolerance",
                     help="rows to measure (grabcut: backprop with GrabCut masks, against the backprop loop; "
-                         "occlusion_bf16: the stage with bf16 autocast, against the fp32 loop)")
+                         "occlusion_bf16: the stage with bf16 autocast, against the fp32 loop; ig_tolerance: "
+                         "integrated gradients at fixed 50 steps against the default tolerance, --slow-images images)")
     a = ap.parse_args()
     wanted = set(a.methods.split(","))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -121,7 +162,10 @@ def main():
         data = Path(tmp) / "demo"
         make_demo_data(data, per_photo=max(1, -(-a.images // 6)))
         paths = sorted(str(p) for p in data.rglob("*.jpg"))
-        rows, baselines = [], {}
+        rows, baselines, ig_rows = [], {}, []
+        if "ig_tolerance" in wanted:  # one image of each demo photo in turn
+            by_photo = [sorted(str(p) for p in d.glob("*.jpg")) for d in sorted(data.iterdir())]
+            ig_rows = ig_tolerance([by_photo[i % len(by_photo)][i // len(by_photo)] for i in range(a.slow_images)])
         for method, n, grabcut in (("backprop", a.images, False), ("guided", a.images, False),
                                    ("gradcam", a.images, False), ("integrated_gradients", 2 * a.slow_images, False),
                                    ("occlusion", a.slow_images, False), ("occlusion_bf16", a.slow_images, False),
@@ -136,10 +180,20 @@ def main():
             ours = stage(str(data), method, chosen, tmp, grabcut, precision)
             rows.append((method + (" +grabcut" if grabcut else "") + (" bf16" if precision == "bf16" else ""), n, "", base, ours))
             print(f"  {method}: captum {base:.3f} img/s, deepscope {ours:.3f} img/s", file=sys.stderr, flush=True)
-    print(f"\nlite0, {os.cpu_count()} CPU cores, torch {torch.__version__}; deepscope times include Ray start-up\n")
-    print(f"{'method':28s} {'images':>6s} {'captum loop img/s':>18s} {'deepscope img/s':>16s} {'speed-up':>9s}")
+    if rows:
+        print(f"\nlite0, {os.cpu_count()} CPU cores, torch {torch.__version__}; deepscope times include Ray start-up\n")
+        print(f"{'method':28s} {'images':>6s} {'captum loop img/s':>18s} {'deepscope img/s':>16s} {'speed-up':>9s}")
     for name, n, _, base, ours in rows:
         print(f"{name:28s} {n:6d} {base:18.3f} {ours:16.3f} {ours / base:8.2f}x")
+    if ig_rows:
+        print(f"\nintegrated gradients, lite0, Gauss-Legendre; {os.cpu_count()} CPU cores; load = 1-minute load average "
+              "before -> after\n")
+        print(f"{'run':16s} {'images':>6s} {'image-steps':>11s} {'seconds':>8s} {'median delta':>12s} "
+              f"{'max delta':>9s} {'rerun':>5s} {'>0.05':>5s}  load")
+        for name, n, ev, sec, med, mx, rerun, miss, ld in ig_rows:
+            print(f"{name:16s} {n:6d} {ev:11d} {sec:8.1f} {med:12.4f} {mx:9.4f} {rerun:5d} {miss:5d}  {ld}")
+        (_, _, ev0, s0, *_), (_, _, ev1, s1, *_) = ig_rows
+        print(f"extra cost of the tolerance: {ev1 / ev0:.2f}x the model evaluations, {s1 / s0:.2f}x the seconds")
 
 
 if __name__ == "__main__":

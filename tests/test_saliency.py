@@ -90,16 +90,20 @@ class Linear(nn.Module):
         return torch.einsum("nchw,kchw->nk", x, self.w)
 
 
-def test_occlusion_known_answer():
+@pytest.mark.parametrize("stride", [3, 4])
+def test_occlusion_known_answer(stride):
+    # stride 3: whole windows reach the border; stride 4: the last window of each row and column is
+    # cut off by the right/bottom border (starts 0, 4, .., 16 of 20 px: 4 px wide), as Captum does
     g = torch.Generator().manual_seed(5)
-    size, win, stride = 20, 5, 3
+    size, win = 20, 5
     w = torch.randn(2, 3, size, size, generator=g, dtype=torch.float64)
     x = torch.randn(2, 3, size, size, generator=g, dtype=torch.float64)
     fill = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64).view(1, 3, 1, 1)
     t = torch.tensor([0, 1])
     acc, cnt = torch.zeros(2, size, size, dtype=torch.float64), torch.zeros(size, size, dtype=torch.float64)
-    for i in range(0, size - win + 1, stride):
-        for j in range(0, size - win + 1, stride):
+    starts = range(0, size - win + stride, stride)  # up to the first start at or past size - win
+    for i in starts:
+        for j in starts:
             sl = (slice(None), slice(None), slice(i, i + win), slice(j, j + win))
             drop = (w[t][sl] * (x - fill)[sl]).sum((1, 2, 3))  # the score's drop when this window is filled
             acc[:, i:i + win, j:j + win] += drop[:, None, None]
@@ -122,7 +126,89 @@ def test_gradcam_equals_its_definition(resnet):
     want = torch.nn.functional.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     got = sal.attribute(resnet.module, x, t, "gradcam", sal.Options(layer=layer))
     torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-6)
-    assert sal.default_cam_layer(resnet.module, x[:1]) == "layer4"
+    assert sal.default_cam_layer(resnet.module, x[:1]).name == "layer4"
+
+
+def test_ig_delta_is_the_completeness_miss(resnet):
+    x, t = batch(3, 32), torch.tensor([4, 8, 15])
+    fill = torch.tensor([0.5, -1.0, 0.25]).view(1, 3, 1, 1)
+    base = fill.expand(1, 3, 32, 32)
+    raw = IntegratedGradients(resnet.module).attribute(x.clone(), baselines=base, target=t, n_steps=6)
+    with torch.no_grad():
+        change = resnet.module(x)[range(3), t] - resnet.module(base.expand(3, -1, -1, -1))[range(3), t]
+    want = ((raw.sum((1, 2, 3)) - change).abs() / change.abs()).double()
+    maps, delta, steps = sal.integrated_gradients(resnet.module, x, t, sal.Options(steps=6, fill=fill))
+    torch.testing.assert_close(delta.double(), want, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(maps, raw.abs().sum(1))
+    assert steps.tolist() == [6, 6, 6] and (want > 1e-3).all()  # 6 steps miss: the test can tell
+
+
+def test_tolerance_reruns_only_the_images_that_miss(resnet):
+    x, t = batch(4, 32), torch.tensor([1, 2, 3, 4])
+    fill = torch.tensor([0.5, -1.0, 0.25]).view(1, 3, 1, 1)
+    fixed, fixed_delta, _ = sal.integrated_gradients(resnet.module, x, t, sal.Options(steps=4, fill=fill))
+    tol = float(fixed_delta.median())  # two images meet it at 4 steps, two miss it
+    miss = fixed_delta > tol
+    assert miss.sum() == 2
+    rows = []
+    hook = resnet.module.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    try:
+        maps, delta, steps = sal.integrated_gradients(resnet.module, x, t, sal.Options(steps=4, fill=fill,
+                                                                                        tolerance=tol, max_steps=16))
+    finally:
+        hook.remove()
+    assert steps[~miss].tolist() == [4, 4] and (steps[miss] > 4).all()
+    torch.testing.assert_close(maps[~miss], fixed[~miss])
+    for i in miss.nonzero()[:, 0].tolist():  # each rerun image: the map and delta of a direct run at its steps
+        m, d, _ = sal.integrated_gradients(resnet.module, x[i:i + 1], t[i:i + 1],
+                                          sal.Options(steps=int(steps[i]), fill=fill))
+        torch.testing.assert_close(maps[i:i + 1], m, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(delta[i:i + 1], d, rtol=1e-3, atol=1e-5)
+        assert d[0] <= tol or steps[i] == 16
+    # Captum evaluates steps + 2 inputs per image (the path, then x and the baseline for the delta):
+    # only the images that missed went through the reruns
+    rounds = [s for s in (8, 16) if s <= int(steps.max())]
+    want = 4 * (4 + 2) + sum(int((steps >= s).sum()) * (s + 2) for s in rounds)
+    assert sum(rows) == want
+
+
+def _lite0_head_activated(model):
+    """lite0 with its head's activation as a module of its own (the shared `_swish` stays the stem's):
+    the activated head that Captum's LayerGradCam can hook directly."""
+    ref = copy.deepcopy(model)
+    ref.head_act = nn.ReLU6()
+
+    def extract_features(self, x):
+        x = self._swish(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)  # eval mode: no drop-connect
+        return self.head_act(self._bn1(self._conv_head(x)))
+
+    ref.extract_features = extract_features.__get__(ref)
+    return ref
+
+
+def test_gradcam_on_lite0_is_the_activated_head():
+    from captum.attr import LayerGradCam
+
+    from deepscope.models.registry import load_model
+
+    model = load_model("lite0", "random").module  # random weights: a test of the hooks, not of lite0
+    x, t = batch(2, 96, seed=4), torch.tensor([3, 500])
+    layer = sal.default_cam_layer(model, x[:1])
+    assert (layer.name, layer.activated) == ("_swish@2", True)
+    calls = {c.name: c for c in sal.layer_calls(model, x[:1])}
+    assert not calls["_bn1"].activated and calls["_swish@1"].activated and calls["_blocks.15"].shape[-1] == 3
+    ref_model = _lite0_head_activated(model)
+    ref = LayerGradCam(ref_model, ref_model.head_act).attribute(x.clone(), target=t, relu_attributions=True)
+    want = torch.nn.functional.interpolate(ref, size=(96, 96), mode="bilinear", align_corners=False)[:, 0]
+    got = sal.attribute(model, x, t, "gradcam", sal.Options(layer=model._swish, layer_call=2))
+    assert float(want.amax()) > 0
+    for g, w in zip(got, want.detach()):
+        assert np.corrcoef(g.flatten(), w.flatten())[0, 1] >= 0.999
+    torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-6 * float(want.amax()))
+    pre = sal.attribute(model, x, t, "gradcam", sal.Options(layer=model._bn1))  # the old default differs
+    assert not torch.allclose(pre, got, rtol=1e-2, atol=1e-2 * float(got.amax()))
 
 
 @pytest.mark.parametrize("method", sal.METHODS)
@@ -287,6 +373,54 @@ def test_bias_finder_flags_the_background_model(ray_cluster, tmp_path):
     assert (tmp_path / "background/report/saliency/backprop_objects.png").stat().st_size > 1000
 
 
+class Saturating(nn.Module):
+    """score_c = mean of sigmoid(4 x_c) over the centre: curved along IG's path, so few steps miss completeness."""
+
+    def forward(self, x):
+        return torch.sigmoid(4 * x[:, :2, 64:160, 64:160]).mean((2, 3))
+
+
+def test_ig_tolerance_through_the_stage(ray_cluster, tmp_path):
+    from imagezoo import reference_rgb
+
+    from deepscope import job as jobmod
+    from deepscope.models.registry import load_model
+    from deepscope.runner import run
+
+    data = _bias_dataset(tmp_path / "data")
+    path = tmp_path / "saturating.pt"
+    torch.jit.save(torch.jit.script(Saturating()), str(path))
+    loaded = load_model(f"torchscript:{path}")
+    tf = loaded.transform.torchvision()
+
+    def delta(name, target, steps):  # the completeness error of Captum's IG, computed here
+        x = tf(reference_rgb(data.parent / name))[None]
+        raw = IntegratedGradients(loaded.module).attribute(x, baselines=0.0, target=target, n_steps=steps)
+        with torch.no_grad():
+            change = float(loaded.module(x)[0, target] - loaded.module(torch.zeros_like(x))[0, target])
+        return abs(float(raw.sum()) - change) / abs(change)
+
+    at_two = {f"{i}.png": delta(f"{i}.png", i % 2, 2) for i in range(8)}  # target: the label (red 0, green 1)
+    tol = float(np.median(list(at_two.values())))  # half of the images miss it at 2 steps
+    out = tmp_path / "out"
+    run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": f"torchscript:{path}"},
+                         "run": {"batch_size": 4, "partition_size": 4},
+                         "saliency": {"method": "integrated_gradients", "target": "label", "labels": {"red": 0, "green": 1},
+                                      "steps": 2, "ig_tolerance": tol, "ig_max_steps": 8, "grabcut": False}}, "test"))
+    t = Store(out).read("saliency").to_pandas()
+    for _, r in t.iterrows():
+        name = r["path"].split("/")[-1]
+        assert r["ig_delta"] == pytest.approx(delta(name, int(r["target"]), int(r["ig_steps"])), rel=1e-3, abs=1e-6)
+        assert (r["ig_steps"] == 2) == (at_two[name] <= tol)  # only the images that missed ran again
+        assert r["ig_delta"] <= tol or r["ig_steps"] == 8
+    assert (t["ig_steps"] == 2).sum() == 4
+    ig = Store(out).summary("saliency")["methods"]["integrated_gradients"]["ig"]
+    assert ig["more_steps"] == 4 and ig["still_miss"] == (t["ig_delta"] > tol).sum()
+    assert ig["median"] == pytest.approx(float(t["ig_delta"].median()), rel=1e-6)
+    assert (out / "report/saliency/integrated_gradients_ig_delta.png").stat().st_size > 1000
+    assert "completeness error ig_delta" in (out / "report/index.html").read_text()
+
+
 def test_cli_stage_equals_direct_per_image(ray_cluster, tmp_path, resnet, capsys):
     from deepscope.models.taps import forward_with_taps
     from imagezoo import reference_rgb
@@ -309,6 +443,8 @@ def test_cli_stage_equals_direct_per_image(ray_cluster, tmp_path, resnet, capsys
                  "--label", "chelsea=tabby", "--label", "coffee=12", "--batch-size", "4", "--map-size", "28"]) == 0
     t = Store(out).read("saliency").to_pandas()
     assert sorted(t["method"].unique()) == ["backprop", "gradcam"] and len(t) == 12
+    assert Store(out).summary("saliency")["gradcam_layer"] == {"name": "layer4", "activated": True, "input": False}
+    assert t["ig_delta"].isna().all() and t["ig_steps"].isna().all()  # integrated gradients only
     names = resnet.class_names or [str(i) for i in range(1000)]
     want_target = {"astronaut": 7, "chelsea": 281, "coffee": 12}  # 281 = tabby
     assert (t["target"] == t["label"].map(want_target)).all()
@@ -335,6 +471,8 @@ def test_cli_stage_equals_direct_per_image(ray_cluster, tmp_path, resnet, capsys
                                  (bare, ["--target", "5000"], "does not exist"),
                                  (bare, ["--method", "gradcam", "--layer", "layer9"], "unknown layer"),
                                  (bare, ["--method", "gradcam", "--layer", "fc"], "spatial"),
+                                 (bare, ["--method", "gradcam", "--layer", "layer4@2"], "runs 1 time"),
+                                 (bare, ["--ig-tolerance", "-1"], "ig_tolerance"),
                                  (bare, ["--fill", "white"], "--fill"),
                                  (bare, ["--label", "chelsea"], "LABEL=CLASS")):
         assert main(["saliency", str(folder), *args]) == 2, args

@@ -196,6 +196,10 @@ def saliency(map_size: int) -> pa.Schema:
         pa.field("com_x", pa.float32()),  # centre of mass, fractions of the crop's width/height
         pa.field("com_y", pa.float32()),
         pa.field("grabcut", pa.list_(pa.bool_(), cells)),  # GrabCut object mask at map_size (null: off)
+        # integrated gradients only (null for other methods and under SmoothGrad): the completeness error
+        # |sum of attributions - (score(x) - score(baseline))| / |score(x) - score(baseline)| ...
+        pa.field("ig_delta", pa.float32()),
+        pa.field("ig_steps", pa.int32()),  # ... at the Gauss-Legendre steps this image's map was computed with
     ])
 
 

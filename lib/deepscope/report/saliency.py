@@ -12,9 +12,10 @@ import numpy as np
 FIGURES = "report/saliency"
 
 
-def saliency_figures(store, stage: str, S: int, method: str, rows, objs, mean_rows, transform) -> dict:
+def saliency_figures(store, stage: str, S: int, method: str, rows, objs, mean_rows, transform,
+                     tolerance: float = 0.0) -> dict:
     """One method's figures under report/saliency/ (mean maps, most focused and diffuse maps, the bias
-    finder and its histogram); returns {figure: path in the folder}."""
+    finder and its histogram, integrated gradients' completeness errors); returns {figure: path in the folder}."""
     slug = method.replace("(", "_").replace(")", "")
     figs = {}
     means = [r for r in mean_rows if r["method"] == method]
@@ -34,6 +35,9 @@ def saliency_figures(store, stage: str, S: int, method: str, rows, objs, mean_ro
         figs["objects"] = _write(store, f"{FIGURES}/{slug}_objects.png",
                                  _overlays_png(store, stage, S, method, picks, transform))
         figs["inside_hist"] = _write(store, f"{FIGURES}/{slug}_inside_hist.png", _histogram_png(objs, method))
+    deltas = [r["ig_delta"] for r in rows if r.get("ig_delta") is not None]
+    if deltas:
+        figs["ig_delta"] = _write(store, f"{FIGURES}/{slug}_ig_delta.png", _ig_delta_png(deltas, tolerance))
     return figs
 
 
@@ -68,6 +72,13 @@ def saliency_html(store, s: dict, target_setting, methods: list[str], tables: st
              "over the centre crop in <code>saliency/*.parquet</code>, dataset tables in "
              f"<code>{tables}/</code>. Annotated objects: {s.get('annotated_images', 0)}"
              f"{'' if not s.get('skipped_annotations') else ', skipped: ' + str(s['skipped_annotations'])}.</p>"]
+    cam = s.get("gradcam_layer")
+    if cam:
+        state = {True: "after its activation", False: "not an activation's output (pre-activation)",
+                 None: "a module input"}[cam.get("activated")]
+        parts.append(f"<p>Grad-CAM layer: <code>{html.escape(str(cam['name']))}</code>, {state}; channel weights: "
+                     "the spatial mean of the score's gradient; maps: ReLU of the weighted channel sum, bilinear "
+                     "to the input.</p>")
     for method, m in (s.get("methods") or {}).items():
         mm = m.get("mean_map") or {}
         stats = {"images": m.get("images"), "mean entropy (0 one pixel, 1 uniform)": _fmt(m.get("entropy")),
@@ -80,12 +91,22 @@ def saliency_html(store, s: dict, target_setting, methods: list[str], tables: st
                           "GrabCut IoU with objects": _fmt(m.get("grabcut_iou")),
                           "flagged classes (inside mass < area)": ", ".join(m.get("flagged") or []) or "none"})
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in stats.items())
+        ig = m.get("ig")
+        if ig and ig.get("median") is not None:
+            rows += "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in {
+                "quadrature": f"Gauss-Legendre, {ig['steps']} steps, doubled up to {ig['max_steps']} for images "
+                              f"above the tolerance {ig['tolerance']:g}",
+                "completeness error ig_delta: median, max": f"{ig['median']:.4f}, {ig['max']:.4f}",
+                "images that needed more steps": ig["more_steps"],
+                "images still above the tolerance": "n/a" if ig["still_miss"] is None else ig["still_miss"]}.items())
         parts.append(f"<h3>{html.escape(method)}</h3><table>{rows}</table>")
         parts.append(_classes_html(store, method, tables))
         for key, caption in (("mean_maps", "Mean maps (centre bias), all images and per class"),
                              ("inside_hist", "Share of saliency mass inside the object"),
                              ("objects", "Bias finder: images ranked by mass outside the object"),
-                             ("entropy", "Most focused and most diffuse maps")):
+                             ("entropy", "Most focused and most diffuse maps"),
+                             ("ig_delta", "Completeness error per image: |sum of attributions - (score(x) - "
+                                          "score(baseline))| / |score(x) - score(baseline)|")):
             rel = (m.get("figures") or {}).get(key)
             if rel:
                 parts.append(f'<p>{caption}:<br><img src="{html.escape(rel[len("report/"):])}"></p>')
@@ -156,6 +177,24 @@ def _histogram_png(objs: list[dict], method: str) -> bytes:
     ax.hist([o["inside_mass"] for o in objs], bins=20, range=(0, 1), color="#4477aa")
     ax.axvline(float(np.mean([o["area"] for o in objs])), color="#cc3311", ls="--", label="mean object area")
     ax.set_xlabel(f"share of {method} mass inside the object")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _ig_delta_png(deltas: list[float], tolerance: float) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 2.8), dpi=90)
+    ax = fig.add_subplot(1, 1, 1)
+    d = np.asarray(deltas, np.float64)
+    hi = max(float(d.max()), tolerance, 1e-6) * 1.05
+    ax.hist(d, bins=30, range=(0, hi), color="#4477aa")
+    if tolerance > 0:
+        ax.axvline(tolerance, color="#cc3311", ls="--", label=f"tolerance {tolerance:g}")
+    ax.axvline(float(np.median(d)), color="#228833", ls=":", label=f"median {np.median(d):.4f}")
+    ax.set_xlabel("integrated gradients: relative completeness error (ig_delta)")
     ax.set_ylabel("images")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -40,12 +40,17 @@ class SaliencyConfig(StageConfig):
     method: list[Method] = ["backprop"]  # one or more; "backprop,gradcam" is accepted too
     target: Annotated[int, Field(ge=0)] | Literal["pred", "label"] = "pred"  # or a fixed class index
     labels: dict[str, int | str] = {}  # label -> class index or class name, for target = "label"
-    layer: str | None = None  # gradcam: a module name (default: the last spatial layer that runs once)
+    layer: str | None = None  # gradcam: a module name, MODULE@K (its K-th call, for a module that runs several
+    #                           times: lite0's `_swish`) or MODULE:input; default: the last spatial module call
+    #                           of the forward pass (lite0: `_swish@2`, the head after its ReLU6; `_bn1` is before)
     window: int = Field(15, ge=1)  # occlusion window side, input pixels
     stride: int = Field(8, ge=1)  # occlusion stride
     fill: Literal["mean"] | Annotated[float, Field(ge=0, le=1)] = "mean"  # occlusion fill and IG baseline:
     #                                   the transform's mean colour, or a grey level in [0, 1]
-    steps: int = Field(50, ge=1)  # integrated gradients
+    steps: int = Field(50, ge=1)  # integrated gradients: Gauss-Legendre nodes on the path (Captum's default)
+    ig_tolerance: float = Field(0.05, ge=0)  # images whose ig_delta (completeness error) exceeds it run again at
+    #                                          2x, 4x, ... steps, up to ig_max_steps; 0: every image at `steps`
+    ig_max_steps: int = Field(800, ge=1)
     smoothgrad: int = Field(0, ge=0)  # SmoothGrad samples over the method(s); 0: off
     noise: float = Field(0.15, gt=0)  # SmoothGrad noise stdev, as a share of the input's value range
     eval_batch: int | None = Field(None, ge=1)  # inputs per forward pass (images and their occlusion windows,
@@ -69,7 +74,7 @@ class Saliency(Stage):
     def __init__(self, config, job):
         super().__init__(config, job)
         self._label_index: dict[str, int] | None = None  # set by prepare(), shipped to the actors
-        self._cam: tuple[str, bool] | None = None  # (module name, input?) of the Grad-CAM layer
+        self._cam: dict | None = None  # the Grad-CAM layer: module, input, call, name, activated
         self._n_classes: int | None = None
 
     def method_names(self) -> list[str]:
@@ -105,16 +110,7 @@ class Saliency(Stage):
         if isinstance(cfg.target, int) and cfg.target >= self._n_classes:
             raise UserError(f"target class {cfg.target} does not exist: {loaded.spec} has {self._n_classes} classes")
         if "gradcam" in cfg.method:
-            if cfg.layer:
-                tap = resolve(loaded, cfg.layer)
-                self._cam = (tap.module_name, tap.kind == "input")
-            else:
-                from deepscope.algos import saliency as sal
-                name = sal.default_cam_layer(loaded.module, x)
-                if name is None:
-                    raise UserError(f"{loaded.spec} has no spatial layer for gradcam: name one with layer = ...")
-                self._cam = (name, False)
-            shape = _layer_shape(loaded.module, *self._cam, x)
+            self._cam, shape = _cam_layer(loaded, cfg.layer, x, resolve)
             if len(shape) != 4:
                 raise UserError(f"gradcam needs a layer with a spatial (N, C, H, W) output; {cfg.layer} gives "
                                 f"{tuple(shape)}: name a convolutional layer (deepscope layers MODEL)")
@@ -140,9 +136,16 @@ class Saliency(Stage):
             size = min(2 * cfg.map_size, x.shape[-1])
             pixels = F.adaptive_avg_pool2d(model.transform.denormalize(x.detach().float()), size)
             rgb = pixels.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        cols: dict[str, list] = {k: [] for k in ("map", "entropy", "top_mass", "com_x", "com_y", "grabcut")}
+        cols: dict[str, list] = {k: [] for k in ("map", "entropy", "top_mass", "com_x", "com_y", "grabcut",
+                                                 "ig_delta", "ig_steps")}
         for method in cfg.method:
-            maps = sal.attribute(model.module, x, target, method, opts)
+            delta, steps = torch.full((len(x),), float("nan")), torch.zeros(len(x), dtype=torch.int32)
+            if method == "integrated_gradients":
+                maps, delta, steps = sal.integrated_gradients(model.module, x, target, opts)
+            else:
+                maps = sal.attribute(model.module, x, target, method, opts)
+            cols["ig_delta"].append(delta.cpu().numpy().astype(np.float32))
+            cols["ig_steps"].append(steps.cpu().numpy().astype(np.int32))
             for k, v in sal.map_stats(maps).items():
                 cols[k].append(v.cpu().numpy())
             cols["map"].append(sal.shrink(maps, cfg.map_size).flatten(1).cpu().numpy().astype(np.float16))
@@ -177,15 +180,17 @@ class Saliency(Stage):
         fill = 0.0  # "mean": the transform's mean colour is 0 after normalization
         if cfg.fill != "mean":
             fill = ((torch.tensor(float(cfg.fill)) - torch.tensor(tf.mean)) / torch.tensor(tf.std)).view(1, 3, 1, 1)
-        layer, layer_input = None, False
+        layer, layer_input, layer_call = None, False, 0
         if "gradcam" in cfg.method:
             if self._cam is None:  # prepare() did not run here (a direct call): find it now
                 self._check_model(model)
-            layer, layer_input = dict(model.module.named_modules())[self._cam[0]], self._cam[1]
+            layer = dict(model.module.named_modules())[self._cam["module"]]
+            layer_input, layer_call = self._cam["input"], self._cam["call"]
         # the normalized input spans 1/std per channel: noise is a share of that range
         noise = cfg.noise * float(np.mean([1 / s for s in tf.std]))
-        return sal.Options(window=cfg.window, stride=cfg.stride, fill=fill, steps=cfg.steps, layer=layer,
-                           layer_input=layer_input, smoothgrad=cfg.smoothgrad, noise=noise,
+        return sal.Options(window=cfg.window, stride=cfg.stride, fill=fill, steps=cfg.steps,
+                           tolerance=cfg.ig_tolerance, max_steps=max(cfg.ig_max_steps, cfg.steps), layer=layer,
+                           layer_input=layer_input, layer_call=layer_call, smoothgrad=cfg.smoothgrad, noise=noise,
                            eval_batch=cfg.eval_batch or (128 if x.device.type == "cuda" else 4))
 
     # -- driver -------------------------------------------------------------------------------
@@ -203,6 +208,8 @@ class Saliency(Stage):
 
         target = rep(rows["target"]) if n else np.zeros(0, np.int32)
         maps = np.asarray(rows["map"], np.float16).reshape(-1) if n else np.zeros(0, np.float16)
+        ig_delta = per("ig_delta", np.float32) if "ig_delta" in rows else np.full(n * m, np.nan, np.float32)
+        ig_steps = per("ig_steps", np.int32) if "ig_steps" in rows else np.zeros(n * m, np.int32)
         grabcut = pa.nulls(n * m, pa.list_(pa.bool_(), cells))
         if n and "grabcut" in rows:
             flat = pa.array(np.asarray(rows["grabcut"], bool).reshape(-1))
@@ -224,6 +231,8 @@ class Saliency(Stage):
             "com_x": pa.array(per("com_x", np.float32), pa.float32()),
             "com_y": pa.array(per("com_y", np.float32), pa.float32()),
             "grabcut": grabcut,
+            "ig_delta": pa.array(ig_delta, pa.float32(), mask=np.isnan(ig_delta)),
+            "ig_steps": pa.array(ig_steps, pa.int32(), mask=ig_steps == 0),
         }, schema=schemas.saliency(self.config.map_size))
 
     def finish(self, ctx):
@@ -244,7 +253,7 @@ class Saliency(Stage):
         obj_rows: list[dict] = []
         bad_masks: list[str] = []
         columns = ["id", "path", "label", "width", "height", "method", "target_name", "map", "entropy", "top_mass",
-                   "grabcut"]
+                   "grabcut", "ig_delta", "ig_steps"]
         for _, t in store.iter_parts(self.name, columns=columns):
             if not t.num_rows:
                 continue
@@ -293,6 +302,10 @@ class Saliency(Stage):
 
         summary = {"methods": {}, "map_size": S, "annotated_images": len(coverage) - len(bad_masks),
                    "skipped_annotations": len(bad_masks), "target": cfg.target}
+        if "gradcam" in cfg.method:
+            if self._cam is None:  # no pass ran in this process (only the summary was missing)
+                self._check_model(loaded)
+            summary["gradcam_layer"] = {k: self._cam[k] for k in ("name", "activated", "input")}
         for method in self.method_names():
             mine = [r for r in rows if r["method"] == method]
             objs = [o for o in obj_rows if o["method"] == method]
@@ -306,7 +319,11 @@ class Saliency(Stage):
                          inside_mass=_nanmean(o["inside_mass"] for o in objs),
                          grabcut_iou=_nanmean(o["grabcut_iou"] for o in objs),
                          flagged=[c["group"] for c in class_rows if c["method"] == method and c["flagged"]])
-            s["figures"] = saliency_figures(store, self.name, S, method, mine, objs, mean_rows, transform)
+            if method == "integrated_gradients":
+                s["ig"] = _ig_summary(mine, cfg)
+                log(f"saliency: integrated gradients: {_ig_line(s['ig'])}")
+            s["figures"] = saliency_figures(store, self.name, S, method, mine, objs, mean_rows, transform,
+                                            cfg.ig_tolerance)
             summary["methods"][method] = s
         return summary
 
@@ -383,6 +400,57 @@ def _centre(p: np.ndarray) -> dict:
 def _nanmean(values) -> float | None:
     v = [float(x) for x in values if x is not None and x == x]
     return float(np.mean(v)) if v else None
+
+
+def _ig_summary(rows: list[dict], cfg) -> dict:
+    """The completeness errors of one run's integrated gradients, and how many images needed more steps."""
+    delta = np.array([r["ig_delta"] for r in rows if r["ig_delta"] is not None], np.float64)
+    steps = np.array([r["ig_steps"] or cfg.steps for r in rows])
+    tol = cfg.ig_tolerance
+    return {"tolerance": tol, "steps": cfg.steps, "max_steps": max(cfg.ig_max_steps, cfg.steps),
+            "quadrature": "gausslegendre", "images": len(rows), "measured": int(len(delta)),
+            "median": float(np.median(delta)) if len(delta) else None,
+            "max": float(delta.max()) if len(delta) else None,
+            "more_steps": int((steps > cfg.steps).sum()),
+            "still_miss": int((delta > tol).sum()) if tol > 0 else None,
+            "over_0.05": int((delta > 0.05).sum())}
+
+
+def _ig_line(ig: dict) -> str:
+    if ig["median"] is None:
+        return f"{ig['images']} images, completeness not measured (SmoothGrad)"
+    miss = (f"{ig['more_steps']} needed more than {ig['steps']} steps, {ig['still_miss']} still miss "
+            f"{ig['tolerance']:g} at {ig['max_steps']}" if ig["tolerance"] > 0 else
+            f"all at {ig['steps']} steps (no tolerance), {ig['over_0.05']} above 0.05")
+    return f"{ig['images']} images, ig_delta median {ig['median']:.4f}, max {ig['max']:.4f}; {miss}"
+
+
+def _cam_layer(loaded, layer: str | None, x, resolve) -> tuple[dict, tuple]:
+    """The Grad-CAM layer (named, or the default) -> ({module, input, call, name, activated}, its shape).
+    A module that runs several times is hooked at one call: MODULE@K, or its last call when unnamed."""
+    from deepscope.algos import saliency as sal
+
+    calls = sal.layer_calls(loaded.module, x)
+    if not layer:
+        c = sal.default_cam_layer(loaded.module, x)
+        if c is None:
+            raise UserError(f"{loaded.spec} has no spatial layer for gradcam: name one with layer = ...")
+        return {"module": c.module, "input": False, "call": c.call if c.calls > 1 else 0, "name": c.name,
+                "activated": c.activated}, c.shape
+    name, at, call = layer.partition("@")
+    tap = resolve(loaded, name)
+    mine = [c for c in calls if c.module == tap.module_name]
+    if not mine:
+        raise UserError(f"gradcam layer {layer!r} does not run in a forward pass of {loaded.spec}")
+    if at and (tap.kind == "input" or not call.strip().isdigit() or not 1 <= int(call) <= len(mine)):
+        raise UserError(f"gradcam layer {layer!r}: {tap.module_name} runs {len(mine)} time(s) per forward pass; "
+                        f"name a call as {tap.module_name}@1 .. @{len(mine)} (outputs only)")
+    c = mine[int(call) - 1] if at else mine[-1]  # unnamed: the last call, as layer taps take
+    if tap.kind == "input":
+        shape = _layer_shape(loaded.module, tap.module_name, True, x)
+        return {"module": tap.module_name, "input": True, "call": 0, "name": layer, "activated": None}, shape
+    return {"module": c.module, "input": False, "call": c.call if c.calls > 1 else 0, "name": c.name,
+            "activated": c.activated}, c.shape
 
 
 def _layer_shape(module, name: str, use_input: bool, x) -> tuple:
