@@ -113,7 +113,9 @@ def generate(out: str, n: int, part_rows: int = 10_000, images_dir: str | None =
                 "map": pa.FixedSizeListArray.from_arrays(pa.array(maps.ravel()), 49),
                 "entropy": col(rng.random(m) * 10, pa.float32()), "top_mass": col(rng.random(m), pa.float32()),
                 "com_x": col(rng.random(m), pa.float32()), "com_y": col(rng.random(m), pa.float32()),
-                "grabcut": pa.nulls(m, pa.list_(pa.bool_(), 49))}, schema=schemas.saliency(7)))
+                "grabcut": pa.nulls(m, pa.list_(pa.bool_(), 49)),
+                "ig_delta": pa.nulls(m, pa.float32()), "ig_steps": pa.nulls(m, pa.int32())},  # IG only
+                schema=schemas.saliency(7)))
         store.write_part("saliency", part, pa.concat_tables(rows))
         adv = [f"robustness/images/{start + j:07d}.png" if images_dir and np.isfinite(e) else None
                for j, e in enumerate(min_eps[sl])]
@@ -179,7 +181,9 @@ def generate(out: str, n: int, part_rows: int = 10_000, images_dir: str | None =
     store.write_part("visualize", "part-000000", pa.table({
         "layer": [LAYER] * len(pics), "kind": ["unit"] * len(pics), "target": pa.array(range(0, units, 4), pa.int32()),
         "name": pa.nulls(len(pics), pa.string()), "image": list(pics), "start": pa.nulls(len(pics), pa.float32()),
-        "score": pa.nulls(len(pics), pa.float32()), "top1": pa.nulls(len(pics), pa.int32())}, schema=schemas.VISUALIZE), pics)
+        "score": pa.nulls(len(pics), pa.float32()), "top1": pa.nulls(len(pics), pa.int32()),
+        "facet": pa.array([0] * len(pics), pa.int32()), "selectivity": pa.nulls(len(pics), pa.float32()),
+        "peak": pa.nulls(len(pics), pa.float32())}, schema=schemas.VISUALIZE), pics)
     store.flush()
     return {"ids": ids, "labels": labels, "failed": failed, "paths": paths}
 

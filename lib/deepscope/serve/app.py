@@ -208,6 +208,45 @@ def _validation_message(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
 
 
+async def neighbors_query(request: Request, limits: Limits) -> tuple[NeighborsQuery, bytes | None]:
+    """A neighbour query as POSTed: an 'image' upload (multipart) or a JSON id or vector; one clear
+    4xx for anything else (the service and the explorer's search both take it this way)."""
+    ctype = request.headers.get("content-type", "")
+    image = None
+    if ctype.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except HTTPException:
+            raise
+        except Exception as e:  # malformed multipart bodies
+            raise HTTPException(400, f"bad multipart form: {e}") from None
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        files = {k: v for k, v in form.items() if not isinstance(v, str)}
+        if set(files) - {"image"}:
+            raise HTTPException(422, "upload the image in the form field 'image'")
+        if "image" in files:
+            image = await files["image"].read()
+    elif ctype.startswith("application/json"):
+        try:
+            fields = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body is not valid JSON") from None
+        if not isinstance(fields, dict):
+            raise HTTPException(422, "the JSON body must be an object")
+    else:
+        raise HTTPException(415, "send multipart/form-data (an 'image' upload) or application/json "
+                                 "({\"id\": ...} or {\"vector\": [...]})")
+    try:
+        q = NeighborsQuery.model_validate(fields)
+    except ValidationError as e:
+        raise HTTPException(422, _validation_message(e)) from None
+    if (image is not None) + (q.id is not None) + (q.vector is not None) != 1:
+        raise HTTPException(422, "give exactly one query: an 'image' upload, an 'id' or a 'vector'")
+    if q.k > limits.max_k:
+        raise HTTPException(422, f"k must be at most {limits.max_k}, got {q.k}")
+    return q, image
+
+
 def create_app(out: str, limits: Limits = Limits(), searcher=Searcher) -> FastAPI:
     engine = Engine(out, limits, searcher)
     app = FastAPI(title="deepscope neighbours", docs_url=None, redoc_url=None, openapi_url=None)
@@ -216,39 +255,7 @@ def create_app(out: str, limits: Limits = Limits(), searcher=Searcher) -> FastAP
 
     @app.post("/neighbors")
     async def neighbors(request: Request):
-        ctype = request.headers.get("content-type", "")
-        image = None
-        if ctype.startswith("multipart/form-data"):
-            try:
-                form = await request.form(max_files=1, max_fields=8)
-            except HTTPException:
-                raise
-            except Exception as e:  # malformed multipart bodies
-                raise HTTPException(400, f"bad multipart form: {e}") from None
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
-            files = {k: v for k, v in form.items() if not isinstance(v, str)}
-            if set(files) - {"image"}:
-                raise HTTPException(422, "upload the image in the form field 'image'")
-            if "image" in files:
-                image = await files["image"].read()
-        elif ctype.startswith("application/json"):
-            try:
-                fields = await request.json()
-            except ValueError:
-                raise HTTPException(400, "the body is not valid JSON") from None
-            if not isinstance(fields, dict):
-                raise HTTPException(422, "the JSON body must be an object")
-        else:
-            raise HTTPException(415, "send multipart/form-data (an 'image' upload) or application/json "
-                                     "({\"id\": ...} or {\"vector\": [...]})")
-        try:
-            q = NeighborsQuery.model_validate(fields)
-        except ValidationError as e:
-            raise HTTPException(422, _validation_message(e)) from None
-        if (image is not None) + (q.id is not None) + (q.vector is not None) != 1:
-            raise HTTPException(422, "give exactly one query: an 'image' upload, an 'id' or a 'vector'")
-        if q.k > limits.max_k:
-            raise HTTPException(422, f"k must be at most {limits.max_k}, got {q.k}")
+        q, image = await neighbors_query(request, limits)
         return await run_in_threadpool(engine.answer, q, image)
 
     @app.get("/images/{image_id:path}")

@@ -26,7 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from deepscope.serve.app import MEDIA, Engine, Limits, NeighborsQuery, _BodyLimit, _validation_message
+from deepscope.serve.app import MEDIA, Engine, Limits, _BodyLimit, neighbors_query
 from deepscope.serve.explorer_data import BadQuery, Tables, decoded_thumb
 
 CACHE = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
@@ -207,32 +207,7 @@ def create_explorer(out: str, limits: Limits = Limits(), workdir: str | None = N
 
     @app.post("/api/neighbors")
     async def neighbors(request: Request):
-        from pydantic import ValidationError
-
-        ctype = request.headers.get("content-type", "")
-        image = None
-        if ctype.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=8)
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
-            if "image" in form and not isinstance(form["image"], str):
-                image = await form["image"].read()
-        elif ctype.startswith("application/json"):
-            try:
-                fields = await request.json()
-            except ValueError:
-                raise HTTPException(400, "the body is not valid JSON") from None
-            if not isinstance(fields, dict):
-                raise HTTPException(422, "the JSON body must be an object")
-        else:
-            raise HTTPException(415, "send multipart/form-data (an 'image' upload) or application/json ({\"id\": ...})")
-        try:
-            q = NeighborsQuery.model_validate(fields)
-        except ValidationError as e:
-            raise HTTPException(422, _validation_message(e)) from None
-        if (image is not None) + (q.id is not None) + (q.vector is not None) != 1:
-            raise HTTPException(422, "give exactly one query: an 'image' upload, an 'id' or a 'vector'")
-        if q.k > limits.max_k:
-            raise HTTPException(422, f"k must be at most {limits.max_k}, got {q.k}")
+        q, image = await neighbors_query(request, limits)  # the service's own parsing and limits
         await run_in_threadpool(search.ensure)
         return await run_in_threadpool(search.answer, q, image)
 
