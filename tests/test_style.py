@@ -174,6 +174,13 @@ def test_multi_style_blend_one_zero_is_exactly_style_a(tmp_path):
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
 
 
+def outputs(out) -> dict:
+    """Every output file and its modification time, but the snapshot and the run history (which a
+    rerun appends its record to)."""
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and p.name != "manifest.json" and "history" not in p.relative_to(out).parts}
+
+
 def _stylize_job(data, out, model_path, **cfg):
     return jobmod.validate({"out": str(out), "dataset": {"source": str(data)},
                             "model": {"name": "torchvision:alexnet", "weights": "random"},
@@ -220,11 +227,12 @@ def test_bulk_stylization_exactly_once_and_rerun_writes_nothing(ray_cluster, pho
     errors = Store(out).read("errors").to_pandas()
     assert list(errors["id"]) == ["broken.jpg"]
 
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    before = outputs(out)
     res2 = run(_stylize_job(data, out, model, size=40, format="png", blend=[0.25, 0.75]))
     assert res2.computed == 0
-    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    after = outputs(out)
     assert after == before  # a rerun of a finished job writes no image and no table
+    assert [r["status"] for r in Store(out).history()][-1] == "nothing to do"  # only its history record
 
 
 def test_stylize_with_dying_workers_is_exactly_once(ray_cluster, photos, tmp_path, monkeypatch):
@@ -319,8 +327,9 @@ def test_bulk_gatys_exactly_once_and_rerun_writes_nothing(ray_cluster, photos, t
     assert "Gatys" in (out / "report" / "index.html").read_text()
     assert not list(out.rglob(".*.tmp"))
 
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    before = outputs(out)
     res2 = run(job())
     assert res2.computed == 0
-    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    after = outputs(out)
     assert after == before  # a rerun of a finished job writes no image and no table
+    assert [r["status"] for r in Store(out).history()][-1] == "nothing to do"  # only its history record
