@@ -110,6 +110,12 @@ class Tables:
         self.sources[name] = True
         return True
 
+    def _table(self, table: str, name: str, rels: list[str], schema: pa.Schema) -> None:
+        """A table of these files' rows; none: an empty one of the same schema (io/schemas.py's, not a copy)."""
+        if not self._register(name, rels, {f.name: f.type for f in schema}):
+            self.db.register(f"src_{name}", schema.empty_table())
+        self._exec(f"CREATE TABLE {table} AS SELECT * FROM src_{name}")
+
     def _build(self):
         s = schemas
         base = None
@@ -229,19 +235,8 @@ class Tables:
         else:
             self._exec("CREATE TABLE patches (layer VARCHAR, channel INT, rank INT, id VARCHAR, path VARCHAR, "
                        "score FLOAT, \"row\" INT, col INT, x0 INT, y0 INT, x1 INT, y1 INT)")
-        iou = self._files("dissection/iou-")
-        if iou:
-            self._register("iou", iou, {f.name: f.type for f in schemas.DISSECTION})
-            self._exec("CREATE TABLE concepts AS SELECT * FROM src_iou")
-        else:
-            self._exec("CREATE TABLE concepts (layer VARCHAR, unit INT, rank INT, concept VARCHAR, label INT, "
-                       "category VARCHAR, iou FLOAT, intersection BIGINT, \"union\" BIGINT, threshold FLOAT, detector BOOL)")
-        dtop = self._files("dissection/top-")
-        if dtop:
-            self._register("dtop", dtop, {f.name: f.type for f in schemas.DISSECTION_TOP_IMAGES})
-            self._exec("CREATE TABLE dissect_top AS SELECT * FROM src_dtop")
-        else:
-            self._exec("CREATE TABLE dissect_top (layer VARCHAR, unit INT, rank INT, id VARCHAR, path VARCHAR, score FLOAT)")
+        self._table("concepts", "iou", self._files("dissection/iou-"), schemas.DISSECTION)
+        self._table("dissect_top", "dtop", self._files("dissection/top-"), schemas.DISSECTION_TOP_IMAGES)
         vis = self._part_files("visualize")
         if vis:
             self._register("vis", vis, {f.name: f.type for f in schemas.VISUALIZE})
