@@ -33,6 +33,12 @@ LAYER = "_blocks.4"
 ODD_IDS = ["a b/c d.jpg", "x/ü ñ 日本.png", "q?a=1&b=2#frag%20.jpg", "../up/./dots..jpg"]
 
 
+# lassos on the generated map (clusters 4 apart around 0): a star of 64 vertices, at five places
+LASSO = [",".join(f"{cx + r * np.cos(t):.4g},{cy + r * np.sin(t):.4g}" for t, r in
+                  zip(np.linspace(0, 2 * np.pi, 64, endpoint=False), np.tile([2.0, 1.0], 32)))
+         for cx, cy in ((0, 0), (4, 0), (-2, 3), (1, -4), (-3, -2))]
+
+
 def load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
 
@@ -266,6 +272,7 @@ def main():
         "filter label flag": lambda i: ("/api/images", {"per": 60, "label_flagged": "true", "sort": "uniqueness", "page": i % 5}),
         "filter+sort combined": lambda i: ("/api/images", [("label", LABELS[i % 10]), ("min_eps.max", "2"),
                                                            ("sort", "-saliency_backprop_entropy"), ("per", "60")]),
+        "lasso, 64 vertices": lambda i: ("/api/images", {"per": 60, "lasso": LASSO[i % len(LASSO)]}),
         "image page": lambda i: ("/api/image", {"id": some[int(rng.integers(len(some)))]}),
         "unit page": lambda i: ("/api/unit", {"layer": LAYER, "unit": i % 32}),
         "thumbnail": lambda i: ("/api/thumb", {"id": some[int(rng.integers(len(some)))]}),

@@ -118,6 +118,14 @@ def test_every_filter_and_sort_equals_pandas(explorer):
     box = (-1.0, -2.0, 3.0, 4.0)
     inside = df[(df.map_x >= box[0]) & (df.map_x <= box[2]) & (df.map_y >= box[1]) & (df.map_y <= box[3])]
     assert all_ids(client, [("box", ",".join(map(str, box)))]) == sorted(inside.id) and len(inside) > 0
+    # a lasso (a concave polygon, negative coordinates included) against matplotlib's point-in-polygon
+    from matplotlib.path import Path as PolygonPath
+
+    lasso = [(-3.0, -3.0), (4.0, -2.5), (0.5, 0.0), (3.5, 3.0), (-2.5, 2.0)]
+    mapped = df.dropna(subset=["map_x", "map_y"])
+    inside = mapped[PolygonPath(lasso).contains_points(mapped[["map_x", "map_y"]].to_numpy(np.float64))]
+    got = all_ids(client, [("lasso", ",".join(f"{x},{y}" for x, y in lasso)), ("label_flagged", "false")])
+    assert got == sorted(inside.id[inside.label_flagged == False]) and len(got) > 0  # noqa: E712
     assert all_ids(client, [("q", "Ü ñ")]) == ["x/ü ñ 日本.png"]
 
 
@@ -205,6 +213,9 @@ def test_map_points_match_coords(explorer):
     ("/api/images", {"per": "0"}, 400, "per between"),
     ("/api/images", {"page": "x"}, 400, "whole numbers"),
     ("/api/images", {"box": "1,2,3"}, 400, "box must be"),
+    ("/api/images", {"lasso": "0,0,1,1"}, 400, "lasso must be 3 to"),
+    ("/api/images", {"lasso": "0,0,1,x,2,2"}, 400, "lasso must be"),
+    ("/api/images", {"lasso": "0,0,1,1,inf,2"}, 400, "finite"),
     ("/api/images", {"label.like": "x"}, 400, "unknown filter"),
     ("/api/images", {"label": "x'; DROP TABLE images; --"}, 200, None),
     ("/api/image", {"id": "no such image"}, 404, "unknown image id"),
@@ -378,6 +389,29 @@ def test_the_explorer_in_chromium(explorer):
         x0, y0, x1, y1 = map(float, box.split(","))
         assert want and all(x0 <= r["map_x"] <= x1 and y0 <= r["map_y"] <= y1 for r in want)
         assert shown("#grid") == [r["id"] for r in want]
+
+        # a lasso drawn with the mouse (the tool chosen in the page): the gallery shows what is inside it
+        driver.find_element(By.CSS_SELECTOR, "nav a[data-view=map]").click()
+        ready("map")
+        Select(driver.find_element(By.ID, "tool")).select_by_value("lasso")
+        canvas = driver.find_element(By.ID, "map")
+        chain = ActionChains(driver).move_to_element_with_offset(canvas, -200, -150).click_and_hold()
+        for dx, dy in [(120, 10), (120, 10), (40, 90), (40, 90), (-150, 60), (-110, -40), (-60, -110)]:
+            chain = chain.move_by_offset(dx, dy)
+        chain.release().perform()
+        wait.until(lambda d: "lasso=" in d.current_url)
+        ready("gallery")
+        lasso = driver.execute_script("return new URLSearchParams(location.search).get('lasso')")
+        vertices = np.asarray(lasso.split(","), np.float64).reshape(-1, 2)
+        assert len(vertices) >= 3
+        want = client.get("/api/images", params={"lasso": lasso, "per": 500}).json()["rows"]
+        from matplotlib.path import Path as PolygonPath
+
+        everything = client.get("/api/images", params={"per": 500, "map_x.null": "false"}).json()["rows"]
+        inside = PolygonPath(vertices).contains_points([(r["map_x"], r["map_y"]) for r in everything])
+        assert want and sorted(r["id"] for r in want) == sorted(r["id"] for r, i in zip(everything, inside) if i)
+        assert shown("#grid") == [r["id"] for r in want]
+        assert "lasso of" in driver.find_element(By.CSS_SELECTOR, ".chip").text
         assert console_errors(driver) == []
     finally:
         driver.quit()
@@ -388,5 +422,19 @@ def test_cli_refuses_a_folder_that_is_not_an_output_in_one_line(tmp_path, capsys
 
     assert main(["app", str(tmp_path / "nothing")]) == 2
     assert main(["app", str(tmp_path), "--port", "70000"]) == 2
+    assert main(["app", str(tmp_path), "--ray", "--replicas", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "is not a deepscope output folder" in err[0] and "--port must be" in err[1], err
+    assert len(err) == 3 and "is not a deepscope output folder" in err[0] and "--port must be" in err[1], err
+    assert "--replicas must be at least 1" in err[2], err
+
+
+def test_app_ray_on_a_folder_without_an_index_says_so_before_starting_ray(explorer, capsys):
+    import sys
+
+    from deepscope.commands import main
+
+    out = explorer[1]
+    assert main(["app", str(out), "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no index to search on Ray" in err[0], err
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()

@@ -264,9 +264,59 @@ def test_serve_ray_on_two_nodes_equals_single_process_and_survives_a_killed_repl
         assert len([p for p in _replicas("features-shard-1") if p.pid != victims[0].pid]) == 2
         r = httpx.post(url + "/neighbors", json=requests[0], timeout=60)
         assert r.status_code == 200
+        _explorer_searches_through_ray_serve(served, cluster, requests, url)
     finally:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _explorer_searches_through_ray_serve(served, env, requests, serve_url):
+    """`deepscope app OUT --ray` on the same cluster (its own Serve application beside `serve --ray`'s):
+    the explorer's search answers equal the in-process explorer's, its shards are Serve replicas, and
+    stopping it leaves the other application serving."""
+    import signal
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from deepscope.serve.explorer import create_explorer
+
+    port = free_port()
+    app = subprocess.Popen([sys.executable, "-m", "deepscope.cli", "app", str(served), "--ray", "--port", str(port),
+                            "--replicas", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/api/info", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert app.poll() is None, app.stderr.read().decode()[-3000:]
+            time.sleep(1)
+        assert httpx.get(url + "/api/info", timeout=5).json()["search_on"] == "ray serve"
+        with TestClient(create_explorer(str(served))) as local, httpx.Client(base_url=url, timeout=60) as remote:
+            for req in requests[::2]:
+                want, got = local.post("/api/neighbors", json=req).json(), remote.post("/api/neighbors", json=req).json()
+                assert [n["id"] for n in got["neighbors"]] == [n["id"] for n in want["neighbors"]], req
+                np.testing.assert_allclose([n["distance"] for n in got["neighbors"]],
+                                           [n["distance"] for n in want["neighbors"]], rtol=1e-5, atol=1e-6)
+            assert remote.post("/api/neighbors", json={"id": "no/such.jpg"}).status_code == 404
+        import psutil
+
+        ours = [p for p in psutil.process_iter(["cmdline"])
+                if " ".join(p.info["cmdline"] or []).startswith("ray::ServeReplica:deepscope-explorer:features-shard-")]
+        assert len(ours) == 3, ours  # one replica of each of the 3 shards
+    finally:
+        app.send_signal(signal.SIGINT)
+        try:
+            app.wait(60)
+        except subprocess.TimeoutExpired:
+            app.kill()
+    assert httpx.post(serve_url + "/neighbors", json=requests[0], timeout=60).status_code == 200
+

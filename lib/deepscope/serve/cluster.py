@@ -21,6 +21,7 @@ import numpy as np
 from deepscope.index.search import Searcher
 
 APP = "deepscope"
+EXPLORER_APP = "deepscope-explorer"
 
 
 def shard_name(space: str, shard: int) -> str:
@@ -55,11 +56,11 @@ class ShardReplica:
 class RemoteSearcher(Searcher):
     """A Searcher whose FAISS search fans out to the shard replicas and merges the k best."""
 
-    def __init__(self, store, space: str = "features"):
+    def __init__(self, store, space: str = "features", app_name: str = APP):
         super().__init__(store, space, load_index=False)
         from ray import serve
 
-        self.handles = [serve.get_deployment_handle(shard_name(space, s), app_name=APP)
+        self.handles = [serve.get_deployment_handle(shard_name(space, s), app_name=app_name)
                         for s in range(len(self.info["shard_files"]))]
 
     def raw_search(self, x, k, setting):
@@ -91,24 +92,72 @@ class Router:
         return create_app(self.out, self.limits, searcher=RemoteSearcher)
 
 
-def application(out: str, limits, replicas: int = 2, router_replicas: int = 1):
-    """The Serve application: a shard deployment per (space, shard), and the router in front."""
+class ShardSet:
+    """The ingress of the explorer's search application (`deepscope app OUT --ray`): it only binds
+    the shard deployments, so that they deploy as one application; the explorer's searchers call
+    the shards directly, and the explorer itself serves HTTP."""
+
+    def __init__(self, *shards):
+        pass
+
+    def ready(self) -> bool:
+        return True
+
+
+def shard_deployments(out: str, replicas: int) -> list:
+    """A deployment per (space, shard) of the folder's indexes, bound to its shard."""
     from ray import serve
 
     from deepscope.io.store import Store
 
-    store = Store(out)
-    spaces = ((store.summary("index") or {}).get("spaces") or {})
-    shard_apps = []
+    spaces = ((Store(out).summary("index") or {}).get("spaces") or {})
+    bound = []
     for space, info in spaces.items():
         for s in range(len(info["shard_files"])):
             dep = serve.deployment(ShardReplica, name=shard_name(space, s), num_replicas=replicas,
                                    ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=32,
                                    health_check_period_s=2, health_check_timeout_s=10)
-            shard_apps.append(dep.bind(out, space, s))
+            bound.append(dep.bind(out, space, s))
+    return bound
+
+
+def application(out: str, limits, replicas: int = 2, router_replicas: int = 1):
+    """The Serve application: a shard deployment per (space, shard), and the router in front."""
+    from ray import serve
+
     router = serve.deployment(serve.ingress()(Router), name="router", num_replicas=router_replicas,
                               ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
-    return router.bind(out, limits, *shard_apps)
+    return router.bind(out, limits, *shard_deployments(out, replicas))
+
+
+def deploy_shards(out: str, replicas: int, address: str | None, log):
+    """`deepscope app OUT --ray`: the folder's index shards as Serve replicas on the cluster (no HTTP
+    proxy: the explorer serves HTTP itself).  -> (the searcher class to give the explorer, a function
+    that removes the application and disconnects)."""
+    import functools
+
+    import ray
+    from ray import serve
+
+    from deepscope.io.cluster import ensure_ray
+
+    import logging
+
+    ensure_ray(address)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's "Started Serve ..." lines
+    serve.start(proxy_location="Disabled")
+    t = time.time()
+    ingress = serve.deployment(ShardSet, name="shards", num_replicas=1, ray_actor_options={"num_cpus": 0.1})
+    serve.run(ingress.bind(*shard_deployments(out, replicas)), name=EXPLORER_APP, route_prefix=None)
+    log(f"index shards on Ray Serve: {replicas} replicas per shard, deployed in {time.time() - t:.1f} s")
+
+    def close():
+        try:
+            serve.delete(EXPLORER_APP)  # only ours: a `serve --ray` on the same cluster keeps running
+        finally:
+            ray.shutdown()
+
+    return functools.partial(RemoteSearcher, app_name=EXPLORER_APP), close
 
 
 def run(out: str, host: str, port: int, limits, replicas: int, address: str | None, log) -> None:

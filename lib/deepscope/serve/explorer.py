@@ -7,7 +7,8 @@
   GET  /api/units?layer=&sort=   a layer's units;  GET /api/unit?layer=&unit=  one unit's images
   GET  /api/map, /api/map/points, /api/map/near?box=   the 2-D map (points as binary float32)
   GET  /api/thumb|original|saliency|adversarial|patch|picture   pictures
-  POST /api/neighbors            search by upload, id or vector (the `serve` API, index loaded on first use)
+  POST /api/neighbors            search by upload, id or vector (the `serve` API, index loaded on first use;
+                                 with `--ray`, its shards are Ray Serve replicas: serve/cluster.py)
 
 Every answer is computed from the folder's tables (serve/explorer_data.py), never from a path a
 client sends: ids are looked up, and the files served are the ones the tables name.
@@ -36,8 +37,9 @@ class LazySearch(Engine):
     """The `serve` engine without its in-memory k-NN table (the explorer has its own), and loaded
     on the first search, so that a folder without an index still opens and start-up stays quick."""
 
-    def __init__(self, out: str, limits: Limits):
+    def __init__(self, out: str, limits: Limits, searcher=None):
         self.out, self.limits, self._lock, self._ready = out, limits, threading.Lock(), False
+        self.searcher = searcher  # None: the index in this process; else e.g. serve/cluster.py's RemoteSearcher
 
     def ensure(self):
         with self._lock:
@@ -54,7 +56,7 @@ class LazySearch(Engine):
                 if not spaces:
                     raise HTTPException(404, f"this folder has no index: run `deepscope index {self.out}` first")
                 try:
-                    self.searchers = {space: Searcher(store, space) for space in spaces}
+                    self.searchers = {space: (self.searcher or Searcher)(store, space) for space in spaces}
                     self.encoder = Encoder(self.out, load_spec(self.out).model,
                                            DecodeLimits(max_pixels=self.limits.max_pixels,
                                                         max_bytes=self.limits.max_upload_bytes))
@@ -84,12 +86,14 @@ def _sniff(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def create_explorer(out: str, limits: Limits = Limits(), workdir: str | None = None) -> FastAPI:
+def create_explorer(out: str, limits: Limits = Limits(), workdir: str | None = None, searcher=None) -> FastAPI:
+    """searcher: the class that searches one space's index (default: index.search.Searcher, in this
+    process; `deepscope app --ray` gives serve/cluster.py's RemoteSearcher, whose shards are replicas)."""
     tables = Tables(out, workdir)
-    search = LazySearch(out, limits)
+    search = LazySearch(out, limits, searcher)
     app = FastAPI(title="deepscope explorer", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
-    app.state.tables = tables
+    app.state.tables, app.state.search = tables, search
     static = resources.files("deepscope.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -117,7 +121,8 @@ def create_explorer(out: str, limits: Limits = Limits(), workdir: str | None = N
         return {"out": str(t.store.url), "images": t.n, "fields": t.fields, "knn_spaces": t.spaces,
                 "index_spaces": spaces, "saliency": t.saliency_methods, "layers": layers,
                 "map": any(f["name"] == "map_x" for f in t.fields), "thumbs": t.has_thumbs,
-                "map_method": (t.store.summary("map") or {}).get("method")}
+                "map_method": (t.store.summary("map") or {}).get("method"),
+                "search_on": "ray serve" if search.searcher else "this process"}
 
     @app.get("/api/images")
     async def images(request: Request):

@@ -291,7 +291,8 @@ class Tables:
 
     def where(self, query: list[tuple[str, str]]) -> tuple[str, list]:
         """Filters from the URL's (key, value) pairs: FIELD=v (repeated: any of), FIELD.min / FIELD.max,
-        FIELD.null=true|false, box=x0,y0,x1,y1 (on the map), q=text (id or path contains)."""
+        FIELD.null=true|false, box=x0,y0,x1,y1 or lasso=x0,y0,x1,y1,x2,y2,... (on the map), q=text
+        (id or path contains)."""
         kinds = {f["name"]: f["kind"] for f in self.fields}
         eq: dict[str, list] = {}
         clauses, params = [], []
@@ -311,6 +312,13 @@ class Tables:
                     raise BadQuery(f"box must be x0,y0,x1,y1 (four numbers), got {value!r}") from None
                 clauses.append("map_x BETWEEN ? AND ? AND map_y BETWEEN ? AND ?")
                 params += [min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)]
+                continue
+            if key == "lasso":
+                if "map_x" not in kinds:
+                    raise BadQuery("this folder has no map: run `deepscope map OUT` first")
+                clause, more = lasso_clause(value)
+                clauses.append(clause)
+                params += more
                 continue
             name, _, op = key.partition(".")
             if name not in kinds:
@@ -542,3 +550,31 @@ def decoded_thumb(path: str, side: int = 160) -> bytes:
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=82)
     return buf.getvalue()
+
+
+LASSO_MAX_VERTICES = 512
+
+
+def lasso_clause(value: str) -> tuple[str, list]:
+    """SQL for "(map_x, map_y) inside the polygon x0,y0,x1,y1,...": its bounding box (which DuckDB
+    prunes row groups with), then the even-odd rule, one crossing test per edge."""
+    try:
+        v = [float(t) for t in value.split(",")]
+    except ValueError:
+        raise BadQuery(f"lasso must be x0,y0,x1,y1,x2,y2,... (numbers), got {value[:80]!r}") from None
+    if len(v) % 2 or not 3 <= len(v) // 2 <= LASSO_MAX_VERTICES or not all(np.isfinite(v)):
+        raise BadQuery(f"lasso must be 3 to {LASSO_MAX_VERTICES} vertices x,y of finite numbers, "
+                       f"got {len(v)} numbers")
+    xs, ys = v[0::2], v[1::2]
+    crossings = []
+    for (xi, yi), (xj, yj) in zip(zip(xs, ys), zip(xs[1:] + xs[:1], ys[1:] + ys[:1])):
+        if yi == yj:
+            continue  # a horizontal edge is never crossed by a horizontal ray
+        # floats formatted by repr: exact, and nothing but a number reaches the SQL
+        crossings.append(f"((map_y < ({yi!r})) <> (map_y < ({yj!r})) AND "
+                         f"map_x < ({xi!r}) + ({xj - xi!r}) * (map_y - ({yi!r})) / ({yj - yi!r}))::INT")
+    if not crossings:
+        return "FALSE", []
+    box = "map_x BETWEEN ? AND ? AND map_y BETWEEN ? AND ?"
+    return f"({box} AND ({' + '.join(crossings)}) % 2 = 1)", [min(xs), max(xs), min(ys), max(ys)]
+

@@ -91,7 +91,10 @@ async function gallery(p) {
   const chips = el('span', {});
   for (const [k, v] of p) {
     if (SKIP.has(k)) continue;
-    chips.append(el('span', {class: 'chip'}, k + (k.endsWith('.min') ? ' ≥ ' : k.endsWith('.max') ? ' ≤ ' : ' = ') + v,
+    const text = k === 'lasso' ? `lasso of ${v.split(',').length / 2} vertices` :
+                 k + (k.endsWith('.min') ? ' ≥ ' : k.endsWith('.max') ? ' ≤ ' : ' = ') + v;
+    chips.append(el('span', {class: 'chip'}, text,
+      k === 'box' || k === 'lasso' ? link({view: 'map', [k]: v}, ' on the map') : null,
       el('button', {title: 'remove', onclick: () => { const q = params(); q.delete(k); q.delete('page'); go(q); }}, '×')));
   }
   const count = el('span', {id: 'count'}, '…'), grid = el('div', {class: 'grid', id: 'grid'}), pager = el('div', {class: 'bar'});
@@ -213,8 +216,10 @@ let MAP = null;  // {meta, x, y, c}: fetched once per page load
 async function mapView(p) {
   const W = Math.min(1100, window.innerWidth - 40), H = Math.min(760, window.innerHeight - 130);
   const canvas = el('canvas', {id: 'map', width: W, height: H});
-  const help = el('div', {id: 'maphelp'}, 'Drag to pan, wheel to zoom (thumbnails appear when few points are in view), ' +
-                  'shift-drag a box to show those images in the gallery.');
+  const help = el('div', {id: 'maphelp'}, 'Drag to pan, wheel to zoom (thumbnails appear when few points are in view); ' +
+                  'select with a box (shift-drag) or a lasso (alt-drag) to show those images in the gallery. Drag does ');
+  const tool = el('select', {id: 'tool'}, ...['pan', 'box', 'lasso'].map(t => el('option', {value: t}, t)));
+  help.append(tool);
   const legend = el('div', {class: 'legend'});
   main.replaceChildren(help, el('div', {id: 'mapwrap'}, canvas), legend);
   if (!MAP) {
@@ -230,6 +235,10 @@ async function mapView(p) {
   // the view: data coordinates of the canvas centre and pixels per unit (from the URL if there)
   const v = {cx: +(p.get('cx') || (bx0 + bx1) / 2), cy: +(p.get('cy') || (by0 + by1) / 2),
              s: +(p.get('s') || 0.95 * Math.min(W / (bx1 - bx0 || 1), H / (by1 - by0 || 1)))};
+  // the gallery's map selection, drawn as an outline: a lasso's vertices or a box's corners
+  const sel = (p.get('lasso') || p.get('box') || '').split(',').filter(t => t !== '').map(Number), shown = [];
+  if (p.get('lasso')) for (let i = 0; i + 1 < sel.length; i += 2) shown.push([sel[i], sel[i + 1]]);
+  else if (sel.length === 4) shown.push([sel[0], sel[1]], [sel[2], sel[1]], [sel[2], sel[3]], [sel[0], sel[3]]);
   const rgb = PALETTE.map(h => [1, 3, 5].map(i => parseInt(h.slice(i, i + 2), 16)));
   const ctx = canvas.getContext('2d');
   const toPx = (x, y) => [(x - v.cx) * v.s + W / 2, H / 2 - (y - v.cy) * v.s];
@@ -249,6 +258,11 @@ async function mapView(p) {
       }
     }
     ctx.putImageData(img, 0, 0);
+    if (shown.length > 2) {  // the selection the gallery came from
+      ctx.strokeStyle = '#000'; ctx.setLineDash([4, 3]); ctx.beginPath();
+      shown.forEach(([x, y], i) => { const [px, py] = toPx(x, y); i ? ctx.lineTo(px, py) : ctx.moveTo(px, py); });
+      ctx.closePath(); ctx.stroke(); ctx.setLineDash([]);
+    }
     for (const t of thumbs) {
       if (!t.img.complete || !t.img.naturalWidth) continue;
       const [px, py] = toPx(t.x, t.y), side = 48;
@@ -271,21 +285,34 @@ async function mapView(p) {
     q.set('s', v.s.toPrecision(6)); history.replaceState(null, '', '?' + q.toString());
   }
   let drag = null;
-  canvas.onmousedown = e => { drag = {x: e.offsetX, y: e.offsetY, cx: v.cx, cy: v.cy, box: e.shiftKey}; };
+  canvas.onmousedown = e => {
+    const mode = e.shiftKey ? 'box' : e.altKey ? 'lasso' : tool.value;
+    drag = {x: e.offsetX, y: e.offsetY, cx: v.cx, cy: v.cy, mode, pts: [[e.offsetX, e.offsetY]]};
+    if (mode !== 'pan') e.preventDefault();
+  };
   canvas.onmousemove = e => {
     if (!drag) return;
-    if (drag.box) {
+    if (drag.mode === 'box') {
       draw(); ctx.strokeStyle = '#000'; ctx.setLineDash([4, 3]);
       ctx.strokeRect(drag.x, drag.y, e.offsetX - drag.x, e.offsetY - drag.y); ctx.setLineDash([]);
+    } else if (drag.mode === 'lasso') {
+      const [lx, ly] = drag.pts[drag.pts.length - 1];
+      if (Math.hypot(e.offsetX - lx, e.offsetY - ly) < 3) return;
+      drag.pts.push([e.offsetX, e.offsetY]);
+      draw(); ctx.strokeStyle = '#000'; ctx.setLineDash([4, 3]); ctx.beginPath();
+      drag.pts.forEach(([px, py], i) => i ? ctx.lineTo(px, py) : ctx.moveTo(px, py));
+      ctx.closePath(); ctx.stroke(); ctx.setLineDash([]);
     } else { v.cx = drag.cx - (e.offsetX - drag.x) / v.s; v.cy = drag.cy + (e.offsetY - drag.y) / v.s; draw(); }
   };
   canvas.onmouseup = e => {
     const d0 = drag; drag = null;
     if (!d0) return;
-    if (d0.box && Math.abs(e.offsetX - d0.x) > 3 && Math.abs(e.offsetY - d0.y) > 3) {
+    if (d0.mode === 'box' && Math.abs(e.offsetX - d0.x) > 3 && Math.abs(e.offsetY - d0.y) > 3) {
       const [x0, y0] = toData(d0.x, d0.y), [x1, y1] = toData(e.offsetX, e.offsetY);
       selectBox(x0, y0, x1, y1); return;
     }
+    if (d0.mode === 'lasso' && d0.pts.length >= 3) { selectLasso(d0.pts.map(([px, py]) => toData(px, py))); return; }
+    if (d0.mode !== 'pan') { draw(); return; }
     remember(); loadThumbs();
   };
   canvas.onwheel = e => {
@@ -300,6 +327,10 @@ async function mapView(p) {
   };
   window.selectBox = (x0, y0, x1, y1) =>
     go({view: 'gallery', box: [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)].map(t => t.toPrecision(6)).join(',')});
+  window.selectLasso = pts => {  // at most 256 vertices: every k-th point of the stroke
+    const k = Math.ceil(pts.length / 256);
+    go({view: 'gallery', lasso: pts.filter((_, i) => i % k === 0).flat().map(t => t.toPrecision(6)).join(',')});
+  };
   draw(); loadThumbs();
 }
 
