@@ -94,7 +94,7 @@ async function gallery(p) {
     const text = k === 'lasso' ? `lasso of ${v.split(',').length / 2} vertices` :
                  k + (k.endsWith('.min') ? ' ≥ ' : k.endsWith('.max') ? ' ≤ ' : ' = ') + v;
     chips.append(el('span', {class: 'chip'}, text,
-      k === 'box' || k === 'lasso' ? link({view: 'map', [k]: v}, ' on the map') : null,
+      k === 'box' || k === 'lasso' ? ' · ' : null, k === 'box' || k === 'lasso' ? link({view: 'map', [k]: v}, 'on the map') : null,
       el('button', {title: 'remove', onclick: () => { const q = params(); q.delete(k); q.delete('page'); go(q); }}, '×')));
   }
   const count = el('span', {id: 'count'}, '…'), grid = el('div', {class: 'grid', id: 'grid'}), pager = el('div', {class: 'bar'});
@@ -217,7 +217,7 @@ async function mapView(p) {
   const W = Math.min(1100, window.innerWidth - 40), H = Math.min(760, window.innerHeight - 130);
   const canvas = el('canvas', {id: 'map', width: W, height: H});
   const help = el('div', {id: 'maphelp'}, 'Drag to pan, wheel to zoom (thumbnails appear when few points are in view); ' +
-                  'select with a box (shift-drag) or a lasso (alt-drag) to show those images in the gallery. Drag does ');
+                  'select with a box (shift-drag) or a lasso (alt-drag) to show those images in the gallery. Drag: ');
   const tool = el('select', {id: 'tool'}, ...['pan', 'box', 'lasso'].map(t => el('option', {value: t}, t)));
   help.append(tool);
   const legend = el('div', {class: 'legend'});
