@@ -12,10 +12,13 @@ last row (it is extra work the baseline does not do).
 
 The ig_tolerance rows compare integrated gradients at a fixed 50 steps with the same images at the
 default tolerance (ig_delta <= 0.05: the images that miss run again at 100, 200, ... up to 800
-steps), both through algos/saliency.py in this process (lite0, real weights, one image per demo
-photo in turn): the extra model evaluations and seconds, and the completeness errors of both.
+steps), through algos/saliency.py in this process (lite0, real weights, one image per demo photo in
+turn), in chunks of 12 images: a chunk's first round is the fixed-steps run and its later rounds
+the tolerance's extra cost.  The extra model evaluations and seconds, and the completeness errors
+of both.  All 300 demo images take about an hour on 2 cores; --ig-record makes the run resumable:
 
     .venv/bin/python bench/saliency.py --methods ig_tolerance --slow-images 6
+    .venv/bin/python bench/saliency.py --methods ig_tolerance --images 300 --slow-images 300 --ig-record ig.csv
 """
 from __future__ import annotations
 
@@ -77,29 +80,74 @@ def load() -> str:
     return "load %s" % os.getloadavg()[0].__format__(".2f")
 
 
-def ig_tolerance(paths: list[str], tolerance: float = 0.05, steps: int = 50, max_steps: int = 800) -> list[tuple]:
+class _TimedRounds(list):
+    """integrated_gradients' rounds, each stamped with the time it ended."""
+
+    def append(self, item):
+        super().append((time.perf_counter(), *item))
+
+
+def ig_tolerance(paths: list[str], tolerance: float = 0.05, steps: int = 50, max_steps: int = 800,
+                 chunk: int = 12, record: str | None = None) -> list[tuple]:
     """(run, images, image-steps evaluated, seconds, median ig_delta, max ig_delta, rerun, still missing, load)
-    for integrated gradients at fixed steps and at the tolerance, same images, same process."""
-    loaded = load_model("lite0")
-    tf = loaded.transform.torchvision()
-    x = torch.stack([tf(decode(read_bytes(p))[0]) for p in paths])
-    with torch.no_grad():
-        target = loaded.module(x).argmax(1)
-    rows = []
-    for name, tol in (("fixed 50 steps", 0.0), (f"tolerance {tolerance:g}", tolerance)):
-        before = load()
+    for integrated gradients at fixed steps and at the tolerance.  One run per chunk of images: its
+    first round is the fixed-steps run, its later rounds (the images that missed, at 2x, 4x ... the
+    steps) are the tolerance's extra cost.  record: a CSV that each chunk's per-image results are
+    appended to; the images already there are read back instead of computed (a long run resumes)."""
+    import csv
+
+    done = {}
+    if record and os.path.exists(record):
+        with open(record) as f:
+            done = {r["path"]: r for r in csv.DictReader(f)}
+
+    def key(p):  # photo/name.jpg: the same image in another temporary folder
+        return "/".join(Path(p).parts[-2:])
+    todo = [p for p in paths if key(p) not in done]
+    loaded = load_model("lite0") if todo else None
+    tf = loaded.transform.torchvision() if todo else None
+    fields = ["path", "delta_fixed", "delta_final", "steps", "fixed_evals", "extra_evals", "fixed_s", "extra_s", "load"]
+    for c in range(0, len(todo), chunk):
+        part = todo[c:c + chunk]
+        x = torch.stack([tf(decode(read_bytes(p))[0]) for p in part])
+        with torch.no_grad():
+            target = loaded.module(x).argmax(1)
+        rounds = _TimedRounds()
         t0 = time.perf_counter()
         _, delta, used = sal.integrated_gradients(loaded.module, x, target, sal.Options(
-            steps=steps, tolerance=tol, max_steps=max_steps))
-        seconds = time.perf_counter() - t0
-        # Captum evaluates steps + 2 inputs per image and run (the path, then x and the baseline)
-        rounds = [steps * 2 ** k for k in range(8) if steps * 2 ** k <= max(int(used.max()), steps)]
-        evaluated = sum(int((used >= s).sum()) * (s + 2) for s in rounds)
-        rows.append((name, len(paths), evaluated, seconds, float(np.median(delta.numpy())), float(delta.max()),
-                     int((used > steps).sum()), int((delta > tolerance).sum()), f"{before} -> {load()}"))
-        print(f"  {name}: {seconds:.1f} s, ig_delta {' '.join(f'{d:.4f}' for d in delta.tolist())}, "
-              f"steps {used.tolist()}", file=sys.stderr, flush=True)
-    return rows
+            steps=steps, tolerance=tolerance, max_steps=max_steps), rounds=rounds)
+        first = rounds[0]
+        fixed_s, extra_s = first[0] - t0, time.perf_counter() - first[0]
+        extra = {i: 0 for i in range(len(part))}  # Captum evaluates steps + 2 inputs (the path, then x and the baseline)
+        for _, n_steps, idx, _ in rounds[1:]:
+            for i in idx.tolist():
+                extra[i] += n_steps + 2
+        ld = load()
+        rows = [{"path": key(p), "delta_fixed": float(first[3][i]), "delta_final": float(delta[i]), "steps": int(used[i]),
+                 "fixed_evals": steps + 2, "extra_evals": extra[i], "fixed_s": fixed_s / len(part),
+                 "extra_s": extra_s / len(part), "load": ld} for i, p in enumerate(part)]
+        if record:
+            new = not os.path.exists(record)
+            with open(record, "a", newline="") as f:
+                w = csv.DictWriter(f, fields)
+                if new:
+                    w.writeheader()
+                w.writerows(rows)
+        done.update({r["path"]: r for r in rows})
+        print(f"  integrated gradients: {len(done)}/{len(paths)} images; this chunk {fixed_s:.0f} s at {steps} steps "
+              f"+ {extra_s:.0f} s for {sum(1 for v in extra.values() if v)} reruns; {ld}", file=sys.stderr, flush=True)
+    got = [done[key(p)] for p in paths]
+    col = {k: np.array([float(r[k]) for r in got]) for k in fields[1:-1]}
+    loads = sorted({r["load"] for r in got})
+    span = f"{loads[0]} .. {loads[-1]}" if loads else ""
+    fixed = ("fixed 50 steps" if steps == 50 else f"fixed {steps} steps", len(got), int(col["fixed_evals"].sum()),
+             float(col["fixed_s"].sum()), float(np.nanmedian(col["delta_fixed"])), float(np.nanmax(col["delta_fixed"])),
+             0, int((col["delta_fixed"] > tolerance).sum()), span)
+    tol = (f"tolerance {tolerance:g}", len(got), int((col["fixed_evals"] + col["extra_evals"]).sum()),
+           float((col["fixed_s"] + col["extra_s"]).sum()), float(np.nanmedian(col["delta_final"])),
+           float(np.nanmax(col["delta_final"])), int((col["steps"] > steps).sum()),
+           int((col["delta_final"] > tolerance).sum()), span)
+    return [fixed, tol]
 
 
 def captum_loop_in_ray(method: str, paths: list[str]) -> float:
@@ -149,6 +197,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256, help="images for backprop, guided, gradcam")
     ap.add_argument("--slow-images", type=int, default=4, help="images for occlusion and integrated gradients")
+    ap.add_argument("--ig-record", help="ig_tolerance: append per-image results to this CSV, and resume from it")
     ap.add_argument("--methods",
                     default="backprop,guided,gradcam,integrated_gradients,occlusion,occlusion_bf16,grabcut,ig_tolerance",
                     help="rows to measure (grabcut: backprop with GrabCut masks, against the backprop loop; "
@@ -165,7 +214,8 @@ def main():
         rows, baselines, ig_rows = [], {}, []
         if "ig_tolerance" in wanted:  # one image of each demo photo in turn
             by_photo = [sorted(str(p) for p in d.glob("*.jpg")) for d in sorted(data.iterdir())]
-            ig_rows = ig_tolerance([by_photo[i % len(by_photo)][i // len(by_photo)] for i in range(a.slow_images)])
+            ig_rows = ig_tolerance([by_photo[i % len(by_photo)][i // len(by_photo)] for i in range(a.slow_images)],
+                                   record=a.ig_record)
         for method, n, grabcut in (("backprop", a.images, False), ("guided", a.images, False),
                                    ("gradcam", a.images, False), ("integrated_gradients", 2 * a.slow_images, False),
                                    ("occlusion", a.slow_images, False), ("occlusion_bf16", a.slow_images, False),
@@ -186,8 +236,8 @@ def main():
     for name, n, _, base, ours in rows:
         print(f"{name:28s} {n:6d} {base:18.3f} {ours:16.3f} {ours / base:8.2f}x")
     if ig_rows:
-        print(f"\nintegrated gradients, lite0, Gauss-Legendre; {os.cpu_count()} CPU cores; load = 1-minute load average "
-              "before -> after\n")
+        print(f"\nintegrated gradients, lite0, Gauss-Legendre; {os.cpu_count()} CPU cores; load = the 1-minute load "
+              "average after each chunk (lowest .. highest)\n")
         print(f"{'run':16s} {'images':>6s} {'image-steps':>11s} {'seconds':>8s} {'median delta':>12s} "
               f"{'max delta':>9s} {'rerun':>5s} {'>0.05':>5s}  load")
         for name, n, ev, sec, med, mx, rerun, miss, ld in ig_rows:

@@ -85,17 +85,21 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-                         opts: Options = Options()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         opts: Options = Options(), rounds: list | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (N, H, W) maps, (N,) ig_delta, (N,) steps used.
 
     ig_delta = |sum of attributions - (score(x) - score(baseline))| / |score(x) - score(baseline)|,
     the relative miss of the completeness axiom (Captum's convergence delta over the score change;
     NaN where the score does not change, or under SmoothGrad).  With opts.tolerance > 0 the images
     that miss it run again, together, at twice the steps, until they meet it or reach max_steps;
-    each image keeps the map of its last run."""
+    each image keeps the map of its last run.  rounds: if a list, each round's (steps, image
+    indices, their ig_delta) is appended to it (the first round is the fixed-steps run)."""
     maps, delta = _chunked(model, x, target, "integrated_gradients", opts)
     steps = torch.full((x.shape[0],), opts.steps, dtype=torch.int32)
     n_steps = opts.steps
+    if rounds is not None:
+        rounds.append((n_steps, torch.arange(x.shape[0]), delta.clone()))
     while opts.tolerance > 0 and n_steps < opts.max_steps:
         miss = (delta > opts.tolerance).nonzero()[:, 0]  # NaN is never > tolerance
         if not len(miss):
@@ -105,6 +109,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor
         more, more_delta = _chunked(model, x[on], target.to(x.device)[on], "integrated_gradients",
                                     replace(opts, steps=n_steps))
         maps[on], delta[miss], steps[miss] = more, more_delta, n_steps
+        if rounds is not None:
+            rounds.append((n_steps, miss.clone(), more_delta.clone()))
     return maps, delta, steps
 
 
