@@ -552,7 +552,9 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "rotation": evidence("rotation", pa.float32()), "spread": evidence("spread", pa.float32()),
         "overlap": evidence("overlap", pa.float32()),
         "aligned_correlation": evidence("aligned_correlation", pa.float32()),
-        "differing": evidence("differing", pa.float32()), "accepted": pa.array(accepted),
+        "differing": evidence("differing", pa.float32()), "regions": evidence("regions", pa.int32()),
+        "overlay": evidence("overlay", pa.float32()), "colour_shift": evidence("colour_shift", pa.float32()),
+        "accepted": pa.array(accepted),
     }
 
 
@@ -585,7 +587,8 @@ def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
 
 
 def verify_settings(cfg) -> dict:
-    return {"min_inliers": cfg.min_inliers, "min_correlation": cfg.min_correlation, "max_differing": cfg.max_differing}
+    return {"min_inliers": cfg.min_inliers, "min_correlation": cfg.min_correlation, "max_differing": cfg.max_differing,
+            "max_overlay": cfg.max_overlay}
 
 
 def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.ndarray]:
@@ -619,7 +622,8 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     accepted, unless their hashes agree)."""
     n = len(a)
     out = {k: np.zeros(n, np.float32) for k in V.EVIDENCE}
-    out["same"], out["flip"], out["inliers"] = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32)
+    out["same"], out["flip"], out["inliers"], out["regions"] = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32),
+                                                                np.zeros(n, np.int32))
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
     todo = np.nonzero(have)[0]
     todo = todo[np.lexsort((thumbs["file"][b[todo]], thumbs["file"][a[todo]]))]  # a chunk reads few parts
