@@ -116,6 +116,35 @@ def _curve(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np
     return np.array(xs), np.maximum.accumulate(np.array(ys))
 
 
+def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The pixels of y (inside the overlap) that stay far from x's once each channel of x is mapped onto
+    y's by a rising curve, refitted without what the first fit left far off (an overlay)."""
+    cx, cy = fx[inside], fy[inside]
+    keep = np.ones(len(cx), bool)
+    for _ in range(2):
+        curves = [_curve(cx[keep, c], cy[keep, c]) for c in range(3)]
+        pred = np.stack([np.interp(fx[..., c], *curves[c]).astype(np.float32) for c in range(3)], -1)
+        # y agrees where it lies within x's mapped values a pixel or two around (a rounding's misalignment)
+        lo, hi = cv2.erode(pred, ALIGN_SLACK), cv2.dilate(pred, ALIGN_SLACK)
+        far = np.maximum(np.maximum(lo - fy, fy - hi), 0).max(-1)[inside] > DIFFERS
+        if far.mean() >= 0.5 or (~far).sum() < 32:
+            break
+        keep = ~far
+    return far
+
+
+def _differing_cells(far, inside, n_in, counted, cell) -> tuple[np.ndarray, float]:
+    """Far pixels -> the cells where much of the picture is far off, and the overlay measure: an overlay
+    (a caption, a logo) is one compact patch or band, so the box around the cells that differ is narrow
+    one way; an object moved leaves two patches (where it was, where it is), a wide box."""
+    grid_far = np.zeros(inside.shape, np.float32)
+    grid_far[inside] = far
+    differs = counted & (_cells(grid_far, cell) > CELL_DIFFERS * np.maximum(n_in, 1))
+    ys, xs = np.nonzero(differs)
+    overlay = float(min((np.ptp(ys) + 1) / differs.shape[0], (np.ptp(xs) + 1) / differs.shape[1])) if len(ys) else 0.0
+    return differs, overlay
+
+
 def _refine(a: dict, b: dict, m: np.ndarray, slide: float) -> np.ndarray:
     """The transform b -> a (half-size images) refined on all their pixels (ECC, an affine fit started
     from the keypoints' one): a few matches fix it only to a pixel or two, which shows at sharp edges."""
@@ -168,30 +197,16 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     sigma = max(h, w) / 128
     fa, fb = cv2.GaussianBlur(a["half"], (0, 0), sigma), cv2.GaussianBlur(warped, (0, 0), sigma)
     ca, cb = fa[inside], fb[inside]
-    keep = np.ones(len(ca), bool)
-    for _ in range(2):  # b's channels as curves of a's; refitted without what the first fit left far off (an overlay)
-        curves = [_curve(ca[keep, c], cb[keep, c]) for c in range(3)]
-        pred = np.stack([np.interp(fa[..., c], *curves[c]).astype(np.float32) for c in range(3)], -1)
-        # b agrees where it lies within a's fitted values a pixel or two around (a rounding's misalignment)
-        lo, hi = cv2.erode(pred, ALIGN_SLACK), cv2.dilate(pred, ALIGN_SLACK)
-        off = np.maximum(np.maximum(lo - fb, fb - hi), 0).max(-1)[inside]
-        far = off > DIFFERS
-        if far.mean() >= 0.5 or (~far).sum() < 32:
-            break
-        keep = ~far
+    # the curves are fitted from the picture without the overlay (a caption on x would bend them):
+    # both ways tried, the one whose differing cells are the narrower, then the fewer, kept
     cell = max(4, max(h, w) // CELLS)
-    grid_far = np.zeros((h, w), np.float32)
-    grid_far[inside] = far
-    n_in, n_far = _cells(inside.astype(np.float32), cell), _cells(grid_far, cell)
+    n_in = _cells(inside.astype(np.float32), cell)
     counted = n_in >= cell * cell / 4  # cells mostly outside the overlap say nothing
-    differs = counted & (n_far > CELL_DIFFERS * np.maximum(n_in, 1))
     if not counted.any():
         return none
+    differs, overlay = min((_differing_cells(far, inside, n_in, counted, cell)
+                            for far in (_far(fa, fb, inside), _far(fb, fa, inside))), key=lambda d: (d[1], d[0].sum()))
     regions = cv2.connectedComponents(differs.astype(np.uint8), connectivity=8)[0] - 1
-    # an overlay (a caption, a logo) is one compact patch or band: the box around the cells that differ
-    # is narrow one way; an object moved leaves two patches (where it was, where it is), a wide box
-    ys, xs = np.nonzero(differs)
-    overlay = float(min((np.ptp(ys) + 1) / differs.shape[0], (np.ptp(xs) + 1) / differs.shape[1])) if len(ys) else 0.0
     # agreeing pixels: those of cells that do not differ (and the ragged edge's)
     ok_px = np.ones((h, w), bool)
     hc, wc = differs.shape
