@@ -385,7 +385,7 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     c = pq.read_table(out / "knn/candidates.parquet").to_pandas()
     geo = (c["inliers"].fillna(0) >= 8) & (c["inlier_ratio"].fillna(0) >= 0.15)
     plausible = (c["rotation"].abs().fillna(99) <= 20) & c["scale"].between(0.5, 2.0) & (c["overlap"].fillna(0) >= 0.65)
-    corr, differing = c["aligned_correlation"].fillna(0) >= 0.7, c["differing"].fillna(1) <= 0.25
+    corr, differing = c["explained"].fillna(0) >= 0.75, c["differing"].fillna(1) <= 0.25
     overlay, colour = c["overlay"].fillna(1) <= 0.2, c["colour_shift"].fillna(1) <= 0.3
     exact = c["tier"].eq("exact")
     ways = {

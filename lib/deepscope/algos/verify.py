@@ -27,15 +27,17 @@ WORK_SIDE = 256  # both images are brought to this longest side first (small thu
 DIFFERS = 40.0  # a pixel differs when a channel is this far (of 255) from the fitted line
 CELLS = 16  # the overlap is compared on a grid of about CELLS x CELLS cells
 ALIGN_SLACK = np.ones((5, 5), np.uint8)  # half-size pixels either way that a pixel may be misaligned by
+EXPLAIN_CLIP = 16.0  # grey levels: a residual beyond counts as this much (an overlay's pixels weigh little)
+FRAMES_EXPLAINED = 0.9  # needed by a pair aligned from its frames rather than from matches
 CELL_DIFFERS = 0.25  # a cell differs when this share of its pixels does
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
-            "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
+            "explained", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
 
 
 @dataclass(frozen=True)
 class VerifySettings:
     min_inliers: int = 4  # matches that agree with one transform (RANSAC's consensus: the pixels decide)
-    min_correlation: float = 0.70  # of the aligned, blurred grey images over the cells that agree
+    min_explained: float = 0.75  # share of b's variation that a's colour curves explain where they agree
     max_differing: float = 0.25  # share of the overlap's cells that differ after the colour curves
     max_overlay: float = 0.20  # the cells that differ fit a band this narrow (share of a side): one overlay
     max_colour_shift: float = 0.30  # of a channel's mean (share of 255): a recoloured look-alike shifts more
@@ -116,9 +118,12 @@ def _curve(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np
     return np.array(xs), np.maximum.accumulate(np.array(ys))
 
 
-def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> np.ndarray:
+def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The pixels of y (inside the overlap) that stay far from x's once each channel of x is mapped onto
-    y's by a rising curve, refitted without what the first fit left far off (an overlay)."""
+    y's by a rising curve, refitted without what the first fit left far off (an overlay); and how much
+    of y's variation x explains (1 - the residual's variance, each residual clipped at EXPLAIN_CLIP so
+    that an overlay weighs little, over y's variance): a low-contrast look-alike stays near no pixel
+    limit, but its pixels are not explained."""
     cx, cy = fx[inside], fy[inside]
     keep = np.ones(len(cx), bool)
     for _ in range(2):
@@ -130,11 +135,16 @@ def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> np.ndarray:
         if far.mean() >= 0.5 or (~far).sum() < 32:
             break
         keep = ~far
-    return far
+    ok = ~far
+    if ok.sum() < 32:
+        return far, 0.0
+    resid = np.clip((fy[inside][ok] - pred[inside][ok]).mean(1), -EXPLAIN_CLIP, EXPLAIN_CLIP)
+    var = float(fy[inside][ok].mean(1).var())
+    return far, (1 - float((resid ** 2).mean()) / var) if var > 1 else float(np.abs(resid).mean() < 4)
 
 
-def _differing_cells(far, inside, n_in, counted, cell) -> tuple[np.ndarray, float]:
-    """Far pixels -> the cells where much of the picture is far off, and the overlay measure: an overlay
+def _differing_cells(far, explained, inside, n_in, counted, cell) -> tuple:
+    """Far pixels -> the cells where much of the picture is far off, the overlay measure, the far pixels: an overlay
     (a caption, a logo) is one compact patch or band, so the box around the cells that differ is narrow
     one way; an object moved leaves two patches (where it was, where it is), a wide box."""
     grid_far = np.zeros(inside.shape, np.float32)
@@ -142,7 +152,7 @@ def _differing_cells(far, inside, n_in, counted, cell) -> tuple[np.ndarray, floa
     differs = counted & (_cells(grid_far, cell) > CELL_DIFFERS * np.maximum(n_in, 1))
     ys, xs = np.nonzero(differs)
     overlay = float(min((np.ptp(ys) + 1) / differs.shape[0], (np.ptp(xs) + 1) / differs.shape[1])) if len(ys) else 0.0
-    return differs, overlay
+    return differs, overlay, far, explained
 
 
 def _refine(a: dict, b: dict, m: np.ndarray, slide: float) -> np.ndarray:
@@ -190,7 +200,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     # the share of each picture that the other covers, the smaller (m scales areas of b by det)
     scale2 = abs(float(np.linalg.det(m[:, :2])))
     overlap = float(min(inside.mean(), inside.sum() / max(scale2 * b["half"].shape[0] * b["half"].shape[1], 1)))
-    none = {"overlap": overlap, "aligned_correlation": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
+    none = {"overlap": overlap, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
             "colour_shift": 1.0, "m": m, "brightness_shift": 0.0, "contrast_ratio": 1.0}
     if inside.sum() < 32:
         return none
@@ -204,21 +214,25 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     counted = n_in >= cell * cell / 4  # cells mostly outside the overlap say nothing
     if not counted.any():
         return none
-    differs, overlay = min((_differing_cells(far, inside, n_in, counted, cell)
-                            for far in (_far(fa, fb, inside), _far(fb, fa, inside))), key=lambda d: (d[1], d[0].sum()))
+    differs, overlay, far, explained = min((_differing_cells(*fe, inside, n_in, counted, cell)
+                                            for fe in (_far(fa, fb, inside), _far(fb, fa, inside))), key=lambda d: (d[1], d[0].sum()))
     regions = cv2.connectedComponents(differs.astype(np.uint8), connectivity=8)[0] - 1
     # agreeing pixels: those of cells that do not differ (and the ragged edge's)
     ok_px = np.ones((h, w), bool)
     hc, wc = differs.shape
     ok_px[:hc * cell, :wc * cell] = ~np.repeat(np.repeat(differs, cell, 0), cell, 1)
-    ok = ok_px[inside]
+    far_px = np.zeros((h, w), np.uint8)
+    far_px[inside] = far
+    # nor the overlay's pixels (and their blurred halo) in cells that mostly agree
+    ok = ok_px[inside] & ~cv2.dilate(far_px, np.ones((7, 7), np.uint8)).astype(bool)[inside]
     if ok.sum() < 32:
         return {**none, "differing": float(differs.sum() / counted.sum()), "regions": int(regions), "overlay": overlay}
     ga, gb = ca[ok].mean(1), cb[ok].mean(1)
     colour_shift = float(np.abs(cb[ok].mean(0) - ca[ok].mean(0)).max()) / 255  # a recoloured look-alike fits a curve too
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
-    return {"overlap": overlap, "aligned_correlation": corr, "differing": float(differs.sum() / counted.sum()),
+
+    return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "differing": float(differs.sum() / counted.sum()),
             "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m, "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
 
 
@@ -270,8 +284,10 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
               "spread": spread, **px}
         # the geometry only has to be plausible (chance matches do not align two pictures): the aligned
         # pixels decide. A copy's differences are global (a colour curve absorbs them) or one overlay.
+        # aligned from the frames (no matches to check it): the picture must agree closely
+        needed = s.min_explained if how == "keypoints" else max(s.min_explained, FRAMES_EXPLAINED)
         ev["same"] = bool(abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
-                          and ev["overlap"] >= s.min_overlap and ev["aligned_correlation"] >= s.min_correlation
+                          and ev["overlap"] >= s.min_overlap and ev["explained"] >= needed
                           and ev["differing"] <= s.max_differing and ev["overlay"] <= s.max_overlay
                           and ev["colour_shift"] <= s.max_colour_shift)
         if best is None or (ev["same"], ev["inliers"], ev["aligned_correlation"]) > (best["same"], best["inliers"], best["aligned_correlation"]):
@@ -280,7 +296,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             break  # the direct match holds: the mirror is not tried
     if best is None:
         best = {"inliers": 0, "inlier_ratio": 0.0, "flip": False, "scale": float("nan"), "rotation": float("nan"),
-                "spread": 0.0, "overlap": 0.0, "aligned_correlation": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
+                "spread": 0.0, "overlap": 0.0, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
                 "colour_shift": 1.0, "brightness_shift": 0.0, "contrast_ratio": 1.0, "same": False}
     return best
 

@@ -552,6 +552,7 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "rotation": evidence("rotation", pa.float32()), "spread": evidence("spread", pa.float32()),
         "overlap": evidence("overlap", pa.float32()),
         "aligned_correlation": evidence("aligned_correlation", pa.float32()),
+        "explained": evidence("explained", pa.float32()),
         "differing": evidence("differing", pa.float32()), "regions": evidence("regions", pa.int32()),
         "overlay": evidence("overlay", pa.float32()), "colour_shift": evidence("colour_shift", pa.float32()),
         "accepted": pa.array(accepted),
@@ -587,7 +588,7 @@ def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
 
 
 def verify_settings(cfg) -> dict:
-    return {"min_inliers": cfg.min_inliers, "min_correlation": cfg.min_correlation, "max_differing": cfg.max_differing,
+    return {"min_inliers": cfg.min_inliers, "min_explained": cfg.min_explained, "max_differing": cfg.max_differing,
             "max_overlay": cfg.max_overlay}
 
 
