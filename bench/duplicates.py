@@ -17,6 +17,7 @@ at its best one (chosen with the answers known, labelled so), recall per edit ki
 pairs each tool calls duplicates, time, and the verification step's time per image; load beside.
 
     .venv/bin/python bench/duplicates.py [--distinct 300 --per-edit 20] [--dir DIR] [--tools-python PY]
+    .venv/bin/python bench/duplicates.py --knn-cost 100000      # the knn stage with / without verification
 """
 from __future__ import annotations
 
@@ -522,6 +523,47 @@ def thumbs_cost(data: Path, root: Path, repeats: int = 2) -> None:
         print(f"| features{' + thumbs' if w else ''} | {sec:.1f} | {n / sec:.1f} | {l0} -> {l1} |")
 
 
+# ---------------------------------------------------------------------------- the knn stage's cost
+
+
+def knn_cost(n: int, root: Path, repeats: int = 2) -> None:
+    """The knn stage with verification on the thumbnails against without it (the old decision: the
+    density valley's threshold), on n generated scenes (1 in 50 with a planted copy), alternated on copies
+    of one folder that has features, pixels, thumbs and both indexes; load beside every number."""
+    import shutil
+
+    from deepscope import job as jobmod
+    from deepscope.runner import run, run_stage
+
+    data, base = root / "knn-cost-data", root / "knn-cost-base"
+    make_set(data, "shapes", n - n // 50, max(1, n // 50 // len(EDITS)), 0, 99)
+    run(jobmod.validate({"out": str(base), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
+                         "run": {"batch_size": 32, "partition_size": 1000}, "features": {}, "pixels": {},
+                         "thumbs": {}, "index": {"spaces": ["features", "pixels"]}}))
+    rows = []
+    for r in range(repeats):
+        for verify in (False, True):
+            out = root / f"knn-cost-{r}-{int(verify)}"
+            shutil.copytree(base, out)
+            l0 = load()
+            t0 = time.time()
+            run_stage(str(out), "knn", {"verify": verify})
+            sec = time.time() - t0
+            d = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]
+            rows.append((verify, sec, d, l0, load()))
+            shutil.rmtree(out)
+    images = len(list(data.iterdir()))
+    print(f"\n## the knn stage with and without verification ({images} images, k = 10, features + pixels)\n")
+    print("| knn | wall s | ms per image | verification s (pairs) | groups | load before -> after |\n|---|---|---|---|---|---|")
+    for verify, sec, d, l0, l1 in rows:
+        v = d.get("verification") or {}
+        print(f"| {'verified on thumbnails' if verify else 'threshold only (verify = false)'} | {sec:.1f} | "
+              f"{1000 * sec / images:.1f} | {v.get('seconds', '-')} ({v.get('pairs', '-')}) | {d['groups']} | {l0} -> {l1} |")
+    off = [sec for v, sec, *_ in rows if not v]
+    on = [sec for v, sec, *_ in rows if v]
+    print(f"\nwith / without verification: {min(on) / min(off):.2f}x (best of {repeats} each)")
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -538,8 +580,12 @@ def main():
     ap.add_argument("--dir", default=None)
     ap.add_argument("--tools-python", default=None, help="a Python with imagededup / fastdup / cleanvision")
     ap.add_argument("--thumbs-cost", action="store_true", help="also time the features pass with and without [thumbs]")
+    ap.add_argument("--knn-cost", type=int, default=0, metavar="N",
+                    help="only time the knn stage with and without verification on N generated images")
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(dir=a.dir, prefix="bench-dups-"))
+    if a.knn_cost:
+        return knn_cost(a.knn_cost, root)
     print(f"# near-duplicates: {a.distinct} distinct images a set, {a.per_edit} copies per edit kind "
           f"({len(EDITS)} kinds), look-alike pairs; folder {root}")
     for seed, kind in enumerate(a.sets.split(",")):

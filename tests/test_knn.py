@@ -110,6 +110,20 @@ def test_pixel_signature_ignores_lightening_and_shifts():
     assert same.max() < 0.15 and np.median(other) > 0.5, (same.max(), np.median(other))
 
 
+def test_signature_nearest_finds_mirrored_copies_as_brute_force_does():
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (60, 3 * 32 * 32)).astype(np.uint8)
+    pixels[7] = pixels[40].reshape(3, 32, 32)[..., ::-1].reshape(-1)  # 7 is 40 mirrored
+    sig = K.pixel_signature(pixels, 32)
+    a, b = K.signature_nearest(sig)
+    mirrored = sig.reshape(60, 3, 8, 8)[..., ::-1].reshape(60, -1)
+    sim = np.maximum(sig @ sig.T, mirrored @ sig.T)  # i's query (as it is or mirrored) against every j
+    np.fill_diagonal(sim, -np.inf)
+    best = sim.argmax(1)
+    assert set(zip(a.tolist(), b.tolist())) == {(min(i, j), max(i, j)) for i, j in enumerate(best.tolist())}
+    assert (7, 40) in set(zip(a.tolist(), b.tolist()))
+
+
 def test_uniqueness_and_label_disagreement_by_hand():
     dist = np.array([[1, 1, 1, 9], [2, 2, 2, 2], [0.1, 1, 1, 1], [1, 3, np.inf, np.inf]], np.float32)
     u = K.uniqueness(dist)

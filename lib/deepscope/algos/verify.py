@@ -28,7 +28,7 @@ DIFFERS = 40.0  # a pixel differs when a channel is this far (of 255) from the f
 CELLS = 16  # the overlap is compared on a grid of about CELLS x CELLS cells
 ALIGN_SLACK = np.ones((5, 5), np.uint8)  # half-size pixels either way that a pixel may be misaligned by
 EXPLAIN_CLIP = 16.0  # grey levels: a residual beyond counts as this much (an overlay's pixels weigh little)
-FRAMES_EXPLAINED = 0.9  # needed by a pair aligned from its frames rather than from matches
+FRAMES_EXPLAINED = 0.95  # needed by a pair aligned from its frames rather than from matches
 CELL_DIFFERS = 0.25  # a cell differs when this share of its pixels does
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
             "explained", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
@@ -118,11 +118,11 @@ def _curve(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np
     return np.array(xs), np.maximum.accumulate(np.array(ys))
 
 
-def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray, cell: int) -> tuple[np.ndarray, float]:
     """The pixels of y (inside the overlap) that stay far from x's once each channel of x is mapped onto
     y's by a rising curve, refitted without what the first fit left far off (an overlay); and how much
     of y's variation x explains (1 - the residual's variance, each residual clipped at EXPLAIN_CLIP so
-    that an overlay weighs little, over y's variance): a low-contrast look-alike stays near no pixel
+    that an overlay weighs little, over y's variance): a low-contrast look-alike stays within the pixel
     limit, but its pixels are not explained."""
     cx, cy = fx[inside], fy[inside]
     keep = np.ones(len(cx), bool)
@@ -215,7 +215,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     if not counted.any():
         return none
     differs, overlay, far, explained = min((_differing_cells(*fe, inside, n_in, counted, cell)
-                                            for fe in (_far(fa, fb, inside), _far(fb, fa, inside))), key=lambda d: (d[1], d[0].sum()))
+                                            for fe in (_far(fa, fb, inside, cell), _far(fb, fa, inside, cell))), key=lambda d: (d[1], d[0].sum()))
     regions = cv2.connectedComponents(differs.astype(np.uint8), connectivity=8)[0] - 1
     # agreeing pixels: those of cells that do not differ (and the ragged edge's)
     ok_px = np.ones((h, w), bool)
@@ -274,7 +274,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
-        px = _compare(a, b, m, slide=4 if how == "keypoints" else 0.2 * max(a["half"].shape))
+        px = _compare(a, b, m, slide=4)
         r = px.pop("m")[:, :2]
         scale = float(np.sqrt(abs(np.linalg.det(r))))
         # rotation of the similarity part (a mirror's determinant is negative: its angle is read after unmirroring)
@@ -286,9 +286,10 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
         # pixels decide. A copy's differences are global (a colour curve absorbs them) or one overlay.
         # aligned from the frames (no matches to check it): the picture must agree closely
         needed = s.min_explained if how == "keypoints" else max(s.min_explained, FRAMES_EXPLAINED)
+        allowed = s.max_differing if how == "keypoints" else s.max_differing / 5  # from the frames: nearly all agrees
         ev["same"] = bool(abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
                           and ev["overlap"] >= s.min_overlap and ev["explained"] >= needed
-                          and ev["differing"] <= s.max_differing and ev["overlay"] <= s.max_overlay
+                          and ev["differing"] <= allowed and ev["overlay"] <= s.max_overlay
                           and ev["colour_shift"] <= s.max_colour_shift)
         if best is None or (ev["same"], ev["inliers"], ev["aligned_correlation"]) > (best["same"], best["inliers"], best["aligned_correlation"]):
             best = ev
