@@ -1,14 +1,16 @@
 """Near-duplicates, side by side with the tools people use, on data the detector was not tuned on.
 
-Three sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
+Four sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
 and look-alike pairs that are NOT copies:
-  shapes   io/demo_data.random_scene (the settings of algos/verify.py were chosen on this one)
-  textured a new generator written here (held out: no setting was chosen on it): smooth coloured
-           fields with grain, polygons, rings, striped boxes and letters, in varied aspect ratios;
-           its look-alikes: two frames of one scene (objects moved), one object on two backgrounds,
-           two scenes of the same layout in other colours
-  photos   non-overlapping tiles of scikit-image's bundled photos (held out); look-alikes: two views
-           of one photo panned by 40-50% of a side
+  shapes    io/demo_data.random_scene (the settings of algos/verify.py were chosen on this one)
+  textured  smooth coloured fields with grain, polygons, rings, striped boxes and letters, in varied
+            aspect ratios; its look-alikes: two frames of one scene (objects moved), one object on two
+            backgrounds, two scenes of the same layout in other colours (looked at while settings were chosen)
+  photos    non-overlapping tiles of scikit-image's bundled photos; look-alikes: two views of one photo
+            panned by 40-50% of a side (looked at while settings were chosen)
+  documents pages and slides: a header band and title, text blocks, bar charts, tables (held out: run
+            once, last, with the final settings); look-alikes: one template with other words and
+            numbers, one page with two blocks swapped, two pages of one document
 Each set runs through deepscope (features + pixels + thumbs + index + knn, lite0 with its ImageNet
 weights) and, on the same folder, imagededup's PHash / DHash / AHash / WHash, fastdup and cleanvision
 (from a separate virtualenv, --tools-python: their pins would downgrade numpy, OpenCV and Pillow in
@@ -576,7 +578,7 @@ def main():
     ap.add_argument("--distinct", type=int, default=300)
     ap.add_argument("--per-edit", type=int, default=20)
     ap.add_argument("--lookalikes", type=int, default=10, help="look-alike groups per set (3 pairs each on generated sets)")
-    ap.add_argument("--sets", default="shapes,textured,photos")
+    ap.add_argument("--sets", default="shapes,textured,photos,documents")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--tools-python", default=None, help="a Python with imagededup / fastdup / cleanvision")
     ap.add_argument("--thumbs-cost", action="store_true", help="also time the features pass with and without [thumbs]")
@@ -591,7 +593,8 @@ def main():
     for seed, kind in enumerate(a.sets.split(",")):
         data = root / kind
         truth = make_set(data, kind, a.distinct, a.per_edit, a.lookalikes, seed + 10)
-        print(f"\n## {kind}{' (settings chosen here)' if kind == 'shapes' else ' (held out)'}: {truth['images']} images, "
+        note = {"shapes": " (settings chosen here)", "documents": " (held out)"}.get(kind, " (looked at while settings were chosen)")
+        print(f"\n## {kind}{note}: {truth['images']} images, "
               f"{len(truth['pairs'])} planted copies, {len(truth['looks'])} look-alike pairs")
         rows = []
         l0 = load()
