@@ -531,7 +531,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     n_groups = int(len(np.unique(group_of[in_group])))
     tier_counts = {t: int((tiers[ok] == t).sum()) for t in ("exact", "near-identical", "edited", "unverified") if (tiers[ok] == t).any()}
     decided = (f"verified on thumbnails: {verification['pairs']} candidate pairs in {verification['seconds']} s"
-               if verification else f"at threshold {threshold:.3g} ({how['method']}; no [thumbs] to verify on)")
+               if verification else f"at threshold {threshold:.3g} ({how['method']}; {'verify = false' if not cfg.verify else 'no [thumbs] to verify on'})")
     log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images, "
         f"{', '.join(f'{v} {k}' for k, v in tier_counts.items()) or 'no pairs'}) {decided}; "
         f"{int(lab['flagged'].sum())} labels disagree with their neighbours")
