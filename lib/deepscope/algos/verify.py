@@ -118,7 +118,7 @@ def _curve(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np
     return np.array(xs), np.maximum.accumulate(np.array(ys))
 
 
-def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray, cell: int) -> tuple[np.ndarray, float]:
+def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, float]:
     """The pixels of y (inside the overlap) that stay far from x's once each channel of x is mapped onto
     y's by a rising curve, refitted without what the first fit left far off (an overlay); and how much
     of y's variation x explains (1 - the residual's variance, each residual clipped at EXPLAIN_CLIP so
@@ -182,14 +182,13 @@ def _cells(mask: np.ndarray, cell: int) -> np.ndarray:
 
 
 def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
-    """b warped onto a by m, both blurred (JPEG blocks, resampling and a rotation's aliasing blur away),
-    compared over their overlap on a grid of cells.  Each colour channel of b is fitted to a's by a line
-    (a lightening or a contrast change is such a line), refitted without the pixels the first fit left
-    far off (a caption must not bend the fit); a cell differs when much of it is still far off.
-    -> overlap (the share of a covered), differing (the share of cells that differ), regions (their
-    separated groups: a copy's caption is one, a moved object leaves two: where it was and where it is),
-    aligned_correlation (of the grey images over the cells that agree), b's brightness shift and contrast
-    ratio against a."""
+    """b warped onto a by m (refined on the pixels), both blurred (JPEG blocks, resampling and a
+    rotation's aliasing blur away), compared over their overlap on a grid of cells once one's colours
+    are mapped onto the other's by rising curves (_far); a cell differs when much of it is far off.
+    -> overlap (the share of a covered), explained (_far), differing (the share of cells that differ),
+    regions (their separated groups), overlay (the narrower side of their box: one caption or logo is
+    narrow, an object moved leaves two patches apart), aligned_correlation (of the grey images over what
+    agrees), colour_shift, b's brightness shift and contrast ratio against a, and the refined m."""
     h, w = a["half"].shape[:2]
     m = np.array(m, np.float64)
     m[:, 2] /= 2  # the same transform between the half-size images
@@ -214,8 +213,9 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     counted = n_in >= cell * cell / 4  # cells mostly outside the overlap say nothing
     if not counted.any():
         return none
-    differs, overlay, far, explained = min((_differing_cells(*fe, inside, n_in, counted, cell)
-                                            for fe in (_far(fa, fb, inside, cell), _far(fb, fa, inside, cell))), key=lambda d: (d[1], d[0].sum()))
+    ways = (_far(fa, fb, inside), _far(fb, fa, inside))
+    differs, overlay, far, explained = min((_differing_cells(*fe, inside, n_in, counted, cell) for fe in ways),
+                                           key=lambda d: (d[1], d[0].sum()))
     regions = cv2.connectedComponents(differs.astype(np.uint8), connectivity=8)[0] - 1
     # agreeing pixels: those of cells that do not differ (and the ragged edge's)
     ok_px = np.ones((h, w), bool)
@@ -226,14 +226,15 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     # nor the overlay's pixels (and their blurred halo) in cells that mostly agree
     ok = ok_px[inside] & ~cv2.dilate(far_px, np.ones((7, 7), np.uint8)).astype(bool)[inside]
     if ok.sum() < 32:
-        return {**none, "differing": float(differs.sum() / counted.sum()), "regions": int(regions), "overlay": overlay}
+        return {**none, "explained": explained, "differing": float(differs.sum() / counted.sum()), "regions": int(regions),
+                "overlay": overlay}
     ga, gb = ca[ok].mean(1), cb[ok].mean(1)
     colour_shift = float(np.abs(cb[ok].mean(0) - ca[ok].mean(0)).max()) / 255  # a recoloured look-alike fits a curve too
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
-
     return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "differing": float(differs.sum() / counted.sum()),
-            "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m, "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
+            "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m,
+            "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
 
 
 def _frame(ga: np.ndarray, gb: np.ndarray, flip: bool) -> np.ndarray:
@@ -247,7 +248,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     """Two prepared images -> the decision `same` and its evidence (EVIDENCE's keys):
     inliers, inlier_ratio, flip, scale, rotation (of the transform b -> a, refined on the pixels),
     spread (of the inliers), overlap (the smaller share of either covered by the other), then the aligned
-    pixels: aligned_correlation, differing, regions, overlay, colour_shift, brightness_shift, contrast_ratio."""
+    pixels: aligned_correlation, explained, differing, regions, overlay, colour_shift, brightness_shift,
+    contrast_ratio (_compare)."""
     s = settings
     best = None
     textured = min(len(a["direct"][0]), len(b["direct"][0])) >= s.min_keypoints
