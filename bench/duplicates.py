@@ -1,14 +1,16 @@
 """Near-duplicates, side by side with the tools people use, on data the detector was not tuned on.
 
-Three sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
+Four sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
 and look-alike pairs that are NOT copies:
-  shapes   io/demo_data.random_scene (the settings of algos/verify.py were chosen on this one)
-  textured a new generator written here (held out: no setting was chosen on it): smooth coloured
-           fields with grain, polygons, rings, striped boxes and letters, in varied aspect ratios;
-           its look-alikes: two frames of one scene (objects moved), one object on two backgrounds,
-           two scenes of the same layout in other colours
-  photos   non-overlapping tiles of scikit-image's bundled photos (held out); look-alikes: two views
-           of one photo panned by 40-50% of a side
+  shapes    io/demo_data.random_scene (the settings of algos/verify.py were chosen on this one)
+  textured  smooth coloured fields with grain, polygons, rings, striped boxes and letters, in varied
+            aspect ratios; its look-alikes: two frames of one scene (objects moved), one object on two
+            backgrounds, two scenes of the same layout in other colours (looked at while settings were chosen)
+  photos    non-overlapping tiles of scikit-image's bundled photos; look-alikes: two views of one photo
+            panned by 40-50% of a side (looked at while settings were chosen)
+  documents pages and slides: a header band and title, text blocks, bar charts, tables (held out: run
+            once, last, with the final settings); look-alikes: one template with other words and
+            numbers, one page with two blocks swapped, two pages of one document
 Each set runs through deepscope (features + pixels + thumbs + index + knn, lite0 with its ImageNet
 weights) and, on the same folder, imagededup's PHash / DHash / AHash / WHash, fastdup and cleanvision
 (from a separate virtualenv, --tools-python: their pins would downgrade numpy, OpenCV and Pillow in
@@ -17,6 +19,7 @@ at its best one (chosen with the answers known, labelled so), recall per edit ki
 pairs each tool calls duplicates, time, and the verification step's time per image; load beside.
 
     .venv/bin/python bench/duplicates.py [--distinct 300 --per-edit 20] [--dir DIR] [--tools-python PY]
+    .venv/bin/python bench/duplicates.py --knn-cost 100000      # the knn stage with / without verification
 """
 from __future__ import annotations
 
@@ -88,6 +91,89 @@ def textured_render(p: dict) -> Image.Image:
                 pts.append((x0 + s / 2 + rr * np.cos(a), y0 + s / 2 + rr * np.sin(a)))
             d.polygon(pts, fill=o["colour"], outline=o["colour2"])
     return img
+
+
+WORDS = ("data model image layer unit feature network train test batch signal scale value class label "
+         "kernel pixel filter output input weight object scene colour shape region vector index graph").split()
+
+
+def document_params(rng, size: int = 240) -> dict:
+    """The held-out generator (documents, slides): a page as parameters, so that look-alikes can re-render
+    it changed.  A tinted paper, a coloured header band with a title, then blocks of text lines, bar
+    charts and tables in one or two columns."""
+    aspect = float(rng.choice([0.71, 0.77, 1.33, 1.78]))  # A4, letter, slides
+    w, h = (size, int(size / aspect)) if aspect >= 1 else (int(size * aspect), size)
+    cols = int(rng.integers(1, 3))
+    blocks, y = [], 0.2
+    while y < 0.85:
+        bh = float(rng.uniform(0.12, 0.3))
+        for c in range(cols):
+            blocks.append({"kind": str(rng.choice(["text", "text", "chart", "table"])), "x": 0.06 + c * 0.9 / cols,
+                           "y": y, "w": 0.88 / cols - 0.03, "h": min(bh, 0.92 - y), "seed": int(rng.integers(1 << 30)),
+                           "colour": _colour(rng)})
+        y += bh + 0.03
+    return {"w": w, "h": h, "paper": [int(v) for v in rng.integers(225, 256, 3)], "band": _colour(rng),
+            "title": " ".join(rng.choice(WORDS, int(rng.integers(2, 4)))).title(), "seed": int(rng.integers(1 << 30)),
+            "blocks": blocks}
+
+
+def document_render(p: dict) -> Image.Image:
+    w, h = p["w"], p["h"]
+    img = Image.new("RGB", (w, h), tuple(p["paper"]))
+    d = ImageDraw.Draw(img)
+    d.rectangle((0, 0, w, int(0.13 * h)), fill=tuple(p["band"]))
+    d.text((int(0.06 * w), int(0.03 * h)), p["title"], fill=(255, 255, 255), font=ImageFont.load_default(size=max(10, h // 16)))
+    small = ImageFont.load_default(size=max(7, h // 34))
+    for b in p["blocks"]:
+        r = np.random.default_rng(b["seed"])
+        x0, y0, bw, bh = b["x"] * w, b["y"] * h, b["w"] * w, b["h"] * h
+        if b["kind"] == "text":
+            line = max(8, h // 28)
+            for i in range(int(bh // line)):
+                words, x = r.choice(WORDS, 8), x0
+                for word in words:
+                    if x + len(word) * line * 0.45 > x0 + bw:
+                        break
+                    d.text((x, y0 + i * line), str(word), fill=(30, 30, 30), font=small)
+                    x += (len(word) + 1) * line * 0.45
+        elif b["kind"] == "chart":
+            n = int(r.integers(4, 9))
+            d.line((x0, y0 + bh, x0 + bw, y0 + bh), fill=(60, 60, 60), width=1)
+            for i in range(n):
+                v = float(r.uniform(0.15, 1))
+                d.rectangle((x0 + (i + 0.15) * bw / n, y0 + bh * (1 - v), x0 + (i + 0.85) * bw / n, y0 + bh), fill=tuple(b["colour"]))
+        else:
+            rows, cols = int(r.integers(3, 6)), int(r.integers(2, 4))
+            for i in range(rows + 1):
+                d.line((x0, y0 + i * bh / rows, x0 + bw, y0 + i * bh / rows), fill=(90, 90, 90), width=1)
+            for j in range(cols + 1):
+                d.line((x0 + j * bw / cols, y0, x0 + j * bw / cols, y0 + bh), fill=(90, 90, 90), width=1)
+            for i in range(rows):
+                for j in range(cols):
+                    d.text((x0 + j * bw / cols + 2, y0 + i * bh / rows + 1), f"{r.integers(0, 1000)}", fill=(40, 40, 40), font=small)
+    return img
+
+
+def document_lookalikes(rng) -> list[tuple[str, Image.Image, Image.Image]]:
+    """Pages that are not copies: one template with other words and numbers; one page with two of its
+    blocks swapped; two pages of one document (the same header, another body)."""
+    p = document_params(rng)
+    q = json.loads(json.dumps(p))
+    for b in q["blocks"]:
+        b["seed"] = int(rng.integers(1 << 30))
+    out = [("template", document_render(p), document_render(q))]
+    p2 = document_params(rng)
+    while len(p2["blocks"]) < 3:
+        p2 = document_params(rng)
+    q2 = json.loads(json.dumps(p2))
+    i, j = 0, len(q2["blocks"]) - 1
+    for k in ("seed", "kind", "colour"):
+        q2["blocks"][i][k], q2["blocks"][j][k] = q2["blocks"][j][k], q2["blocks"][i][k]
+    out.append(("swapped", document_render(p2), document_render(q2)))
+    p3 = document_params(rng)
+    q3 = dict(document_params(rng), w=p3["w"], h=p3["h"], paper=p3["paper"], band=p3["band"], title=p3["title"])
+    out.append(("next-page", document_render(p3), document_render(q3)))
+    return out
 
 
 def shapes(rng) -> Image.Image:
@@ -219,6 +305,8 @@ def make_set(root: Path, kind: str, distinct: int, per_edit: int, lookalikes: in
         images = tiles[:distinct]
     elif kind == "shapes":
         images = [shapes(rng) for _ in range(distinct)]
+    elif kind == "documents":
+        images = [document_render(document_params(rng)) for _ in range(distinct)]
     else:
         images = [textured_render(textured_params(rng)) for _ in range(distinct)]
     names = []
@@ -234,7 +322,8 @@ def make_set(root: Path, kind: str, distinct: int, per_edit: int, lookalikes: in
         (root / name).write_bytes(data)
         pairs[tuple(sorted((names[i], name)))] = edit
     looks = {}
-    found = (textured_lookalikes(rng) if kind != "photos" else photo_lookalikes(rng, 3) for _ in range(lookalikes))
+    make = {"photos": lambda: photo_lookalikes(rng, 3), "documents": lambda: document_lookalikes(rng)}.get(kind, lambda: textured_lookalikes(rng))
+    found = (make() for _ in range(lookalikes))
     for j, group in enumerate(found):
         for what, a, b in group:
             na, nb = f"look_{what}_{j:03d}_a.png", f"look_{what}_{j:03d}_b.png"
@@ -298,14 +387,18 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
 
     c = pq.read_table(out / "knn/candidates.parquet").to_pandas()
     geo = (c["inliers"].fillna(0) >= 8) & (c["inlier_ratio"].fillna(0) >= 0.15)
-    pix = (c["aligned_correlation"].fillna(0) >= 0.6) & (c["differing"].fillna(1) <= 0.15) & (c["overlap"].fillna(0) >= 0.65)
+    plausible = (c["rotation"].abs().fillna(99) <= 20) & c["scale"].between(0.5, 2.0) & (c["overlap"].fillna(0) >= 0.65)
+    corr, differing = c["explained"].fillna(0) >= 0.75, c["differing"].fillna(1) <= 0.25
+    overlay, colour = c["overlay"].fillna(1) <= 0.2, c["colour_shift"].fillna(1) <= 0.3
     exact = c["tier"].eq("exact")
     ways = {
         "combined distance <= the density valley's threshold (the old decision)": c["distance"] <= threshold,
         "verification (default: geometry + aligned pixels)": c["accepted"],
         "verification, mutual nearest pairs only": c["accepted"] & c["mutual"],
         "geometry alone (inliers >= 8, ratio >= 0.15)": geo | exact,
-        "aligned pixels alone (after the geometric fit)": pix | exact,
+        "aligned pixels without the overlay test (one narrow band)": (plausible & corr & differing & colour) | exact,
+        "aligned pixels without the differing share": (plausible & corr & overlay & colour) | exact,
+        "aligned pixels without the colour shift cap": (plausible & corr & differing & overlay) | exact,
         "verification and the old threshold": c["accepted"] & (c["distance"] <= threshold),
     }
     rows = []
@@ -432,6 +525,47 @@ def thumbs_cost(data: Path, root: Path, repeats: int = 2) -> None:
         print(f"| features{' + thumbs' if w else ''} | {sec:.1f} | {n / sec:.1f} | {l0} -> {l1} |")
 
 
+# ---------------------------------------------------------------------------- the knn stage's cost
+
+
+def knn_cost(n: int, root: Path, repeats: int = 2) -> None:
+    """The knn stage with verification on the thumbnails against without it (the old decision: the
+    density valley's threshold), on n generated scenes (1 in 50 with a planted copy), alternated on copies
+    of one folder that has features, pixels, thumbs and both indexes; load beside every number."""
+    import shutil
+
+    from deepscope import job as jobmod
+    from deepscope.runner import run, run_stage
+
+    data, base = root / "knn-cost-data", root / "knn-cost-base"
+    make_set(data, "shapes", n - n // 50, max(1, n // 50 // len(EDITS)), 0, 99)
+    run(jobmod.validate({"out": str(base), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
+                         "run": {"batch_size": 32, "partition_size": 1000}, "features": {}, "pixels": {},
+                         "thumbs": {}, "index": {"spaces": ["features", "pixels"]}}))
+    rows = []
+    for r in range(repeats):
+        for verify in (False, True):
+            out = root / f"knn-cost-{r}-{int(verify)}"
+            shutil.copytree(base, out)
+            l0 = load()
+            t0 = time.time()
+            run_stage(str(out), "knn", {"verify": verify})
+            sec = time.time() - t0
+            d = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]
+            rows.append((verify, sec, d, l0, load()))
+            shutil.rmtree(out)
+    images = len(list(data.iterdir()))
+    print(f"\n## the knn stage with and without verification ({images} images, k = 10, features + pixels)\n")
+    print("| knn | wall s | ms per image | verification s (pairs) | groups | load before -> after |\n|---|---|---|---|---|---|")
+    for verify, sec, d, l0, l1 in rows:
+        v = d.get("verification") or {}
+        print(f"| {'verified on thumbnails' if verify else 'threshold only (verify = false)'} | {sec:.1f} | "
+              f"{1000 * sec / images:.1f} | {v.get('seconds', '-')} ({v.get('pairs', '-')}) | {d['groups']} | {l0} -> {l1} |")
+    off = [sec for v, sec, *_ in rows if not v]
+    on = [sec for v, sec, *_ in rows if v]
+    print(f"\nwith / without verification: {min(on) / min(off):.2f}x (best of {repeats} each)")
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -444,18 +578,23 @@ def main():
     ap.add_argument("--distinct", type=int, default=300)
     ap.add_argument("--per-edit", type=int, default=20)
     ap.add_argument("--lookalikes", type=int, default=10, help="look-alike groups per set (3 pairs each on generated sets)")
-    ap.add_argument("--sets", default="shapes,textured,photos")
+    ap.add_argument("--sets", default="shapes,textured,photos,documents")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--tools-python", default=None, help="a Python with imagededup / fastdup / cleanvision")
     ap.add_argument("--thumbs-cost", action="store_true", help="also time the features pass with and without [thumbs]")
+    ap.add_argument("--knn-cost", type=int, default=0, metavar="N",
+                    help="only time the knn stage with and without verification on N generated images")
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(dir=a.dir, prefix="bench-dups-"))
+    if a.knn_cost:
+        return knn_cost(a.knn_cost, root)
     print(f"# near-duplicates: {a.distinct} distinct images a set, {a.per_edit} copies per edit kind "
           f"({len(EDITS)} kinds), look-alike pairs; folder {root}")
     for seed, kind in enumerate(a.sets.split(",")):
         data = root / kind
         truth = make_set(data, kind, a.distinct, a.per_edit, a.lookalikes, seed + 10)
-        print(f"\n## {kind}{' (settings chosen here)' if kind == 'shapes' else ' (held out)'}: {truth['images']} images, "
+        note = {"shapes": " (settings chosen here)", "documents": " (held out)"}.get(kind, " (looked at while settings were chosen)")
+        print(f"\n## {kind}{note}: {truth['images']} images, "
               f"{len(truth['pairs'])} planted copies, {len(truth['looks'])} look-alike pairs")
         rows = []
         l0 = load()

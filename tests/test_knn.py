@@ -110,6 +110,20 @@ def test_pixel_signature_ignores_lightening_and_shifts():
     assert same.max() < 0.15 and np.median(other) > 0.5, (same.max(), np.median(other))
 
 
+def test_signature_nearest_finds_mirrored_copies_as_brute_force_does():
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (60, 3 * 32 * 32)).astype(np.uint8)
+    pixels[7] = pixels[40].reshape(3, 32, 32)[..., ::-1].reshape(-1)  # 7 is 40 mirrored
+    sig = K.pixel_signature(pixels, 32)
+    a, b = K.signature_nearest(sig)
+    mirrored = sig.reshape(60, 3, 8, 8)[..., ::-1].reshape(60, -1)
+    sim = np.maximum(sig @ sig.T, mirrored @ sig.T)  # i's query (as it is or mirrored) against every j
+    np.fill_diagonal(sim, -np.inf)
+    best = sim.argmax(1)
+    assert set(zip(a.tolist(), b.tolist())) == {(min(i, j), max(i, j)) for i, j in enumerate(best.tolist())}
+    assert (7, 40) in set(zip(a.tolist(), b.tolist()))
+
+
 def test_uniqueness_and_label_disagreement_by_hand():
     dist = np.array([[1, 1, 1, 9], [2, 2, 2, 2], [0.1, 1, 1, 1], [1, 3, np.inf, np.inf]], np.float32)
     u = K.uniqueness(dist)
@@ -506,6 +520,41 @@ def test_verification_accepts_edited_copies_and_rejects_lookalikes():
     grey = np.asarray(originals[0].convert("L"))
     recoloured = Image.fromarray(np.stack([255 - grey, grey, (grey // 2 + 60).astype(np.uint8)], 2))  # same edges
     assert not V.verify_pair(prepared(originals[0]), prepared(recoloured))["same"]
+
+
+def test_combined_edits_accepted_and_moved_objects_rejected():
+    """Hand-known truth: a copy flipped, cropped 10%, resized to 70%, lightened 20% (clipping), captioned
+    and saved as WebP is the same picture; two frames of one scene whose objects moved are not, though
+    their background and the unmoved objects align exactly."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageEnhance
+
+    from deepscope.algos import verify as V
+
+    def frame(seed, moved):
+        rng = np.random.default_rng(seed)
+        img = scene(1000 + seed, (220, 180))
+        d = ImageDraw.Draw(img)
+        for i in range(3):  # three objects: where they are, or 70 px to the side and 30 px down
+            x, y = 20 + 60 * i + (70 if moved else 0) * (-1) ** i, 30 + 50 * i + (30 if moved else 0)
+            d.rectangle((x, y, x + 34, y + 28), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        return img
+
+    for seed in range(3):
+        img = frame(seed, False)
+        w, h = img.size
+        c = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((12, 9, w - 10, h - 8))
+        c = ImageEnhance.Brightness(c.resize((int(c.width * 0.7), int(c.height * 0.7)), Image.Resampling.LANCZOS)).enhance(1.2)
+        ImageDraw.Draw(c).text((8, c.height // 2), "(c) deepscope 2026", fill=(255, 255, 255), stroke_width=1,
+                               stroke_fill=(0, 0, 0))
+        buf = io.BytesIO()
+        c.save(buf, "WEBP", quality=80)
+        ev = V.verify_pair(prepared(img), prepared(Image.open(io.BytesIO(buf.getvalue()))))
+        assert ev["same"] and ev["flip"] and V.tier(False, ev) == "edited", ev
+        assert ev["overlay"] <= 0.2 < ev["differing"] + 0.2  # the caption: one narrow band of cells
+        ev = V.verify_pair(prepared(img), prepared(frame(seed, True)))
+        assert not ev["same"] and ev["inliers"] >= 20 and ev["overlay"] > 0.2, ev  # aligned, two patches apart
 
 
 def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):

@@ -286,6 +286,38 @@ def candidate_edges(a: np.ndarray, b: np.ndarray, dist: np.ndarray, n: int, top:
     return np.unique(edge[rank < top])
 
 
+def signature_nearest(sig: np.ndarray, flat_max: int = 100_000, nprobe: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's nearest other image by pixel signature, the other taken as it is or mirrored
+    (a flipped, cropped, captioned copy is nearest its original there even when the feature graph
+    and the pixel graph rank it far) -> (a, b) with a < b, one pair per image, repeats removed.
+    Exact inner products up to flat_max images, an IVF index (about 4 sqrt(n) lists) beyond."""
+    import faiss
+
+    x = np.ascontiguousarray(sig, np.float32)
+    n, d = x.shape
+    if n < 2 or d != 3 * SIGNATURE_GRID ** 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    mirrored = np.ascontiguousarray(x.reshape(n, 3, SIGNATURE_GRID, SIGNATURE_GRID)[..., ::-1].reshape(n, d))
+    if n <= flat_max:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = 1 << int(np.log2(4 * np.sqrt(n)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x[np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)])
+        index.nprobe = nprobe
+    index.add(x)
+    best_s, best_j = np.full(n, -np.inf, np.float32), np.full(n, -1, np.int64)
+    for q in (x, mirrored):
+        sims, rows = index.search(q, 2)
+        for c in range(2):
+            take = (rows[:, c] >= 0) & (rows[:, c] != np.arange(n)) & (sims[:, c] > best_s)
+            best_s[take], best_j[take] = sims[take, c], rows[take, c]
+    i = np.nonzero(best_j >= 0)[0]
+    lo, hi = np.minimum(i, best_j[i]), np.maximum(i, best_j[i])
+    pairs = np.unique(lo * n + hi)
+    return (pairs // n).astype(np.int64), (pairs % n).astype(np.int64)
+
+
 def equal_key_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows that share a non-empty key (a content hash): each joined to its group's first row
     (enough for the groups) -> (a, b) with a < b."""

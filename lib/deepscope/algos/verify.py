@@ -5,11 +5,14 @@ Local features (ORB) are matched between the two images (Lowe's ratio test), and
 transform (scale, rotation, shift) is fitted to the matches by RANSAC: the same picture, cropped,
 resized, lightened or captioned, gives many matches that agree with one transform (inliers); two
 different pictures give few.  The mirrored second image is tried when the direct match fails (a
-flipped copy).  Two frames of one scene, or a scene whose objects moved, can still agree on their
-background: the aligned images are then compared pixel by pixel (correlation of the blurred grey
-images over the overlap, and the share of that overlap which differs), which a copy passes and a
-moved object fails.  Images with too little texture for keypoints are compared whole, aligned by
-their frames.
+flipped copy).  The transform is refined on the pixels (ECC).  Two frames of one scene, or a scene
+whose objects moved, can still agree on their background: the aligned images are then compared on a
+grid of cells, after each colour channel of one is mapped onto the other's by a rising curve (a
+lightening, a contrast change, clipping) fitted without the pixels that disagree.  A copy's
+differences are global (the curve absorbs them) or one overlay (a caption, a logo: the cells that
+differ fit a narrow band); a moved object leaves two patches apart (where it was, where it is).
+Images with too little texture for keypoints, or whose matches fail, are laid on each other by their
+frames and aligned from there on the pixels.
 
 Pure numpy / OpenCV: arrays in, arrays out; index/knn.py reads the thumbnails and writes the table.
 """
@@ -22,17 +25,23 @@ import numpy as np
 
 WORK_SIDE = 256  # both images are brought to this longest side first (small thumbnails enlarged)
 DIFFERS = 40.0  # a pixel differs when a channel is this far (of 255) from the fitted line
+CELLS = 16  # the overlap is compared on a grid of about CELLS x CELLS cells
+ALIGN_SLACK = np.ones((5, 5), np.uint8)  # half-size pixels either way that a pixel may be misaligned by
+EXPLAIN_CLIP = 16.0  # grey levels: a residual beyond counts as this much (an overlay's pixels weigh little)
+FRAMES_EXPLAINED = 0.95  # needed by a pair aligned from its frames rather than from matches
+CELL_DIFFERS = 0.25  # a cell differs when this share of its pixels does
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
-            "differing", "brightness_shift", "contrast_ratio")
+            "explained", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
 
 
 @dataclass(frozen=True)
 class VerifySettings:
     min_inliers: int = 4  # matches that agree with one transform (RANSAC's consensus: the pixels decide)
-    min_correlation: float = 0.60  # of the aligned, blurred grey images over their overlap
-    max_differing: float = 0.15  # share of the overlap that differs (a caption is small; a moved object is not)
+    min_explained: float = 0.75  # share of b's variation that a's colour curves explain where they agree
+    max_differing: float = 0.25  # share of the overlap's cells that differ after the colour curves
+    max_overlay: float = 0.20  # the cells that differ fit a band this narrow (share of a side): one overlay
+    max_colour_shift: float = 0.30  # of a channel's mean (share of 255): a recoloured look-alike shifts more
     min_overlap: float = 0.65  # share of each image covered by the other, the smaller (crops of 15% a side: 0.72)
-    min_spread: float = 0.03  # share of the picture the inliers' hull covers (a caption alone: a thin band)
     max_rotation: float = 20.0  # degrees; copies rotate a few degrees, look-alike frames may turn more
     scale_range: tuple[float, float] = (0.5, 2.0)  # of the transform between the two working images
     ratio_test: float = 0.8
@@ -91,36 +100,140 @@ def _fit(pa: np.ndarray, pb: np.ndarray, matches: np.ndarray):
     return (m, inl.reshape(-1).astype(bool)) if m is not None else (None, np.zeros(len(matches), bool))
 
 
-def _compare(a: dict, b: dict, m: np.ndarray) -> dict:
-    """b warped onto a by m, both blurred (JPEG blocks, resampling and a rotation's aliasing blur away),
-    compared over their overlap: the share of a covered, the correlation of the grey images, and the
-    share that differs once each colour channel of b is fitted to a's by a line (a lightening or a
-    contrast change is such a line; a caption or a moved object is not); b's brightness shift and
-    contrast ratio against a."""
+def _curve(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """y as a rising function of x: the median of y in each band of x's values, made non-decreasing
+    -> knots (xs, ys) for np.interp.  Lightening, contrast and gamma are such curves, and so is what
+    clipping at 255 does to them; a caption's few pixels do not move a median."""
+    band = np.minimum((x * (bins / 256.0)).astype(np.int32), bins - 1)
+    order = np.argsort(band, kind="stable")
+    starts = np.searchsorted(band[order], np.arange(bins + 1))
+    xs, ys = [], []
+    for i in range(bins):
+        sel = order[starts[i]:starts[i + 1]]
+        if len(sel) >= 8:
+            xs.append(float(np.median(x[sel])))
+            ys.append(float(np.median(y[sel])))
+    if not xs:
+        return np.array([0.0, 255.0]), np.array([float(np.median(y)) if len(y) else 0.0] * 2)
+    return np.array(xs), np.maximum.accumulate(np.array(ys))
+
+
+def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, float]:
+    """The pixels of y (inside the overlap) that stay far from x's once each channel of x is mapped onto
+    y's by a rising curve, refitted without what the first fit left far off (an overlay); and how much
+    of y's variation x explains (1 - the residual's variance, each residual clipped at EXPLAIN_CLIP so
+    that an overlay weighs little, over y's variance): a low-contrast look-alike stays within the pixel
+    limit, but its pixels are not explained."""
+    cx, cy = fx[inside], fy[inside]
+    keep = np.ones(len(cx), bool)
+    for _ in range(2):
+        curves = [_curve(cx[keep, c], cy[keep, c]) for c in range(3)]
+        pred = np.stack([np.interp(fx[..., c], *curves[c]).astype(np.float32) for c in range(3)], -1)
+        # y agrees where it lies within x's mapped values a pixel or two around (a rounding's misalignment)
+        lo, hi = cv2.erode(pred, ALIGN_SLACK), cv2.dilate(pred, ALIGN_SLACK)
+        far = np.maximum(np.maximum(lo - fy, fy - hi), 0).max(-1)[inside] > DIFFERS
+        if far.mean() >= 0.5 or (~far).sum() < 32:
+            break
+        keep = ~far
+    ok = ~far
+    if ok.sum() < 32:
+        return far, 0.0
+    resid = np.clip((fy[inside][ok] - pred[inside][ok]).mean(1), -EXPLAIN_CLIP, EXPLAIN_CLIP)
+    var = float(fy[inside][ok].mean(1).var())
+    return far, (1 - float((resid ** 2).mean()) / var) if var > 1 else float(np.abs(resid).mean() < 4)
+
+
+def _differing_cells(far, explained, inside, n_in, counted, cell) -> tuple:
+    """Far pixels -> the cells where much of the picture is far off, the overlay measure, the far pixels: an overlay
+    (a caption, a logo) is one compact patch or band, so the box around the cells that differ is narrow
+    one way; an object moved leaves two patches (where it was, where it is), a wide box."""
+    grid_far = np.zeros(inside.shape, np.float32)
+    grid_far[inside] = far
+    differs = counted & (_cells(grid_far, cell) > CELL_DIFFERS * np.maximum(n_in, 1))
+    ys, xs = np.nonzero(differs)
+    overlay = float(min((np.ptp(ys) + 1) / differs.shape[0], (np.ptp(xs) + 1) / differs.shape[1])) if len(ys) else 0.0
+    return differs, overlay, far, explained
+
+
+def _refine(a: dict, b: dict, m: np.ndarray, slide: float) -> np.ndarray:
+    """The transform b -> a (half-size images) refined on all their pixels (ECC, an affine fit started
+    from the keypoints' one): a few matches fix it only to a pixel or two, which shows at sharp edges."""
+    ga = cv2.cvtColor(a["half"], cv2.COLOR_RGB2GRAY)
+    gb = cv2.cvtColor(b["half"], cv2.COLOR_RGB2GRAY)
+    warp = cv2.invertAffineTransform(m).astype(np.float32)  # ECC's warp maps a's pixels to b's
+    try:
+        _, warp = cv2.findTransformECC(ga, gb, warp, cv2.MOTION_AFFINE,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), None, 5)
+    except cv2.error:  # did not converge (flat images, little overlap): the keypoints' transform stays
+        return m
+    refined = cv2.invertAffineTransform(warp).astype(np.float64)
+    # from matches, a refinement moves the picture by a pixel or two (more: a slide onto something else);
+    # from the frames, by up to a crop's width
+    corners = np.array([[0, 0, 1], [b["half"].shape[1], 0, 1], [0, b["half"].shape[0], 1],
+                        [b["half"].shape[1], b["half"].shape[0], 1]], np.float64)
+    moved = np.abs(corners @ refined.T - corners @ m.T).max()
+    return refined if moved <= slide else m
+
+
+def _cells(mask: np.ndarray, cell: int) -> np.ndarray:
+    """(h, w) -> (h // cell, w // cell) sums over cell x cell blocks (the ragged edge dropped)."""
+    h, w = mask.shape[0] // cell * cell, mask.shape[1] // cell * cell
+    return mask[:h, :w].reshape(h // cell, cell, w // cell, cell).sum((1, 3))
+
+
+def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
+    """b warped onto a by m (refined on the pixels), both blurred (JPEG blocks, resampling and a
+    rotation's aliasing blur away), compared over their overlap on a grid of cells once one's colours
+    are mapped onto the other's by rising curves (_far); a cell differs when much of it is far off.
+    -> overlap (the share of a covered), explained (_far), differing (the share of cells that differ),
+    regions (their separated groups), overlay (the narrower side of their box: one caption or logo is
+    narrow, an object moved leaves two patches apart), aligned_correlation (of the grey images over what
+    agrees), colour_shift, b's brightness shift and contrast ratio against a, and the refined m."""
     h, w = a["half"].shape[:2]
     m = np.array(m, np.float64)
     m[:, 2] /= 2  # the same transform between the half-size images
+    m = _refine(a, b, m, slide)
     warped = cv2.warpAffine(b["half"], m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     inside = cv2.warpAffine(np.ones(b["half"].shape[:2], np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     inside = cv2.erode(inside, np.ones((3, 3), np.uint8)).astype(bool)  # not the border's blend
     # the share of each picture that the other covers, the smaller (m scales areas of b by det)
     scale2 = abs(float(np.linalg.det(m[:, :2])))
     overlap = float(min(inside.mean(), inside.sum() / max(scale2 * b["half"].shape[0] * b["half"].shape[1], 1)))
+    none = {"overlap": overlap, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
+            "colour_shift": 1.0, "m": m, "brightness_shift": 0.0, "contrast_ratio": 1.0}
     if inside.sum() < 32:
-        return {"overlap": overlap, "aligned_correlation": 0.0, "differing": 1.0, "brightness_shift": 0.0, "contrast_ratio": 1.0}
+        return none
     sigma = max(h, w) / 128
-    ca = cv2.GaussianBlur(a["half"], (0, 0), sigma)[inside]
-    cb = cv2.GaussianBlur(warped, (0, 0), sigma)[inside]
-    ga, gb = ca.mean(1), cb.mean(1)
+    fa, fb = cv2.GaussianBlur(a["half"], (0, 0), sigma), cv2.GaussianBlur(warped, (0, 0), sigma)
+    ca, cb = fa[inside], fb[inside]
+    # the curves are fitted from the picture without the overlay (a caption on x would bend them):
+    # both ways tried, the one whose differing cells are the narrower, then the fewer, kept
+    cell = max(4, max(h, w) // CELLS)
+    n_in = _cells(inside.astype(np.float32), cell)
+    counted = n_in >= cell * cell / 4  # cells mostly outside the overlap say nothing
+    if not counted.any():
+        return none
+    ways = (_far(fa, fb, inside), _far(fb, fa, inside))
+    differs, overlay, far, explained = min((_differing_cells(*fe, inside, n_in, counted, cell) for fe in ways),
+                                           key=lambda d: (d[1], d[0].sum()))
+    regions = cv2.connectedComponents(differs.astype(np.uint8), connectivity=8)[0] - 1
+    # agreeing pixels: those of cells that do not differ (and the ragged edge's)
+    ok_px = np.ones((h, w), bool)
+    hc, wc = differs.shape
+    ok_px[:hc * cell, :wc * cell] = ~np.repeat(np.repeat(differs, cell, 0), cell, 1)
+    far_px = np.zeros((h, w), np.uint8)
+    far_px[inside] = far
+    # nor the overlay's pixels (and their blurred halo) in cells that mostly agree
+    ok = ok_px[inside] & ~cv2.dilate(far_px, np.ones((7, 7), np.uint8)).astype(bool)[inside]
+    if ok.sum() < 32:
+        return {**none, "explained": explained, "differing": float(differs.sum() / counted.sum()), "regions": int(regions),
+                "overlay": overlay}
+    ga, gb = ca[ok].mean(1), cb[ok].mean(1)
+    colour_shift = float(np.abs(cb[ok].mean(0) - ca[ok].mean(0)).max()) / 255  # a recoloured look-alike fits a curve too
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
-    resid = np.empty_like(cb)
-    for c in range(3):  # b's channel as a line of a's (least squares), and what the line leaves
-        x, y = ca[:, c], cb[:, c]
-        vx = float(x.var())
-        slope = float(((x - x.mean()) * (y - y.mean())).mean()) / vx if vx > 1 else 0.0
-        resid[:, c] = y - (y.mean() + slope * (x - x.mean()))
-    return {"overlap": overlap, "aligned_correlation": corr, "differing": float((np.abs(resid).max(1) > DIFFERS).mean()),
+    return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "differing": float(differs.sum() / counted.sum()),
+            "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m,
             "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
 
 
@@ -133,19 +246,21 @@ def _frame(ga: np.ndarray, gb: np.ndarray, flip: bool) -> np.ndarray:
 
 def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -> dict:
     """Two prepared images -> the decision `same` and its evidence (EVIDENCE's keys):
-    inliers, inlier_ratio, flip, scale, rotation (of the transform b -> a), overlap (the smaller share of
-    either covered by the other), spread (of the inliers over the overlap), aligned_correlation,
-    differing, brightness_shift, contrast_ratio."""
+    inliers, inlier_ratio, flip, scale, rotation (of the transform b -> a, refined on the pixels),
+    spread (of the inliers), overlap (the smaller share of either covered by the other), then the aligned
+    pixels: aligned_correlation, explained, differing, regions, overlay, colour_shift, brightness_shift,
+    contrast_ratio (_compare)."""
     s = settings
     best = None
     textured = min(len(a["direct"][0]), len(b["direct"][0])) >= s.min_keypoints
-    # keypoints first; then (no keypoints, or no transform that passes) the two frames aligned whole
+    # keypoints first; then (no keypoints, or no transform that passes) the two frames laid on each
+    # other and the alignment found on the pixels from there (smooth pictures, small copies)
     tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", False), ("frames", True)]
     for how, flip in tries:
         if how == "frames":
-            m, inl, ratio, spread = _frame(a["grey"], b["grey"], flip), 0, 0.0, 1.0
+            m, inl, ratio, spread = _frame(a["grey"], b["grey"], flip), 0, 0.0, 0.0
             (ha, wa), (hb, wb) = a["grey"].shape, b["grey"].shape
-            if abs(np.log((wa / ha) / (wb / hb))) > 0.05:  # another shape: not the whole same picture
+            if abs(np.log((wa / ha) / (wb / hb))) > 0.2:  # another shape than a crop of 15% a side gives
                 continue
         else:
             pb, db = _mirror(b) if flip else b["direct"]
@@ -155,35 +270,37 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             if m is None:
                 continue
             inl, ratio = int(mask.sum()), float(mask.sum()) / max(len(mt), 1)
-            if inl < 4:  # cannot pass: the pixel comparison is not worth its time
+            if inl < s.min_inliers:  # cannot pass: the pixel comparison is not worth its time
                 continue
             spread = _spread(pa[mt[mask, 0]], a["grey"].shape)
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
-        scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+        px = _compare(a, b, m, slide=4)
+        r = px.pop("m")[:, :2]
+        scale = float(np.sqrt(abs(np.linalg.det(r))))
         # rotation of the similarity part (a mirror's determinant is negative: its angle is read after unmirroring)
-        r = m[:, :2] @ (np.diag([-1.0, 1.0]) if flip else np.eye(2))
+        r = r @ (np.diag([-1.0, 1.0]) if flip else np.eye(2))
         rotation = float(np.degrees(np.arctan2(r[1, 0], r[0, 0])))
         ev = {"inliers": inl, "inlier_ratio": ratio, "flip": flip, "scale": scale, "rotation": rotation,
-              "spread": spread, **_compare(a, b, m)}
-        # keypoints need only a consensus (min_inliers) spread over the picture (not one shared caption or
-        # watermark): the aligned pixels then decide, as chance matches do not align two pictures;
-        # aligned by their frames alone, only near-equal pixels pass
-        near_equal = ev["aligned_correlation"] >= 0.95 and ev["differing"] <= s.max_differing / 5
-        corr_needed, differing_allowed = (s.min_correlation, s.max_differing) if how == "keypoints" else (0.95, s.max_differing / 5)
-        ev["same"] = bool((how == "frames" or (inl >= s.min_inliers and (spread >= s.min_spread or near_equal)))
-                          and abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
-                          and ev["overlap"] >= s.min_overlap and ev["aligned_correlation"] >= corr_needed
-                          and ev["differing"] <= differing_allowed)
+              "spread": spread, **px}
+        # the geometry only has to be plausible (chance matches do not align two pictures): the aligned
+        # pixels decide. A copy's differences are global (a colour curve absorbs them) or one overlay.
+        # aligned from the frames (no matches to check it): the picture must agree closely
+        needed = s.min_explained if how == "keypoints" else max(s.min_explained, FRAMES_EXPLAINED)
+        allowed = s.max_differing if how == "keypoints" else s.max_differing / 5  # from the frames: nearly all agrees
+        ev["same"] = bool(abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
+                          and ev["overlap"] >= s.min_overlap and ev["explained"] >= needed
+                          and ev["differing"] <= allowed and ev["overlay"] <= s.max_overlay
+                          and ev["colour_shift"] <= s.max_colour_shift)
         if best is None or (ev["same"], ev["inliers"], ev["aligned_correlation"]) > (best["same"], best["inliers"], best["aligned_correlation"]):
             best = ev
         if best["same"]:
             break  # the direct match holds: the mirror is not tried
     if best is None:
         best = {"inliers": 0, "inlier_ratio": 0.0, "flip": False, "scale": float("nan"), "rotation": float("nan"),
-                "spread": 0.0, "overlap": 0.0, "aligned_correlation": 0.0, "differing": 1.0, "brightness_shift": 0.0,
-                "contrast_ratio": 1.0, "same": False}
+                "spread": 0.0, "overlap": 0.0, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
+                "colour_shift": 1.0, "brightness_shift": 0.0, "contrast_ratio": 1.0, "same": False}
     return best
 
 
@@ -209,5 +326,5 @@ def tier(same_hash: bool, ev: dict) -> str:
 def verify_pairs(images: dict, a: np.ndarray, b: np.ndarray, settings: VerifySettings = VerifySettings()) -> dict[str, np.ndarray]:
     """images: {row: prepared image}; a, b: (m,) rows -> {evidence name: (m,) array}."""
     rows = [verify_pair(images[int(i)], images[int(j)], settings) for i, j in zip(a, b)]
-    return {k: np.array([r[k] for r in rows], dtype=np.float32 if k not in ("same", "flip", "inliers") else
-                        (bool if k != "inliers" else np.int32)) for k in EVIDENCE}
+    types = {"same": bool, "flip": bool, "inliers": np.int32, "regions": np.int32}
+    return {k: np.array([r[k] for r in rows], dtype=types.get(k, np.float32)) for k in EVIDENCE}

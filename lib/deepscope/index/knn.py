@@ -434,12 +434,30 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         verification = None
     else:
         cand = K.candidate_edges(a, b, dist, n, cfg.verify_top)
-        same_hash = np.zeros(len(cand), bool)
         hashes = thumbs["hash"]
         ha, hb = hashes[a[cand]], hashes[b[cand]]
         same_hash = (ha == hb) & (ha != "")
-        extra_a, extra_b = K.equal_key_pairs(hashes)  # exact copies the graph missed (free: the hash is known)
         known = set(zip(a[cand].tolist(), b[cand].tolist()))
+        # each image's nearest by pixel signature, as it is or mirrored (a flipped, cropped, captioned
+        # copy ranks far in both graphs but is nearest there)
+        if sig is not None:
+            sa, sb = K.signature_nearest(sig)
+            new = np.array([(i, j) not in known for i, j in zip(sa.tolist(), sb.tolist())], bool)
+            known.update(zip(sa[new].tolist(), sb[new].tolist()))
+            sa, sb = sa[new], sb[new]
+            fin = np.isfinite(dist_f[:, -1])
+            kth = np.where(fin, dist_f[:, -1], dist_f[fin, -1].max() if fin.any() else 0)
+            kth = _cosine_from_l2(np.maximum(kth[sa], kth[sb]), norms, sa, sb) if finfo["metric"] == "l2" else np.maximum(kth[sa], kth[sb])
+            sp = _signature_distances(sig, sa, sb)
+            first = len(a)
+            a, b = np.concatenate([a, sa]), np.concatenate([b, sb])
+            d_feat, d_pix = np.concatenate([d_feat, kth]), np.concatenate([d_pix, sp])
+            dist = np.concatenate([dist, K.combine(kth, sp, scale_f, scale_p)])
+            exact, mutual = np.concatenate([exact, np.zeros(len(sa), bool)]), np.concatenate([mutual, np.zeros(len(sa), bool)])
+            cand = np.concatenate([cand, np.arange(first, len(a))])
+            same_hash = np.concatenate([same_hash, (hashes[sa] == hashes[sb]) & (hashes[sa] != "")])
+        signature_pairs = len(a) - first if sig is not None else 0
+        extra_a, extra_b = K.equal_key_pairs(hashes)  # exact copies the graph missed (free: the hash is known)
         keep = np.array([(i, j) not in known for i, j in zip(extra_a.tolist(), extra_b.tolist())], bool)
         if keep.any():
             first = len(a)
@@ -459,7 +477,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
         verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
-                        "exact_pairs_outside_graph": int(keep.sum())}
+                        "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs)}
     ok = ev["same"]
     dup = cand[ok]
     group_of = K.components(n, a[dup], b[dup])
@@ -513,7 +531,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     n_groups = int(len(np.unique(group_of[in_group])))
     tier_counts = {t: int((tiers[ok] == t).sum()) for t in ("exact", "near-identical", "edited", "unverified") if (tiers[ok] == t).any()}
     decided = (f"verified on thumbnails: {verification['pairs']} candidate pairs in {verification['seconds']} s"
-               if verification else f"at threshold {threshold:.3g} ({how['method']}; no [thumbs] to verify on)")
+               if verification else f"at threshold {threshold:.3g} ({how['method']}; {'verify = false' if not cfg.verify else 'no [thumbs] to verify on'})")
     log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images, "
         f"{', '.join(f'{v} {k}' for k, v in tier_counts.items()) or 'no pairs'}) {decided}; "
         f"{int(lab['flagged'].sum())} labels disagree with their neighbours")
@@ -552,7 +570,10 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "rotation": evidence("rotation", pa.float32()), "spread": evidence("spread", pa.float32()),
         "overlap": evidence("overlap", pa.float32()),
         "aligned_correlation": evidence("aligned_correlation", pa.float32()),
-        "differing": evidence("differing", pa.float32()), "accepted": pa.array(accepted),
+        "explained": evidence("explained", pa.float32()),
+        "differing": evidence("differing", pa.float32()), "regions": evidence("regions", pa.int32()),
+        "overlay": evidence("overlay", pa.float32()), "colour_shift": evidence("colour_shift", pa.float32()),
+        "accepted": pa.array(accepted),
     }
 
 
@@ -585,7 +606,8 @@ def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
 
 
 def verify_settings(cfg) -> dict:
-    return {"min_inliers": cfg.min_inliers, "min_correlation": cfg.min_correlation, "max_differing": cfg.max_differing}
+    return {"min_inliers": cfg.min_inliers, "min_explained": cfg.min_explained, "max_differing": cfg.max_differing,
+            "max_overlay": cfg.max_overlay}
 
 
 def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.ndarray]:
@@ -619,7 +641,8 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     accepted, unless their hashes agree)."""
     n = len(a)
     out = {k: np.zeros(n, np.float32) for k in V.EVIDENCE}
-    out["same"], out["flip"], out["inliers"] = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32)
+    out["same"], out["flip"], out["inliers"], out["regions"] = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32),
+                                                                np.zeros(n, np.int32))
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
     todo = np.nonzero(have)[0]
     todo = todo[np.lexsort((thumbs["file"][b[todo]], thumbs["file"][a[todo]]))]  # a chunk reads few parts

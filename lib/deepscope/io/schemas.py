@@ -141,8 +141,12 @@ KNN_DUPLICATES = pa.schema([
     pa.field("rotation", pa.float32()),  # degrees
     pa.field("spread", pa.float32()),  # share of a's picture that the inliers' convex hull covers
     pa.field("overlap", pa.float32()),  # share of each picture the other covers after alignment, the smaller
-    pa.field("aligned_correlation", pa.float32()),  # of the aligned, blurred grey images over the overlap
-    pa.field("differing", pa.float32()),  # share of the overlap that differs once b's colours are fitted to a's
+    pa.field("aligned_correlation", pa.float32()),  # of the aligned, blurred grey images over the cells that agree
+    pa.field("explained", pa.float32()),  # share of b's grey variation a's colour curves explain (residuals clipped)
+    pa.field("differing", pa.float32()),  # share of the overlap's cells that differ once b's colours are fitted to a's
+    pa.field("regions", pa.int32()),  # separated groups of differing cells (a moved object leaves two)
+    pa.field("overlay", pa.float32()),  # narrower side of the box around the differing cells (share of a side)
+    pa.field("colour_shift", pa.float32()),  # largest change of a channel's mean over the agreeing cells (of 255)
 ])
 
 # knn/candidates.parquet: every pair the verification looked at (duplicates.parquet's columns; group and tier

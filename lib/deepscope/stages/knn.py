@@ -27,8 +27,9 @@ class KnnConfig(StageConfig):
     verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
     verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
     min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
-    min_correlation: float = Field(0.6, ge=-1, le=1)  # of the aligned grey thumbnails over their overlap
-    max_differing: float = Field(0.15, gt=0, le=1)  # share of the overlap that differs after a colour fit
+    min_explained: float = Field(0.75, ge=-1, le=1)  # share of one thumbnail's variation the other's colour curves explain
+    max_differing: float = Field(0.25, gt=0, le=1)  # share of the overlap's cells that differ after a colour fit
+    max_overlay: float = Field(0.2, gt=0, le=1)  # the differing cells fit a band this narrow (one caption or logo)
     flag_below: float = Field(0.5, gt=0, le=1)  # flag a label held by less than this share of neighbours
     show: int = Field(12, ge=1, le=100)  # groups and images shown in the report
     seed: int = 0
