@@ -109,6 +109,15 @@ def cmd_visualize(a):
 
     if bool(a.units) == bool(a.classes):
         raise UserError("visualize: give either --units or --classes")
+    data = None  # checked before the model loads: a wrong folder is one line at once
+    if a.patches:
+        from pathlib import Path
+
+        if not is_remote(a.patches) and not (Path(a.patches) / MANIFEST).exists():
+            raise UserError(f"--patches {a.patches}: not a deepscope output folder")
+        data = Store(a.patches)
+    if a.facet_method == "clusters" and not a.patches:
+        raise UserError("--facet-method clusters needs --patches FOLDER (an output with the patches stage on the layer)")
     loaded = _load(a.model, a.weights)
     kind, layer = ("class", "logits") if a.classes else ("unit", a.layer)
     if a.classes and a.layer not in (None, "logits"):
@@ -128,15 +137,6 @@ def cmd_visualize(a):
     if a.plain:
         from deepscope.algos.ascent import PLAIN
         settings = {**PLAIN, **settings}
-    data = None
-    if a.patches:
-        from pathlib import Path
-
-        if not is_remote(a.patches) and not (Path(a.patches) / MANIFEST).exists():
-            raise UserError(f"--patches {a.patches}: not a deepscope output folder")
-        data = Store(a.patches)
-    if a.facet_method == "clusters" and not a.patches:
-        raise UserError("--facet-method clusters needs --patches FOLDER (an output with the patches stage on the layer)")
     store = Store(a.out)
     store.open({"model": a.model, "weights": a.weights, "precision": a.precision or "fp32"})
     store.clean_temporaries()
