@@ -197,3 +197,42 @@ def test_unit_facets_are_selective_and_differ(lite0):
     with torch.no_grad():
         _, tp = forward_with_taps(lite0, lite0.transform.normalize(torch.from_numpy(plain.pixels)), [layer])
     assert ascent.gram_similarity(taps[layer], 4).mean() < ascent.gram_similarity(tp[layer], 4).mean()
+
+
+def test_facets_start_from_their_cluster_means(lite0):
+    """Issue 25, Nguyen et al. 2016: a unit's top patches clustered (k-means on their features),
+    largest cluster first; each facet starts from its cluster's mean patch (the Fourier image
+    inverts exactly to it: 0 steps give back the start), facets beyond the patches from noise."""
+    rng = np.random.default_rng(0)
+    red = [np.clip(rng.normal([200, 30, 30], 10, (8, 8, 3)), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+           for _ in range(3)]
+    blue = [np.clip(rng.normal([20, 40, 220], 10, (12, 12, 3)), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+            for _ in range(2)]
+    patches = [red[0], blue[0], red[1], blue[1], red[2]]
+    features = np.array([p.reshape(3, -1).mean(1) for p in patches])
+    starts, labels = ascent.cluster_starts(patches, features, 2, 32)
+    assert labels.tolist() == [0, 1, 0, 1, 0]  # the larger cluster first
+    few, labels = ascent.cluster_starts(patches[:2], features[:2], 3, 16)
+    assert labels.tolist() == [0, 1] and few[2] is None  # 2 patches, 3 facets: the third from noise
+    for c, group in ((0, red), (1, blue)):
+        direct = torch.stack([torch.nn.functional.interpolate(torch.from_numpy(p).float()[None] / 255, size=(32, 32),
+                                                              mode="bilinear", antialias=True)[0] for p in group])
+        np.testing.assert_allclose(starts[c], direct.mean(0).numpy(), atol=1e-6)
+    img = torch.from_numpy(np.stack(starts[:2])).float()
+    np.testing.assert_allclose(ascent.fourier_image(ascent.start_spectrum(img), 32, 32), img.clamp(0.02, 0.98), atol=1e-5)
+    r = visualize(lite0, "_blocks.4", [3], AscentSettings(steps=0, size=32, facets=3), kind="unit",
+                  starts=starts + [None])
+    for f in range(2):
+        diff = np.abs(r.pixels[f] / 255 - np.clip(starts[f], 0.02, 0.98))  # the seeded noise of every start on top
+        assert diff.mean() < 0.005 and diff.max() < 0.05, (diff.mean(), diff.max())
+    assert r.pixels[2].std() < 5  # the noise start: near-uniform grey
+
+
+def test_cluster_facets_without_patches_is_one_error_line(tmp_path, capsys):
+    from deepscope.cli import main
+
+    args = ["visualize", "lite0", "--layer", "_blocks.4", "--units", "0", "--facets", "2", "--facet-method", "clusters"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+    assert "needs --patches" in capsys.readouterr().err
+    assert main(args + ["--patches", str(tmp_path), "--out", str(tmp_path / "b")]) == 2  # not an output folder
+    assert "not a deepscope output folder" in capsys.readouterr().err

@@ -59,7 +59,8 @@ def atlas_run(tmp_path_factory):
            "run": {"batch_size": 2, "partition_size": 2, "executor": "local"},
            "features": {"layer": "penultimate"},
            "patches": {"layers": [LAYER], "k": 3, "channels": [0, 1]},
-           "visualize": {"layer": LAYER, "targets": "0,1", "facets": 2, "steps": 5, "size": 64},
+           "visualize": {"layer": LAYER, "targets": "0,1", "facets": 2, "steps": 5, "size": 64,
+                         "facet_method": "clusters"},
            "atlas": {"layer": LAYER, "per_image": 24, "grid": 3, "layout": "pca", "min_count": 2, "size": 32,
                      "steps": 10, "cells_per_part": 4, "filter_class": 1, "filter_share": 0.25}}
     run(jobmod.validate(job))
@@ -114,3 +115,31 @@ def test_unit_pictures_beside_their_patches(atlas_run):
     peak = {c: max(r["peak"] for r in rows if r["target"] == c) for c in (0, 1)}
     assert s["units_with_patches"] == 2 and s["beats_best_patch"] == sum(peak[c] > best[c] for c in (0, 1))
     assert "Units beside the data" in (out / "report" / "index.html").read_text()
+
+
+def test_cluster_facets_start_from_the_means_of_their_patches(atlas_run):
+    """Issue 25, facet_method clusters: each unit's top patches (the patches stage) are clustered by
+    the layer's channel means on them; each facet's start is its cluster's mean patch (a direct
+    computation: k-means on the same features, the mean of each cluster's patches)."""
+    from sklearn.cluster import KMeans
+
+    from deepscope.io.images import read_png
+    from deepscope.models.taps import forward_with_taps
+
+    out, _ = atlas_run
+    store, loaded = Store(out), load_model("lite0")
+    top = pq.read_table(io.BytesIO(store.read_bytes(f"patches/top-{LAYER}.parquet"))).to_pylist()
+    for c in (0, 1):
+        mine = [read_png(io.BytesIO(r["patch"]))[0] for r in sorted(top, key=lambda r: r["rank"]) if r["channel"] == c]
+        x = torch.cat([torch.nn.functional.interpolate(p[None].float(), size=(64, 64), mode="bilinear", antialias=True)
+                       for p in mine])
+        _, taps = forward_with_taps(loaded, loaded.transform.normalize(x.round().to(torch.uint8)), [LAYER])
+        labels = KMeans(2, n_init=10, random_state=0).fit_predict(taps[LAYER].float().mean((2, 3)).numpy())
+        means = {tuple(sorted(np.flatnonzero(labels == k))): x[labels == k].mean(0) / 255 for k in (0, 1)}
+        starts = [read_png(io.BytesIO(store.read_bytes(f"visualize/starts/unit_{c:04d}_f{f}.png")))[0].float() / 255
+                  for f in (0, 1)]
+        big = max(means, key=len)  # facet 0: the larger cluster
+        assert len(mine) == 3 and len(big) == 2
+        for start, key in zip(starts, (big, min(means, key=len))):
+            diff = (start - means[key]).abs()
+            assert float(diff.max()) <= 1 / 255 + 1e-6, float(diff.max())  # the PNG rounds to 8 bits

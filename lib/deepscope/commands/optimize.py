@@ -20,19 +20,27 @@ def add_commands(sub) -> None:
     p.add_argument("--blur-sigma", type=float, help="blur sigma, pixels (default 0.5)")
     p.add_argument("--value-clip", type=float, help="quantile of small-norm pixels zeroed each step (default 0)")
     p.add_argument("--grad-clip", type=float, help="quantile of small-contribution pixels zeroed each step (default 0)")
-    p.add_argument("--jitter", type=int, help="largest random shift, pixels (default 16)")
+    p.add_argument("--jitter", type=int, help="largest random shift, pixels (default classes 16, units 2)")
     p.add_argument("--param", choices=["pixel", "fourier"],
                    help="image parameterization (default fourier: decorrelated colours, 1/f spectrum)")
     p.add_argument("--optimizer", choices=["sgd", "adam"],
                    help="fourier: preconditioned gradient steps (default) or Adam (Lucid's recipe)")
     p.add_argument("--decay", type=float, help="fourier: spectrum scaled by 1/f**decay (default 1)")
-    p.add_argument("--pad", type=int, help="transformation robustness: canvas margin, pixels (default 16)")
-    p.add_argument("--scale", type=float, help="... random scale 1 +- SCALE each step (default 0.25)")
-    p.add_argument("--rotate", type=float, help="... random rotation up to ROTATE degrees each step (default 15)")
+    p.add_argument("--pad", type=int, help="transformation robustness: canvas margin, pixels (default classes 16, units 0)")
+    p.add_argument("--scale", type=float, help="... random scale 1 +- SCALE each step (default classes 0.25, units 0)")
+    p.add_argument("--rotate", type=float, help="... random rotation up to ROTATE degrees each step (default classes 15, units 0)")
     p.add_argument("--position", choices=["mean", "center"], help="unit objective: mean activation or the centre one")
     p.add_argument("--facets", type=int, help="pictures per unit or class that differ from each other (default 1)")
     p.add_argument("--diversity", type=float,
                    help="with --facets: weight of the facets' Gram-matrix similarity, in units of the score (default 0.5)")
+    p.add_argument("--facet-method", choices=["diversity", "clusters"],
+                   help="with --facets: diversity (default: Gram-matrix term, random starts) or clusters (each facet "
+                        "starts from the mean of a cluster of the unit's top patches: needs --patches)")
+    p.add_argument("--patches", metavar="FOLDER",
+                   help="an output folder with the patches stage on --layer (and dissection): the units are shown "
+                        "beside their top patches, and --facet-method clusters starts from them")
+    p.add_argument("--contrast", type=float,
+                   help="units: weight of the layer's mean |activation| subtracted from the unit's (default 1; 0: the unit alone)")
     p.add_argument("--plain", action="store_true", help="no regularizers and no jitter (fooling images)")
     model_options(p, seed=True)
     run_options(p)
@@ -91,7 +99,8 @@ def add_commands(sub) -> None:
 def cmd_visualize(a):
     from deepscope.executor import executor_for
     from deepscope.io.ranges import parse_targets
-    from deepscope.io.store import Store
+    from deepscope.io.location import is_remote
+    from deepscope.io.store import MANIFEST, Store
     from deepscope.models.taps import layer_width
     from deepscope.report.html import write_index
     from deepscope.report.visualize import visualize_html
@@ -100,6 +109,15 @@ def cmd_visualize(a):
 
     if bool(a.units) == bool(a.classes):
         raise UserError("visualize: give either --units or --classes")
+    data = None  # checked before the model loads: a wrong folder is one line at once
+    if a.patches:
+        from pathlib import Path
+
+        if not is_remote(a.patches) and not (Path(a.patches) / MANIFEST).exists():
+            raise UserError(f"--patches {a.patches}: not a deepscope output folder")
+        data = Store(a.patches)
+    if a.facet_method == "clusters" and not a.patches:
+        raise UserError("--facet-method clusters needs --patches FOLDER (an output with the patches stage on the layer)")
     loaded = _load(a.model, a.weights)
     kind, layer = ("class", "logits") if a.classes else ("unit", a.layer)
     if a.classes and a.layer not in (None, "logits"):
@@ -112,7 +130,8 @@ def cmd_visualize(a):
                                       value_clip=a.value_clip, grad_clip=a.grad_clip, jitter=a.jitter, param=a.param,
                                       optimizer=a.optimizer, decay=a.decay, pad=a.pad, scale=a.scale, rotate=a.rotate,
                                       position=a.position, size=a.size, seed=a.seed, facets=a.facets,
-                                      diversity=a.diversity).items() if v is not None}
+                                      diversity=a.diversity, facet_method=a.facet_method,
+                                      contrast=a.contrast).items() if v is not None}
     if not 1 <= settings.get("facets", 1) <= 16:
         raise UserError("--facets must be between 1 and 16")
     if a.plain:
@@ -127,7 +146,7 @@ def cmd_visualize(a):
            "precision": a.precision or "fp32"}
     executor = executor_for(run, store)
     try:
-        s = visualize_job(store, a.model, a.weights, layer, kind, targets, settings, run, log, executor)
+        s = visualize_job(store, a.model, a.weights, layer, kind, targets, settings, run, log, executor, data)
     finally:
         executor.close()
     write_index(a.out, f"deepscope visualize: {a.model} {layer}", visualize_html(s))

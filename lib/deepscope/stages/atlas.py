@@ -37,8 +37,8 @@ class AtlasConfig(StageConfig):
     layout: Literal["tsne", "pca"] = "tsne"
     layout_points: int = Field(5000, ge=10)  # t-SNE on this many (a sample), the rest placed by neighbour
     min_count: int = Field(3, ge=1)  # cells with fewer vectors stay empty
-    size: int = Field(64, ge=32)  # side of a cell's picture, px
-    steps: int = Field(64, ge=1)  # inversion steps per cell
+    size: int = Field(48, ge=32)  # side of a cell's picture, px (48 px, 32 steps: the inversion loss of
+    steps: int = Field(32, ge=1)  # 64 px, 64 steps at 28% of the work: bench/visualize.py --atlas)
     tv: float = Field(0.05, ge=0)  # total-variation weight of the inversion
     cells_per_part: int = Field(16, ge=1)  # cells inverted together (one batch, one part)
     filter_class: int | None = Field(None, ge=0)  # also a class-filtered atlas: the vectors that most support it
@@ -249,7 +249,8 @@ class AtlasCellActor:
             torch.set_num_threads(threads)
         self.device = best_device()
         self.loaded = load_model(model, weights)
-        self.loaded.module.to(self.device)
+        # channels_last, as the visualize actors: CPU convolutions prefer it (bench/visualize.py --atlas ...:cl)
+        self.loaded.module = self.loaded.module.to(self.device).to(memory_format=torch.channels_last)
         self.layer, self.size = layer, size
         self.settings = InvertSettings(steps=steps, tv=tv, seed=seed)
         self.writer = PartWriter(out, metadata)

@@ -34,17 +34,20 @@ class VisualizeConfig(StageConfig):
     blur_sigma: float = Field(0.5, gt=0)
     value_clip: float = Field(0.0, ge=0, lt=1)
     grad_clip: float = Field(0.0, ge=0, lt=1)
-    jitter: int = Field(16, ge=0)
+    jitter: int | None = Field(None, ge=0)  # default: classes 16, units 2 (algos/ascent.py: for_kind)
     param: Literal["pixel", "fourier"] = "fourier"
     optimizer: Literal["sgd", "adam"] = "sgd"
     decay: float = Field(1.0, ge=0)
-    pad: int = Field(16, ge=0)
-    scale: float = Field(0.25, ge=0, lt=1)
-    rotate: float = Field(15.0, ge=0)
+    pad: int | None = Field(None, ge=0)  # default: classes 16, units 0
+    scale: float | None = Field(None, ge=0, lt=1)  # default: classes 0.25, units 0
+    rotate: float | None = Field(None, ge=0)  # default: classes 15, units 0
     position: Literal["mean", "center"] = "mean"
     seed: int = 0
     facets: int = Field(1, ge=1, le=16)  # pictures per target that differ (Gram-matrix diversity)
     diversity: float = Field(0.5, ge=0)  # with facets > 1 (algos/ascent.py: gram_similarity)
+    facet_method: Literal["diversity", "clusters"] = "diversity"  # clusters: start from the means of clusters of
+    #                                     the unit's top patches (needs the patches stage on this layer)
+    contrast: float | None = Field(None, ge=0)  # units: weight of the layer's mean |activation| subtracted (1)
 
 
 class Visualize(Stage):
@@ -115,7 +118,9 @@ class VisualizeActor:
 
         targets = [int(t) for t in part.desc["targets"]]
         t0 = time.perf_counter()
-        r = visualize(self.loaded, self.layer, targets, self.settings, self.kind, self.amp)
+        starts = [None if rel is None else read_png(io.BytesIO(self.writer.loc.get(rel)))[0].numpy() / 255.0
+                  for rel in part.desc.get("starts") or []] or None
+        r = visualize(self.loaded, self.layer, targets, self.settings, self.kind, self.amp, starts)
         nf = self.settings.facets
         each = [t for t in targets for _ in range(nf)]
         files = {picture_name(self.kind, t, f, nf): png_bytes(p) for t, f, p in zip(each, r.facet, r.pixels)}
@@ -135,8 +140,10 @@ class VisualizeActor:
 
 
 def visualize_job(store, model: str, weights: str | None, layer: str, kind: str, targets: list[int],
-                  settings: dict, run: dict, log, executor) -> dict:
+                  settings: dict, run: dict, log, executor, data=None) -> dict:
     """Visualize `targets` of `layer` into an open Store: parts visualize/pNNNNN, PNGs, grid, summary.
+    data: the Store whose patches and dissection outputs the units are shown beside (and, with
+    facet_method clusters, start from); default `store` itself.
     Runs on the executor every pass runs on (actors write their parts, the driver commits):
     executor.run_pass(store, **Pass fields)."""
     from deepscope.io.plan import Partition
@@ -157,6 +164,13 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
     per_target = int(settings.get("facets", 1))
     pending = [Partition(p, len(ts) * per_target, {"kind": "targets", "targets": ts}) for p, ts in plan.items()
                if not store.has_part(VIS, p)]
+    data = data or store
+    if pending and settings.get("facet_method") == "clusters":
+        starts = cluster_start_files(store, data, loaded, layer, [t for p in pending for t in p.desc["targets"]],
+                                     per_target, int(settings.get("size") or loaded.transform.crop),
+                                     int(settings.get("seed", 0)), log)
+        for p in pending:
+            p.desc["starts"] = [starts.get((t, f)) for t in p.desc["targets"] for f in range(per_target)]
     t0 = time.time()
     done = 0
     if pending:
@@ -176,7 +190,7 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
     pics = [read_png(io.BytesIO(store.read_bytes(r["image"])))[0].numpy() for r in rows]
     grid = f"{VIS}/grid_{re.sub(r'[^A-Za-z0-9._-]+', '_', layer)}.png"
     store.write_file(grid, grid_png(pics, caption, cols=facets * max(1, 8 // facets) if facets > 1 else 8))
-    units = unit_figures(store, layer, rows, pics, facets, log) if kind == "unit" else {}
+    units = unit_figures(store, layer, rows, pics, facets, log, data) if kind == "unit" else {}
     wall = time.time() - t0
     sel = np.array([r["selectivity"] for r in rows if r["selectivity"] is not None], np.float64)
     summary = {"layer": layer, "kind": kind, "pictures": len(rows), "computed": done, "wall_s": round(wall, 2),
@@ -195,6 +209,54 @@ def visualize_job(store, model: str, weights: str | None, layer: str, kind: str,
     return summary
 
 
+def cluster_start_files(store, data, loaded, layer: str, targets: list[int], facets: int, size: int, seed: int,
+                        log) -> dict[tuple[int, int], str]:
+    """Multi-faceted starts (Nguyen et al. 2016), written as visualize/starts/unit_NNNN_fK.png ->
+    {(unit, facet): its path}; facets beyond a unit's patches start from noise."""
+    out = {}
+    for (t, f), m in unit_cluster_starts(data, loaded, layer, targets, facets, size, seed).items():
+        path = f"{VIS}/starts/unit_{t:04d}_f{f}.png"
+        store.write_file(path, png_bytes((np.asarray(m) * 255).round().clip(0, 255).astype(np.uint8)))
+        out[(t, f)] = path
+    log(f"visualize: {len(out)} facets of {len(targets)} units start from clusters of their top patches")
+    return out
+
+
+def unit_cluster_starts(data, loaded, layer: str, targets: list[int], facets: int, size: int,
+                        seed: int = 0) -> dict[tuple[int, int], np.ndarray]:
+    """Each unit's top patches (the patches stage's patches/top-<layer>.parquet in `data`)
+    clustered by the layer's activations on them (channel means, at the picture's size) ->
+    {(unit, facet): its cluster's mean patch, (3, size, size) in [0, 1]} (algos/ascent.py: cluster_starts)."""
+    import pyarrow.parquet as pq
+
+    from deepscope.algos.ascent import cluster_starts
+    from deepscope.io.images import file_name
+    from deepscope.models.taps import forward_with_taps
+
+    rel = f"patches/top-{file_name(layer)}.parquet"
+    if not data.exists(rel):
+        raise UserError(f"facet_method 'clusters' needs the patches stage's output for {layer} in {data.root} "
+                        f"({rel}): run [patches] layers = [\"{layer}\"] there first (deepscope visualize: "
+                        "--patches FOLDER), or use facet_method 'diversity'")
+    patches: dict[int, list] = {}
+    for r in sorted(pq.read_table(io.BytesIO(data.read_bytes(rel))).to_pylist(), key=lambda r: r["rank"]):
+        if r["layer"] == layer and r["patch"] is not None:
+            patches.setdefault(r["channel"], []).append(read_png(io.BytesIO(r["patch"]))[0].numpy())
+    out = {}
+    for t in targets:
+        mine = patches.get(t, [])
+        if not mine:
+            continue
+        x = torch.cat([torch.nn.functional.interpolate(torch.from_numpy(p)[None].float(), size=(size, size),
+                                                       mode="bilinear", antialias=True) for p in mine])
+        with torch.no_grad():
+            _, taps = forward_with_taps(loaded, loaded.transform.normalize(x.round().clamp(0, 255).to(torch.uint8)),
+                                        [layer])
+        means, _ = cluster_starts(mine, taps[layer].float().flatten(2).mean(2).cpu().numpy(), facets, size, seed)
+        out.update({(t, f): m for f, m in enumerate(means) if m is not None})
+    return out
+
+
 def facet_correlation_of(pics: list[np.ndarray], facets: int) -> float:
     """The mean over targets of the mean pairwise pixel correlation of a target's facets."""
     from deepscope.algos.ascent import facet_correlation
@@ -202,7 +264,7 @@ def facet_correlation_of(pics: list[np.ndarray], facets: int) -> float:
     return float(np.nanmean(facet_correlation(np.stack(pics), facets)))
 
 
-def unit_figures(store, layer: str, rows: list[dict], pics: list[np.ndarray], facets: int, log,
+def unit_figures(store, layer: str, rows: list[dict], pics: list[np.ndarray], facets: int, log, data=None,
                  per_page: int = 16) -> dict:
     """Per unit, its pictures beside its top dataset patches (the patches stage's
     patches/top-<layer>.parquet) and its dissection concept (dissection/iou-<layer>.parquet), when
@@ -211,19 +273,20 @@ def unit_figures(store, layer: str, rows: list[dict], pics: list[np.ndarray], fa
     from deepscope.io.images import file_name
     from deepscope.report.visualize import unit_page_png
 
+    data = data or store
     patches, concepts = {}, {}
     rel = f"patches/top-{file_name(layer)}.parquet"
-    if store.exists(rel):
+    if data.exists(rel):
         import pyarrow.parquet as pq
 
-        for r in pq.read_table(io.BytesIO(store.read_bytes(rel))).to_pylist():
+        for r in pq.read_table(io.BytesIO(data.read_bytes(rel))).to_pylist():
             if r["layer"] == layer:
                 patches.setdefault(r["channel"], []).append(r)
     rel = f"dissection/iou-{file_name(layer)}.parquet"
-    if store.exists(rel):
+    if data.exists(rel):
         import pyarrow.parquet as pq
 
-        for r in pq.read_table(io.BytesIO(store.read_bytes(rel))).to_pylist():
+        for r in pq.read_table(io.BytesIO(data.read_bytes(rel))).to_pylist():
             if r["rank"] == 1:
                 concepts[r["unit"]] = f"{r['concept']} (IoU {r['iou']:.2f})"
     if not patches and not concepts:
