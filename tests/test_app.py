@@ -126,6 +126,14 @@ def test_every_filter_and_sort_equals_pandas(explorer):
     inside = mapped[PolygonPath(lasso).contains_points(mapped[["map_x", "map_y"]].to_numpy(np.float64))]
     got = all_ids(client, [("lasso", ",".join(f"{x},{y}" for x, y in lasso)), ("label_flagged", "false")])
     assert got == sorted(inside.id[inside.label_flagged == False]) and len(got) > 0  # noqa: E712
+    # with a sort, in pages, and its count (the lasso is evaluated once for both)
+    lasso_q = ("lasso", ",".join(f"{x},{y}" for x, y in lasso))
+    pages = [client.get("/api/images", params=[lasso_q, ("sort", "-uniqueness"), ("per", "4"), ("page", p)]).json()
+             for p in range(3)]
+    want = list(inside.sort_values(["uniqueness", "id"], ascending=[False, True], na_position="last").id)
+    assert [r["id"] for page in pages for r in page["rows"]] == want[:12] and pages[0]["total"] == len(inside)
+    assert client.get("/api/images", params=[lasso_q, ("page", 99)]).json() == {"total": len(inside), "page": 99,
+                                                                               "per": 60, "rows": []}
     assert all_ids(client, [("q", "Ü ñ")]) == ["x/ü ñ 日本.png"]
 
 
