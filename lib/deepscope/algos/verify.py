@@ -105,17 +105,20 @@ def _curve(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np
     -> knots (xs, ys) for np.interp.  Lightening, contrast and gamma are such curves, and so is what
     clipping at 255 does to them; a caption's few pixels do not move a median."""
     band = np.minimum((x * (bins / 256.0)).astype(np.int32), bins - 1)
-    order = np.argsort(band, kind="stable")
-    starts = np.searchsorted(band[order], np.arange(bins + 1))
-    xs, ys = [], []
-    for i in range(bins):
-        sel = order[starts[i]:starts[i + 1]]
-        if len(sel) >= 8:
-            xs.append(float(np.median(x[sel])))
-            ys.append(float(np.median(y[sel])))
-    if not xs:
+    counts = np.bincount(band, minlength=bins)
+    keep = counts >= 8
+    if not keep.any():
         return np.array([0.0, 255.0]), np.array([float(np.median(y)) if len(y) else 0.0] * 2)
-    return np.array(xs), np.maximum.accumulate(np.array(ys))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    lo, hi = (starts + (counts - 1) // 2)[keep], (starts + counts // 2)[keep]
+
+    width = 2.0 ** 10  # pixel values lie in [0, 256): band * width + v sorts by band, then value, exactly
+    offsets = np.repeat(np.arange(bins) * width, counts)
+
+    def medians(v):  # each band's median at once: v sorted within bands, its middle one or two
+        v = (np.sort(band * width + v.astype(np.float64)) - offsets).astype(v.dtype)
+        return ((v[lo] + v[hi]) / 2).astype(np.float64)
+    return medians(x), np.maximum.accumulate(medians(y))
 
 
 def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, float]:
