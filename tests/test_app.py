@@ -436,13 +436,14 @@ def test_cli_refuses_a_folder_that_is_not_an_output_in_one_line(tmp_path, capsys
     assert "--replicas must be at least 1" in err[2], err
 
 
-def test_app_ray_on_a_folder_without_an_index_says_so_before_starting_ray(explorer, capsys):
-    import sys
-
+def test_app_ray_on_a_folder_without_an_index_says_so_before_starting_ray(explorer, capsys, monkeypatch):
     from deepscope.commands import main
+    from deepscope.serve import cluster
 
-    out = explorer[1]
-    assert main(["app", str(out), "--ray"]) == 2
+    def deploy(*a, **k):
+        raise AssertionError("Ray was started for a folder without an index")
+
+    monkeypatch.setattr(cluster, "deploy_shards", deploy)
+    assert main(["app", str(explorer[1]), "--ray"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no index to search on Ray" in err[0], err
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized()

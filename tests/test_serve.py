@@ -187,6 +187,39 @@ def _replicas(name: str) -> list:
     return out
 
 
+def _start_ray_server(args: list[str], env: dict, health: str):
+    """`deepscope ARGS --port P` in a process of its own, once its health route answers -> (process, url)."""
+    import subprocess
+    import sys
+
+    url = f"http://127.0.0.1:{(port := free_port())}"
+    proc = subprocess.Popen([sys.executable, "-m", "deepscope.cli", *args, "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + health, timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        time.sleep(1)
+    proc.kill()
+    raise AssertionError(f"deepscope {args[0]} did not answer {health} in 300 s")
+
+
+def _stop(proc) -> None:
+    """Ctrl-C, as a user stops a server (it then removes its Serve application), else kill."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def test_serve_ray_on_two_nodes_equals_single_process_and_survives_a_killed_replica(
         cluster, indexed_photos, tmp_path, ray_cluster):  # noqa: F811
     """`deepscope serve OUT --ray` on the loopback two-node cluster: the answers of the single-process
@@ -195,7 +228,6 @@ def test_serve_ray_on_two_nodes_equals_single_process_and_survives_a_killed_repl
     import os
     import signal
     import subprocess
-    import sys
 
     from fastapi.testclient import TestClient
 
@@ -205,20 +237,8 @@ def test_serve_ray_on_two_nodes_equals_single_process_and_survives_a_killed_repl
     store = Store(served)  # a 3-shard feature index, so that the router fans out and merges
     info = build_space(store, "features", IndexConfig(kind="flat", shards=3), lambda *a: None, LOCAL)
     store.update_summary("index", {"spaces": {**store.summary("index")["spaces"], "features": info}})
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "deepscope.cli", "serve", str(served), "--ray", "--port", str(port),
-                               "--replicas", "2"], env=cluster, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server, url = _start_ray_server(["serve", str(served), "--ray", "--replicas", "2"], cluster, "/info")
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/info", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stderr.read().decode()[-3000:]
-            time.sleep(1)
         ids = [str(f.relative_to(data)) for f in sorted(data.rglob("*.jpg"))]
         requests = [{"id": i, "k": k, "space": sp} for i in ids for k in (1, 5, 9) for sp in ("features", "pixels")]
         with TestClient(create_app(str(served))) as single, httpx.Client(base_url=url, timeout=60) as ray_client:
@@ -266,11 +286,7 @@ def test_serve_ray_on_two_nodes_equals_single_process_and_survives_a_killed_repl
         assert r.status_code == 200
         _explorer_searches_through_ray_serve(served, cluster, requests, url)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
 
 
 def _explorer_searches_through_ray_serve(served, env, requests, serve_url):
@@ -279,26 +295,13 @@ def _explorer_searches_through_ray_serve(served, env, requests, serve_url):
     stopping it leaves the other application serving."""
     import signal
     import subprocess
-    import sys
 
     from fastapi.testclient import TestClient
 
     from deepscope.serve.explorer import create_explorer
 
-    port = free_port()
-    app = subprocess.Popen([sys.executable, "-m", "deepscope.cli", "app", str(served), "--ray", "--port", str(port),
-                            "--replicas", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    app, url = _start_ray_server(["app", str(served), "--ray", "--replicas", "1"], env, "/api/info")
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/api/info", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert app.poll() is None, app.stderr.read().decode()[-3000:]
-            time.sleep(1)
         assert httpx.get(url + "/api/info", timeout=5).json()["search_on"] == "ray serve"
         with TestClient(create_explorer(str(served))) as local, httpx.Client(base_url=url, timeout=60) as remote:
             for req in requests[::2]:
@@ -313,10 +316,6 @@ def _explorer_searches_through_ray_serve(served, env, requests, serve_url):
                 if " ".join(p.info["cmdline"] or []).startswith("ray::ServeReplica:deepscope-explorer:features-shard-")]
         assert len(ours) == 3, ours  # one replica of each of the 3 shards
     finally:
-        app.send_signal(signal.SIGINT)
-        try:
-            app.wait(60)
-        except subprocess.TimeoutExpired:
-            app.kill()
+        _stop(app)
     assert httpx.post(serve_url + "/neighbors", json=requests[0], timeout=60).status_code == 200
 
