@@ -100,9 +100,6 @@ class ShardSet:
     def __init__(self, *shards):
         pass
 
-    def ready(self) -> bool:
-        return True
-
 
 def shard_deployments(out: str, replicas: int) -> list:
     """A deployment per (space, shard) of the folder's indexes, bound to its shard."""
