@@ -86,11 +86,11 @@ def _sniff(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def create_explorer(out: str, limits: Limits = Limits(), workdir: str | None = None, searcher=None) -> FastAPI:
-    """searcher: the class that searches one space's index (default: index.search.Searcher, in this
-    process; `deepscope app --ray` gives serve/cluster.py's RemoteSearcher, whose shards are replicas)."""
+def create_explorer(out: str, limits: Limits = Limits(), workdir: str | None = None) -> FastAPI:
+    """The app; its search (app.state.search) searches in this process until given another searcher
+    class (`deepscope app --ray` sets serve/cluster.py's RemoteSearcher, whose shards are replicas)."""
     tables = Tables(out, workdir)
-    search = LazySearch(out, limits, searcher)
+    search = LazySearch(out, limits)
     app = FastAPI(title="deepscope explorer", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
     app.state.tables, app.state.search = tables, search
