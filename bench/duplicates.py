@@ -390,15 +390,17 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     plausible = (c["rotation"].abs().fillna(99) <= 20) & c["scale"].between(0.5, 2.0) & (c["overlap"].fillna(0) >= 0.65)
     corr, differing = c["explained"].fillna(0) >= 0.75, c["differing"].fillna(1) <= 0.25
     overlay, colour = c["overlay"].fillna(1) <= 0.2, c["colour_shift"].fillna(1) <= 0.3
+    detail = c["detail"].isna() | (c["detail"] >= 0.15)  # no detail to compare: no evidence against
     exact = c["tier"].eq("exact")
     ways = {
         "combined distance <= the density valley's threshold (the old decision)": c["distance"] <= threshold,
         "verification (default: geometry + aligned pixels)": c["accepted"],
         "verification, mutual nearest pairs only": c["accepted"] & c["mutual"],
         "geometry alone (inliers >= 8, ratio >= 0.15)": geo | exact,
-        "aligned pixels without the overlay test (one narrow band)": (plausible & corr & differing & colour) | exact,
-        "aligned pixels without the differing share": (plausible & corr & overlay & colour) | exact,
-        "aligned pixels without the colour shift cap": (plausible & corr & differing & overlay) | exact,
+        "aligned pixels without the overlay test (one narrow band)": (plausible & corr & differing & colour & detail) | exact,
+        "aligned pixels without the differing share": (plausible & corr & overlay & colour & detail) | exact,
+        "aligned pixels without the colour shift cap": (plausible & corr & differing & overlay & detail) | exact,
+        "aligned pixels without the fine details (detail)": (plausible & corr & differing & overlay & colour) | exact,
         "verification and the old threshold": c["accepted"] & (c["distance"] <= threshold),
     }
     rows = []

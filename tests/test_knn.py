@@ -589,3 +589,100 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
     assert sum(r["accepted"] for r in cand) == 3 and len(cand) > 3  # the rejected candidates are kept, explained
     assert "near-identical" in (out / "report/index.html").read_text()
+
+
+def test_colour_curve_medians_are_each_bands_median():
+    """The curves' knots come from one histogram, not a sort: each band's median of x and of y equal a
+    direct np.median per band to within half a histogram step (y's made non-decreasing)."""
+    from deepscope.algos import verify as V
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 255, 20_000).astype(np.float32)
+    y = np.clip(0.8 * x + 30 + rng.normal(0, 12, len(x)), 0, 255).astype(np.float32)
+    xs, ys = V._curve(x, y)
+    band = np.minimum((x * 16 / 256).astype(int), 15)
+    mx = np.array([np.median(x[band == b]) for b in range(16)])
+    my = np.maximum.accumulate(np.array([np.median(y[band == b]) for b in range(16)]))
+    assert np.abs(xs - mx).max() <= 0.5 / V.CURVE_STEPS + 1e-6 and np.abs(ys - my).max() <= 0.5 / V.CURVE_STEPS + 1e-6
+
+
+def low_contrast(seed, layout_seed=0, size=160):
+    """A smooth layout (an orange field darkening to one side) with faint thin lines, as a retina or a
+    star field: two of these with one layout and other lines are different pictures."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(layout_seed)
+    yy, xx = np.mgrid[:size, :size]
+    cx, cy = rng.uniform(-40, 0), rng.uniform(40, 120)
+    base = 200.0 - 150 / (1 + np.exp((np.hypot(xx - cx, yy - cy) - 90) / -20))  # a soft dark disk's edge
+    img = Image.fromarray(np.stack([base, 0.45 * base, 0.3 * base], 2).clip(0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    r = np.random.default_rng(1000 + seed)
+    for _ in range(30):
+        x0, y0 = r.uniform(0, size, 2)
+        d.line((x0, y0, x0 + r.uniform(-50, 50), y0 + r.uniform(-50, 50)), fill=(150, 62, 42), width=1)
+    return img
+
+
+def test_fine_details_tell_low_contrast_lookalikes_from_copies():
+    """Hand-known truth: one layout with other faint lines is another picture, its re-encoded copy is
+    the same picture.  The colour curves explain both (the layout carries the variance); the fine
+    details' correlation (`detail`) separates them, and a flat pair has no detail to compare (NaN)."""
+    import io
+
+    from PIL import Image
+
+    from deepscope.algos import verify as V
+
+    for seed in (0, 2, 3):
+        img = low_contrast(seed)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=75)
+        ev = V.verify_pair(prepared(img), prepared(Image.open(io.BytesIO(buf.getvalue()))))
+        assert ev["same"] and ev["detail"] > 0.8, ev
+        other = V.verify_pair(prepared(img), prepared(low_contrast(seed + 10)))
+        assert not other["same"] and other["detail"] < V.VerifySettings().min_detail, other
+        assert V.verify_pair(prepared(img), prepared(low_contrast(seed + 10)), V.VerifySettings(min_detail=-1))["same"]
+    g = np.full((64, 64), 120, np.float32)
+    assert np.isnan(V._detail(g, g, np.ones((64, 64), bool), 1.0))
+
+
+def test_coarse_first_look_changes_no_decision(monkeypatch):
+    """The first look at half the scale only skips work: with it switched off (its limits opened) every
+    decision and its pixel evidence are the same, on copies, look-alikes and other scenes."""
+    import io
+
+    from PIL import Image, ImageEnhance
+
+    from deepscope.algos import verify as V
+
+    imgs = [scene(s) for s in range(5)]
+    buf = io.BytesIO()
+    imgs[0].save(buf, "JPEG", quality=60)
+    pairs = [(imgs[0], Image.open(io.BytesIO(buf.getvalue()))), (imgs[1], imgs[1].transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+             (imgs[2], ImageEnhance.Contrast(imgs[2]).enhance(0.75)), (low_contrast(0), low_contrast(5))]
+    pairs += [(imgs[i], imgs[j]) for i in range(5) for j in range(i + 1, 5)]
+    with_look = [V.verify_pair(prepared(a), prepared(b)) for a, b in pairs]
+    monkeypatch.setattr(V, "COARSE_EXPLAINED", -np.inf)
+    monkeypatch.setattr(V, "COARSE_DIFFERING", np.inf)
+    without = [V.verify_pair(prepared(a), prepared(b)) for a, b in pairs]
+    assert [e["same"] for e in with_look] == [e["same"] for e in without] == [True] * 3 + [False] * 11
+    for e, f in zip(with_look[:3], without[:3]):  # accepted pairs: compared at full scale either way
+        assert e == f
+
+
+def test_edges_of_finds_each_listed_pair_as_a_set_lookup_does():
+    """Each image's nearest in a graph, looked up among the unique undirected edges, equals a plain
+    dictionary lookup (either order; -1 and pairs that are no edge found nowhere)."""
+    from deepscope.algos import knn as K
+
+    rng = np.random.default_rng(5)
+    n = 300
+    rows = rng.integers(-1, n, (n, 6))
+    a, b, _ = K.undirected_edges(rows, rng.random((n, 6)).astype(np.float32), np.arange(n))
+    index = {(int(x), int(y)): i for i, (x, y) in enumerate(zip(a, b))}
+    x, y = rng.integers(0, n, 500), rng.integers(-1, n, 500)
+    want = sorted({index[(min(i, j), max(i, j))] for i, j in zip(x.tolist(), y.tolist())
+                   if j >= 0 and (min(i, j), max(i, j)) in index})
+    got = K.edges_of(a, b, n, x, y)
+    assert got.tolist() == want and 0 < len(want) < 500

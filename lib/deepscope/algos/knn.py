@@ -286,6 +286,19 @@ def candidate_edges(a: np.ndarray, b: np.ndarray, dist: np.ndarray, n: int, top:
     return np.unique(edge[rank < top])
 
 
+def edges_of(a: np.ndarray, b: np.ndarray, n: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the undirected edges (a[i] < b[i], unique) joining x[j] and y[j] (either order;
+    y < 0: none) that are among them -> sorted edge indices."""
+    ok = y >= 0
+    lo, hi = np.minimum(x[ok], y[ok]), np.maximum(x[ok], y[ok])
+    keys, want = np.asarray(a, np.int64) * n + b, np.unique(lo.astype(np.int64) * n + hi)
+    order = np.argsort(keys, kind="stable")
+    at = np.searchsorted(keys[order], want)
+    found = at < len(keys)
+    found[found] = keys[order][at[found]] == want[found]
+    return np.sort(order[at[found]])
+
+
 def signature_nearest(sig: np.ndarray, flat_max: int = 100_000, nprobe: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each image's nearest other image by pixel signature, the other taken as it is or mirrored
     (a flipped, cropped, captioned copy is nearest its original there even when the feature graph

@@ -12,7 +12,10 @@ lightening, a contrast change, clipping) fitted without the pixels that disagree
 differences are global (the curve absorbs them) or one overlay (a caption, a logo: the cells that
 differ fit a narrow band); a moved object leaves two patches apart (where it was, where it is).
 Images with too little texture for keypoints, or whose matches fail, are laid on each other by their
-frames and aligned from there on the pixels.
+frames (the way their 8 x 8 layouts say, or both) and aligned from there on the pixels.  Low-contrast
+look-alikes (star fields, skin, two stretches of one texture) have layouts that the curves explain:
+their fine details must coincide too.  Each try is first compared at half the scale, a quarter of the
+work: most candidate pairs are far off there and go no further.
 
 Pure numpy / OpenCV: arrays in, arrays out; index/knn.py reads the thumbnails and writes the table.
 """
@@ -30,14 +33,20 @@ ALIGN_SLACK = np.ones((5, 5), np.uint8)  # half-size pixels either way that a pi
 EXPLAIN_CLIP = 16.0  # grey levels: a residual beyond counts as this much (an overlay's pixels weigh little)
 FRAMES_EXPLAINED = 0.95  # needed by a pair aligned from its frames rather than from matches
 CELL_DIFFERS = 0.25  # a cell differs when this share of its pixels does
+CURVE_STEPS = 4  # the colour curves' medians are read to a quarter of a grey level (a histogram, not a sort)
+ORIENTATION_MARGIN = 0.2  # of correlation: closer than this, both ways are tried
+DETAIL_ENERGY = 0.25  # a cell has detail when its band-pass' mean square (grey levels^2) is above this
+DETAIL_BAND = 2.5  # the band-pass: from the coarser thumbnail's pixel to this many times it
+COARSE_EXPLAINED, COARSE_DIFFERING = 0.4, 0.4  # at half the comparison's scale, a try this far off is not compared at full scale
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
-            "explained", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
+            "explained", "detail", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
 
 
 @dataclass(frozen=True)
 class VerifySettings:
     min_inliers: int = 4  # matches that agree with one transform (RANSAC's consensus: the pixels decide)
     min_explained: float = 0.75  # share of b's variation that a's colour curves explain where they agree
+    min_detail: float = 0.15  # the fine details' correlation (_detail), where both pictures have detail
     max_differing: float = 0.25  # share of the overlap's cells that differ after the colour curves
     max_overlay: float = 0.20  # the cells that differ fit a band this narrow (share of a side): one overlay
     max_colour_shift: float = 0.30  # of a channel's mean (share of 255): a recoloured look-alike shifts more
@@ -60,6 +69,9 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     half = cv2.resize(colour, (max(1, colour.shape[1] // 2), max(1, colour.shape[0] // 2)), interpolation=cv2.INTER_AREA)
     out = {"colour": colour, "grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings,
            "half": half.astype(np.float32)}  # the pixel comparison's scale (it blurs finer detail away anyway)
+    quarter = cv2.resize(half, (max(1, half.shape[1] // 2), max(1, half.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+    out["coarse"] = {"half": quarter.astype(np.float32), "pixel": f / 4}  # the cheap first look (_coarse)
+    out["pixel"] = f / 2  # the thumbnail's pixel, in comparison pixels (an enlarged small image has no finer detail)
     out["direct"] = _keypoints(out["grey"], settings)
     return out
 
@@ -111,13 +123,13 @@ def _curve(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np
         return np.array([0.0, 255.0]), np.array([float(np.median(y)) if len(y) else 0.0] * 2)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     lo, hi = (starts + (counts - 1) // 2)[keep], (starts + counts // 2)[keep]
+    levels = 256 * CURVE_STEPS
 
-    width = 2.0 ** 10  # pixel values lie in [0, 256): band * width + v sorts by band, then value, exactly
-    offsets = np.repeat(np.arange(bins) * width, counts)
-
-    def medians(v):  # each band's median at once: v sorted within bands, its middle one or two
-        v = (np.sort(band * width + v.astype(np.float64)) - offsets).astype(v.dtype)
-        return ((v[lo] + v[hi]) / 2).astype(np.float64)
+    def medians(v):  # each band's middle one or two values, from one histogram of (band, value): no sort
+        at = band * levels + np.clip((v * CURVE_STEPS).astype(np.int32), 0, levels - 1)
+        upto = np.cumsum(np.bincount(at, minlength=bins * levels))
+        pick = lambda i: (np.searchsorted(upto, i, side="right") % levels + 0.5) / CURVE_STEPS
+        return (pick(lo) + pick(hi)) / 2
     return medians(x), np.maximum.accumulate(medians(y))
 
 
@@ -203,7 +215,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     scale2 = abs(float(np.linalg.det(m[:, :2])))
     overlap = float(min(inside.mean(), inside.sum() / max(scale2 * b["half"].shape[0] * b["half"].shape[1], 1)))
     none = {"overlap": overlap, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
-            "colour_shift": 1.0, "m": m, "brightness_shift": 0.0, "contrast_ratio": 1.0}
+            "colour_shift": 1.0, "detail": float("nan"), "m": m, "brightness_shift": 0.0, "contrast_ratio": 1.0}
     if inside.sum() < 32:
         return none
     sigma = max(h, w) / 128
@@ -232,12 +244,55 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
         return {**none, "explained": explained, "differing": float(differs.sum() / counted.sum()), "regions": int(regions),
                 "overlay": overlay}
     ga, gb = ca[ok].mean(1), cb[ok].mean(1)
+    use = np.zeros((h, w), bool)
+    use[inside] = ok
+    detail = _detail(fa.mean(-1), fb.mean(-1), use, max(a.get("pixel", 1.0), b.get("pixel", 1.0)))
     colour_shift = float(np.abs(cb[ok].mean(0) - ca[ok].mean(0)).max()) / 255  # a recoloured look-alike fits a curve too
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
-    return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "differing": float(differs.sum() / counted.sum()),
+    return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "detail": detail, "differing": float(differs.sum() / counted.sum()),
             "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m,
             "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
+
+
+def _coarse(a: dict, b: dict, m: np.ndarray) -> dict:
+    """_compare on the images at half the comparison's size (m's shift halved to match)."""
+    m = np.array(m, np.float64)
+    m[:, 2] /= 2
+    return _compare(a["coarse"], b["coarse"], m, slide=2)
+
+
+def _orientations(a: dict, b: dict) -> list[bool]:
+    """Which ways to lay b's frame on a's: as it is, mirrored, or both when neither is clearly nearer
+    (the correlation of their 8 x 8 grey layouts; a copy's is near 1 the right way)."""
+    tiny = [cv2.resize(x["coarse"]["half"].mean(-1), (8, 8), interpolation=cv2.INTER_AREA).ravel() for x in (a, b)]
+    ta, tb = (t - t.mean() for t in tiny)
+    tm = (tiny[1].reshape(8, 8)[:, ::-1].ravel() - tiny[1].mean())
+    norm = max(float(np.linalg.norm(ta) * np.linalg.norm(tb)), 1e-6)
+    direct, mirrored = float(ta @ tb) / norm, float(ta @ tm) / norm
+    if abs(direct - mirrored) < ORIENTATION_MARGIN:
+        return [False, True]
+    return [mirrored > direct]
+
+
+def _detail(ga: np.ndarray, gb: np.ndarray, use: np.ndarray, pixel: float) -> float:
+    """Do the fine details coincide?  The correlation of the two grey images' band-pass (between the
+    coarser thumbnail's pixel and DETAIL_BAND times it), in each cell of a 3 x 3 grid where both have detail, the
+    median over the cells (a caption fills few of them) -> float, NaN when fewer than 3 cells have detail.
+    Low-contrast look-alikes (star fields, skin, two stretches of one texture) agree on their coarse
+    layout, which the colour curves explain, and not on their details."""
+    s1 = max(1.0, pixel)
+    da = (cv2.GaussianBlur(ga, (0, 0), s1) - cv2.GaussianBlur(ga, (0, 0), DETAIL_BAND * s1)) * use
+    db = (cv2.GaussianBlur(gb, (0, 0), s1) - cv2.GaussianBlur(gb, (0, 0), DETAIL_BAND * s1)) * use
+    h, w = (ga.shape[0] // 3) * 3, (ga.shape[1] // 3) * 3
+
+    def cells(x):  # sums over a 3 x 3 grid (the ragged edge dropped)
+        return x[:h, :w].reshape(3, h // 3, 3, w // 3).sum((1, 3))
+    ab, aa, bb, n = cells(da * db), cells(da * da), cells(db * db), cells(use.astype(np.float32))
+    textured = (n > h * w / 36) & (np.sqrt(aa * bb) > DETAIL_ENERGY * np.maximum(n, 1))
+    if textured.sum() < 3:
+        return float("nan")
+    return float(np.median((ab / np.maximum(np.sqrt(aa * bb), 1e-6))[textured]))
 
 
 def _frame(ga: np.ndarray, gb: np.ndarray, flip: bool) -> np.ndarray:
@@ -258,7 +313,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     textured = min(len(a["direct"][0]), len(b["direct"][0])) >= s.min_keypoints
     # keypoints first; then (no keypoints, or no transform that passes) the two frames laid on each
     # other and the alignment found on the pixels from there (smooth pictures, small copies)
-    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", False), ("frames", True)]
+    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in _orientations(a, b)]
     for how, flip in tries:
         if how == "frames":
             m, inl, ratio, spread = _frame(a["grey"], b["grey"], flip), 0, 0.0, 0.0
@@ -279,7 +334,11 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
-        px = _compare(a, b, m, slide=4)
+        # a first look at half the scale (a quarter of the work): a try that is far off there (the share
+        # explained or differing already beyond the limits) is decided on it: most candidate pairs are
+        px = _coarse(a, b, m)
+        if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= COARSE_DIFFERING:
+            px = _compare(a, b, m, slide=4)
         r = px.pop("m")[:, :2]
         scale = float(np.sqrt(abs(np.linalg.det(r))))
         # rotation of the similarity part (a mirror's determinant is negative: its angle is read after unmirroring)
@@ -295,7 +354,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
         ev["same"] = bool(abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
                           and ev["overlap"] >= s.min_overlap and ev["explained"] >= needed
                           and ev["differing"] <= allowed and ev["overlay"] <= s.max_overlay
-                          and ev["colour_shift"] <= s.max_colour_shift)
+                          and ev["colour_shift"] <= s.max_colour_shift and not ev["detail"] < s.min_detail)
         if best is None or (ev["same"], ev["inliers"], ev["aligned_correlation"]) > (best["same"], best["inliers"], best["aligned_correlation"]):
             best = ev
         if best["same"]:
@@ -303,7 +362,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     if best is None:
         best = {"inliers": 0, "inlier_ratio": 0.0, "flip": False, "scale": float("nan"), "rotation": float("nan"),
                 "spread": 0.0, "overlap": 0.0, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
-                "colour_shift": 1.0, "brightness_shift": 0.0, "contrast_ratio": 1.0, "same": False}
+                "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0, "same": False}
     return best
 
 

@@ -434,6 +434,10 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         verification = None
     else:
         cand = K.candidate_edges(a, b, dist, n, cfg.verify_top)
+        # and each image's nearest in each graph: a captioned copy's nearest by the combined distance are
+        # the other captioned images, while the CNN or the pixels still rank its original first
+        firsts = [rows_f[:, 0]] + ([rows_p[:, 0]] if d_pix is not None else [])
+        cand = np.union1d(cand, K.edges_of(a, b, n, np.repeat(own, len(firsts)), np.stack(firsts, 1).reshape(-1)))
         hashes = thumbs["hash"]
         ha, hb = hashes[a[cand]], hashes[b[cand]]
         same_hash = (ha == hb) & (ha != "")
@@ -555,7 +559,8 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
     def evidence(k, typ):
         if k not in ev:
             return pa.nulls(len(cand), typ)
-        return pa.array(np.asarray(ev[k]), typ, mask=~verified)
+        v = np.asarray(ev[k])
+        return pa.array(v, typ, mask=~verified | (np.isnan(v) if v.dtype.kind == "f" else False))  # NaN: no evidence
 
     return {
         "group": pa.array(np.where(accepted, ids[group_of[ea]], None).tolist(), pa.string()),
@@ -570,7 +575,7 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "rotation": evidence("rotation", pa.float32()), "spread": evidence("spread", pa.float32()),
         "overlap": evidence("overlap", pa.float32()),
         "aligned_correlation": evidence("aligned_correlation", pa.float32()),
-        "explained": evidence("explained", pa.float32()),
+        "explained": evidence("explained", pa.float32()), "detail": evidence("detail", pa.float32()),
         "differing": evidence("differing", pa.float32()), "regions": evidence("regions", pa.int32()),
         "overlay": evidence("overlay", pa.float32()), "colour_shift": evidence("colour_shift", pa.float32()),
         "accepted": pa.array(accepted),
@@ -606,7 +611,7 @@ def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
 
 
 def verify_settings(cfg) -> dict:
-    return {"min_inliers": cfg.min_inliers, "min_explained": cfg.min_explained, "max_differing": cfg.max_differing,
+    return {"min_inliers": cfg.min_inliers, "min_explained": cfg.min_explained, "min_detail": cfg.min_detail, "max_differing": cfg.max_differing,
             "max_overlay": cfg.max_overlay}
 
 
