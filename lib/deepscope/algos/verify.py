@@ -207,7 +207,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     h, w = a["half"].shape[:2]
     m = np.array(m, np.float64)
     m[:, 2] /= 2  # the same transform between the half-size images
-    m = _refine(a, b, m, slide)
+    m = _refine(a, b, m, slide) if slide > 0 else m  # slide 0: m is trusted as it is
     warped = cv2.warpAffine(b["half"], m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     inside = cv2.warpAffine(np.ones(b["half"].shape[:2], np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     inside = cv2.erode(inside, np.ones((3, 3), np.uint8)).astype(bool)  # not the border's blend
@@ -255,11 +255,12 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
             "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
 
 
-def _coarse(a: dict, b: dict, m: np.ndarray) -> dict:
-    """_compare on the images at half the comparison's size (m's shift halved to match)."""
+def _coarse(a: dict, b: dict, m: np.ndarray, refine: bool) -> dict:
+    """_compare on the images at half the comparison's size (m's shift halved to match); refine: let ECC
+    move the picture (from the frames; matches fix m to a pixel, half a pixel at this scale)."""
     m = np.array(m, np.float64)
     m[:, 2] /= 2
-    return _compare(a["coarse"], b["coarse"], m, slide=2)
+    return _compare(a["coarse"], b["coarse"], m, slide=2 if refine else 0)
 
 
 def _orientations(a: dict, b: dict) -> list[bool]:
@@ -336,7 +337,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
         # a first look at half the scale (a quarter of the work): a try that is far off there (the share
         # explained or differing already beyond the limits) is decided on it: most candidate pairs are
-        px = _coarse(a, b, m)
+        px = _coarse(a, b, m, refine=how == "frames")
         if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= COARSE_DIFFERING:
             px = _compare(a, b, m, slide=4)
         r = px.pop("m")[:, :2]
