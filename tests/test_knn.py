@@ -590,6 +590,26 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     assert sum(r["accepted"] for r in cand) == 3 and len(cand) > 3  # the rejected candidates are kept, explained
     assert "near-identical" in (out / "report/index.html").read_text()
 
+    # verify_nearest: the same analysis again, with each image's nearest in each graph also verified
+    from deepscope.runner import run_stage
+
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    m = json.loads((again / "manifest.json").read_text())
+    m["stages"].pop("knn")  # the graphs stay done: only the analysis reruns
+    m["summary"].pop("knn")
+    (again / "manifest.json").write_text(json.dumps(m))
+    run_stage(str(again), "knn", {"verify_nearest": True})
+    more = {tuple(sorted((r["a"], r["b"]))) for r in pq.read_table(again / "knn/candidates.parquet").to_pylist()}
+    nearest = set()
+    for space in ("features", "pixels"):
+        for f in sorted((again / "knn" / space).glob("*.parquet")):
+            for r in pq.read_table(f, columns=["id", "neighbor_ids"]).to_pylist():
+                nearest.add(tuple(sorted((r["id"], r["neighbor_ids"][0]))))
+    assert {tuple(sorted((r["a"], r["b"]))) for r in cand} | nearest == more  # each image's nearest: added, nothing else
+    assert {(r["a"], r["b"]): r["tier"] for r in pq.read_table(again / "knn/duplicates.parquet").to_pylist()} == {
+        k: r["tier"] for k, r in pairs.items()}
+
 
 def test_colour_curve_medians_are_each_bands_median():
     """The curves' knots come from one histogram, not a sort: each band's median of x and of y equal a

@@ -434,10 +434,11 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         verification = None
     else:
         cand = K.candidate_edges(a, b, dist, n, cfg.verify_top)
-        # and each image's nearest in each graph: a captioned copy's nearest by the combined distance are
-        # the other captioned images, while the CNN or the pixels still rank its original first
-        firsts = [rows_f[:, 0]] + ([rows_p[:, 0]] if d_pix is not None else [])
-        cand = np.union1d(cand, K.edges_of(a, b, n, np.repeat(own, len(firsts)), np.stack(firsts, 1).reshape(-1)))
+        if cfg.verify_nearest:  # and each image's nearest in each graph: a copy that carries a common
+            # caption or watermark is nearest the other captioned images by the combined distance, while
+            # the CNN or the pixels still rank its original first (more pairs to verify: off by default)
+            firsts = [rows_f[:, 0]] + ([rows_p[:, 0]] if d_pix is not None else [])
+            cand = np.union1d(cand, K.edges_of(a, b, n, np.repeat(own, len(firsts)), np.stack(firsts, 1).reshape(-1)))
         hashes = thumbs["hash"]
         ha, hb = hashes[a[cand]], hashes[b[cand]]
         same_hash = (ha == hb) & (ha != "")
