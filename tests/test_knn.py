@@ -706,3 +706,31 @@ def test_edges_of_finds_each_listed_pair_as_a_set_lookup_does():
                    if j >= 0 and (min(i, j), max(i, j)) in index})
     got = K.edges_of(a, b, n, x, y)
     assert got.tolist() == want and 0 < len(want) < 500
+
+
+def test_verification_tasks_keep_every_core_busy():
+    """2,295 pairs on 2 cores: four tasks of at most 574 pairs (not one of 2,000 and one of 295, which
+    leaves a core idle for most of the time), every pair in exactly one; 300 pairs: two tasks of 200
+    and 100 (a task is worth its start from 200 pairs); 9,000: tasks of verify_chunk (2,000)."""
+    from types import SimpleNamespace
+
+    from deepscope.algos import verify as V
+    from deepscope.index import knn as KN
+    from deepscope.stages.knn import KnnConfig
+
+    class Tasks:
+        cpus = 2
+
+        def map(self, fn, calls, shared=None):
+            self.sizes = [len(c[1]["a_row"]) for c in calls]
+            self.rows = np.concatenate([c[1]["a_row"] for c in calls])
+            for i, (_, pairs) in enumerate(calls):
+                yield i, {k: np.zeros(len(pairs["a_row"])) for k in V.EVIDENCE}
+
+    for pairs, sizes in ((2295, [574, 574, 574, 573]), (300, [200, 100]), (9000, [2000] * 4 + [1000])):
+        n = pairs + 1
+        thumbs = {"file": np.array(["t.parquet"] * n, object), "row": np.arange(n)}
+        tasks = Tasks()
+        ev = KN.verify_candidates(SimpleNamespace(url="file:///x"), thumbs, np.arange(pairs), np.arange(1, n),
+                                  KnnConfig(), lambda *_: None, tasks)
+        assert tasks.sizes == sizes and sorted(tasks.rows.tolist()) == list(range(pairs)) and ev["verified"].all()

@@ -641,6 +641,9 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
     return {k: np.array([r[k] for r in rows]) for k in V.EVIDENCE}
 
 
+MIN_VERIFY_CHUNK = 200  # pairs: below, a task's start and its thumbnails' preparation outweigh the pairs
+
+
 def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor) -> dict[str, np.ndarray]:
     """Every candidate pair verified, in independent chunks of pairs that share thumbnail parts, as
     tasks on the command's executor; pairs without both thumbnails are left unverified (not
@@ -652,7 +655,10 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
     todo = np.nonzero(have)[0]
     todo = todo[np.lexsort((thumbs["file"][b[todo]], thumbs["file"][a[todo]]))]  # a chunk reads few parts
-    chunks = [todo[s:s + cfg.verify_chunk] for s in range(0, len(todo), cfg.verify_chunk)]
+    # at most verify_chunk pairs a task, and two tasks per core when there are pairs enough (200 a task):
+    # one 2000-pair chunk and a small one would leave a core idle
+    size = max(1, min(cfg.verify_chunk, max(MIN_VERIFY_CHUNK, -(-len(todo) // (2 * executor.cpus)))))
+    chunks = [todo[s:s + size] for s in range(0, len(todo), size)]
     settings = verify_settings(cfg)
     t0 = time.time()
     calls = [(store.url, {"a_file": thumbs["file"][a[idx]], "a_row": thumbs["row"][a[idx]],
