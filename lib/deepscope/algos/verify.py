@@ -228,9 +228,10 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     counted = n_in >= cell * cell / 4  # cells mostly outside the overlap say nothing
     if not counted.any():
         return none
-    ways = (_far(fa, fb, inside), _far(fb, fa, inside))
-    differs, overlay, far, explained = min((_differing_cells(*fe, inside, n_in, counted, cell) for fe in ways),
-                                           key=lambda d: (d[1], d[0].sum()))
+    first = _differing_cells(*_far(fa, fb, inside), inside, n_in, counted, cell)
+    if first[0].any():  # no cell differs the first way: the other way cannot be narrower nor fewer
+        first = min(first, _differing_cells(*_far(fb, fa, inside), inside, n_in, counted, cell), key=lambda d: (d[1], d[0].sum()))
+    differs, overlay, far, explained = first
     regions = cv2.connectedComponents(differs.astype(np.uint8), connectivity=8)[0] - 1
     # agreeing pixels: those of cells that do not differ (and the ragged edge's)
     ok_px = np.ones((h, w), bool)
