@@ -147,7 +147,7 @@ def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray
         # y agrees where it lies within x's mapped values a pixel or two around (a rounding's misalignment)
         lo, hi = cv2.erode(pred, ALIGN_SLACK), cv2.dilate(pred, ALIGN_SLACK)
         far = np.maximum(np.maximum(lo - fy, fy - hi), 0).max(-1)[inside] > DIFFERS
-        if far.mean() >= 0.5 or (~far).sum() < 32:
+        if far.mean() >= 0.5 or (~far).sum() < 32 or not far.any():  # nothing far: a refit would be the same fit
             break
         keep = ~far
     ok = ~far
