@@ -72,6 +72,8 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     quarter = cv2.resize(half, (max(1, half.shape[1] // 2), max(1, half.shape[0] // 2)), interpolation=cv2.INTER_AREA)
     out["coarse"] = {"half": quarter.astype(np.float32), "pixel": f / 4}  # the cheap first look (_coarse)
     out["pixel"] = f / 2  # the thumbnail's pixel, in comparison pixels (an enlarged small image has no finer detail)
+    layout = cv2.resize(quarter.mean(-1), (8, 8), interpolation=cv2.INTER_AREA)
+    out["layout"] = layout - layout.mean()  # 8 x 8 grey, mean removed: which way to lay the frames (_orientations)
     out["direct"] = _keypoints(out["grey"], settings)
     return out
 
@@ -247,7 +249,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     ga, gb = ca[ok].mean(1), cb[ok].mean(1)
     use = np.zeros((h, w), bool)
     use[inside] = ok
-    detail = _detail(fa.mean(-1), fb.mean(-1), use, max(a.get("pixel", 1.0), b.get("pixel", 1.0)))
+    detail = _detail(fa.mean(-1), fb.mean(-1), use, max(a["pixel"], b["pixel"]))
     colour_shift = float(np.abs(cb[ok].mean(0) - ca[ok].mean(0)).max()) / 255  # a recoloured look-alike fits a curve too
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
@@ -267,11 +269,9 @@ def _coarse(a: dict, b: dict, m: np.ndarray, refine: bool) -> dict:
 def _orientations(a: dict, b: dict) -> list[bool]:
     """Which ways to lay b's frame on a's: as it is, mirrored, or both when neither is clearly nearer
     (the correlation of their 8 x 8 grey layouts; a copy's is near 1 the right way)."""
-    tiny = [cv2.resize(x["coarse"]["half"].mean(-1), (8, 8), interpolation=cv2.INTER_AREA).ravel() for x in (a, b)]
-    ta, tb = (t - t.mean() for t in tiny)
-    tm = (tiny[1].reshape(8, 8)[:, ::-1].ravel() - tiny[1].mean())
+    ta, tb = a["layout"], b["layout"]
     norm = max(float(np.linalg.norm(ta) * np.linalg.norm(tb)), 1e-6)
-    direct, mirrored = float(ta @ tb) / norm, float(ta @ tm) / norm
+    direct, mirrored = float((ta * tb).sum()) / norm, float((ta * tb[:, ::-1]).sum()) / norm
     if abs(direct - mirrored) < ORIENTATION_MARGIN:
         return [False, True]
     return [mirrored > direct]
@@ -336,8 +336,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
-        # a first look at half the scale (a quarter of the work): a try that is far off there (the share
-        # explained or differing already beyond the limits) is decided on it: most candidate pairs are
+        # a first look at half the scale (a quarter of the work): a try already far off there (the share
+        # explained or differing beyond limits far looser than the decision's) is decided on it, as most are
         px = _coarse(a, b, m, refine=how == "frames")
         if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= COARSE_DIFFERING:
             px = _compare(a, b, m, slide=4)
