@@ -192,6 +192,28 @@ def test_timeout_on_a_slow_step(monkeypatch):
     assert signal.getsignal(signal.SIGALRM) == before
 
 
+def test_timeout_lost_in_a_callback_still_stops_the_decode(monkeypatch):
+    # an alarm's raise that lands in a weakref callback or __del__ is swallowed ("Exception ignored
+    # in"); the decode must still be stopped, not left to run unbounded
+    def swallowing_step(img):
+        deadline = time.monotonic() + 0.5
+        try:
+            while time.monotonic() < deadline:  # the first alarm lands here...
+                pass
+        except BaseException:  # ...and is lost, as in a callback
+            pass
+        time.sleep(5)  # still stuck
+
+    monkeypatch.setattr(decode_module, "_to_rgb", swallowing_step)
+    before = signal.getsignal(signal.SIGALRM)
+    start = time.monotonic()
+    with pytest.raises(DecodeError, match=r"decode timed out after 0\.2 s"):
+        decode(encode(chelsea(), "PNG"), DecodeLimits(timeout_s=0.2))
+    assert time.monotonic() - start < 2
+    assert signal.getsignal(signal.SIGALRM) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_no_timer_outside_main_thread(noisy_png):
     result = {}
     thread = threading.Thread(target=lambda: result.update(out=decode(noisy_png, DecodeLimits(timeout_s=0.001))))

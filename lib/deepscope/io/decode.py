@@ -65,18 +65,26 @@ def _time_limit(seconds: float):
         yield
         return
 
+    armed = [True]
+
     def on_alarm(signum, frame):
-        raise _Timeout
+        if armed[0]:
+            raise _Timeout
 
     start = time.monotonic()
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    # the alarm repeats: a raise that lands in a weakref callback or a __del__ run by the decode is
+    # printed and lost ("Exception ignored in"), and the next one stops the decode all the same
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds, min(seconds, 0.1))
     try:
         yield
     finally:
         try:
+            armed[0] = False  # alarms from here on do nothing
             signal.setitimer(signal.ITIMER_REAL, 0)
         finally:  # nested: an alarm landing just as we cancel must not skip the restore
+            armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
             # None means a handler installed from C that we can't reinstall; the default is closest.
             signal.signal(signal.SIGALRM, signal.SIG_DFL if old_handler is None else old_handler)
             if old_delay:  # someone else's timer was running: give it back what is left of it
