@@ -1,6 +1,6 @@
 """Near-duplicates, side by side with the tools people use, on data the detector was not tuned on.
 
-Four sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
+Five sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
 and look-alike pairs that are NOT copies:
   shapes    io/demo_data.random_scene (the settings of algos/verify.py were chosen on this one)
   textured  smooth coloured fields with grain, polygons, rings, striped boxes and letters, in varied
@@ -11,6 +11,10 @@ and look-alike pairs that are NOT copies:
   documents pages and slides: a header band and title, text blocks, bar charts, tables (held out: run
             once, last, with the final settings); look-alikes: one template with other words and
             numbers, one page with two blocks swapped, two pages of one document
+  landscapes views of generated panoramas: sky, sun, clouds, ridges fading with distance, a lake,
+            conifers and houses (held out: written on 4 December 2026 after every setting was chosen,
+            run once); look-alikes: the camera panned by 35-50% of the view, the same place at another
+            moment (other sky, sun and clouds), the same layout in other colours
 Each set runs through deepscope (features + pixels + thumbs + index + knn, lite0 with its ImageNet
 weights) and, on the same folder, imagededup's PHash / DHash / AHash / WHash, fastdup and cleanvision
 (from a separate virtualenv, --tools-python: their pins would downgrade numpy, OpenCV and Pillow in
@@ -176,6 +180,105 @@ def document_lookalikes(rng) -> list[tuple[str, Image.Image, Image.Image]]:
     return out
 
 
+SKIES = {"day": ((70, 130, 210), (190, 220, 245)), "dusk": ((60, 50, 120), (250, 150, 80)),
+         "overcast": ((120, 125, 135), (200, 200, 205)), "dawn": ((120, 150, 200), (250, 200, 170))}
+
+
+def landscape_params(rng, size: int = 224) -> dict:
+    """The second held-out generator (written after every setting was chosen, run once): a view of a
+    panorama (sky, sun, clouds, ridges fading with distance, a lake, conifers and houses), so that
+    look-alikes can re-render it panned, at another moment, or with the same layout in other colours."""
+    aspect = float(rng.choice([0.75, 1.33, 1.5, 1.78]))
+    w, h = (size, int(size / aspect)) if aspect >= 1 else (int(size * aspect), size)
+    ridges = [{"base": 0.38 + 0.1 * i + float(rng.uniform(-0.03, 0.03)), "amp": float(rng.uniform(0.05, 0.18)),
+               "freqs": rng.uniform(1, 9, 4).tolist(), "phases": rng.uniform(0, 6.3, 4).tolist(),
+               "colour": _colour(rng)} for i in range(int(rng.integers(2, 5)))]
+    things = [{"kind": str(rng.choice(["tree", "tree", "tree", "house"])), "x": float(rng.uniform(0, 1)),
+               "y": float(rng.uniform(0.75, 0.98)), "s": float(rng.uniform(0.05, 0.16)), "colour": _colour(rng)}
+              for _ in range(int(rng.integers(3, 16)))]
+    return {"w": w, "h": h, "pano": 2.5, "view": float(rng.uniform(0, 0.6)), "sky": str(rng.choice(list(SKIES))),
+            "sun": [float(rng.uniform(0, 1)), float(rng.uniform(0.05, 0.3))], "clouds": int(rng.integers(0, 9)),
+            "cloud_seed": int(rng.integers(1 << 30)), "lake": bool(rng.random() < 0.4), "ridges": ridges,
+            "things": things, "grain": float(rng.uniform(2, 8)), "seed": int(rng.integers(1 << 30))}
+
+
+def landscape_render(p: dict) -> Image.Image:
+    from PIL import ImageFilter
+
+    W, h = int(p["w"] * p["pano"]), p["h"]
+    top, low = (np.array(c, np.float32) for c in SKIES[p["sky"]])
+    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    img = np.broadcast_to(top * (1 - t) + low * t, (h, W, 3)).copy()
+    yy, xx = np.mgrid[0:h, 0:W].astype(np.float32)
+    sx, sy = p["sun"][0] * W, p["sun"][1] * h
+    glow = np.exp(-((xx - sx) ** 2 + (yy - sy) ** 2) / (2 * (0.05 * h) ** 2))[..., None]
+    img = img * (1 - glow) + np.array([255, 245, 210], np.float32) * glow
+    cr = np.random.default_rng(p["cloud_seed"])
+    clouds = Image.new("L", (W, h), 0)
+    d = ImageDraw.Draw(clouds)
+    for _ in range(p["clouds"]):
+        cx, cy, cw = cr.uniform(0, W), cr.uniform(0.05, 0.35) * h, cr.uniform(0.08, 0.25) * W
+        for _ in range(5):
+            ox, oy, r = cr.uniform(-0.4, 0.4) * cw, cr.uniform(-0.1, 0.1) * h, cr.uniform(0.2, 0.4) * cw
+            d.ellipse((cx + ox - r, cy + oy - r / 3, cx + ox + r, cy + oy + r / 3), fill=int(cr.uniform(150, 230)))
+    a = np.asarray(clouds.filter(ImageFilter.GaussianBlur(0.02 * h)), np.float32)[..., None] / 255
+    img = img * (1 - a) + 245 * a
+    x = np.linspace(0, 1, W, dtype=np.float32)
+    for i, r in enumerate(p["ridges"]):  # far to near: the far ones fade into the horizon's colour
+        line = r["base"] - r["amp"] * sum(np.sin(f * 2 * np.pi * x / 2.5 + ph) / (k + 1)
+                                          for k, (f, ph) in enumerate(zip(r["freqs"], r["phases"])))
+        fade = 0.6 * (1 - (i + 1) / len(p["ridges"]))
+        colour = np.array(r["colour"], np.float32) * 0.55 * (1 - fade) + low * fade
+        below = yy >= line[None, :] * h
+        shade = 1 - 0.25 * np.clip((yy - line[None, :] * h) / (0.3 * h), 0, 1)
+        img[below] = (colour[None, None, :] * shade[..., None])[below]
+    if p["lake"]:  # the lowest fifth mirrors what is above it, darker and bluer
+        y0 = int(0.8 * h)
+        img[y0:] = img[y0 - 1: 2 * y0 - h - 1: -1][: h - y0] * 0.7 + np.array([10, 30, 60], np.float32)
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(out)
+    for o in sorted(p["things"], key=lambda o: o["y"]):
+        cx, base, s = o["x"] * W, o["y"] * h, o["s"] * h
+        if o["kind"] == "tree":
+            d.rectangle((cx - s * 0.06, base - s * 0.25, cx + s * 0.06, base), fill=(70, 45, 25))
+            green = (int(o["colour"][0] * 0.2), int(60 + o["colour"][1] * 0.3), int(o["colour"][2] * 0.2))
+            for k in range(3):
+                y1 = base - s * (0.2 + 0.27 * k)
+                d.polygon([(cx - s * (0.3 - 0.07 * k), y1), (cx + s * (0.3 - 0.07 * k), y1), (cx, y1 - s * 0.4)], fill=green)
+        else:
+            d.rectangle((cx - s * 0.5, base - s * 0.6, cx + s * 0.5, base), fill=tuple(o["colour"]))
+            d.polygon([(cx - s * 0.6, base - s * 0.6), (cx + s * 0.6, base - s * 0.6), (cx, base - s * 1.05)], fill=(120, 40, 30))
+            d.rectangle((cx - s * 0.1, base - s * 0.3, cx + s * 0.1, base), fill=(50, 35, 25))
+    grain = np.random.default_rng(p["seed"]).normal(0, p["grain"], (h, W, 1)).astype(np.float32)
+    pano = np.clip(np.asarray(out, np.float32) + grain, 0, 255).astype(np.uint8)
+    x0 = int(p["view"] * (W - p["w"]))
+    return Image.fromarray(pano[:, x0:x0 + p["w"]])
+
+
+def landscape_lookalikes(rng) -> list[tuple[str, Image.Image, Image.Image]]:
+    """Views that are not copies: the camera panned by 35-50% of the view; the same place at another
+    moment (other sky, sun and clouds); the same layout (ridges, trees, houses) in other colours."""
+    p = landscape_params(rng)
+    pan = (rng.uniform(0.35, 0.5) * p["w"]) / (p["w"] * (p["pano"] - 1))
+    q = dict(p, view=float(p["view"] + pan))
+    out = [("pan", landscape_render(p), landscape_render(q))]
+    p2 = landscape_params(rng)
+    q2 = dict(p2, sky=str(rng.choice([k for k in SKIES if k != p2["sky"]])), sun=[float(rng.uniform(0, 1)), float(rng.uniform(0.05, 0.3))],
+              clouds=int(rng.integers(3, 9)), cloud_seed=int(rng.integers(1 << 30)))
+    out.append(("moment", landscape_render(p2), landscape_render(q2)))
+    p3 = landscape_params(rng)
+    q3 = json.loads(json.dumps(p3))
+    for r in q3["ridges"]:
+        r["colour"] = _colour(rng)
+    for o in q3["things"]:
+        o["colour"] = _colour(rng)
+    q3["sky"] = str(rng.choice(list(SKIES)))
+    # another rendering, not the same pixels recoloured (the first run kept grain and clouds: a colour edit)
+    q3["seed"], q3["cloud_seed"] = int(rng.integers(1 << 30)), int(rng.integers(1 << 30))
+    out.append(("layout", landscape_render(p3), landscape_render(q3)))
+    return out
+
+
 def shapes(rng) -> Image.Image:
     from deepscope.io.demo_data import random_scene
 
@@ -307,6 +410,8 @@ def make_set(root: Path, kind: str, distinct: int, per_edit: int, lookalikes: in
         images = [shapes(rng) for _ in range(distinct)]
     elif kind == "documents":
         images = [document_render(document_params(rng)) for _ in range(distinct)]
+    elif kind == "landscapes":
+        images = [landscape_render(landscape_params(rng)) for _ in range(distinct)]
     else:
         images = [textured_render(textured_params(rng)) for _ in range(distinct)]
     names = []
@@ -322,7 +427,8 @@ def make_set(root: Path, kind: str, distinct: int, per_edit: int, lookalikes: in
         (root / name).write_bytes(data)
         pairs[tuple(sorted((names[i], name)))] = edit
     looks = {}
-    make = {"photos": lambda: photo_lookalikes(rng, 3), "documents": lambda: document_lookalikes(rng)}.get(kind, lambda: textured_lookalikes(rng))
+    make = {"photos": lambda: photo_lookalikes(rng, 3), "documents": lambda: document_lookalikes(rng),
+            "landscapes": lambda: landscape_lookalikes(rng)}.get(kind, lambda: textured_lookalikes(rng))
     found = (make() for _ in range(lookalikes))
     for j, group in enumerate(found):
         for what, a, b in group:
@@ -578,12 +684,15 @@ def load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
 
 
+SEEDS = {"shapes": 10, "textured": 11, "photos": 12, "documents": 13, "landscapes": 14}  # a set is the same whichever others run
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--distinct", type=int, default=300)
     ap.add_argument("--per-edit", type=int, default=20)
     ap.add_argument("--lookalikes", type=int, default=10, help="look-alike groups per set (3 pairs each on generated sets)")
-    ap.add_argument("--sets", default="shapes,textured,photos,documents")
+    ap.add_argument("--sets", default=",".join(SEEDS))
     ap.add_argument("--dir", default=None)
     ap.add_argument("--tools-python", default=None, help="a Python with imagededup / fastdup / cleanvision")
     ap.add_argument("--verify-nearest", action="store_true", help="deepscope with [knn] verify_nearest = true")
@@ -596,10 +705,13 @@ def main():
         return knn_cost(a.knn_cost, root)
     print(f"# near-duplicates: {a.distinct} distinct images a set, {a.per_edit} copies per edit kind "
           f"({len(EDITS)} kinds), look-alike pairs; folder {root}")
-    for seed, kind in enumerate(a.sets.split(",")):
+    for kind in a.sets.split(","):
+        if kind not in SEEDS:
+            sys.exit(f"duplicates.py: error: unknown set {kind!r}; sets: {', '.join(SEEDS)}")
         data = root / kind
-        truth = make_set(data, kind, a.distinct, a.per_edit, a.lookalikes, seed + 10)
-        note = {"shapes": " (settings chosen here)", "documents": " (held out)"}.get(kind, " (looked at while settings were chosen)")
+        truth = make_set(data, kind, a.distinct, a.per_edit, a.lookalikes, SEEDS[kind])
+        note = {"shapes": " (settings chosen here)", "documents": " (held out)",
+                "landscapes": " (held out)"}.get(kind, " (looked at while settings were chosen)")
         print(f"\n## {kind}{note}: {truth['images']} images, "
               f"{len(truth['pairs'])} planted copies, {len(truth['looks'])} look-alike pairs")
         rows = []
