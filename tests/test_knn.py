@@ -734,3 +734,37 @@ def test_verification_tasks_keep_every_core_busy():
         ev = KN.verify_candidates(SimpleNamespace(url="file:///x"), thumbs, np.arange(pairs), np.arange(1, n),
                                   KnnConfig(), lambda *_: None, tasks)
         assert tasks.sizes == sizes and sorted(tasks.rows.tolist()) == list(range(pairs)) and ev["verified"].all()
+
+
+def test_layout_gates_skip_work_and_change_no_decision(monkeypatch):
+    """Tries whose 8 x 8 layouts do not correlate are not made (FRAMES_LAYOUT, KEYPOINTS_LAYOUT): with
+    the gates opened every decision is the same, on copies (JPEG, flipped, lighter, cropped by 15% and
+    turned by 5 degrees, captioned) and on other scenes, and the gates save pixel comparisons."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageEnhance
+
+    from deepscope.algos import verify as V
+
+    imgs = [scene(s) for s in range(6)]
+    buf = io.BytesIO()
+    imgs[0].save(buf, "JPEG", quality=60)
+    w, h = imgs[3].size
+    edited = imgs[3].crop((int(0.15 * w), 0, w, int(0.9 * h))).rotate(5, Image.Resampling.BICUBIC)
+    ImageDraw.Draw(edited).text((5, int(0.7 * edited.height)), "(c) someone 2026", fill=(255, 255, 255))
+    copies = [(imgs[0], Image.open(io.BytesIO(buf.getvalue()))), (imgs[1], imgs[1].transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+              (imgs[2], ImageEnhance.Brightness(imgs[2]).enhance(1.25)), (imgs[3], edited)]
+    pairs = copies + [(imgs[i], imgs[j]) for i in range(6) for j in range(i + 1, 6)]
+    calls = []
+    compare = V._compare
+    monkeypatch.setattr(V, "_compare", lambda *a, **k: calls.append(1) or compare(*a, **k))
+    gated = [V.verify_pair(prepared(a), prepared(b)) for a, b in pairs]
+    n_gated = len(calls)
+    monkeypatch.setattr(V, "FRAMES_LAYOUT", -np.inf)
+    monkeypatch.setattr(V, "KEYPOINTS_LAYOUT", -np.inf)
+    calls.clear()
+    opened = [V.verify_pair(prepared(a), prepared(b)) for a, b in pairs]
+    assert [e["same"] for e in gated] == [e["same"] for e in opened] == [True] * 4 + [False] * 15
+    for e, f in zip(gated[:4], opened[:4]):  # accepted pairs: the same try wins either way
+        assert e == f
+    assert n_gated < 0.5 * len(calls), (n_gated, len(calls))  # 19 against 64 when written

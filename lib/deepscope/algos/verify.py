@@ -14,8 +14,10 @@ differ fit a narrow band); a moved object leaves two patches apart (where it was
 Images with too little texture for keypoints, or whose matches fail, are laid on each other by their
 frames (the way their 8 x 8 layouts say, or both) and aligned from there on the pixels.  Low-contrast
 look-alikes (star fields, skin, two stretches of one texture) have layouts that the curves explain:
-their fine details must coincide too.  Each try is first compared at half the scale, a quarter of the
-work: most candidate pairs are far off there and go no further.
+their fine details must coincide too.  A try (keypoints or frames, as it is or mirrored) is made only
+when the two 8 x 8 grey layouts correlate that way (most candidate pairs are two different pictures,
+which do not), and is first compared at half the scale, a quarter of the work: most tries made are far
+off there and go no further.
 
 Pure numpy / OpenCV: arrays in, arrays out; index/knn.py reads the thumbnails and writes the table.
 """
@@ -35,6 +37,8 @@ FRAMES_EXPLAINED = 0.95  # needed by a pair aligned from its frames rather than 
 CELL_DIFFERS = 0.25  # a cell differs when this share of its pixels does
 CURVE_STEPS = 4  # the colour curves' medians are read to a quarter of a grey level (a histogram, not a sort)
 ORIENTATION_MARGIN = 0.2  # of correlation: closer than this, both ways are tried
+FRAMES_LAYOUT = 0.6  # the least 8 x 8 layout correlation of a pair laid by its frames (its copies: 0.94 and more)
+KEYPOINTS_LAYOUT = 0.2  # and of a pair matched by its keypoints (its copies: 0.45 and more)
 DETAIL_ENERGY = 0.25  # a cell has detail when its band-pass' mean square (grey levels^2) is above this
 DETAIL_BAND = 2.5  # the band-pass: from the coarser thumbnail's pixel to this many times it
 COARSE_EXPLAINED, COARSE_DIFFERING = 0.4, 0.4  # at half the comparison's scale, a try this far off is not compared at full scale
@@ -266,15 +270,21 @@ def _coarse(a: dict, b: dict, m: np.ndarray, refine: bool) -> dict:
     return _compare(a["coarse"], b["coarse"], m, slide=2 if refine else 0)
 
 
-def _orientations(a: dict, b: dict) -> list[bool]:
-    """Which ways to lay b's frame on a's: as it is, mirrored, or both when neither is clearly nearer
-    (the correlation of their 8 x 8 grey layouts; a copy's is near 1 the right way)."""
+def _layouts(a: dict, b: dict) -> tuple[float, float, bool]:
+    """The correlation of the two 8 x 8 grey layouts, b as it is and mirrored, and whether either is
+    flat (under a grey level of variation: its correlations say nothing)."""
     ta, tb = a["layout"], b["layout"]
-    norm = max(float(np.linalg.norm(ta) * np.linalg.norm(tb)), 1e-6)
-    direct, mirrored = float((ta * tb).sum()) / norm, float((ta * tb[:, ::-1]).sum()) / norm
-    if abs(direct - mirrored) < ORIENTATION_MARGIN:
-        return [False, True]
-    return [mirrored > direct]
+    na, nb = float(np.linalg.norm(ta)), float(np.linalg.norm(tb))
+    norm = max(na * nb, 1e-6)
+    return float((ta * tb).sum()) / norm, float((ta * tb[:, ::-1]).sum()) / norm, min(na, nb) < np.sqrt(ta.size)
+
+
+def _orientations(direct: float, mirrored: float, flat: bool) -> list[bool]:
+    """Which ways to lay b's frame on a's: as it is, mirrored, or both when neither is clearly nearer
+    (a copy's layouts correlate near 1 the right way), and only a way whose layouts correlate at
+    FRAMES_LAYOUT or more (a pair laid by its frames must agree almost everywhere)."""
+    ways = [False, True] if abs(direct - mirrored) < ORIENTATION_MARGIN else [mirrored > direct]
+    return ways if flat else [f for f in ways if (mirrored if f else direct) >= FRAMES_LAYOUT]
 
 
 def _detail(ga: np.ndarray, gb: np.ndarray, use: np.ndarray, pixel: float) -> float:
@@ -315,7 +325,11 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     textured = min(len(a["direct"][0]), len(b["direct"][0])) >= s.min_keypoints
     # keypoints first; then (no keypoints, or no transform that passes) the two frames laid on each
     # other and the alignment found on the pixels from there (smooth pictures, small copies)
-    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in _orientations(a, b)]
+    direct, mirrored, flat = _layouts(a, b)
+    # a way whose layouts do not correlate at KEYPOINTS_LAYOUT is not tried: two different pictures
+    # (most candidate pairs), and no copy's (crops of 15%, rotations of 5 degrees, captions: 0.45 and more)
+    ways = [f for f in (False, True) if flat or (mirrored if f else direct) >= KEYPOINTS_LAYOUT]
+    tries = ([("keypoints", f) for f in ways] if textured else []) + [("frames", f) for f in _orientations(direct, mirrored, flat)]
     for how, flip in tries:
         if how == "frames":
             m, inl, ratio, spread = _frame(a["grey"], b["grey"], flip), 0, 0.0, 0.0
