@@ -65,7 +65,7 @@ class VerifySettings:
 
 def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dict:
     """One image (h, w, 3) uint8 -> what its pairs need: the working colour and grey images and
-    their ORB keypoints and descriptors (once per image, whatever its pairs; the mirror's on demand)."""
+    their 8 x 8 layout (once per image, whatever its pairs; its ORB keypoints, direct and mirrored, on demand)."""
     h, w = rgb.shape[:2]
     f = WORK_SIDE / max(h, w)
     colour = cv2.resize(np.ascontiguousarray(rgb), (max(1, round(w * f)), max(1, round(h * f))),
@@ -78,8 +78,7 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     out["pixel"] = f / 2  # the thumbnail's pixel, in comparison pixels (an enlarged small image has no finer detail)
     layout = cv2.resize(quarter.mean(-1), (8, 8), interpolation=cv2.INTER_AREA)
     out["layout"] = layout - layout.mean()  # 8 x 8 grey, mean removed: which way to lay the frames (_orientations)
-    out["direct"] = _keypoints(out["grey"], settings)
-    return out
+    return out  # the keypoints are found on demand (_direct): pairs whose layouts differ never need them
 
 
 def _keypoints(grey: np.ndarray, settings: VerifySettings) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +91,12 @@ def _keypoints(grey: np.ndarray, settings: VerifySettings) -> tuple[np.ndarray, 
     if desc is None:
         desc = np.zeros((0, 128), np.float32) if settings.detector == "sift" else np.zeros((0, 32), np.uint8)
     return pts, desc
+
+
+def _direct(img: dict) -> tuple[np.ndarray, np.ndarray]:
+    if "direct" not in img:
+        img["direct"] = _keypoints(img["grey"], img["settings"])
+    return img["direct"]
 
 
 def _mirror(img: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -322,13 +327,13 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     contrast_ratio (_compare)."""
     s = settings
     best = None
-    textured = min(len(a["direct"][0]), len(b["direct"][0])) >= s.min_keypoints
     # keypoints first; then (no keypoints, or no transform that passes) the two frames laid on each
     # other and the alignment found on the pixels from there (smooth pictures, small copies)
     direct, mirrored, flat = _layouts(a, b)
     # a way whose layouts do not correlate at KEYPOINTS_LAYOUT is not tried: two different pictures
     # (most candidate pairs), and no copy's (crops of 15%, rotations of 5 degrees, captions: 0.45 and more)
     ways = [f for f in (False, True) if flat or (mirrored if f else direct) >= KEYPOINTS_LAYOUT]
+    textured = bool(ways) and min(len(_direct(a)[0]), len(_direct(b)[0])) >= s.min_keypoints
     tries = ([("keypoints", f) for f in ways] if textured else []) + [("frames", f) for f in _orientations(direct, mirrored, flat)]
     for how, flip in tries:
         if how == "frames":
@@ -337,8 +342,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             if abs(np.log((wa / ha) / (wb / hb))) > 0.2:  # another shape than a crop of 15% a side gives
                 continue
         else:
-            pb, db = _mirror(b) if flip else b["direct"]
-            pa, da = a["direct"]
+            pb, db = _mirror(b) if flip else _direct(b)
+            pa, da = _direct(a)
             mt = _matches(da, db, s.ratio_test)
             m, mask = _fit(pa, pb, mt)
             if m is None:
