@@ -768,3 +768,37 @@ def test_layout_gates_skip_work_and_change_no_decision(monkeypatch):
     for e, f in zip(gated[:4], opened[:4]):  # accepted pairs: the same try wins either way
         assert e == f
     assert n_gated < 0.5 * len(calls), (n_gated, len(calls))  # 19 against 64 when written
+
+
+def text_page(seed, w=200, h=260):
+    """A page: a coloured header band, then lines of dark word-like bars."""
+    from PIL import Image, ImageDraw
+
+    r = np.random.default_rng(seed)
+    img = Image.new("RGB", (w, h), (250, 250, 245))
+    d = ImageDraw.Draw(img)
+    d.rectangle((0, 0, w, 30), fill=tuple(int(v) for v in r.integers(0, 200, 3)))
+    for y in range(40, h - 10, 9):
+        x = 10
+        while x < w - 20:
+            n = int(r.integers(6, 25))
+            d.rectangle((x, y, min(x + n, w - 10), y + 4), fill=(40, 40, 40))
+            x += n + 5
+    return img
+
+
+def test_pages_cropped_by_15_percent_pass_the_layout_gate(monkeypatch):
+    """A page cropped by up to 15% a side loses part of its header, and its 8 x 8 layout no longer
+    correlates with the original's (below KEYPOINTS_LAYOUT, even negative): the gate lets such a pair
+    through on its many matches, and it is a copy. Without the matches' condition it would be lost."""
+    from deepscope.algos import verify as V
+
+    pairs = []
+    for seed, box in ((7, (14, 28, 24, 36)), (15, (6, 12, 25, 35)), (17, (12, 12, 27, 22)), (21, (12, 22, 26, 31))):
+        page = text_page(seed)
+        left, top, dx, dy = box
+        pairs.append((prepared(page), prepared(page.crop((left, top, left + page.width - dx, top + page.height - dy)))))
+    assert all(V._layouts(a, b)[0] < V.KEYPOINTS_LAYOUT for a, b in pairs)
+    assert all(V.verify_pair(a, b)["same"] for a, b in pairs)
+    monkeypatch.setattr(V, "KEYPOINTS_FEW", np.inf)  # the layout alone deciding
+    assert not any(V.verify_pair(a, b)["same"] for a, b in pairs)

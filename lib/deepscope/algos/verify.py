@@ -14,10 +14,10 @@ differ fit a narrow band); a moved object leaves two patches apart (where it was
 Images with too little texture for keypoints, or whose matches fail, are laid on each other by their
 frames (the way their 8 x 8 layouts say, or both) and aligned from there on the pixels.  Low-contrast
 look-alikes (star fields, skin, two stretches of one texture) have layouts that the curves explain:
-their fine details must coincide too.  A try (keypoints or frames, as it is or mirrored) is made only
-when the two 8 x 8 grey layouts correlate that way (most candidate pairs are two different pictures,
-which do not), and is first compared at half the scale, a quarter of the work: most tries made are far
-off there and go no further.
+their fine details must coincide too.  A frames try is made only when the two 8 x 8 grey layouts
+correlate that way round, and a keypoint try with few matches likewise (most candidate pairs are two
+different pictures, which do not); a try made is first compared at half the scale, a quarter of the
+work: most are far off there and go no further.
 
 Pure numpy / OpenCV: arrays in, arrays out; index/knn.py reads the thumbnails and writes the table.
 """
@@ -38,7 +38,7 @@ CELL_DIFFERS = 0.25  # a cell differs when this share of its pixels does
 CURVE_STEPS = 4  # the colour curves' medians are read to a quarter of a grey level (a histogram, not a sort)
 ORIENTATION_MARGIN = 0.2  # of correlation: closer than this, both ways are tried
 FRAMES_LAYOUT = 0.6  # the least 8 x 8 layout correlation of a pair laid by its frames (its copies: 0.94 and more)
-KEYPOINTS_LAYOUT = 0.2  # and of a pair matched by its keypoints (its copies: 0.45 and more)
+KEYPOINTS_LAYOUT, KEYPOINTS_FEW = 0.2, 20  # a keypoint try with fewer matches than FEW needs this layout correlation
 DETAIL_ENERGY = 0.25  # a cell has detail when its band-pass' mean square (grey levels^2) is above this
 DETAIL_BAND = 2.5  # the band-pass: from the coarser thumbnail's pixel to this many times it
 COARSE_EXPLAINED, COARSE_DIFFERING = 0.4, 0.4  # at half the comparison's scale, a try this far off is not compared at full scale
@@ -330,11 +330,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     # keypoints first; then (no keypoints, or no transform that passes) the two frames laid on each
     # other and the alignment found on the pixels from there (smooth pictures, small copies)
     direct, mirrored, flat = _layouts(a, b)
-    # a way whose layouts do not correlate at KEYPOINTS_LAYOUT is not tried: two different pictures
-    # (most candidate pairs), and no copy's (crops of 15%, rotations of 5 degrees, captions: 0.45 and more)
-    ways = [f for f in (False, True) if flat or (mirrored if f else direct) >= KEYPOINTS_LAYOUT]
-    textured = bool(ways) and min(len(_direct(a)[0]), len(_direct(b)[0])) >= s.min_keypoints
-    tries = ([("keypoints", f) for f in ways] if textured else []) + [("frames", f) for f in _orientations(direct, mirrored, flat)]
+    textured = min(len(_direct(a)[0]), len(_direct(b)[0])) >= s.min_keypoints
+    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in _orientations(direct, mirrored, flat)]
     for how, flip in tries:
         if how == "frames":
             m, inl, ratio, spread = _frame(a["grey"], b["grey"], flip), 0, 0.0, 0.0
@@ -350,6 +347,12 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
                 continue
             inl, ratio = int(mask.sum()), float(mask.sum()) / max(len(mt), 1)
             if inl < s.min_inliers:  # cannot pass: the pixel comparison is not worth its time
+                continue
+            # few matches agree and the layouts do not correlate that way: two different pictures (most
+            # candidate pairs), not compared. A copy has many matches (a page cropped by 15%, whose
+            # layout changes with its header: 198) or correlated layouts (a caption, a combination of
+            # edits: 9-14 matches, layouts 0.45 and more)
+            if inl < KEYPOINTS_FEW and not flat and (mirrored if flip else direct) < KEYPOINTS_LAYOUT:
                 continue
             spread = _spread(pa[mt[mask, 0]], a["grey"].shape)
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
