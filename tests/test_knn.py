@@ -802,3 +802,22 @@ def test_pages_cropped_by_15_percent_pass_the_layout_gate(monkeypatch):
     assert all(V.verify_pair(a, b)["same"] for a, b in pairs)
     monkeypatch.setattr(V, "KEYPOINTS_FEW", np.inf)  # the layout alone deciding
     assert not any(V.verify_pair(a, b)["same"] for a, b in pairs)
+
+
+def test_nearest_in_both_graphs_is_a_plain_loop():
+    """Each image's nearest in one graph, kept when the other graph agrees (same nearest, or the image
+    is its partner's nearest there), equals a direct loop; -1 rows give nothing."""
+    from deepscope.algos import knn as K
+
+    rng = np.random.default_rng(2)
+    n = 400
+    first_f, first_p = rng.integers(-1, n, n), rng.integers(-1, n, n)
+    first_p[:100] = first_f[:100]  # some agree outright
+    want = set()
+    for one, other in ((first_f, first_p), (first_p, first_f)):
+        for i in range(n):
+            j = int(one[i])
+            if j >= 0 and (other[i] == j or other[j] == i):
+                want.add((i, j))
+    x, y = K.nearest_in_both(first_f, first_p)
+    assert set(zip(x.tolist(), y.tolist())) == want and 100 <= len(want) < 2 * n  # a pair found both ways may repeat

@@ -299,6 +299,22 @@ def edges_of(a: np.ndarray, b: np.ndarray, n: int, x: np.ndarray, y: np.ndarray)
     return np.sort(order[at[found]])
 
 
+def nearest_in_both(first_f: np.ndarray, first_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's nearest in one graph when the other graph agrees (it is the image's nearest there
+    too, or the image is its nearest there): first_f, first_p (n,) nearest rows (-1: none) -> (x, y)."""
+    n = len(first_f)
+    i = np.arange(n)
+    out = []
+    for one, other in ((first_f, first_p), (first_p, first_f)):
+        j = one
+        ok = j >= 0
+        back = np.full(n, -1, np.int64)
+        back[ok] = other[j[ok]]
+        ok &= (other == j) | (back == i)
+        out.append((i[ok], j[ok]))
+    return np.concatenate([x for x, _ in out]), np.concatenate([y for _, y in out])
+
+
 def signature_nearest(sig: np.ndarray, flat_max: int = 100_000, nprobe: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each image's nearest other image by pixel signature, the other taken as it is or mirrored
     (a flipped, cropped, captioned copy is nearest its original there even when the feature graph

@@ -434,6 +434,9 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         verification = None
     else:
         cand = K.candidate_edges(a, b, dist, n, cfg.verify_top)
+        if d_pix is not None:  # a pair nearest in both graphs is always verified: the signature that ranks
+            # the candidates can put a captioned copy nearer the other captioned images than its original
+            cand = np.union1d(cand, K.edges_of(a, b, n, *K.nearest_in_both(rows_f[:, 0], rows_p[:, 0])))
         if cfg.verify_nearest:  # and each image's nearest in each graph: a copy that carries a common
             # caption or watermark is nearest the other captioned images by the combined distance, while
             # the CNN or the pixels still rank its original first (more pairs to verify: off by default)
