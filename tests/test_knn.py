@@ -110,6 +110,68 @@ def test_pixel_signature_ignores_lightening_and_shifts():
     assert same.max() < 0.15 and np.median(other) > 0.5, (same.max(), np.median(other))
 
 
+def test_sketch_agreement_is_the_best_normalised_correlation_by_a_plain_loop():
+    """Every placement, size, mirror and direction, written out: the matrix products give the same best."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    sketches = K.pixel_sketch(rng.integers(0, 256, (30, 3 * 32 * 32)).astype(np.uint8), 32)
+    sketches[4] = 0  # an empty sketch (a flat picture): no agreement either way
+    a, b = rng.integers(0, 30, 80), rng.integers(0, 30, 80)
+    got = K.sketch_agreement(sketches, a, b)
+
+    def scaled(t, m):  # bilinear, one channel at a time, as the sketch's templates are made
+        return np.stack([np.asarray(Image.fromarray(t[..., c]).resize((m, m), Image.Resampling.BILINEAR)) for c in range(3)], -1)
+
+    def best(x, y):
+        out = -1.0
+        for one, other in ((x, y), (y, x)):
+            centre = one[2:14, 2:14]
+            for m in (12, 14):
+                t = centre if m == 12 else scaled(centre, m)
+                t = t - t.mean()
+                for z in (other, other[:, ::-1]):
+                    for i in range(17 - m):
+                        for j in range(17 - m):
+                            w = z[i:i + m, j:j + m] - z[i:i + m, j:j + m].mean()
+                            out = max(out, float((w * t).sum() / np.sqrt((w * w).sum() * (t * t).sum())))
+        return out
+
+    want = np.array([np.nan if 4 in (i, j) else best(sketches[i].astype(np.float32), sketches[j].astype(np.float32))
+                     for i, j in zip(a, b)])
+    assert np.isnan(got).tolist() == np.isnan(want).tolist()
+    assert np.allclose(got[~np.isnan(want)], want[~np.isnan(want)], atol=0.02)  # PIL's bilinear vs OpenCV's
+
+
+def test_sketch_tells_edited_copies_from_other_pictures():
+    """Cropped, mirrored, lightened, rotated or captioned, a scene's sketch still agrees with its own
+    (0.6 and more) and not with another scene's (under the default min_sketch of 0.35, for most)."""
+    from PIL import Image, ImageDraw, ImageEnhance
+
+    from deepscope.io.demo_data import random_scene
+
+    rng = np.random.default_rng(8)
+    scenes = [random_scene(rng, 128) for _ in range(30)]
+
+    def tiny(img):
+        return np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BOX)).transpose(2, 0, 1).reshape(-1)
+
+    def caption(img):
+        img = img.copy()
+        ImageDraw.Draw(img).text((8, 100), "deepscope 2026", fill=(255, 255, 255))
+        return img
+
+    edits = [lambda i: i.crop((12, 0, 128, 116)).resize((128, 128)),
+             lambda i: ImageEnhance.Brightness(i.transpose(Image.Transpose.FLIP_LEFT_RIGHT)).enhance(1.25),
+             lambda i: i.rotate(4, resample=Image.Resampling.BILINEAR, expand=False), caption]
+    copies = [edits[j % len(edits)](s) for j, s in enumerate(scenes)]
+    sk = K.pixel_sketch(np.stack([tiny(i) for i in scenes + copies]), 32)
+    n = len(scenes)
+    same = K.sketch_agreement(sk, np.arange(n), np.arange(n) + n)
+    other = K.sketch_agreement(sk, np.arange(n), (np.arange(n) + 1) % n + n)
+    assert same.min() > 0.6 and np.median(other) < 0.35 and (other < same).all(), (same.min(), np.median(other))
+
+
 def test_signature_nearest_finds_mirrored_copies_as_brute_force_does():
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (60, 3 * 32 * 32)).astype(np.uint8)
@@ -588,6 +650,10 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     assert s["tiers"] == {"exact": 1, "near-identical": 1, "edited": 1} and s["verification"]["pairs"] >= 3
     cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
     assert sum(r["accepted"] for r in cand) == 3 and len(cand) > 3  # the rejected candidates are kept, explained
+    # the sketches' first look: the pairs under min_sketch are exactly those not verified, and none is a copy
+    screened = [r for r in cand if r["sketch"] is not None and r["sketch"] < 0.35]
+    assert screened and s["verification"]["screened"] == len(screened)
+    assert {(r["a"], r["b"]) for r in cand if not r["verified"]} == {(r["a"], r["b"]) for r in screened}
     assert "near-identical" in (out / "report/index.html").read_text()
 
     # verify_nearest: the same analysis again, with each image's nearest in each graph also verified

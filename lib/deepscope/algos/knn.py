@@ -9,6 +9,7 @@ Distances: "l2" is the Euclidean distance, "cosine" is 1 - cos (as the index rep
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 
@@ -184,6 +185,101 @@ def signature_distance(a: np.ndarray, b: np.ndarray, mirrored: bool = False) -> 
         m = b.reshape(len(b), 3, SIGNATURE_GRID, SIGNATURE_GRID)[..., ::-1].reshape(len(b), -1)
         d = np.minimum(d, np.clip(1 - (a * m).sum(1), 0, 2))
     return d
+
+
+SKETCH_SIDE = 16  # the pixel sketch: each colour channel's fine detail at 16 x 16
+SKETCH_CENTRE, SKETCH_SCALES = 0.75, (1.0, 1.17)  # what is looked for, and at what sizes (crops of 15% a side)
+
+
+def pixel_sketch(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Tiny images (n, 3 * size * size) uint8 (CHW, the pixels stage) -> (n, 16, 16, 3) int8: each colour
+    channel's band-pass at 16 x 16 (between 0.5 and 1.5 of its pixels), divided by its RMS and squashed
+    (tanh, x 127) so that a caption's strong edges weigh no more than the picture's own.  A picture
+    with under a grey level of detail gives zeros (nothing to compare)."""
+    import cv2
+
+    out = np.zeros((len(pixels), SKETCH_SIDE, SKETCH_SIDE, 3), np.int8)
+    for i, x in enumerate(pixels.reshape(len(pixels), 3, size, size)):
+        c = np.ascontiguousarray(x.transpose(1, 2, 0), np.float32)
+        if size != SKETCH_SIDE:
+            c = cv2.resize(c, (SKETCH_SIDE, SKETCH_SIDE), interpolation=cv2.INTER_AREA if size > SKETCH_SIDE else cv2.INTER_LINEAR)
+        d = cv2.GaussianBlur(c, (0, 0), 0.5) - cv2.GaussianBlur(c, (0, 0), 1.5)
+        rms = float(np.sqrt((d ** 2).mean()))
+        if rms >= 1.0:
+            out[i] = np.round(127 * np.tanh(d / rms))
+    return out
+
+
+def _resize_matrix(src: int, dst: int) -> np.ndarray:
+    """(dst, src): the linear map cv2.resize(INTER_LINEAR) applies along one axis."""
+    import cv2
+
+    return cv2.resize(np.eye(src, dtype=np.float32), (src, dst), interpolation=cv2.INTER_LINEAR)
+
+
+def _templates(sketches: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+    """The central 3/4 of each sketch at each of SKETCH_SCALES -> per scale (len(rows), m*m*3) rows with
+    their mean removed and unit norm (zeros where the sketch is empty)."""
+    n, c = SKETCH_SIDE, int(round(SKETCH_SIDE * (1 - SKETCH_CENTRE) / 2))
+    centre = sketches[rows, c:n - c, c:n - c].astype(np.float32)
+    out = []
+    for s in SKETCH_SCALES:
+        m = int(round(centre.shape[1] * s))
+        r = _resize_matrix(centre.shape[1], m)
+        t = centre if m == centre.shape[1] else np.einsum("yi,kijc,xj->kyxc", r, centre, r, optimize=True)
+        t = t.reshape(len(rows), -1)
+        t = t - t.mean(1, keepdims=True)
+        out.append(t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-6))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _window_index(m: int) -> np.ndarray:
+    """Flat indices into a (16, 16, 3) sketch of its every m x m window, then of its mirror's (a gather
+    is faster than a strided view's copy)."""
+    n = SKETCH_SIDE
+    grid = np.arange(n * n * 3).reshape(n, n, 3)
+    views = [np.lib.stride_tricks.sliding_window_view(g, (m, m), axis=(0, 1)).transpose(0, 1, 3, 4, 2).reshape(-1, m * m * 3)
+             for g in (grid, grid[:, ::-1])]
+    return np.concatenate(views)
+
+
+def _windows(sketch: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every m x m window of one sketch and of it mirrored -> (2 * positions, m*m*3) and each window's
+    norm once its mean is removed (the denominator of a normalised correlation)."""
+    w = sketch.reshape(-1).astype(np.float32)[_window_index(m)]
+    return w, np.sqrt(np.maximum((w * w).sum(1) - w.sum(1) ** 2 / w.shape[1], 0))
+
+
+def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 65536) -> np.ndarray:
+    """How well two pictures' sketches agree if one is the other cropped, resized, rotated a little or
+    mirrored: the best normalised correlation of the central 3/4 of one sketch, at 1 or 1.17 times its size,
+    anywhere in the other (shifts up to 1/8 of a side), as it is or mirrored, both ways round.  A copy
+    keeps its fine detail where it is; two different pictures, even of one layout, do not.  A cheap first
+    look, before the thumbnails are compared: -> (m,) float32, NaN where either sketch is empty.
+    One matrix product per image and scale: its windows against the templates of every image paired
+    with it (templates made for a block of images at a time: 4 KB each)."""
+    out = np.full(len(a), -1.0, np.float32)
+    empty = ~sketches.reshape(len(sketches), -1).any(1)
+    for one, other in ((a, b), (b, a)):  # one's centre looked for in other
+        order = np.argsort(other, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(other[order]) != 0])
+        ends = np.r_[starts[1:], len(order)]
+        for s0 in range(0, len(starts), block):
+            sel = order[starts[s0]:ends[min(s0 + block, len(starts)) - 1]]
+            rows, where = np.unique(one[sel], return_inverse=True)
+            templates = _templates(sketches, rows)
+            at = np.empty(len(out), np.int64)
+            at[sel] = where
+            for lo, hi in zip(starts[s0:s0 + block], ends[s0:s0 + block]):
+                pairs = order[lo:hi]
+                best = out[pairs]
+                for t in templates:
+                    w, norm = _windows(sketches[other[pairs[0]]], int(round(np.sqrt(t.shape[1] // 3))))
+                    best = np.maximum(best, ((w @ t[at[pairs]].T) / np.maximum(norm, 1e-6)[:, None]).max(0))
+                out[pairs] = best
+    out[empty[a] | empty[b]] = np.nan
+    return out
 
 
 def combine(d_feat: np.ndarray, d_pix: np.ndarray | None, scale_feat: float, scale_pix: float | None) -> np.ndarray:

@@ -307,15 +307,18 @@ def measure_recall(store, space: str, info: dict, k: int, sample: int, seed: int
 
 # ---------------------------------------------------------------------------- what the graph says
 
-def _signatures(store, info: dict) -> np.ndarray:
-    """Pixel signatures (n, 192) float16 in the pixels index's row order, streamed part by part."""
+def _signatures(store, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel signatures (n, 192) float16 and sketches (n, 16, 16, 3) int8 in the pixels index's row order,
+    streamed part by part (together ~1.1 GB per million images)."""
     from deepscope.index.build import stream_vectors
 
     size = int(round((info["dim"] / 3) ** 0.5))
     out = np.empty((info["rows"], 3 * K.SIGNATURE_GRID ** 2 if size % K.SIGNATURE_GRID == 0 else 3), np.float16)
+    sketches = np.empty((info["rows"], K.SKETCH_SIDE, K.SKETCH_SIDE, 3), np.int8)
     for start, x, _ in stream_vectors(store, "pixels", "pixels", 16384, cosine=False):
         out[start:start + len(x)] = K.pixel_signature(x, size)
-    return out
+        sketches[start:start + len(x)] = K.pixel_sketch(np.clip(x, 0, 255).astype(np.uint8), size)
+    return out, sketches
 
 
 EXACT_ROWS = 50_000  # vectors read to give pairs found in pixel space only their exact feature distance
@@ -367,7 +370,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     a, b, d_feat = K.undirected_edges(rows_f, dist_f, own)
     graph_edges = len(a)
     exact = np.ones(len(a), bool)
-    sig, d_pix, gather = None, None, np.zeros(0, np.int64)
+    sig, sketches, d_pix, gather = None, None, None, np.zeros(0, np.int64)
     if feat_space == "features" and "pixels" in spaces:
         pinfo = index_info(store, "pixels")
         if _ids_table(store, pinfo).column("id").equals(table.column("id")):
@@ -375,7 +378,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
             pa_, pb, _ = K.undirected_edges(rows_p, dist_p, own)
             extra = ~np.isin(pa_ * n + pb, a * n + b)
             pa_, pb = pa_[extra], pb[extra]
-            sig = _signatures(store, pinfo)
+            sig, sketches = _signatures(store, pinfo)
             d_pix_extra = _signature_distances(sig, pa_, pb)
             # their feature distance: exact for the pixel-nearest pairs (their rows' vectors are read, at
             # most EXACT_ROWS of them), else bounded below by the k-th feature neighbour's distance
@@ -429,6 +432,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     thumbs = _thumb_rows(store, ids) if cfg.verify and store.parts("thumbs") else None
     if thumbs is None:  # no thumbnails to look at: the threshold decides, as before
         cand = np.nonzero(dist <= threshold)[0]
+        sketch = np.full(len(cand), np.nan, np.float32)
         ev = {"same": np.ones(len(cand), bool)}
         tiers = np.full(len(cand), "unverified", object)
         verification = None
@@ -479,11 +483,17 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
             cand = np.concatenate([cand, np.arange(first, len(a))])
             same_hash = np.concatenate([same_hash, np.ones(pad, bool)])
         t0 = time.time()
-        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor)
+        # a first look at the pixel sketches: a pair whose fine detail agrees nowhere under a small shift,
+        # scale or mirror is two different pictures (most candidates), and its thumbnails are not read
+        sketch = (K.sketch_agreement(sketches, a[cand], b[cand]) if sketches is not None
+                  else np.full(len(cand), np.nan, np.float32))  # without pixels: every pair is verified
+        screened = (sketch < cfg.min_sketch) & ~same_hash  # NaN (no detail to compare): verified
+        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened)
         seconds = time.time() - t0
         ev["same"] |= same_hash
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
-        verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "seconds": round(seconds, 2),
+        verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "screened": int(screened.sum()),
+                        "min_sketch": cfg.min_sketch, "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
                         "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs)}
     ok = ev["same"]
@@ -509,7 +519,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         "label_flagged": pa.array(lab["flagged"]),
     }, schema=schemas.KNN_IMAGES)
     store.write_table("knn/images.parquet", images)
-    cols = _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual, ev, tiers)
+    cols = _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual, sketch, ev, tiers)
     order = np.lexsort((dist[cand], group_of[a[cand]]))
     accepted = pa.table(cols).take(pa.array(order[ok[order]]))
     store.write_table("knn/duplicates.parquet", accepted.drop_columns(["accepted"]).cast(schemas.KNN_DUPLICATES))
@@ -554,7 +564,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     }
 
 
-def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual, ev, tiers) -> dict:
+def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual, sketch, ev, tiers) -> dict:
     """The columns of duplicates.parquet / candidates.parquet for the candidate edges `cand`."""
     ea, eb = a[cand], b[cand]
     accepted = np.asarray(ev["same"], bool)
@@ -573,7 +583,8 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "distance": pa.array(dist[cand], pa.float32()), "feature_distance": pa.array(d_feat[cand], pa.float32()),
         "feature_exact": pa.array(exact[cand]),
         "pixel_distance": pa.array(d_pix[cand], pa.float32()) if d_pix is not None else pa.nulls(len(cand), pa.float32()),
-        "mutual": pa.array(mutual[cand]), "verified": pa.array(verified),
+        "mutual": pa.array(mutual[cand]), "sketch": pa.array(sketch, pa.float32(), mask=np.isnan(sketch)),
+        "verified": pa.array(verified),
         "inliers": evidence("inliers", pa.int32()), "inlier_ratio": evidence("inlier_ratio", pa.float32()),
         "flip": evidence("flip", pa.bool_()), "scale": evidence("scale", pa.float32()),
         "rotation": evidence("rotation", pa.float32()), "spread": evidence("spread", pa.float32()),
@@ -647,15 +658,18 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
 MIN_VERIFY_CHUNK = 200  # pairs: below, a task's start and its thumbnails' preparation outweigh the pairs
 
 
-def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor) -> dict[str, np.ndarray]:
+def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor,
+                      skip: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every candidate pair verified, in independent chunks of pairs that share thumbnail parts, as
-    tasks on the command's executor; pairs without both thumbnails are left unverified (not
-    accepted, unless their hashes agree)."""
+    tasks on the command's executor; pairs without both thumbnails, and those in skip, are left
+    unverified (not accepted, unless their hashes agree)."""
     n = len(a)
     out = {k: np.zeros(n, np.float32) for k in V.EVIDENCE}
     out["same"], out["flip"], out["inliers"], out["regions"] = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32),
                                                                 np.zeros(n, np.int32))
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
+    if skip is not None:
+        have &= ~skip
     todo = np.nonzero(have)[0]
     todo = todo[np.lexsort((thumbs["file"][b[todo]], thumbs["file"][a[todo]]))]  # a chunk reads few parts
     # at most verify_chunk pairs a task, and two tasks per core when there are pairs enough (200 a task):

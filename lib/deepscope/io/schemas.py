@@ -133,7 +133,8 @@ KNN_DUPLICATES = pa.schema([
     pa.field("feature_exact", pa.bool_(), nullable=False),  # false: a lower bound (edge found in pixel space only)
     pa.field("pixel_distance", pa.float32()),  # 1 - correlation of pixel signatures; null without pixels
     pa.field("mutual", pa.bool_(), nullable=False),  # each is the other's nearest by the combined distance
-    pa.field("verified", pa.bool_(), nullable=False),  # false: accepted without thumbnails (no [thumbs] stage)
+    pa.field("sketch", pa.float32()),  # the pixel sketches' best agreement under a small shift, scale or mirror; null: no pixels
+    pa.field("verified", pa.bool_(), nullable=False),  # false: not compared on thumbnails (none, or the sketches disagree)
     pa.field("inliers", pa.int32()),  # local-feature matches that agree with one similarity transform
     pa.field("inlier_ratio", pa.float32()),  # inliers / the matches that passed the ratio test
     pa.field("flip", pa.bool_()),  # matched after mirroring b

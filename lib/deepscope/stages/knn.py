@@ -26,6 +26,7 @@ class KnnConfig(StageConfig):
     verify: bool = True  # check candidate pairs on the thumbnails (a [thumbs] stage); False: the threshold decides
     verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
     verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
+    min_sketch: float = Field(0.35, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
     verify_nearest: bool = False  # also each image's nearest in each graph (copies under one common watermark; 20-60% more pairs)
     min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
     min_explained: float = Field(0.75, ge=-1, le=1)  # share of one thumbnail's variation the other's colour curves explain
@@ -57,8 +58,12 @@ class Knn(Stage):
         if not v:
             return (f"Pairs at duplicate distance under {d['threshold']} ({html.escape(d['how']['method'])}); "
                     f"duplicate distance: {evidence}. Add a [thumbs] stage to verify pairs on thumbnails instead.")
+        screened = v.get("screened") or 0
+        first = (f"; {screened} of them set aside at a first look, their pixel sketches (fine detail at 16 x 16) "
+                 f"agreeing under {v['min_sketch']} at any small shift, scale or mirror, and the other "
+                 f"{v['pairs'] - screened} " if screened else "; each ")
         return (f"Candidates: each image's {v['top']} nearest by {evidence}, and images with equal pixel hashes "
-                f"({v['pairs']} pairs); each verified on the thumbnails (ORB keypoints matched, directly and "
+                f"({v['pairs']} pairs){first}verified on the thumbnails (ORB keypoints matched, directly and "
                 f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared) in "
                 f"{v['seconds']} s ({v['ms_per_image']} ms an image). Every pair looked at is in "
                 f"<code>knn/candidates.parquet</code>.")
