@@ -648,9 +648,10 @@ def knn_cost(n: int, root: Path, repeats: int = 2) -> None:
     data, base = root / "knn-cost-data", root / "knn-cost-base"
     make_set(data, "shapes", n - n // 50, max(1, n // 50 // len(EDITS)), 0, 99)
     run(jobmod.validate({"out": str(base), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
-                         "run": {"batch_size": 32, "partition_size": 1000}, "features": {}, "pixels": {},
+                         "run": {"batch_size": 32}, "features": {}, "pixels": {},  # parts of 256 images
                          "thumbs": {}, "index": {"spaces": ["features", "pixels"]}}))
     ways = {"threshold only (verify = false)": {"verify": False}, "verified on thumbnails": {},
+            "verified, every pair (min_sketch = -1: no first look)": {"min_sketch": -1},
             "verified, verify_nearest = true": {"verify_nearest": True}}
     rows = []
     for r in range(repeats):
@@ -666,10 +667,10 @@ def knn_cost(n: int, root: Path, repeats: int = 2) -> None:
             shutil.rmtree(out)
     images = len(list(data.iterdir()))
     print(f"\n## the knn stage with and without verification ({images} images, k = 10, features + pixels)\n")
-    print("| knn | wall s | ms per image | verification s (pairs) | groups | load before -> after |\n|---|---|---|---|---|---|")
+    print("| knn | wall s | ms per image | verification s (pairs, set aside by the sketches) | groups | load before -> after |\n|---|---|---|---|---|---|")
     for name, sec, d, l0, l1 in rows:
         v = d.get("verification") or {}
-        print(f"| {name} | {sec:.1f} | {1000 * sec / images:.1f} | {v.get('seconds', '-')} ({v.get('pairs', '-')}) | "
+        print(f"| {name} | {sec:.1f} | {1000 * sec / images:.1f} | {v.get('seconds', '-')} ({v.get('pairs', '-')}, {v.get('screened', '-')}) | "
               f"{d['groups']} | {l0} -> {l1} |")
     best = {name: min(sec for n, sec, *_ in rows if n == name) for name in ways}
     off = best["threshold only (verify = false)"]
@@ -747,7 +748,8 @@ def main():
         tiers = {}
         for t in ds["tiers"]:
             tiers[t["tier"]] = tiers.get(t["tier"], 0) + 1
-        print(f"deepscope tiers of the pairs found: {tiers}; verification: {v.get('pairs')} candidate pairs in "
+        print(f"deepscope tiers of the pairs found: {tiers}; verification: {v.get('pairs')} candidate pairs "
+              f"({v.get('screened', 0)} set aside by the sketches) in "
               f"{v.get('seconds')} s = {v.get('ms_per_image')} ms per image (load {load()})")
         (root / f"result-{kind}.json").write_text(json.dumps({"rows": [(n, r, s) for n, r, s, _ in rows]}, default=str))
         if a.thumbs_cost and kind == a.sets.split(",")[-1]:

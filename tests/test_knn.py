@@ -650,6 +650,7 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     assert s["tiers"] == {"exact": 1, "near-identical": 1, "edited": 1} and s["verification"]["pairs"] >= 3
     cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
     assert sum(r["accepted"] for r in cand) == 3 and len(cand) > 3  # the rejected candidates are kept, explained
+    assert not (out / "knn/gather").exists()  # the thumbnails gathered for the verification tasks: deleted
     # the sketches' first look: the pairs under min_sketch are exactly those not verified, and none is a copy
     screened = [r for r in cand if r["sketch"] is not None and r["sketch"] < 0.35]
     assert screened and s["verification"]["screened"] == len(screened)
@@ -788,18 +789,64 @@ def test_verification_tasks_keep_every_core_busy():
         cpus = 2
 
         def map(self, fn, calls, shared=None):
-            self.sizes = [len(c[1]["a_row"]) for c in calls]
-            self.rows = np.concatenate([c[1]["a_row"] for c in calls])
+            if fn is KN.gather_thumbs:  # the thumbnails' gathering: one row group per verification task
+                for i, (_, _, parts) in enumerate(calls):
+                    yield i, {int(t): int(t) for t in np.unique(np.concatenate([p[3] for p in parts]))}
+                return
+            self.sizes = [len(c[1]["a"]) for c in calls]
+            self.rows = np.concatenate([c[1]["a"] for c in calls])
             for i, (_, pairs) in enumerate(calls):
-                yield i, {k: np.zeros(len(pairs["a_row"])) for k in V.EVIDENCE}
+                yield i, {k: np.zeros(len(pairs["a"])) for k in V.EVIDENCE}
 
     for pairs, sizes in ((2295, [574, 574, 574, 573]), (300, [200, 100]), (9000, [2000] * 4 + [1000])):
         n = pairs + 1
         thumbs = {"file": np.array(["t.parquet"] * n, object), "row": np.arange(n)}
         tasks = Tasks()
-        ev = KN.verify_candidates(SimpleNamespace(url="file:///x"), thumbs, np.arange(pairs), np.arange(1, n),
+        ev = KN.verify_candidates(SimpleNamespace(url="file:///x", loc=SimpleNamespace(rm_folder=lambda rel: None)), thumbs,
+                                  np.arange(pairs), np.arange(1, n),
                                   KnnConfig(), lambda *_: None, tasks)
         assert tasks.sizes == sizes and sorted(tasks.rows.tolist()) == list(range(pairs)) and ev["verified"].all()
+
+
+def test_gathered_thumbnails_reach_each_task_and_each_part_is_read_once(tmp_path, monkeypatch):
+    """The verification's shuffle: 7 thumbs parts, pairs joining images of any part, 9 tasks; every task
+    reads exactly the thumbnails its pairs need (the right bytes), and each part is read once in all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepscope.index import knn as KN
+    from deepscope.io.location import Location
+
+    rng = np.random.default_rng(2)
+    n, files = 300, [f"thumbs/part-{p}.parquet" for p in range(7)]
+    (tmp_path / "thumbs").mkdir()
+    where = rng.integers(0, 7, n)
+    thumbs = {"file": np.array([files[p] for p in where], object), "row": np.zeros(n, np.int64)}
+    for p, f in enumerate(files):
+        mine = np.flatnonzero(where == p)
+        thumbs["row"][mine] = np.arange(len(mine))
+        pq.write_table(pa.table({"thumb": [f"image {i}".encode() for i in mine]}), tmp_path / f)
+    a, b = rng.integers(0, n, 1000), rng.integers(0, n, 1000)
+    chunks = np.array_split(rng.permutation(1000), 9)
+    reads = []
+    read_table = Location.read_table
+    monkeypatch.setattr(Location, "read_table", lambda self, rel, columns=None: reads.append(rel) or read_table(self, rel, columns))
+    monkeypatch.setattr(KN, "GATHER_ROWS", 400)  # several gathering tasks
+    store = type("S", (), {"url": str(tmp_path)})()
+    calls = KN._gather_calls(store, thumbs, a, b, chunks)
+    sources = [[] for _ in chunks]
+    for call in calls:
+        for task, group in KN.gather_thumbs(*call).items():
+            sources[task].append((call[1], group))
+    assert len(calls) > 1 and sorted(reads) == sorted(files)
+    loc = Location(str(tmp_path))
+    for t, idx in enumerate(chunks):
+        got = {}
+        for rel, group in sources[t]:
+            tab = loc.read_row_group(rel, group)
+            assert set(tab.column("task").to_pylist()) == {t}
+            got.update(zip(tab.column("image").to_pylist(), tab.column("thumb").to_pylist()))
+        assert got == {int(i): f"image {i}".encode() for i in np.unique(np.r_[a[idx], b[idx]])}
 
 
 def test_layout_gates_skip_work_and_change_no_decision(monkeypatch):

@@ -19,7 +19,9 @@ Recall@k of the graph is measured on a sample of images against an exact blocked
 vectors (streamed part by part on the driver) and recorded.
 
 The analysis (`analyse`) holds n x k neighbour rows and distances per space, plus a 192-value
-pixel signature (float16) per image when there is a pixels stage: ~0.5 GB per million images.
+pixel signature (float16) and a 768-byte sketch per image when there is a pixels stage: ~1.3 GB per
+million images.  Candidate pairs are verified on the thumbnails in tasks, after a shuffle that gathers
+each task's thumbnails (every thumbs part read once).
 """
 from __future__ import annotations
 
@@ -630,38 +632,92 @@ def verify_settings(cfg) -> dict:
             "max_overlay": cfg.max_overlay}
 
 
+GATHER = "knn/gather"  # the thumbnails regrouped by verification task (deleted when the verification ends)
+GATHER_ROWS = 20_000  # thumbnails one gathering task collects (each of its thumbs parts read once)
+
+
+def gather_thumbs(out_url: str, rel: str, parts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> dict[int, int]:
+    """One task: each of its thumbs parts read once, and the rows that verification tasks need written
+    to rel, one row group per task -> {task: row group}.  parts: (file, rows in it, their image rows,
+    the task that needs each; a row needed by two tasks is listed twice)."""
+    import pyarrow.parquet as pq
+
+    from deepscope.io.location import Location
+
+    loc = Location(out_url)
+    got = []
+    for file, rows, images, tasks in parts:
+        thumbs = loc.read_table(file, columns=["thumb"]).column("thumb")
+        got.append(pa.table({"task": pa.array(tasks, pa.int32()), "image": pa.array(images, pa.int64()),
+                             "thumb": thumbs.take(pa.array(rows, pa.int64()))}))
+    table = pa.concat_tables(got).sort_by("task")
+    task = table.column("task").to_numpy()
+    starts = np.flatnonzero(np.r_[True, np.diff(task) != 0])
+    groups = {}
+    with loc.writing(rel) as f, pq.ParquetWriter(f, table.schema) as w:
+        for g, (lo, hi) in enumerate(zip(starts, np.r_[starts[1:], len(task)])):
+            w.write_table(table.slice(lo, hi - lo))  # one row group: the task reads only its own
+            groups[int(task[lo])] = g
+    return groups
+
+
 def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.ndarray]:
-    """One independent task: the pairs' thumbnails read through the location layer, each image
+    """One independent task: its thumbnails read from the row groups gathered for it, each image
     prepared once, every pair verified (algos/verify.py) -> evidence arrays (V.EVIDENCE).
-    pairs: {"a_file", "a_row", "b_file", "b_row"} arrays; settings: VerifySettings' fields."""
+    pairs: {"a", "b": image rows, "sources": [(gathered file, row group)]}; settings: VerifySettings' fields."""
     import cv2
 
     from deepscope.io.location import Location
 
     loc = Location(out_url)
     s = V.VerifySettings(**settings)
-    tables, images = {}, {}
+    data, images = {}, {}
+    for rel, group in pairs["sources"]:
+        t = loc.read_row_group(rel, group, columns=["image", "thumb"])
+        data.update(zip(t.column("image").to_pylist(), t.column("thumb").to_pylist()))
 
-    def image(f, r):
-        if (f, r) not in images:
-            if f not in tables:
-                tables[f] = loc.read_table(f, columns=["thumb"]).column("thumb")
-            data = np.frombuffer(tables[f][r].as_py(), np.uint8)
-            images[(f, r)] = V.prepare(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), s)
-        return images[(f, r)]
+    def image(i):
+        if i not in images:
+            thumb = np.frombuffer(data.pop(i), np.uint8)
+            images[i] = V.prepare(cv2.cvtColor(cv2.imdecode(thumb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), s)
+        return images[i]
 
-    rows = [V.verify_pair(image(fa, ra), image(fb, rb), s)
-            for fa, ra, fb, rb in zip(pairs["a_file"], pairs["a_row"], pairs["b_file"], pairs["b_row"])]
+    rows = [V.verify_pair(image(int(i)), image(int(j)), s) for i, j in zip(pairs["a"], pairs["b"])]
     return {k: np.array([r[k] for r in rows]) for k in V.EVIDENCE}
 
 
 MIN_VERIFY_CHUNK = 200  # pairs: below, a task's start and its thumbnails' preparation outweigh the pairs
 
 
+def _gather_calls(store, thumbs: dict, a: np.ndarray, b: np.ndarray, chunks: list[np.ndarray]) -> list[tuple]:
+    """The gathering tasks' calls: every (task, image) it needs once, by thumbs part, parts grouped so
+    that a task collects about GATHER_ROWS thumbnails.  Each thumbs part is read once in all, whatever
+    the dataset's size; a verification task then reads one row group of each gathered file."""
+    task = np.concatenate([np.full(len(c), t, np.int64) for t, c in enumerate(chunks)])
+    idx = np.concatenate(chunks)
+    need = np.unique(np.stack([np.r_[task, task], np.r_[a[idx], b[idx]]], 1), axis=0)  # (task, image), once each
+    files = thumbs["file"][need[:, 1]]
+    order = np.argsort(files, kind="stable")
+    need, files = need[order], files[order]
+    cuts = np.flatnonzero(np.r_[True, files[1:] != files[:-1]])
+    calls, group, rows = [], [], 0
+    for lo, hi in zip(cuts, np.r_[cuts[1:], len(files)]):
+        img = need[lo:hi, 1]
+        group.append((files[lo], thumbs["row"][img], img, need[lo:hi, 0]))
+        rows += hi - lo
+        if rows >= GATHER_ROWS:
+            calls.append((store.url, f"{GATHER}/{len(calls):05d}.parquet", group))
+            group, rows = [], 0
+    if group:
+        calls.append((store.url, f"{GATHER}/{len(calls):05d}.parquet", group))
+    return calls
+
+
 def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor,
                       skip: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Every candidate pair verified, in independent chunks of pairs that share thumbnail parts, as
-    tasks on the command's executor; pairs without both thumbnails, and those in skip, are left
+    """Every candidate pair verified, in independent chunks of pairs, as tasks on the command's executor,
+    after the thumbnails each chunk needs are gathered from the thumbs parts (a shuffle: the pairs join
+    images from anywhere in the dataset); pairs without both thumbnails, and those in skip, are left
     unverified (not accepted, unless their hashes agree)."""
     n = len(a)
     out = {k: np.zeros(n, np.float32) for k in V.EVIDENCE}
@@ -670,23 +726,34 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
     if skip is not None:
         have &= ~skip
+    out["verified"] = have
     todo = np.nonzero(have)[0]
-    todo = todo[np.lexsort((thumbs["file"][b[todo]], thumbs["file"][a[todo]]))]  # a chunk reads few parts
+    if not len(todo):
+        return out
+    todo = todo[np.lexsort((thumbs["file"][b[todo]], thumbs["file"][a[todo]]))]  # a chunk's images from few parts
     # at most verify_chunk pairs a task, and two tasks per core when there are pairs enough (200 a task):
     # one 2000-pair chunk and a small one would leave a core idle
     size = max(1, min(cfg.verify_chunk, max(MIN_VERIFY_CHUNK, -(-len(todo) // (2 * executor.cpus)))))
     chunks = [todo[s:s + size] for s in range(0, len(todo), size)]
-    settings = verify_settings(cfg)
     t0 = time.time()
-    calls = [(store.url, {"a_file": thumbs["file"][a[idx]], "a_row": thumbs["row"][a[idx]],
-                          "b_file": thumbs["file"][b[idx]], "b_row": thumbs["row"][b[idx]]}) for idx in chunks]
-    done = 0
-    for c, res in executor.map(verify_chunk, calls, shared={"settings": settings}):
-        for k, v in res.items():
-            out[k][chunks[c]] = v
-        done += len(chunks[c])
-        log(f"knn: verified {done} of {len(todo)} candidate pairs on thumbnails ({time.time() - t0:.0f} s)")
-    out["verified"] = have
+    store.loc.rm_folder(GATHER)  # an interrupted run's
+    sources = [[] for _ in chunks]
+    calls = _gather_calls(store, thumbs, a, b, chunks)
+    try:
+        for g, groups in executor.map(gather_thumbs, calls):
+            for task, group in groups.items():
+                sources[task].append((calls[g][1], group))
+        log(f"knn: gathered the thumbnails of {len(chunks)} verification tasks from {sum(len(c[2]) for c in calls)} "
+            f"thumbs parts ({time.time() - t0:.0f} s)")
+        calls = [(store.url, {"a": a[idx], "b": b[idx], "sources": sources[c]}) for c, idx in enumerate(chunks)]
+        done = 0
+        for c, res in executor.map(verify_chunk, calls, shared={"settings": verify_settings(cfg)}):
+            for k, v in res.items():
+                out[k][chunks[c]] = v
+            done += len(chunks[c])
+            log(f"knn: verified {done} of {len(todo)} candidate pairs on thumbnails ({time.time() - t0:.0f} s)")
+    finally:
+        store.loc.rm_folder(GATHER)
     return out
 
 

@@ -113,6 +113,15 @@ class Location:
         except FileNotFoundError:
             pass
 
+    def rm_folder(self, rel: str) -> None:
+        """Every file below rel, and locally the folder itself (object stores have no folders)."""
+        for f in self.sizes(rel):
+            self.rm(f)
+        if not self.remote:
+            import shutil
+
+            shutil.rmtree(self.full(rel), ignore_errors=True)
+
     def sizes(self, rel: str = "") -> dict[str, int]:
         """Every file below rel (relative path -> bytes), in one listing."""
         if not self.remote:
@@ -137,6 +146,13 @@ class Location:
         if self.remote:
             return pq.read_table(io.BytesIO(self.get(rel)), columns=columns)
         return pq.read_table(self.full(rel), columns=columns)
+
+    def read_row_group(self, rel: str, group: int, columns: list[str] | None = None) -> pa.Table:
+        """One row group of a Parquet file (remotely: ranged reads, not the whole object)."""
+        if self.remote:
+            with self.fs.open(self._key(rel), "rb") as f:
+                return pq.ParquetFile(f).read_row_group(group, columns=columns)
+        return pq.ParquetFile(self.full(rel)).read_row_group(group, columns=columns)
 
     def check_writable(self) -> None:
         """One small write and delete, so that a location that cannot be written fails before any work."""
