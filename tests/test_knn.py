@@ -119,6 +119,7 @@ def test_sketch_agreement_is_the_best_normalised_correlation_by_a_plain_loop():
     sketches[4] = 0  # an empty sketch (a flat picture): no agreement either way
     a, b = rng.integers(0, 30, 80), rng.integers(0, 30, 80)
     got = K.sketch_agreement(sketches, a, b)
+    assert np.array_equal(got, K.sketch_agreement(sketches, a, b, block=7), equal_nan=True)  # templates made in blocks
 
     def scaled(t, m):  # bilinear, one channel at a time, as the sketch's templates are made
         return np.stack([np.asarray(Image.fromarray(t[..., c]).resize((m, m), Image.Resampling.BILINEAR)) for c in range(3)], -1)

@@ -251,7 +251,7 @@ def _windows(sketch: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return w, np.sqrt(np.maximum((w * w).sum(1) - w.sum(1) ** 2 / w.shape[1], 0))
 
 
-def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 65536) -> np.ndarray:
+def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 16384) -> np.ndarray:
     """How well two pictures' sketches agree if one is the other cropped, resized, rotated a little or
     mirrored: the best normalised correlation of the central 3/4 of one sketch, at 1 or 1.17 times its size,
     anywhere in the other (shifts up to 1/8 of a side), as it is or mirrored, both ways round.  A copy
