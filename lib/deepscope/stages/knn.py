@@ -26,7 +26,7 @@ class KnnConfig(StageConfig):
     verify: bool = True  # check candidate pairs on the thumbnails (a [thumbs] stage); False: the threshold decides
     verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
     verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
-    min_sketch: float = Field(0.35, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
+    min_sketch: float = Field(0.3, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
     verify_nearest: bool = False  # also each image's nearest in each graph (copies under one common watermark; 20-60% more pairs)
     min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
     min_explained: float = Field(0.75, ge=-1, le=1)  # share of one thumbnail's variation the other's colour curves explain
