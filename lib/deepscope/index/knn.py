@@ -490,6 +490,9 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         sketch = (K.sketch_agreement(sketches, a[cand], b[cand]) if sketches is not None
                   else np.full(len(cand), np.nan, np.float32))  # without pixels: every pair is verified
         screened = (sketch < cfg.min_sketch) & ~same_hash  # NaN (no detail to compare): verified
+        if sketches is not None:
+            log(f"knn: {int(screened.sum())} of {len(cand)} candidate pairs set aside at a first look (their pixel "
+                f"sketches agree under {cfg.min_sketch})")
         ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened)
         seconds = time.time() - t0
         ev["same"] |= same_hash
@@ -743,8 +746,9 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
         for g, groups in executor.map(gather_thumbs, calls):
             for task, group in groups.items():
                 sources[task].append((calls[g][1], group))
-        log(f"knn: gathered the thumbnails of {len(chunks)} verification tasks from {sum(len(c[2]) for c in calls)} "
-            f"thumbs parts ({time.time() - t0:.0f} s)")
+        parts = sum(len(c[2]) for c in calls)
+        log(f"knn: gathered the thumbnails of {len(chunks)} verification task{'s' * (len(chunks) > 1)} from {parts} "
+            f"thumbs part{'s' * (parts > 1)} ({time.time() - t0:.0f} s)")
         calls = [(store.url, {"a": a[idx], "b": b[idx], "sources": sources[c]}) for c, idx in enumerate(chunks)]
         done = 0
         for c, res in executor.map(verify_chunk, calls, shared={"settings": verify_settings(cfg)}):

@@ -60,7 +60,7 @@ class Knn(Stage):
                     f"duplicate distance: {evidence}. Add a [thumbs] stage to verify pairs on thumbnails instead.")
         screened = v.get("screened") or 0
         first = (f"; {screened} of them set aside at a first look, their pixel sketches (fine detail at 16 x 16) "
-                 f"agreeing under {v['min_sketch']} at any small shift, scale or mirror, and the other "
+                 f"agreeing under {v['min_sketch']} at every small shift, scale or mirror, and the other "
                  f"{v['pairs'] - screened} " if screened else "; each ")
         return (f"Candidates: each image's {v['top']} nearest by {evidence}, and images with equal pixel hashes "
                 f"({v['pairs']} pairs){first}verified on the thumbnails (ORB keypoints matched, directly and "
