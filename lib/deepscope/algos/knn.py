@@ -261,6 +261,7 @@ def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: 
     with it (templates made for a block of images at a time: 4 KB each)."""
     out = np.full(len(a), -1.0, np.float32)
     empty = ~sketches.reshape(len(sketches), -1).any(1)
+    at = np.empty(len(a), np.int64)  # each pair's row in its block's templates
     for one, other in ((a, b), (b, a)):  # one's centre looked for in other
         order = np.argsort(other, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(other[order]) != 0])
@@ -269,7 +270,6 @@ def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: 
             sel = order[starts[s0]:ends[min(s0 + block, len(starts)) - 1]]
             rows, where = np.unique(one[sel], return_inverse=True)
             templates = _templates(sketches, rows)
-            at = np.empty(len(out), np.int64)
             at[sel] = where
             for lo, hi in zip(starts[s0:s0 + block], ends[s0:s0 + block]):
                 pairs = order[lo:hi]

@@ -733,7 +733,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     todo = np.nonzero(have)[0]
     if not len(todo):
         return out
-    todo = todo[np.lexsort((thumbs["file"][b[todo]], thumbs["file"][a[todo]]))]  # a chunk's images from few parts
+    todo = todo[np.lexsort((b[todo], a[todo]))]  # an image's pairs in one chunk: it is prepared once
     # at most verify_chunk pairs a task, and two tasks per core when there are pairs enough (200 a task):
     # one 2000-pair chunk and a small one would leave a core idle
     size = max(1, min(cfg.verify_chunk, max(MIN_VERIFY_CHUNK, -(-len(todo) // (2 * executor.cpus)))))
