@@ -96,6 +96,9 @@ def test_demo_job_runs_on_s3_with_shards(s3_demo):
     assert summary["run"]["images"] == len(rows) and summary["run"]["failed"] == 0
     assert fs.exists("deepscope/runs/demo/report/index.html")
     assert not (tmp / "runs").exists() and not Path("s3:").exists(), "nothing written locally"
+    # near-duplicates verified on thumbnails gathered from many parts on S3, and the gathered files deleted
+    assert summary["knn"]["duplicates"]["verification"]["verified"] > 0
+    assert not fs.glob("deepscope/runs/demo/knn/gather/*")
 
 
 def test_post_commands_read_only_outputs_after_the_dataset_is_gone(s3_demo):
