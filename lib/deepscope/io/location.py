@@ -115,12 +115,13 @@ class Location:
 
     def rm_folder(self, rel: str) -> None:
         """Every file below rel, and locally the folder itself (object stores have no folders)."""
-        for f in self.sizes(rel):
-            self.rm(f)
         if not self.remote:
             import shutil
 
             shutil.rmtree(self.full(rel), ignore_errors=True)
+            return
+        for f in self.sizes(rel):
+            self.rm(f)
 
     def sizes(self, rel: str = "") -> dict[str, int]:
         """Every file below rel (relative path -> bytes), in one listing."""
