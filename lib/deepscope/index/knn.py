@@ -309,17 +309,18 @@ def measure_recall(store, space: str, info: dict, k: int, sample: int, seed: int
 
 # ---------------------------------------------------------------------------- what the graph says
 
-def _signatures(store, info: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel signatures (n, 192) float16 and sketches (n, 16, 16, 3) int8 in the pixels index's row order,
-    streamed part by part (together ~1.1 GB per million images)."""
+def _signatures(store, info: dict, with_sketches: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixel signatures (n, 192) float16 and, when pairs will be verified, sketches (n, 16, 16, 3) int8
+    in the pixels index's row order, streamed part by part (together ~1.1 GB per million images)."""
     from deepscope.index.build import stream_vectors
 
     size = int(round((info["dim"] / 3) ** 0.5))
     out = np.empty((info["rows"], 3 * K.SIGNATURE_GRID ** 2 if size % K.SIGNATURE_GRID == 0 else 3), np.float16)
-    sketches = np.empty((info["rows"], K.SKETCH_SIDE, K.SKETCH_SIDE, 3), np.int8)
+    sketches = np.empty((info["rows"], K.SKETCH_SIDE, K.SKETCH_SIDE, 3), np.int8) if with_sketches else None
     for start, x, _ in stream_vectors(store, "pixels", "pixels", 16384, cosine=False):
         out[start:start + len(x)] = K.pixel_signature(x, size)
-        sketches[start:start + len(x)] = K.pixel_sketch(np.clip(x, 0, 255).astype(np.uint8), size)
+        if with_sketches:
+            sketches[start:start + len(x)] = K.pixel_sketch(np.clip(x, 0, 255).astype(np.uint8), size)
     return out, sketches
 
 
@@ -380,7 +381,8 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
             pa_, pb, _ = K.undirected_edges(rows_p, dist_p, own)
             extra = ~np.isin(pa_ * n + pb, a * n + b)
             pa_, pb = pa_[extra], pb[extra]
-            sig, sketches = _signatures(store, pinfo)
+            # the sketches serve only the verification's first look: not made for the threshold alone
+            sig, sketches = _signatures(store, pinfo, with_sketches=bool(cfg.verify and store.parts("thumbs")))
             d_pix_extra = _signature_distances(sig, pa_, pb)
             # their feature distance: exact for the pixel-nearest pairs (their rows' vectors are read, at
             # most EXACT_ROWS of them), else bounded below by the k-th feature neighbour's distance
