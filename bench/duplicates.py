@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -697,10 +698,18 @@ def main():
     ap.add_argument("--dir", default=None)
     ap.add_argument("--tools-python", default=None, help="a Python with imagededup / fastdup / cleanvision")
     ap.add_argument("--verify-nearest", action="store_true", help="deepscope with [knn] verify_nearest = true")
+    ap.add_argument("--knn", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [knn] setting for deepscope's run (TOML value), e.g. --knn verify_top=4; repeatable")
     ap.add_argument("--thumbs-cost", action="store_true", help="also time the features pass with and without [thumbs]")
     ap.add_argument("--knn-cost", type=int, default=0, metavar="N",
                     help="only time the knn stage with and without verification on N generated images")
     a = ap.parse_args()
+    knn = {"verify_nearest": True} if a.verify_nearest else {}
+    for kv in a.knn:
+        key, eq, value = kv.partition("=")
+        if not eq:
+            sys.exit(f"duplicates.py: error: --knn {kv!r}: expected KEY=VALUE")
+        knn[key.strip()] = tomllib.loads(f"v = {value}")["v"]
     root = Path(tempfile.mkdtemp(dir=a.dir, prefix="bench-dups-"))
     if a.knn_cost:
         return knn_cost(a.knn_cost, root)
@@ -717,10 +726,11 @@ def main():
               f"{len(truth['pairs'])} planted copies, {len(truth['looks'])} look-alike pairs")
         rows = []
         l0 = load()
-        ds = run_deepscope(data, root / f"out-{kind}", {"verify_nearest": True} if a.verify_nearest else None)
+        ds = run_deepscope(data, root / f"out-{kind}", knn or None)
         res = scores(ds["found"], truth["pairs"], truth["looks"])
         v = ds["summary"].get("verification") or {}
-        rows.append(("deepscope (verify_nearest)" if a.verify_nearest else "deepscope (default)", res, ds["wall"], f"job wall, load {l0} -> {load()}"))
+        name = "deepscope (" + (", ".join(f"{k} = {v}" for k, v in knn.items()) or "default") + ")"
+        rows.append((name, res, ds["wall"], f"job wall, load {l0} -> {load()}"))
         if a.tools_python:
             for which in ("imagededup", "fastdup", "cleanvision"):
                 l0 = load()
