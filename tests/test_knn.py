@@ -736,8 +736,9 @@ def test_fine_details_tell_low_contrast_lookalikes_from_copies():
 
 
 def test_coarse_first_look_changes_no_decision(monkeypatch):
-    """The first look at half the scale only skips work: with it switched off (its limits opened) every
-    decision and its pixel evidence are the same, on copies, look-alikes and other scenes."""
+    """The first looks only skip work (the pixels at half the scale; the keypoints' transform that no
+    refinement can bring within the limits of overlap, scale and rotation): with them switched off
+    every decision is the same, and an accepted pair's evidence too, on copies, look-alikes and other scenes."""
     import io
 
     from PIL import Image, ImageEnhance
@@ -750,13 +751,45 @@ def test_coarse_first_look_changes_no_decision(monkeypatch):
     pairs = [(imgs[0], Image.open(io.BytesIO(buf.getvalue()))), (imgs[1], imgs[1].transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
              (imgs[2], ImageEnhance.Contrast(imgs[2]).enhance(0.75)), (low_contrast(0), low_contrast(5))]
     pairs += [(imgs[i], imgs[j]) for i in range(5) for j in range(i + 1, 5)]
+    cut = []
+    plausible = V._plausible
+    monkeypatch.setattr(V, "_plausible", lambda *args: cut.append(not plausible(*args)) or not cut[-1])
     with_look = [V.verify_pair(prepared(a), prepared(b)) for a, b in pairs]
+    assert sum(cut) > 0  # some transforms were not compared
     monkeypatch.setattr(V, "COARSE_EXPLAINED", -np.inf)
     monkeypatch.setattr(V, "COARSE_DIFFERING", np.inf)
+    monkeypatch.setattr(V, "COARSE_FRAMES_DIFFERING", np.inf)
+    monkeypatch.setattr(V, "PLAUSIBLE_MARGIN", np.inf)  # every keypoint transform's pixels compared
     without = [V.verify_pair(prepared(a), prepared(b)) for a, b in pairs]
     assert [e["same"] for e in with_look] == [e["same"] for e in without] == [True] * 3 + [False] * 11
     for e, f in zip(with_look[:3], without[:3]):  # accepted pairs: compared at full scale either way
         assert e == f
+
+
+def test_overlap_of_two_outlines_is_the_share_of_pixels_covered():
+    """_overlap (from the two outlines) equals a count of the pixels of each image that the other covers,
+    warped as masks, for shifts, turns, scales and mirrors; an empty intersection is 0."""
+    import cv2
+
+    from deepscope.algos import verify as V
+
+    rng = np.random.default_rng(3)
+    sa, sb = (200, 256), (180, 240)
+    for _ in range(40):
+        t, s = np.radians(rng.uniform(-30, 30)), rng.uniform(0.6, 1.6)
+        flip = rng.random() < 0.3
+        m = np.array([[s * np.cos(t), -s * np.sin(t), rng.uniform(-80, 120)],
+                      [s * np.sin(t), s * np.cos(t), rng.uniform(-80, 100)]])
+        if flip:
+            m = m @ np.array([[-1, 0, sb[1]], [0, 1, 0], [0, 0, 1]], np.float64)
+        # by pixels, at 4 times the resolution (a mask's edge pixels count half, on average)
+        big = np.diag([4.0, 4.0, 1.0])
+        mb = (big @ np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(big))[:2]
+        cover = cv2.warpAffine(np.ones((sb[0] * 4, sb[1] * 4), np.uint8), mb, (sa[1] * 4, sa[0] * 4), flags=cv2.INTER_NEAREST)
+        inter = cover.sum() / 16
+        want = min(inter / (sa[0] * sa[1]), inter / (abs(np.linalg.det(m[:, :2])) * sb[0] * sb[1]))
+        assert abs(V._overlap(sa, sb, m) - want) < 0.01, (m, V._overlap(sa, sb, m), want)
+    assert V._overlap(sa, sb, np.array([[1.0, 0, 1000], [0, 1, 0]])) == 0.0
 
 
 def test_edges_of_finds_each_listed_pair_as_a_set_lookup_does():

@@ -42,6 +42,11 @@ KEYPOINTS_LAYOUT, KEYPOINTS_FEW = 0.2, 20  # a keypoint try with fewer matches t
 DETAIL_ENERGY = 0.25  # a cell has detail when its band-pass' mean square (grey levels^2) is above this
 DETAIL_BAND = 2.5  # the band-pass: from the coarser thumbnail's pixel to this many times it
 COARSE_EXPLAINED, COARSE_DIFFERING = 0.4, 0.4  # at half the comparison's scale, a try this far off is not compared at full scale
+COARSE_FRAMES_DIFFERING = 0.2  # a try laid by its frames must agree nearly everywhere (max_differing / 5): its copies 0.04 at most
+# the pixel evidence of a try whose pixels were not compared (too little overlap, or an implausible transform)
+NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
+                "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0}
+PLAUSIBLE_MARGIN = 0.1  # of overlap and of scale (5 degrees of rotation): more than a refinement's slide changes them
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
             "explained", "detail", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
 
@@ -225,8 +230,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
     # the share of each picture that the other covers, the smaller (m scales areas of b by det)
     scale2 = abs(float(np.linalg.det(m[:, :2])))
     overlap = float(min(inside.mean(), inside.sum() / max(scale2 * b["half"].shape[0] * b["half"].shape[1], 1)))
-    none = {"overlap": overlap, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
-            "colour_shift": 1.0, "detail": float("nan"), "m": m, "brightness_shift": 0.0, "contrast_ratio": 1.0}
+    none = {**NOT_COMPARED, "overlap": overlap, "m": m}
     if inside.sum() < 32:
         return none
     sigma = max(h, w) / 128
@@ -358,16 +362,18 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
-        # a first look at half the scale (a quarter of the work): a try already far off there (the share
-        # explained or differing beyond limits far looser than the decision's) is decided on it, as most are
-        px = _coarse(a, b, m, refine=how == "frames")
-        if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= COARSE_DIFFERING:
-            px = _compare(a, b, m, slide=4)
-        r = px.pop("m")[:, :2]
-        scale = float(np.sqrt(abs(np.linalg.det(r))))
-        # rotation of the similarity part (a mirror's determinant is negative: its angle is read after unmirroring)
-        r = r @ (np.diag([-1.0, 1.0]) if flip else np.eye(2))
-        rotation = float(np.degrees(np.arctan2(r[1, 0], r[0, 0])))
+        compared = how == "frames" or _plausible(a["grey"].shape, b["grey"].shape, m, flip, s)
+        if not compared:
+            # a transform that no refinement on the pixels can bring within the limits of overlap, scale
+            # and rotation (most chance matches' are): its pixels are not compared
+            px = {**NOT_COMPARED, "m": m, "overlap": _overlap(a["grey"].shape, b["grey"].shape, m)}
+        else:
+            # a first look at half the scale (a quarter of the work): a try already far off there (the share
+            # explained or differing beyond limits far looser than the decision's) is decided on it, as most are
+            px = _coarse(a, b, m, refine=how == "frames")
+            if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= (COARSE_DIFFERING if how == "keypoints" else COARSE_FRAMES_DIFFERING):
+                px = _compare(a, b, m, slide=4)
+        scale, rotation = _similarity(px.pop("m"), flip)
         ev = {"inliers": inl, "inlier_ratio": ratio, "flip": flip, "scale": scale, "rotation": rotation,
               "spread": spread, **px}
         # the geometry only has to be plausible (chance matches do not align two pictures): the aligned
@@ -379,8 +385,10 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
                           and ev["overlap"] >= s.min_overlap and ev["explained"] >= needed
                           and ev["differing"] <= allowed and ev["overlay"] <= s.max_overlay
                           and ev["colour_shift"] <= s.max_colour_shift and not ev["detail"] < s.min_detail)
-        if best is None or (ev["same"], ev["inliers"], ev["aligned_correlation"]) > (best["same"], best["inliers"], best["aligned_correlation"]):
-            best = ev
+        # the try that got furthest is reported: one that passes, else one whose pixels were compared
+        rank = (ev["same"], compared, ev["inliers"], ev["aligned_correlation"])
+        if best is None or rank > best_rank:
+            best, best_rank = ev, rank
         if best["same"]:
             break  # the direct match holds: the mirror is not tried
     if best is None:
@@ -388,6 +396,33 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
                 "spread": 0.0, "overlap": 0.0, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
                 "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0, "same": False}
     return best
+
+
+def _similarity(m: np.ndarray, flip: bool) -> tuple[float, float]:
+    """The scale and the rotation (degrees) of the transform m (2 x 3; b mirrored first if flip)."""
+    r = np.asarray(m, np.float64)[:, :2]
+    scale = float(np.sqrt(abs(np.linalg.det(r))))
+    r = r @ (np.diag([-1.0, 1.0]) if flip else np.eye(2))  # a mirror's angle is read after unmirroring
+    return scale, float(np.degrees(np.arctan2(r[1, 0], r[0, 0])))
+
+
+def _overlap(shape_a: tuple, shape_b: tuple, m: np.ndarray) -> float:
+    """The smaller share of either image that the other covers once b is mapped onto a by m (exact, from
+    the two outlines; _compare measures the same on the pixels)."""
+    (ha, wa), (hb, wb) = shape_a[:2], shape_b[:2]
+    quad = cv2.transform(np.array([[[0, 0]], [[wb, 0]], [[wb, hb]], [[0, hb]]], np.float32), np.asarray(m, np.float32))
+    rect = np.array([[[0, 0]], [[wa, 0]], [[wa, ha]], [[0, ha]]], np.float32)
+    area = float(cv2.intersectConvexConvex(rect, quad)[0]) if cv2.contourArea(quad) > 0 else 0.0
+    return min(area / (ha * wa), area / max(abs(float(np.linalg.det(np.asarray(m)[:, :2]))) * hb * wb, 1e-9))
+
+
+def _plausible(shape_a: tuple, shape_b: tuple, m: np.ndarray, flip: bool, s: VerifySettings) -> bool:
+    """Could a transform near m (the pixels' refinement moves it by a few pixels) pass the decision's
+    limits on overlap, scale and rotation?  With a margin; the pixels decide the rest."""
+    scale, rotation = _similarity(m, flip)
+    lo, hi = s.scale_range
+    return bool(abs(rotation) <= s.max_rotation + 50 * PLAUSIBLE_MARGIN and lo * (1 - PLAUSIBLE_MARGIN) <= scale <= hi * (1 + PLAUSIBLE_MARGIN)
+                and _overlap(shape_a, shape_b, m) >= s.min_overlap - PLAUSIBLE_MARGIN)
 
 
 def _spread(points: np.ndarray, shape: tuple) -> float:
