@@ -35,6 +35,7 @@ ALIGN_SLACK = np.ones((5, 5), np.uint8)  # half-size pixels either way that a pi
 EXPLAIN_CLIP = 16.0  # grey levels: a residual beyond counts as this much (an overlay's pixels weigh little)
 FRAMES_EXPLAINED = 0.95  # needed by a pair aligned from its frames rather than from matches
 CELL_DIFFERS = 0.25  # a cell differs when this share of its pixels does
+TEXT_LINE = 16  # pixels: a legible caption is this tall however small the picture (max_overlay widens to it)
 CURVE_STEPS = 4  # the colour curves' medians are read to a quarter of a grey level (a histogram, not a sort)
 ORIENTATION_MARGIN = 0.2  # of correlation: closer than this, both ways are tried
 FRAMES_LAYOUT = 0.6  # the least 8 x 8 layout correlation of a pair laid by its frames (its copies: 0.94 and more)
@@ -76,7 +77,7 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     colour = cv2.resize(np.ascontiguousarray(rgb), (max(1, round(w * f)), max(1, round(h * f))),
                         interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
     half = cv2.resize(colour, (max(1, colour.shape[1] // 2), max(1, colour.shape[0] // 2)), interpolation=cv2.INTER_AREA)
-    out = {"colour": colour, "grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings,
+    out = {"colour": colour, "grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings, "side": max(h, w),
            "half": half.astype(np.float32)}  # the pixel comparison's scale (it blurs finer detail away anyway)
     quarter = cv2.resize(half, (max(1, half.shape[1] // 2), max(1, half.shape[0] // 2)), interpolation=cv2.INTER_AREA)
     out["coarse"] = {"half": quarter.astype(np.float32), "pixel": f / 4}  # the cheap first look (_coarse)
@@ -334,6 +335,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     # keypoints first; then (no keypoints, or no transform that passes) the two frames laid on each
     # other and the alignment found on the pixels from there (smooth pictures, small copies)
     direct, mirrored, flat = _layouts(a, b)
+    # one overlay's band: a share of the side, or a line of text on a small picture (and a cell's rounding)
+    overlay = max(s.max_overlay, TEXT_LINE / min(a["side"], b["side"]) + 1 / CELLS)
     textured = min(len(_direct(a)[0]), len(_direct(b)[0])) >= s.min_keypoints
     tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in _orientations(direct, mirrored, flat)]
     for how, flip in tries:
@@ -383,7 +386,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
         allowed = s.max_differing if how == "keypoints" else s.max_differing / 5  # from the frames: nearly all agrees
         ev["same"] = bool(abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
                           and ev["overlap"] >= s.min_overlap and ev["explained"] >= needed
-                          and ev["differing"] <= allowed and ev["overlay"] <= s.max_overlay
+                          and ev["differing"] <= allowed and ev["overlay"] <= overlay
                           and ev["colour_shift"] <= s.max_colour_shift and not ev["detail"] < s.min_detail)
         # the try that got furthest is reported: one that passes, else one whose pixels were compared
         rank = (ev["same"], compared, ev["inliers"], ev["aligned_correlation"])

@@ -1,6 +1,7 @@
 """Feature space: `index`, `query`, `knn`, `serve`, `map` over an output folder."""
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -59,8 +60,8 @@ def add_commands(sub) -> None:
                                                        "on thumbnails (default: from the data)")
     g.add_argument("--no-verify", action="store_true", help="decide duplicates by the threshold even when there are thumbnails")
     g.add_argument("--verify-top", type=int, help="each image's nearest pairs verified on the thumbnails (default 2)")
-    g.add_argument("--verify-nearest", action="store_true",
-                   help="also verify each image's nearest in each graph (copies under a common caption or watermark; more pairs)")
+    g.add_argument("--verify-nearest", action=argparse.BooleanOptionalAction, default=None,
+                   help="also verify each image's nearest in each graph (default: yes; copies under a common caption or watermark)")
     g.add_argument("--sample", type=int, help="images whose neighbours are checked against exact search (default 1000)")
     g.add_argument("--block-rows", type=int, help="images per search task (default 65536)")
     g.set_defaults(fn="deepscope.commands.space:cmd_knn")
@@ -241,7 +242,7 @@ def cmd_knn(a):
         store.update_summary("knn", None)  # the index was rebuilt since: search again
     cfg = _given(k=a.k, dup_threshold=a.dup_threshold, sample=a.sample, block_rows=a.block_rows,
                  verify=False if a.no_verify else None, verify_top=a.verify_top,
-                 verify_nearest=True if a.verify_nearest else None)
+                 verify_nearest=a.verify_nearest)
     if a.space:
         cfg["spaces"] = list(dict.fromkeys(a.space))
     run_stage(a.out, "knn", cfg)

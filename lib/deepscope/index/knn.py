@@ -447,7 +447,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
             cand = np.union1d(cand, K.edges_of(a, b, n, *K.nearest_in_both(rows_f[:, 0], rows_p[:, 0])))
         if cfg.verify_nearest:  # and each image's nearest in each graph: a copy that carries a common
             # caption or watermark is nearest the other captioned images by the combined distance, while
-            # the CNN or the pixels still rank its original first (more pairs to verify: off by default)
+            # the CNN or the pixels still rank its original first (more pairs: most set aside at the first look)
             firsts = [rows_f[:, 0]] + ([rows_p[:, 0]] if d_pix is not None else [])
             cand = np.union1d(cand, K.edges_of(a, b, n, np.repeat(own, len(firsts)), np.stack(firsts, 1).reshape(-1)))
         hashes = thumbs["hash"]

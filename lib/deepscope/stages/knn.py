@@ -27,7 +27,7 @@ class KnnConfig(StageConfig):
     verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
     verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
     min_sketch: float = Field(0.3, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
-    verify_nearest: bool = False  # also each image's nearest in each graph (copies under one common watermark; 20-60% more pairs)
+    verify_nearest: bool = True  # also each image's nearest in each graph (copies under one common caption; most set aside at the first look)
     min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
     min_explained: float = Field(0.75, ge=-1, le=1)  # share of one thumbnail's variation the other's colour curves explain
     min_detail: float = Field(0.15, ge=-1, le=1)  # correlation of the thumbnails' fine details where both have some
