@@ -767,6 +767,31 @@ def test_coarse_first_look_changes_no_decision(monkeypatch):
         assert e == f
 
 
+def test_a_line_of_text_on_a_small_picture_is_one_overlay(monkeypatch):
+    """A caption 16 px tall spans a quarter of an 80-px picture's cells: one overlay there (the band
+    widens to a line of text on a small picture), and not without that allowance; on a 240-px picture a
+    patch as wide, in share of the side, is not one overlay (accepted only once max_overlay is opened)."""
+    from PIL import ImageDraw, ImageFont
+
+    from deepscope.algos import verify as V
+
+    for seed in (0, 4):
+        small = scene(seed, (80, 80))
+        captioned = small.copy()
+        ImageDraw.Draw(captioned).text((4, 28 + seed), "(c) deepscope 2026", fill=(255, 255, 255),
+                                       font=ImageFont.load_default(size=12), stroke_width=2, stroke_fill=(0, 0, 0))
+        ev = V.verify_pair(prepared(small), prepared(captioned))
+        assert ev["same"] and ev["overlay"] > V.VerifySettings().max_overlay, ev
+        big = scene(seed, (240, 240))
+        patched = big.copy()
+        ImageDraw.Draw(patched).rectangle((60, 90, 180, 150), fill=(20, 200, 40))
+        ev = V.verify_pair(prepared(big), prepared(patched))
+        assert not ev["same"] and ev["overlay"] == 0.25, ev
+        assert V.verify_pair(prepared(big), prepared(patched), V.VerifySettings(max_overlay=0.5))["same"]
+    monkeypatch.setattr(V, "TEXT_LINE", 0)
+    assert not V.verify_pair(prepared(small), prepared(captioned))["same"]
+
+
 def test_overlap_of_two_outlines_is_the_share_of_pixels_covered():
     """_overlap (from the two outlines) equals a count of the pixels of each image that the other covers,
     warped as masks, for shifts, turns, scales and mirrors; an empty intersection is 0."""
