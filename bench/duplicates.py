@@ -492,16 +492,28 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     evidence at a time; pairs of each decision joined into groups as deepscope does."""
     import pyarrow.parquet as pq
 
+    from deepscope.algos import verify as V
+
     c = pq.read_table(out / "knn/candidates.parquet").to_pandas()
     geo = (c["inliers"].fillna(0) >= 8) & (c["inlier_ratio"].fillna(0) >= 0.15)
     plausible = (c["rotation"].abs().fillna(99) <= 20) & c["scale"].between(0.5, 2.0) & (c["overlap"].fillna(0) >= 0.65)
-    corr, differing = c["explained"].fillna(0) >= 0.75, c["differing"].fillna(1) <= 0.25
-    overlay, colour = c["overlay"].fillna(1) <= 0.2, c["colour_shift"].fillna(1) <= 0.3
+    frames = c["inliers"].fillna(0) == 0  # laid by their frames: they must agree almost everywhere
+    corr = c["explained"].fillna(0) >= np.where(frames, V.FRAMES_EXPLAINED, 0.75)
+    differing = c["differing"].fillna(1) <= np.where(frames, 0.25 / 5, 0.25)
+    side = {}  # each thumbnail's longest side: the overlay's band widens to a line of text on small pictures
+    for f in sorted((out / "thumbs").rglob("*.parquet")):
+        t = pq.read_table(f, columns=["id", "width", "height"]).to_pandas()
+        side.update(zip(t["id"], np.minimum(np.maximum(t["width"], t["height"]), 256)))
+    small = np.minimum(c["a"].map(side).fillna(256), c["b"].map(side).fillna(256))
+    overlay = c["overlay"].fillna(1) <= np.maximum(0.2, V.TEXT_LINE / small + 1 / V.CELLS) + 1e-6  # float32 evidence
+    colour = c["colour_shift"].fillna(1) <= 0.3
     detail = c["detail"].isna() | (c["detail"] >= 0.15)  # no detail to compare: no evidence against
     exact = c["tier"].eq("exact")
     ways = {
         "combined distance <= the density valley's threshold (the old decision)": c["distance"] <= threshold,
         "verification (default: geometry + aligned pixels)": c["accepted"],
+        "every test, recomputed from the evidence (as the verification: the rows below are faithful)":
+            (plausible & corr & differing & overlay & colour & detail) | exact,
         "verification, mutual nearest pairs only": c["accepted"] & c["mutual"],
         "geometry alone (inliers >= 8, ratio >= 0.15)": geo | exact,
         "aligned pixels without the overlay test (one narrow band)": (plausible & corr & differing & colour & detail) | exact,
@@ -653,7 +665,7 @@ def knn_cost(n: int, root: Path, repeats: int = 2) -> None:
                          "thumbs": {}, "index": {"spaces": ["features", "pixels"]}}))
     ways = {"threshold only (verify = false)": {"verify": False}, "verified on thumbnails": {},
             "verified, every pair (min_sketch = -1: no first look)": {"min_sketch": -1},
-            "verified, verify_nearest = true": {"verify_nearest": True}}
+            "verified, verify_nearest = false": {"verify_nearest": False}}
     rows = []
     for r in range(repeats):
         for name, cfg in ways.items():
@@ -697,7 +709,7 @@ def main():
     ap.add_argument("--sets", default=",".join(SEEDS))
     ap.add_argument("--dir", default=None)
     ap.add_argument("--tools-python", default=None, help="a Python with imagededup / fastdup / cleanvision")
-    ap.add_argument("--verify-nearest", action="store_true", help="deepscope with [knn] verify_nearest = true")
+    ap.add_argument("--verify-nearest", action="store_true", help="deepscope with [knn] verify_nearest = true (the default since 6 December)")
     ap.add_argument("--knn", action="append", default=[], metavar="KEY=VALUE",
                     help="a [knn] setting for deepscope's run (TOML value), e.g. --knn verify_top=4; repeatable")
     ap.add_argument("--thumbs-cost", action="store_true", help="also time the features pass with and without [thumbs]")
