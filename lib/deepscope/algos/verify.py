@@ -396,8 +396,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             break  # the direct match holds: the mirror is not tried
     if best is None:
         best = {"inliers": 0, "inlier_ratio": 0.0, "flip": False, "scale": float("nan"), "rotation": float("nan"),
-                "spread": 0.0, "overlap": 0.0, "aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
-                "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0, "same": False}
+                "spread": 0.0, "overlap": 0.0, **NOT_COMPARED, "same": False}
     return best
 
 
