@@ -47,7 +47,8 @@ COARSE_FRAMES_DIFFERING = 0.2  # a try laid by its frames must agree nearly ever
 # the pixel evidence of a try whose pixels were not compared (too little overlap, or an implausible transform)
 NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
                 "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0}
-PLAUSIBLE_MARGIN = 0.1  # of overlap and of scale (5 degrees of rotation): more than a refinement's slide changes them
+REFINE_SLIDE = 4  # half-size pixels: the most the pixels' refinement (ECC) may move a keypoint transform's corner
+PLAUSIBLE_MARGIN = 0.1  # the least margin (of overlap, of scale; in radians of rotation) of _plausible
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
             "explained", "detail", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
 
@@ -213,7 +214,7 @@ def _cells(mask: np.ndarray, cell: int) -> np.ndarray:
     return mask[:h, :w].reshape(h // cell, cell, w // cell, cell).sum((1, 3))
 
 
-def _compare(a: dict, b: dict, m: np.ndarray, slide: float = 4) -> dict:
+def _compare(a: dict, b: dict, m: np.ndarray, slide: float = REFINE_SLIDE) -> dict:
     """b warped onto a by m (refined on the pixels), both blurred (JPEG blocks, resampling and a
     rotation's aliasing blur away), compared over their overlap on a grid of cells once one's colours
     are mapped onto the other's by rising curves (_far); a cell differs when much of it is far off.
@@ -375,7 +376,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             # explained or differing beyond limits far looser than the decision's) is decided on it, as most are
             px = _coarse(a, b, m, refine=how == "frames")
             if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= (COARSE_DIFFERING if how == "keypoints" else COARSE_FRAMES_DIFFERING):
-                px = _compare(a, b, m, slide=4)
+                px = _compare(a, b, m, slide=REFINE_SLIDE)
         scale, rotation = _similarity(px.pop("m"), flip)
         ev = {"inliers": inl, "inlier_ratio": ratio, "flip": flip, "scale": scale, "rotation": rotation,
               "spread": spread, **px}
@@ -419,12 +420,16 @@ def _overlap(shape_a: tuple, shape_b: tuple, m: np.ndarray) -> float:
 
 
 def _plausible(shape_a: tuple, shape_b: tuple, m: np.ndarray, flip: bool, s: VerifySettings) -> bool:
-    """Could a transform near m (the pixels' refinement moves it by a few pixels) pass the decision's
-    limits on overlap, scale and rotation?  With a margin; the pixels decide the rest."""
+    """Could a transform that the pixels' refinement reaches from m pass the decision's limits on
+    overlap, scale and rotation?  The refinement moves each corner by at most REFINE_SLIDE half-size
+    pixels (2 x that here): over the shorter side of either picture (b's as mapped onto a), such moves
+    change the overlap, the scale and the angle (radians) by less than `slack`."""
     scale, rotation = _similarity(m, flip)
+    short = min(min(shape_a[:2]), min(shape_b[:2]) * scale)
+    slack = max(PLAUSIBLE_MARGIN, 4 * 2 * REFINE_SLIDE / max(short, 1.0))
     lo, hi = s.scale_range
-    return bool(abs(rotation) <= s.max_rotation + 50 * PLAUSIBLE_MARGIN and lo * (1 - PLAUSIBLE_MARGIN) <= scale <= hi * (1 + PLAUSIBLE_MARGIN)
-                and _overlap(shape_a, shape_b, m) >= s.min_overlap - PLAUSIBLE_MARGIN)
+    return bool(abs(rotation) <= s.max_rotation + np.degrees(slack) and lo * (1 - slack) <= scale <= hi * (1 + slack)
+                and _overlap(shape_a, shape_b, m) >= s.min_overlap - slack)
 
 
 def _spread(points: np.ndarray, shape: tuple) -> float:
