@@ -656,7 +656,8 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     screened = [r for r in cand if r["sketch"] is not None and r["sketch"] < 0.3]
     assert screened and s["verification"]["screened"] == len(screened)
     assert {(r["a"], r["b"]) for r in cand if not r["verified"]} == {(r["a"], r["b"]) for r in screened}
-    assert "near-identical" in (out / "report/index.html").read_text()
+    report = (out / "report/index.html").read_text()
+    assert "near-identical" in report and "its nearest in each graph" in report and s["verification"]["nearest"]
 
     # verify_nearest = false: the same analysis again, without each image's nearest in each graph
     from deepscope.runner import run_stage

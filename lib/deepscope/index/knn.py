@@ -500,7 +500,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         ev["same"] |= same_hash
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
         verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "screened": int(screened.sum()),
-                        "min_sketch": cfg.min_sketch, "seconds": round(seconds, 2),
+                        "min_sketch": cfg.min_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
                         "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs)}
     ok = ev["same"]

@@ -62,7 +62,9 @@ class Knn(Stage):
         first = (f"; {screened} of them set aside at a first look, their pixel sketches (fine detail at 16 x 16) "
                  f"agreeing under {v['min_sketch']} at every small shift, scale or mirror, and the other "
                  f"{v['pairs'] - screened} " if screened else "; each ")
-        return (f"Candidates: each image's {v['top']} nearest by {evidence}, and images with equal pixel hashes "
+        more = (", its nearest in each graph" if v.get("nearest") else "") + (
+            ", its nearest by pixel signature (as it is or mirrored)" if v.get("signature_pairs") else "")
+        return (f"Candidates: each image's {v['top']} nearest by {evidence}{more}, and images with equal pixel hashes "
                 f"({v['pairs']} pairs){first}verified on the thumbnails (ORB keypoints matched, directly and "
                 f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared) in "
                 f"{v['seconds']} s ({v['ms_per_image']} ms an image). Every pair looked at is in "
