@@ -656,6 +656,11 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     screened = [r for r in cand if r["sketch"] is not None and r["sketch"] < 0.3]
     assert screened and s["verification"]["screened"] == len(screened)
     assert {(r["a"], r["b"]) for r in cand if not r["verified"]} == {(r["a"], r["b"]) for r in screened}
+    # each pair says why it is not a duplicate: the first look, or the tests its furthest try failed
+    assert all((r["rejected_by"] is None) == r["accepted"] for r in cand)
+    assert all(r["rejected_by"].startswith("first look") for r in screened)
+    assert all(r["rejected_by"].split(":")[0] in ("keypoints", "keypoints mirrored", "frames", "frames mirrored", "no transform to compare")
+               for r in cand if r["verified"] and not r["accepted"])
     report = (out / "report/index.html").read_text()
     assert "near-identical" in report and "its nearest in each graph" in report and s["verification"]["nearest"]
 
@@ -729,9 +734,10 @@ def test_fine_details_tell_low_contrast_lookalikes_from_copies():
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=75)
         ev = V.verify_pair(prepared(img), prepared(Image.open(io.BytesIO(buf.getvalue()))))
-        assert ev["same"] and ev["detail"] > 0.8, ev
+        assert ev["same"] and ev["detail"] > 0.8 and ev["failed"] == "", ev
         other = V.verify_pair(prepared(img), prepared(low_contrast(seed + 10)))
         assert not other["same"] and other["detail"] < V.VerifySettings().min_detail, other
+        assert other["failed"].endswith("detail"), other["failed"]  # the reason in words (detail, the last test, fails)
         assert V.verify_pair(prepared(img), prepared(low_contrast(seed + 10)), V.VerifySettings(min_detail=-1))["same"]
     g = np.full((64, 64), 120, np.float32)
     assert np.isnan(V._detail(g, g, np.ones((64, 64), bool), 1.0))

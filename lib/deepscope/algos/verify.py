@@ -50,7 +50,8 @@ NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, 
 REFINE_SLIDE = 4  # half-size pixels: the most the pixels' refinement (ECC) may move a keypoint transform's corner
 PLAUSIBLE_MARGIN = 0.1  # the least margin (of overlap, of scale; in radians of rotation) of _plausible
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
-            "explained", "detail", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio")
+            "explained", "detail", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio",
+            "failed")
 
 
 @dataclass(frozen=True)
@@ -385,10 +386,15 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
         # aligned from the frames (no matches to check it): the picture must agree closely
         needed = s.min_explained if how == "keypoints" else max(s.min_explained, FRAMES_EXPLAINED)
         allowed = s.max_differing if how == "keypoints" else s.max_differing / 5  # from the frames: nearly all agrees
-        ev["same"] = bool(abs(rotation) <= s.max_rotation and s.scale_range[0] <= scale <= s.scale_range[1]
-                          and ev["overlap"] >= s.min_overlap and ev["explained"] >= needed
-                          and ev["differing"] <= allowed and ev["overlay"] <= overlay
-                          and ev["colour_shift"] <= s.max_colour_shift and not ev["detail"] < s.min_detail)
+        tests = {"rotation": abs(rotation) <= s.max_rotation, "scale": s.scale_range[0] <= scale <= s.scale_range[1],
+                 "overlap": ev["overlap"] >= s.min_overlap, "explained": ev["explained"] >= needed,
+                 "differing": ev["differing"] <= allowed, "overlay": ev["overlay"] <= overlay,
+                 "colour_shift": ev["colour_shift"] <= s.max_colour_shift, "detail": not ev["detail"] < s.min_detail}
+        ev["same"] = all(tests.values())
+        # why not, in words: the tests failed (the pixels' when they were compared), by which try
+        failed = [k for k, ok in tests.items() if not ok and (compared or k in ("rotation", "scale", "overlap"))]
+        ev["failed"] = "" if ev["same"] else (f"{how}{' mirrored' if flip else ''}: {', '.join(failed)}"
+                                              + ("" if compared else " (pixels not compared)"))
         # the try that got furthest is reported: one that passes, else one whose pixels were compared
         rank = (ev["same"], compared, ev["inliers"], ev["aligned_correlation"])
         if best is None or rank > best_rank:
@@ -397,7 +403,9 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             break  # the direct match holds: the mirror is not tried
     if best is None:
         best = {"inliers": 0, "inlier_ratio": 0.0, "flip": False, "scale": float("nan"), "rotation": float("nan"),
-                "spread": 0.0, "overlap": 0.0, **NOT_COMPARED, "same": False}
+                "spread": 0.0, "overlap": 0.0, **NOT_COMPARED, "same": False,
+                "failed": "no transform to compare: too few matches agree (or few, and the layouts differ), "
+                          "and the frames differ in shape or layout"}
     return best
 
 
@@ -454,5 +462,5 @@ def tier(same_hash: bool, ev: dict) -> str:
 def verify_pairs(images: dict, a: np.ndarray, b: np.ndarray, settings: VerifySettings = VerifySettings()) -> dict[str, np.ndarray]:
     """images: {row: prepared image}; a, b: (m,) rows -> {evidence name: (m,) array}."""
     rows = [verify_pair(images[int(i)], images[int(j)], settings) for i, j in zip(a, b)]
-    types = {"same": bool, "flip": bool, "inliers": np.int32, "regions": np.int32}
+    types = {"same": bool, "flip": bool, "inliers": np.int32, "regions": np.int32, "failed": object}
     return {k: np.array([r[k] for r in rows], dtype=types.get(k, np.float32)) for k in EVIDENCE}

@@ -531,7 +531,12 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     accepted = pa.table(cols).take(pa.array(order[ok[order]]))
     store.write_table("knn/duplicates.parquet", accepted.drop_columns(["accepted"]).cast(schemas.KNN_DUPLICATES))
     if thumbs is not None:
-        store.write_table("knn/candidates.parquet", pa.table(cols).take(pa.array(order)).cast(schemas.KNN_CANDIDATES))
+        # why each pair that is not a duplicate is not: the first look, a missing thumbnail, or the tests failed
+        why = np.where(ev["verified"], ev["failed"], np.where(
+            screened, f"first look: the pixel sketches agree under {cfg.min_sketch}", "not verified: a thumbnail is missing"))
+        why = pa.array([None if o else w for o, w in zip(ok.tolist(), why.tolist())], pa.string())
+        store.write_table("knn/candidates.parquet", pa.table(cols).append_column("rejected_by", why)
+                          .take(pa.array(order)).cast(schemas.KNN_CANDIDATES))
 
     from deepscope.index import figures
 
@@ -688,7 +693,7 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
         return images[i]
 
     rows = [V.verify_pair(image(int(i)), image(int(j)), s) for i, j in zip(pairs["a"], pairs["b"])]
-    return {k: np.array([r[k] for r in rows]) for k in V.EVIDENCE}
+    return {k: np.array([r[k] for r in rows], object if k == "failed" else None) for k in V.EVIDENCE}
 
 
 MIN_VERIFY_CHUNK = 200  # pairs: below, a task's start and its thumbnails' preparation outweigh the pairs
@@ -726,6 +731,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     unverified (not accepted, unless their hashes agree)."""
     n = len(a)
     out = {k: np.zeros(n, np.float32) for k in V.EVIDENCE}
+    out["failed"] = np.full(n, "", object)
     out["same"], out["flip"], out["inliers"], out["regions"] = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32),
                                                                 np.zeros(n, np.int32))
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")

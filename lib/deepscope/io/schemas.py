@@ -154,7 +154,10 @@ KNN_DUPLICATES = pa.schema([
 # knn/candidates.parquet: every pair the verification looked at (duplicates.parquet's columns; group and tier
 # null when rejected), so that a missed pair can be explained and each piece of evidence measured.
 KNN_CANDIDATES = pa.schema([f.with_nullable(True) if f.name in ("group", "tier") else f for f in KNN_DUPLICATES]
-                           + [pa.field("accepted", pa.bool_(), nullable=False)])
+                           + [pa.field("accepted", pa.bool_(), nullable=False),
+                              # why not a duplicate (null: accepted): "first look: ...", "not verified: ...", or the
+                              # verification's try that got furthest and the tests it failed, e.g. "keypoints: overlap, explained"
+                              pa.field("rejected_by", pa.string())])
 
 # thumbs/*.parquet: a small encoded picture of every WHOLE image (not the model's crop) and a hash of
 # its decoded pixels, made in the decode task (the explorer's gallery and duplicate verification read these).
