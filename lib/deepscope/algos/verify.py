@@ -461,6 +461,17 @@ def tier(same_hash: bool, ev: dict) -> str:
 
 def verify_pairs(images: dict, a: np.ndarray, b: np.ndarray, settings: VerifySettings = VerifySettings()) -> dict[str, np.ndarray]:
     """images: {row: prepared image}; a, b: (m,) rows -> {evidence name: (m,) array}."""
-    rows = [verify_pair(images[int(i)], images[int(j)], settings) for i, j in zip(a, b)]
-    types = {"same": bool, "flip": bool, "inliers": np.int32, "regions": np.int32, "failed": object}
-    return {k: np.array([r[k] for r in rows], dtype=types.get(k, np.float32)) for k in EVIDENCE}
+    return evidence_arrays([verify_pair(images[int(i)], images[int(j)], settings) for i, j in zip(a, b)])
+
+
+EVIDENCE_TYPES = {"same": bool, "flip": bool, "inliers": np.int32, "regions": np.int32, "failed": object}  # else float32
+
+
+def evidence_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
+    """verify_pair's results -> {evidence name: (m,) array of its type}."""
+    return {k: np.array([r[k] for r in rows], EVIDENCE_TYPES.get(k, np.float32)) for k in EVIDENCE}
+
+
+def no_evidence(n: int) -> dict[str, np.ndarray]:
+    """The evidence of n pairs not verified: zeros, False, and no reason."""
+    return {k: np.full(n, "", object) if k == "failed" else np.zeros(n, EVIDENCE_TYPES.get(k, np.float32)) for k in EVIDENCE}

@@ -693,7 +693,7 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
         return images[i]
 
     rows = [V.verify_pair(image(int(i)), image(int(j)), s) for i, j in zip(pairs["a"], pairs["b"])]
-    return {k: np.array([r[k] for r in rows], object if k == "failed" else None) for k in V.EVIDENCE}
+    return V.evidence_arrays(rows)
 
 
 MIN_VERIFY_CHUNK = 200  # pairs: below, a task's start and its thumbnails' preparation outweigh the pairs
@@ -730,10 +730,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     images from anywhere in the dataset); pairs without both thumbnails, and those in skip, are left
     unverified (not accepted, unless their hashes agree)."""
     n = len(a)
-    out = {k: np.zeros(n, np.float32) for k in V.EVIDENCE}
-    out["failed"] = np.full(n, "", object)
-    out["same"], out["flip"], out["inliers"], out["regions"] = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int32),
-                                                                np.zeros(n, np.int32))
+    out = V.no_evidence(n)
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
     if skip is not None:
         have &= ~skip
