@@ -148,6 +148,7 @@ def generate(out: str, n: int, part_rows: int = 10_000, images_dir: str | None =
         "id": ids, "path": paths, "label": labels, "uniqueness": uniq,
         "nearest_id": [ids[(i + 1) % n] for i in range(n)], "nearest_distance": rng.random(n).astype(np.float32),
         "group": pa.array(group, pa.string()), "group_size": size, "majority_label": majority,
+        "duplicate_of": pa.array([g if g is not None and g != i else None for g, i in zip(group, ids)], pa.string()),
         "majority_share": rng.random(n).astype(np.float32), "own_label_share": rng.random(n).astype(np.float32),
         "label_flagged": flagged}, schema=schemas.KNN_IMAGES))
     store.write_table("knn/duplicates.parquet", pa.table({

@@ -156,6 +156,8 @@ def test_ids_that_need_escaping(explorer):
     # a duplicate pair (every 50th image and the next), with the image's units and their concepts
     pair = client.get("/api/image", params={"id": truth["ids"][50]}).json()
     assert [d["id"] for d in pair["duplicates"]] == [truth["ids"][51]] and pair["group_size"] == 2
+    copy = client.get("/api/image", params={"id": truth["ids"][51]}).json()
+    assert pair["duplicate_of"] is None and copy["duplicate_of"] == truth["ids"][50]  # which to keep, which to remove
     patches = pq.read_table(out / f"patches/top-{bench_app.LAYER}.parquet").to_pandas()
     some = patches.id.iloc[0]
     units = client.get("/api/image", params={"id": some}).json()["units"]

@@ -77,6 +77,30 @@ def test_components_against_union_find():
     np.testing.assert_array_equal(lab, want)
 
 
+def test_copies_to_remove_by_hand_and_on_random_graphs():
+    # a star (the hub kept), a chain of equal sizes (its middle kept), a chain whose middle is smaller
+    # (both ends kept: a copy never has more pixels than the image it names), an unpaired image
+    assert K.copies_to_remove(9, [0, 0, 0, 4, 5], [1, 2, 3, 5, 6]).tolist() == [-1, 0, 0, 0, 5, -1, 5, -1, -1]
+    assert K.copies_to_remove(4, [0, 1, 2], [1, 2, 3], pixels=[9, 1, 1, 1]).tolist() == [-1, 0, -1, 2]
+    assert K.copies_to_remove(3, [0, 1], [1, 2], pixels=[4, 9, 4]).tolist() == [1, -1, 1]
+    assert K.copies_to_remove(2, [0], [1], pixels=[4, 9]).tolist() == [1, -1]
+    assert K.copies_to_remove(3, [0, 0], [1, 2], pixels=[4, 4, 4], file_bytes=[1, 2, 3]).tolist() == [-1, 0, 0]  # the hub
+    assert K.copies_to_remove(2, [0], [1], pixels=[4, 4], file_bytes=[1, 2]).tolist() == [1, -1]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(2, 40))
+        a, b = rng.integers(0, n, (2, int(rng.integers(1, 3 * n))))
+        a, b = a[a != b], b[a != b]
+        pixels = rng.integers(1, 4, n)
+        copy_of = K.copies_to_remove(n, a, b, pixels)
+        edges = set(zip(a.tolist(), b.tolist())) | set(zip(b.tolist(), a.tolist()))
+        kept = copy_of < 0
+        for i in np.nonzero(~kept)[0]:  # each copy pairs with a kept image at least as large
+            j = copy_of[i]
+            assert kept[j] and (i, j) in edges and pixels[j] >= pixels[i]
+        assert not any(kept[i] and kept[j] for i, j in edges)  # no pair of kept images: nothing left to remove
+
+
 def test_threshold_falls_in_the_valley():
     rng = np.random.default_rng(2)
     bulk = np.exp(rng.normal(0, 0.25, 900))  # unrelated images: nearest distance around 1
@@ -335,6 +359,11 @@ def test_duplicates_over_http(duplicates_run):
         assert [d["id"] for d in body["duplicates"]] == [original] and body["group_size"] == 2
         assert body["nearest"]["id"] == original and len(body["neighbors"]) == 10
         assert client.get(f"/images/{body['duplicates'][0]['id']}").status_code == 200
+        # one of the pair is kept, the other names it (no thumbnails: no sizes, the first id is kept)
+        other = client.get(f"/duplicates/{original}").json()
+        assert {copy: body["duplicate_of"], original: other["duplicate_of"]} in (
+            {copy: None, original: copy}, {copy: original, original: None})
+        assert (body["duplicate_of"] is None) == (copy < original)
         lonely = "scenes/scene_00000.png" if "scenes/scene_00000.png" not in truth.values() else "scenes/scene_00001.png"
         r = client.get(f"/duplicates/{lonely}")
         assert r.status_code == 200 and r.json()["duplicates"] == [] and r.json()["group"] is None
@@ -647,6 +676,12 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     assert pairs[("edited_of_02.png", "scene_02.png")]["flip"] and pairs[("edited_of_02.png", "scene_02.png")]["verified"]
     images = {r["id"]: r for r in pq.read_table(out / "knn/images.parquet").to_pylist()}
     assert images["scene_01.png"]["group_size"] == 2 and images["scene_05.png"]["group_size"] == 1
+    # which to remove: the cropped copy (fewer pixels), the JPEG (the same pixels, a smaller file than the
+    # PNG), and of two equal files the first id
+    assert {i: r["duplicate_of"] for i, r in images.items() if r["duplicate_of"]} == {
+        "edited_of_02.png": "scene_02.png", "scene_00.png": "exact_of_00.png", "reencoded_of_01.jpg": "scene_01.png"}
+    thumbs = pq.read_table(out / "thumbs").to_pydict()
+    assert dict(zip(thumbs["id"], thumbs["file_bytes"]))["scene_01.png"] == (data / "scene_01.png").stat().st_size
     s = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]
     assert s["tiers"] == {"exact": 1, "near-identical": 1, "edited": 1} and s["verification"]["pairs"] >= 3
     cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
@@ -663,6 +698,7 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
                for r in cand if r["verified"] and not r["accepted"])
     report = (out / "report/index.html").read_text()
     assert "near-identical" in report and "its nearest in each graph" in report and s["verification"]["nearest"]
+    assert s["copies"] == 3 and "3 of the 6 images are copies" in report
 
     # verify_nearest = false: the same analysis again, without each image's nearest in each graph
     from deepscope.runner import run_stage

@@ -349,6 +349,35 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return first[lab]
 
 
+def copies_to_remove(n: int, a: np.ndarray, b: np.ndarray, pixels: np.ndarray | None = None,
+                     file_bytes: np.ndarray | None = None) -> np.ndarray:
+    """Which images of the duplicate pairs (a[i], b[i]) to keep: greedily, the image with the most pixels
+    (the uncropped, unshrunk one), then the most duplicate pairs (an original pairs with each of its
+    copies; two copies of different edits may not), then the largest file (the least compressed), then
+    the first row, is kept and its partners become its copies -> (n,) the kept image each copy
+    duplicates, -1 for every kept or unpaired image.  A copy pairs directly with the image it names and
+    never has more pixels (a chain A-B-C of equal sizes keeps B; one whose middle is smaller keeps two)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    degree = np.bincount(a, minlength=n) + np.bincount(b, minlength=n)
+    size = np.zeros(n) if pixels is None else np.asarray(pixels, np.float64)
+    nbytes = np.zeros(n) if file_bytes is None else np.asarray(file_bytes, np.float64)
+    paired = np.nonzero(degree)[0]
+    order = paired[np.lexsort((paired, -nbytes[paired], -degree[paired], -size[paired]))]
+    ends = np.concatenate([a, b])
+    partners = np.concatenate([b, a])[np.argsort(ends, kind="stable")]
+    start = np.concatenate([[0], np.cumsum(degree)])
+    copy_of = np.full(n, -1, np.int64)
+    kept = np.zeros(n, bool)
+    for i in order.tolist():
+        if copy_of[i] >= 0:
+            continue
+        kept[i] = True
+        mine = partners[start[i]:start[i + 1]]
+        mine = mine[~kept[mine] & (copy_of[mine] < 0)]
+        copy_of[mine] = i
+    return copy_of
+
+
 def undirected_edges(rows: np.ndarray, dist: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Neighbour lists (n, k) of the images `own` -> unique undirected edges (a < b, distance)
     (the smaller distance when both directions are listed)."""

@@ -21,8 +21,9 @@ def thumbnail(source: str | bytes, size: int, limits: DecodeLimits = DecodeLimit
         return Image.new("RGB", (size, size), (200, 200, 200))
 
 
-def grid(rows: list[list[tuple[Image.Image, str]]], size: int, highlight_first: bool = True) -> bytes:
-    """Rows of (tile, caption) -> PNG bytes; the first tile of each row framed (the query)."""
+def grid(rows: list[list[tuple[Image.Image, str]]], size: int, highlight_first: bool = True,
+         framed: list[list[bool]] | None = None) -> bytes:
+    """Rows of (tile, caption) -> PNG bytes; the first tile of each row framed (the query), or those `framed` says."""
     cols = max((len(r) for r in rows), default=1)
     pad = 4
     canvas = Image.new("RGB", (cols * (size + pad) + pad, len(rows) * (size + CAPTION + pad) + pad), "white")
@@ -31,7 +32,7 @@ def grid(rows: list[list[tuple[Image.Image, str]]], size: int, highlight_first: 
         for c, (tile, caption) in enumerate(row):
             x, y = pad + c * (size + pad), pad + r * (size + CAPTION + pad)
             canvas.paste(tile.resize((size, size)) if tile.size != (size, size) else tile, (x, y))
-            if highlight_first and c == 0:
+            if (framed[r][c] if framed is not None else highlight_first and c == 0):
                 draw.rectangle([x - 2, y - 2, x + size + 1, y + size + 1], outline=(220, 30, 30), width=2)
             draw.text((x + 1, y + size + 1), caption[: max(4, size // 6)], fill=(0, 0, 0))
     buf = io.BytesIO()
@@ -86,10 +87,11 @@ def distance_plot(nearest, threshold: float, feat=None, pix=None, dup=None) -> b
     return _png(fig)
 
 
-def group_grid(groups: list[list[tuple[str, str]]], size: int = 80) -> bytes:
-    """One row per near-duplicate group: its members' thumbnails, captioned by id."""
-    return grid([[(thumbnail(p, size), cap.rsplit("/", 1)[-1]) for p, cap in g] for g in groups], size,
-                highlight_first=False)
+def group_grid(groups: list[list[tuple[str, str, bool]]], size: int = 80) -> bytes:
+    """One row per near-duplicate group: its members' thumbnails (path or bytes, id, kept), captioned by
+    id, the images to keep framed."""
+    return grid([[(thumbnail(p, size), cap.rsplit("/", 1)[-1]) for p, cap, _ in g] for g in groups], size,
+                framed=[[kept for *_, kept in g] for g in groups])
 
 
 def rows_grid(rows: list[tuple[str, list[tuple[str, str]]]], size: int = 80, first_framed: bool = False) -> bytes:

@@ -508,6 +508,8 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     group_of = K.components(n, a[dup], b[dup])
     sizes = np.bincount(group_of, minlength=n)[group_of]
     in_group = sizes > 1
+    # which to keep: the most pixels, then the most pairs; every other member is a verified copy of a kept one
+    copy_of = K.copies_to_remove(n, a[dup], b[dup], *((thumbs["pixels"], thumbs["file_bytes"]) if thumbs else ()))
 
     uniq = K.uniqueness(dist_f)
     lab = K.label_disagreement(labels, rows_f, flag_below=cfg.flag_below)
@@ -520,6 +522,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
                                      mask=~np.isfinite(nearest)),
         "group": pa.array([ids[g] if m else None for g, m in zip(group_of, in_group)], pa.string()),
         "group_size": pa.array(np.where(in_group, sizes, 1).astype(np.int32)),
+        "duplicate_of": pa.array([ids[j] if j >= 0 else None for j in copy_of], pa.string()),
         "majority_label": pa.array(lab["majority"], pa.string()),
         "majority_share": pa.array(lab["majority_share"]),
         "own_label_share": pa.array(lab["own_share"], mask=np.isnan(lab["own_share"])),
@@ -543,11 +546,11 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     store.write_file("knn/distances.png", figures.distance_plot(
         nearest[np.isfinite(nearest)], threshold, d_feat / scale_f, None if d_pix is None else d_pix / scale_p,
         np.isin(np.arange(len(a)), dup)))
-    groups = _largest_groups(group_of, in_group, dist, a, cfg.show)
+    groups = _largest_groups(group_of, in_group, copy_of, cfg.show)
     paths = table.column("path").to_pylist()
     pictures = _thumb_bytes(store, thumbs, [i for g in groups for i in g]) if thumbs is not None else {}
     store.write_file("knn/duplicates.png", figures.group_grid(  # thumbnails when there are: no original is read
-        [[(pictures.get(i, paths[i]), ids[i]) for i in g] for g in groups]) if groups else figures.empty_png())
+        [[(pictures.get(i, paths[i]), ids[i], copy_of[i] < 0) for i in g] for g in groups]) if groups else figures.empty_png())
     order_u = np.argsort(uniq, kind="stable")
     store.write_file("knn/uniqueness.png", figures.rows_grid([
         ("most unique", [(paths[i], f"{uniq[i]:.2f}") for i in order_u[::-1][:cfg.show]]),
@@ -562,12 +565,13 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     tier_counts = {t: int((tiers[ok] == t).sum()) for t in ("exact", "near-identical", "edited", "unverified") if (tiers[ok] == t).any()}
     decided = (f"verified on thumbnails: {verification['pairs']} candidate pairs in {verification['seconds']} s"
                if verification else f"at threshold {threshold:.3g} ({how['method']}; {'verify = false' if not cfg.verify else 'no [thumbs] to verify on'})")
-    log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images, "
+    copies = int((copy_of >= 0).sum())
+    log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images, {copies} of them copies of a kept one; "
         f"{', '.join(f'{v} {k}' for k, v in tier_counts.items()) or 'no pairs'}) {decided}; "
         f"{int(lab['flagged'].sum())} labels disagree with their neighbours")
     return {
         "duplicates": {"threshold": round(threshold, 4), "how": how, "groups": n_groups, "images": int(in_group.sum()),
-                       "edges": int(len(dup)), "candidate_pairs": len(a), "pixel_evidence": d_pix is not None,
+                       "copies": copies, "edges": int(len(dup)), "candidate_pairs": len(a), "pixel_evidence": d_pix is not None,
                        "verification": verification, "tiers": tier_counts,
                        "feature_scale": round(scale_f, 4), "pixel_scale": None if scale_p is None else round(scale_p, 4)},
         "uniqueness": {"median_mean_distance": round(float(np.nanmedian(np.where(np.isfinite(dist_f), dist_f, np.nan).mean(1))), 4)},
@@ -613,17 +617,25 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
 
 def _thumb_rows(store, ids: np.ndarray) -> dict | None:
     """Where each index row's thumbnail is: {"file": (n,) part file or "", "row": (n,) row in it,
-    "hash": (n,) pixel hash or ""}; None when no image of the index has one."""
+    "hash": (n,) pixel hash or "", "pixels": (n,) the original's width x height, "file_bytes": (n,) its
+    file's size (0: unknown)}; None when no image of the index has one."""
     where = {}
     for _, entry in sorted(store.parts("thumbs").items()):
-        t = store.loc.read_table(entry["file"], columns=["id", "pixel_hash"])
-        for r, (i, h) in enumerate(zip(t.column("id").to_pylist(), t.column("pixel_hash").to_pylist())):
-            where[i] = (entry["file"], r, h)
-    got = [where.get(i, ("", -1, "")) for i in ids]
+        cols = ["id", "pixel_hash", "width", "height"]
+        try:
+            t = store.loc.read_table(entry["file"], columns=cols + ["file_bytes"])
+            nbytes = t.column("file_bytes").fill_null(0).to_pylist()
+        except (KeyError, pa.ArrowInvalid):  # a part written before file_bytes existed
+            t = store.loc.read_table(entry["file"], columns=cols)
+            nbytes = [0] * t.num_rows
+        for r, (i, h, w, ht, nb) in enumerate(zip(*(t.column(c).to_pylist() for c in ("id", "pixel_hash", "width", "height")), nbytes)):
+            where[i] = (entry["file"], r, h, w * ht, nb)
+    got = [where.get(i, ("", -1, "", 0, 0)) for i in ids]
     if not any(g[0] for g in got):
         return None
     return {"file": np.array([g[0] for g in got], object), "row": np.array([g[1] for g in got], np.int64),
-            "hash": np.array([g[2] for g in got], object)}
+            "hash": np.array([g[2] for g in got], object), "pixels": np.array([g[3] for g in got], np.int64),
+            "file_bytes": np.array([g[4] for g in got], np.int64)}
 
 
 def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
@@ -766,10 +778,11 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     return out
 
 
-def _largest_groups(group_of, in_group, dist, a, show: int) -> list[list[int]]:
+def _largest_groups(group_of, in_group, copy_of, show: int) -> list[list[int]]:
+    """The `show` largest groups, each as its first ten members: each kept image followed by its copies."""
     gid, counts = np.unique(group_of[in_group], return_counts=True)
     members = {}
     for i in np.nonzero(in_group)[0]:
         members.setdefault(int(group_of[i]), []).append(int(i))
     top = gid[np.lexsort((gid, -counts))][:show]
-    return [members[int(g)][:10] for g in top]
+    return [sorted(members[int(g)], key=lambda i: (i if copy_of[i] < 0 else copy_of[i], copy_of[i] >= 0, i))[:10] for g in top]

@@ -204,8 +204,9 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
     Passes every input column through and adds `pixels` uint8 (N, 3, crop, crop) (zeros on
     failure), `width`/`height` int32 (original oriented size, 0 on failure), `error` ('' or the
     reason) and `decode_ms` float32 (read + decode + resize/crop wall time of the row).
-    thumbs: also `thumb` (encoded bytes of the whole image) and `pixel_hash` (of the image as decoded
-    here: a JPEG large enough for draft mode is hashed at its draft scale, the same for the same file).
+    thumbs: also `thumb` (encoded bytes of the whole image), `pixel_hash` (of the image as decoded
+    here: a JPEG large enough for draft mode is hashed at its draft scale, the same for the same file)
+    and `file_bytes` (the encoded file's size, 0 when generated: at equal pixels, the less compressed copy).
     """
     paths = batch["path"]
     n = len(paths)
@@ -215,6 +216,7 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
     error = np.full(n, "", dtype=object)
     decode_ms = np.zeros(n, dtype=np.float32)
     thumb, digest = np.full(n, b"", dtype=object), np.full(n, "", dtype=object)
+    file_bytes = np.zeros(n, dtype=np.int64)
     for i, path in enumerate(paths):
         start = time.perf_counter()
         try:
@@ -223,6 +225,7 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
                 width[i], height[i] = img.size
             else:
                 data = read_bytes(str(path), limits.max_bytes)
+                file_bytes[i] = len(data)
                 img, width[i], height[i] = decode(data, limits, draft_size=transform.resize)
             pixels[i] = transform.geometry(img)
             if thumbs is not None:
@@ -233,7 +236,7 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Transform,
             error[i] = f"read failed: {type(e).__name__}: {e}"
             width[i] = height[i] = 0
         decode_ms[i] = (time.perf_counter() - start) * 1000
-    extra = {"thumb": thumb, "pixel_hash": digest} if thumbs is not None else {}
+    extra = {"thumb": thumb, "pixel_hash": digest, "file_bytes": file_bytes} if thumbs is not None else {}
     return {**batch, "pixels": pixels, "width": width, "height": height,
             "error": error, "decode_ms": decode_ms, **extra}
 

@@ -116,6 +116,9 @@ KNN_IMAGES = pa.schema([
     pa.field("nearest_distance", pa.float32()),  # combined duplicate distance (feature x pixel evidence)
     pa.field("group", pa.string()),  # near-duplicate group (the id of its first member), null: none
     pa.field("group_size", pa.int32(), nullable=False),  # 1: no duplicate
+    # the kept image this one is a verified copy of (safe to remove); null: keep it (the group's image with
+    # the most pixels, then the most duplicate pairs, then the largest file; and any image with no kept partner)
+    pa.field("duplicate_of", pa.string()),
     pa.field("majority_label", pa.string()),  # the neighbours' most common label
     pa.field("majority_share", pa.float32(), nullable=False),
     pa.field("own_label_share", pa.float32()),  # share of neighbours with the image's own label
@@ -168,6 +171,7 @@ THUMBS = pa.schema([
     pa.field("width", pa.int32(), nullable=False),  # the original image's size, after EXIF orientation
     pa.field("height", pa.int32(), nullable=False),
     pa.field("pixel_hash", pa.string(), nullable=False),  # hex blake2b of the decoded RGB and its shape
+    pa.field("file_bytes", pa.int64()),  # the original file's size (0: generated; null in parts written before it)
 ])
 
 # map/coords.parquet: 2-D positions of every image (t-SNE columns null when only PCA ran).

@@ -193,6 +193,7 @@ class Graph:
         return {
             "id": image_id, "label": me["label"], "image": "/images/" + quote(image_id),
             "group": me["group"], "group_size": me["group_size"],
+            "duplicate_of": me.get("duplicate_of"),  # the kept image this one copies (null: keep it)
             "duplicates": [{"id": i, "distance": d, "label": label_of(i), "image": "/images/" + quote(i)}
                            for i, d in sorted(members.items(), key=lambda kv: (kv[1] is None, kv[1] or 0, kv[0]))],
             "nearest": {"id": me["nearest_id"], "distance": me["nearest_distance"]},

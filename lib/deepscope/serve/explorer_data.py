@@ -146,7 +146,7 @@ class Tables:
         if self._file("knn/images.parquet"):
             self._register("knn", ["knn/images.parquet"], {f.name: f.type for f in s.KNN_IMAGES})
             joins.append("LEFT JOIN src_knn k USING (id)")
-            select += [f"k.{_q(c)}" for c in ("uniqueness", "group", "group_size", "label_flagged", "majority_label",
+            select += [f"k.{_q(c)}" for c in ("uniqueness", "group", "group_size", "duplicate_of", "label_flagged", "majority_label",
                                                "majority_share", "own_label_share", "nearest_id", "nearest_distance")]
         sal = self._part_files("saliency")
         if sal:

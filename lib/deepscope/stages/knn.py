@@ -80,6 +80,15 @@ class Knn(Stage):
         rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{c}</td><td>{what.get(t, '')}</td></tr>" for t, c in tiers.items())
         return f"<table><tr><th>tier</th><th>pairs</th><th>meaning</th></tr>{rows}</table>"
 
+    @staticmethod
+    def _copies(d: dict) -> str:
+        if d.get("copies") is None:
+            return ""
+        return (f"<p>{d['copies']} of the {d['images']} images are copies of an image kept in their group (the one "
+                f"with the most pixels, then the most duplicate pairs, then the largest file): each copy's <code>duplicate_of</code> in "
+                f"<code>knn/images.parquet</code> names the kept image it duplicates, so the copies can be removed "
+                f"and every picture stays, at its largest size.</p>")
+
     def report(self, store):
         s = store.summary(self.name) or {}
         if not s.get("graphs"):
@@ -99,8 +108,9 @@ class Knn(Stage):
             f"recall@k measured on a random sample against exact search.</p>"
             f"<h3>Near-duplicates</h3><p>{d['groups']} groups, {d['images']} images. {self._decision(d, evidence)} "
             f"Pairs with their tier and evidence in <code>knn/duplicates.parquet</code>, per image in "
-            f"<code>knn/images.parquet</code>.</p>{self._tiers(d)}"
-            f'<img src="../knn/distances.png"><p>Largest groups, one per row:</p><img src="../knn/duplicates.png">'
+            f"<code>knn/images.parquet</code>.</p>{self._tiers(d)}{self._copies(d)}"
+            f'<img src="../knn/distances.png"><p>Largest groups, one per row (framed: the images to keep, each '
+            f'followed by its copies):</p><img src="../knn/duplicates.png">'
             "<h3>Uniqueness</h3><p>An image's distances to its three nearest neighbours (weights 0.6, 0.3, 0.1) "
             "over the dataset's median of that (high: unique or an outlier; low: redundant, it has copies).</p>"
             f'<img src="../knn/uniqueness.png">'

@@ -35,7 +35,7 @@ class Thumbs(Stage):
         return ThumbSpec(self.config.size, self.config.quality, self.config.format.upper())
 
     def map_batch(self, model, x, taps, rows):
-        return {"thumb": rows["thumb"], "pixel_hash": rows["pixel_hash"]}
+        return {"thumb": rows["thumb"], "pixel_hash": rows["pixel_hash"], "file_bytes": rows["file_bytes"]}
 
     def part_table(self, rows):
         n = len(rows["id"])
@@ -46,6 +46,7 @@ class Thumbs(Stage):
             "width": pa.array(np.asarray(rows["width"][:n], np.int32)),
             "height": pa.array(np.asarray(rows["height"][:n], np.int32)),
             "pixel_hash": pa.array(list(rows.get("pixel_hash", [])), pa.string()),
+            "file_bytes": pa.array(np.asarray(rows.get("file_bytes", np.zeros(n))[:n], np.int64)),
         }, schema=schemas.THUMBS)
 
     def finish(self, ctx):
