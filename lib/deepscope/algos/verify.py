@@ -117,7 +117,11 @@ def _matches(da: np.ndarray, db: np.ndarray, ratio: float) -> np.ndarray:
     """(m, 2) indices of the descriptors of a and b that pass Lowe's ratio test."""
     if len(da) < 2 or len(db) < 2:
         return np.zeros((0, 2), np.int64)
-    knn = cv2.BFMatcher(cv2.NORM_HAMMING if da.dtype == np.uint8 else cv2.NORM_L2).knnMatch(da, db, k=2)
+    if da.dtype == np.uint8:  # ORB: the brute-force matcher's own 2 nearest, as arrays (no match objects)
+        d, nearest = cv2.batchDistance(da, db, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+        good = np.nonzero(d[:, 0] < ratio * d[:, 1])[0]
+        return np.stack([good, nearest[good, 0]], 1).astype(np.int64)
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
     good = [(m.queryIdx, m.trainIdx) for m, n in (p for p in knn if len(p) == 2) if m.distance < ratio * n.distance]
     return np.array(good, np.int64).reshape(-1, 2)
 
@@ -158,22 +162,24 @@ def _far(fx: np.ndarray, fy: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray
     of y's variation x explains (1 - the residual's variance, each residual clipped at EXPLAIN_CLIP so
     that an overlay weighs little, over y's variance): a low-contrast look-alike stays within the pixel
     limit, but its pixels are not explained."""
-    cx, cy = fx[inside], fy[inside]
-    keep = np.ones(len(cx), bool)
+    cy = fy[inside]
+    tx, ty = np.ascontiguousarray(fx[inside].T), np.ascontiguousarray(cy.T)  # (3, m): each channel's values in a row
+    keep = slice(None)
     for _ in range(2):
-        curves = [_curve(cx[keep, c], cy[keep, c]) for c in range(3)]
+        curves = [_curve(tx[c][keep], ty[c][keep]) for c in range(3)]
         pred = np.stack([np.interp(fx[..., c], *curves[c]).astype(np.float32) for c in range(3)], -1)
         # y agrees where it lies within x's mapped values a pixel or two around (a rounding's misalignment)
         lo, hi = cv2.erode(pred, ALIGN_SLACK), cv2.dilate(pred, ALIGN_SLACK)
-        far = np.maximum(np.maximum(lo - fy, fy - hi), 0).max(-1)[inside] > DIFFERS
+        far = np.maximum(lo - fy, fy - hi).max(-1)[inside] > DIFFERS
         if far.mean() >= 0.5 or (~far).sum() < 32 or not far.any():  # nothing far: a refit would be the same fit
             break
         keep = ~far
     ok = ~far
     if ok.sum() < 32:
         return far, 0.0
-    resid = np.clip((fy[inside][ok] - pred[inside][ok]).mean(1), -EXPLAIN_CLIP, EXPLAIN_CLIP)
-    var = float(fy[inside][ok].mean(1).var())
+    agree = cy[ok]
+    resid = np.clip((agree - pred[inside][ok]).mean(1), -EXPLAIN_CLIP, EXPLAIN_CLIP)
+    var = float(agree.mean(1).var())
     return far, (1 - float((resid ** 2).mean()) / var) if var > 1 else float(np.abs(resid).mean() < 4)
 
 
