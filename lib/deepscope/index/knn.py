@@ -508,8 +508,10 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     group_of = K.components(n, a[dup], b[dup])
     sizes = np.bincount(group_of, minlength=n)[group_of]
     in_group = sizes > 1
-    # which to keep: the most pixels, then the most pairs; every other member is a verified copy of a kept one
-    copy_of = K.copies_to_remove(n, a[dup], b[dup], *((thumbs["pixels"], thumbs["file_bytes"]) if thumbs else ()))
+    # which to keep: the most pixels, then the most pairs; every other member is a verified copy of a kept one.
+    # Without thumbnails no size is known: none is chosen
+    copy_of = (K.copies_to_remove(n, a[dup], b[dup], thumbs["pixels"], thumbs["file_bytes"]) if thumbs is not None
+               else np.full(n, -1, np.int64))
 
     uniq = K.uniqueness(dist_f)
     lab = K.label_disagreement(labels, rows_f, flag_below=cfg.flag_below)
@@ -550,7 +552,8 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     paths = table.column("path").to_pylist()
     pictures = _thumb_bytes(store, thumbs, [i for g in groups for i in g]) if thumbs is not None else {}
     store.write_file("knn/duplicates.png", figures.group_grid(  # thumbnails when there are: no original is read
-        [[(pictures.get(i, paths[i]), ids[i], copy_of[i] < 0) for i in g] for g in groups]) if groups else figures.empty_png())
+        [[(pictures.get(i, paths[i]), ids[i], thumbs is not None and copy_of[i] < 0) for i in g] for g in groups])
+        if groups else figures.empty_png())
     order_u = np.argsort(uniq, kind="stable")
     store.write_file("knn/uniqueness.png", figures.rows_grid([
         ("most unique", [(paths[i], f"{uniq[i]:.2f}") for i in order_u[::-1][:cfg.show]]),
@@ -565,8 +568,9 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     tier_counts = {t: int((tiers[ok] == t).sum()) for t in ("exact", "near-identical", "edited", "unverified") if (tiers[ok] == t).any()}
     decided = (f"verified on thumbnails: {verification['pairs']} candidate pairs in {verification['seconds']} s"
                if verification else f"at threshold {threshold:.3g} ({how['method']}; {'verify = false' if not cfg.verify else 'no [thumbs] to verify on'})")
-    copies = int((copy_of >= 0).sum())
-    log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images, {copies} of them copies of a kept one; "
+    copies = int((copy_of >= 0).sum()) if thumbs is not None else None
+    log(f"knn: {n_groups} near-duplicate groups ({int(in_group.sum())} images, "
+        f"{'' if copies is None else f'{copies} of them copies of a kept one; '}"
         f"{', '.join(f'{v} {k}' for k, v in tier_counts.items()) or 'no pairs'}) {decided}; "
         f"{int(lab['flagged'].sum())} labels disagree with their neighbours")
     return {

@@ -57,7 +57,8 @@ class Knn(Stage):
         v = d.get("verification")
         if not v:
             return (f"Pairs at duplicate distance under {d['threshold']} ({html.escape(d['how']['method'])}); "
-                    f"duplicate distance: {evidence}. Add a [thumbs] stage to verify pairs on thumbnails instead.")
+                    f"duplicate distance: {evidence}. Add a [thumbs] stage to verify pairs on thumbnails instead "
+                    f"(and to know which image of a group to keep: thumbnails record the images' sizes).")
         screened = v.get("screened") or 0
         first = (f"; {screened} of them set aside at a first look, their pixel sketches (fine detail at 16 x 16) "
                  f"agreeing under {v['min_sketch']} at every small shift, scale or mirror, and the other "
