@@ -166,6 +166,7 @@ def test_sketch_agreement_is_the_best_normalised_correlation_by_a_plain_loop():
                      for i, j in zip(a, b)])
     assert np.isnan(got).tolist() == np.isnan(want).tolist()
     assert np.allclose(got[~np.isnan(want)], want[~np.isnan(want)], atol=0.02)  # PIL's bilinear vs OpenCV's
+    assert K.sketch_agreement(sketches, a[:0], b[:0]).shape == (0,)  # no pair: nothing to look at
 
 
 def test_sketch_tells_edited_copies_from_other_pictures():
@@ -717,6 +718,37 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     assert len(fewer) < len(cand)
     assert {(r["a"], r["b"]): r["tier"] for r in pq.read_table(again / "knn/duplicates.parquet").to_pylist()} == {
         k: r["tier"] for k, r in pairs.items()}
+
+    # each image's graph edge whose sketches agree best: with verify_best_sketch = 0 every image's is added
+    # to the candidates of verify_best_sketch = 2 (none), as a plain loop over the graph's edges finds them
+    from deepscope.index import knn as IK
+    from deepscope.io.store import Store
+
+    def candidates(cfg):
+        m = json.loads((again / "manifest.json").read_text())
+        m["stages"].pop("knn")
+        m["summary"].pop("knn")
+        (again / "manifest.json").write_text(json.dumps(m))
+        run_stage(str(again), "knn", cfg)
+        return {tuple(sorted((r["a"], r["b"]))) for r in pq.read_table(again / "knn/candidates.parquet").to_pylist()}
+    none, every = candidates({"verify_best_sketch": 2}), candidates({"verify_best_sketch": 0})
+    store = Store(str(again))
+    ids = IK._ids_table(store, IK.index_info(store, "pixels")).column("id").to_pylist()
+    _, sketches = IK._signatures(store, IK.index_info(store, "pixels"), with_sketches=True)
+    row = {i: r for r, i in enumerate(ids)}
+    edges = set()
+    for space in ("features", "pixels"):
+        for f in sorted((again / "knn" / space).glob("*.parquet")):
+            for r in pq.read_table(f, columns=["id", "neighbor_ids"]).to_pylist():
+                edges |= {tuple(sorted((r["id"], j))) for j in r["neighbor_ids"]}
+    agree = {e: float(K.sketch_agreement(sketches, np.array([row[e[0]]]), np.array([row[e[1]]]))[0]) for e in edges}
+    best = set()
+    for i in ids:
+        mine = sorted((e for e in edges if i in e), key=lambda e: (-np.nan_to_num(agree[e], nan=-np.inf), row[e[0]], row[e[1]]))
+        best.add(mine[0])
+    assert every == none | best and every != none
+    s2 = json.loads((again / "manifest.json").read_text())["summary"]["knn"]["duplicates"]["verification"]
+    assert s2["best_sketch_pairs"] == len(every - none) and s2["best_sketch"] == 0
 
 
 def test_colour_curve_medians_are_each_bands_median():

@@ -260,6 +260,8 @@ def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: 
     One matrix product per image and scale: its windows against the templates of every image paired
     with it (templates made for a block of images at a time: 4 KB each)."""
     out = np.full(len(a), -1.0, np.float32)
+    if not len(a):
+        return out
     empty = ~sketches.reshape(len(sketches), -1).any(1)
     at = np.empty(len(a), np.int64)  # each pair's row in its block's templates
     for one, other in ((a, b), (b, a)):  # one's centre looked for in other

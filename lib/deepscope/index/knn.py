@@ -450,6 +450,16 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
             # the CNN or the pixels still rank its original first (more pairs: most set aside at the first look)
             firsts = [rows_f[:, 0]] + ([rows_p[:, 0]] if d_pix is not None else [])
             cand = np.union1d(cand, K.edges_of(a, b, n, np.repeat(own, len(firsts)), np.stack(firsts, 1).reshape(-1)))
+        t0 = time.time()
+        n_graph, s_graph, best_sketch = len(a), None, 0
+        if sketches is not None and cfg.verify_best_sketch <= 1:
+            # and each image's graph edge whose fine detail agrees best, when it agrees well: a caption
+            # moves both distances (its original ranks low by them) more than the sketches' best agreement
+            s_graph = K.sketch_agreement(sketches, a, b)  # every graph edge (~15 us each): reused by the first look
+            best = K.candidate_edges(a, b, -np.nan_to_num(s_graph, nan=-np.inf), n, 1)
+            best = np.setdiff1d(best[s_graph[best] >= cfg.verify_best_sketch], cand)
+            cand, best_sketch = np.union1d(cand, best), len(best)
+        t_graph_sketch = time.time() - t0
         hashes = thumbs["hash"]
         ha, hb = hashes[a[cand]], hashes[b[cand]]
         same_hash = (ha == hb) & (ha != "")
@@ -486,11 +496,15 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
                 d_pix = np.concatenate([d_pix, np.zeros(pad, np.float32)])
             cand = np.concatenate([cand, np.arange(first, len(a))])
             same_hash = np.concatenate([same_hash, np.ones(pad, bool)])
-        t0 = time.time()
+        t0 = time.time() - t_graph_sketch
         # a first look at the pixel sketches: a pair whose fine detail agrees nowhere under a small shift,
         # scale or mirror is two different pictures (most candidates), and its thumbnails are not read
-        sketch = (K.sketch_agreement(sketches, a[cand], b[cand]) if sketches is not None
-                  else np.full(len(cand), np.nan, np.float32))  # without pixels: every pair is verified
+        sketch = np.full(len(cand), np.nan, np.float32)  # without pixels: every pair is verified
+        if sketches is not None:
+            known = (cand < n_graph) if s_graph is not None else np.zeros(len(cand), bool)
+            if known.any():
+                sketch[known] = s_graph[cand[known]]
+            sketch[~known] = K.sketch_agreement(sketches, a[cand[~known]], b[cand[~known]])
         screened = (sketch < cfg.min_sketch) & ~same_hash  # NaN (no detail to compare): verified
         if sketches is not None:
             log(f"knn: {int(screened.sum())} of {len(cand)} candidate pairs set aside at a first look (their pixel "
@@ -502,7 +516,8 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "screened": int(screened.sum()),
                         "min_sketch": cfg.min_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
-                        "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs)}
+                        "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs),
+                        "best_sketch": cfg.verify_best_sketch if s_graph is not None else None, "best_sketch_pairs": int(best_sketch)}
     ok = ev["same"]
     dup = cand[ok]
     group_of = K.components(n, a[dup], b[dup])

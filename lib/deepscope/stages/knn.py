@@ -28,6 +28,7 @@ class KnnConfig(StageConfig):
     verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
     min_sketch: float = Field(0.3, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
     verify_nearest: bool = True  # also each image's nearest in each graph (copies under one common caption; most set aside at the first look)
+    verify_best_sketch: float = Field(0.5, ge=0, le=2)  # also each image's graph edge whose sketches agree best, from this agreement (over 1: none)
     min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
     min_explained: float = Field(0.75, ge=-1, le=1)  # share of one thumbnail's variation the other's colour curves explain
     min_detail: float = Field(0.15, ge=-1, le=1)  # correlation of the thumbnails' fine details where both have some
@@ -64,6 +65,7 @@ class Knn(Stage):
                  f"agreeing under {v['min_sketch']} at every small shift, scale or mirror, and the other "
                  f"{v['pairs'] - screened} " if screened else "; each ")
         more = (", its nearest in each graph" if v.get("nearest") else "") + (
+            f", its graph edge whose pixel sketches agree best (when at {v['best_sketch']} or more)" if v.get("best_sketch") is not None else "") + (
             ", its nearest by pixel signature (as it is or mirrored)" if v.get("signature_pairs") else "")
         return (f"Candidates: each image's {v['top']} nearest by {evidence}{more}, and images with equal pixel hashes "
                 f"({v['pairs']} pairs){first}verified on the thumbnails (ORB keypoints matched, directly and "
