@@ -499,13 +499,14 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     plausible = (c["rotation"].abs().fillna(99) <= 20) & c["scale"].between(0.5, 2.0) & (c["overlap"].fillna(0) >= 0.65)
     frames = c["inliers"].fillna(0) == 0  # laid by their frames: they must agree almost everywhere
     corr = c["explained"].fillna(0) >= np.where(frames, V.FRAMES_EXPLAINED, 0.75)
-    differing = c["differing"].fillna(1) <= np.where(frames, 0.25 / 5, 0.25)
     side = {}  # each thumbnail's longest side: the overlay's band widens to a line of text on small pictures
     for f in sorted((out / "thumbs").rglob("*.parquet")):
         t = pq.read_table(f, columns=["id", "width", "height"]).to_pandas()
         side.update(zip(t["id"], np.minimum(np.maximum(t["width"], t["height"]), 256)))
     small = np.minimum(c["a"].map(side).fillna(256), c["b"].map(side).fillna(256))
     overlay = c["overlay"].fillna(1) <= np.maximum(0.2, V.TEXT_LINE / small + 1 / V.CELLS) + 1e-6  # float32 evidence
+    one_overlay = (c["overlay"].fillna(1) <= 0.2 + 1e-6) & (c["regions"].fillna(0) == 1)  # frames: but one overlay, plain band
+    differing = c["differing"].fillna(1) <= np.where(frames & ~one_overlay, 0.25 / 5, 0.25)
     colour = c["colour_shift"].fillna(1) <= 0.3
     detail = c["detail"].isna() | (c["detail"] >= 0.15)  # no detail to compare: no evidence against
     exact = c["tier"].eq("exact")

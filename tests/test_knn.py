@@ -864,6 +864,39 @@ def test_a_line_of_text_on_a_small_picture_is_one_overlay(monkeypatch):
     assert not V.verify_pair(prepared(small), prepared(captioned))["same"]
 
 
+def smooth(seed: int, size: int = 160):
+    """A smooth picture (gradients and one slow wave per channel): too few keypoints, laid by its frames."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    c = [rng.uniform(40, 220) + rng.uniform(-60, 60) * xx + rng.uniform(-60, 60) * yy
+         + rng.uniform(-30, 30) * np.sin(3 * xx + rng.uniform(0, 6)) for _ in range(3)]
+    return Image.fromarray(np.clip(np.stack(c, 2), 0, 255).astype(np.uint8))
+
+
+def test_a_caption_on_a_smooth_picture_laid_by_its_frames_is_one_overlay():
+    """Laid by its frames (no keypoints to match), a copy must agree nearly everywhere (5% of the cells)
+    or all but one overlay in the plain band: one caption passes (12% of the cells differ, one band),
+    two captions apart do not."""
+    from PIL import ImageDraw, ImageFont
+
+    from deepscope.algos import verify as V
+
+    def caption(img, y, text="(c) deepscope 2026", x=8):
+        img = img.copy()
+        ImageDraw.Draw(img).text((x, y), text, fill=(255, 255, 255), font=ImageFont.load_default(size=16),
+                                 stroke_width=2, stroke_fill=(0, 0, 0))
+        return img
+    for seed in (0, 2):
+        picture = smooth(seed)
+        one = V.verify_pair(prepared(picture), prepared(caption(picture, 70)))
+        assert one["same"] and one["inliers"] == 0 and one["regions"] == 1, one
+        assert V.VerifySettings().max_differing / 5 < one["differing"] and one["overlay"] <= V.VerifySettings().max_overlay
+        two = V.verify_pair(prepared(picture), prepared(caption(caption(picture, 10, "(c) deep"), 130, "2026", x=100)))
+        assert not two["same"] and two["failed"].startswith("frames") and "differing" in two["failed"], two
+
+
 def test_overlap_of_two_outlines_is_the_share_of_pixels_covered():
     """_overlap (from the two outlines) equals a count of the pixels of each image that the other covers,
     warped as masks, for shifts, turns, scales and mirrors; an empty intersection is 0."""
