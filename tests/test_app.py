@@ -422,6 +422,15 @@ def test_the_explorer_in_chromium(explorer):
         assert want and sorted(r["id"] for r in want) == sorted(r["id"] for r, i in zip(everything, inside) if i)
         assert shown("#grid") == [r["id"] for r in want]
         assert "lasso of" in driver.find_element(By.CSS_SELECTOR, ".chip").text
+
+        # a duplicate pair: the copy's page says which image of its group is kept
+        from urllib.parse import urlencode
+
+        driver.get(f"http://127.0.0.1:{port}/?" + urlencode({"view": "image", "id": truth["ids"][51]}))
+        ready("image")
+        heading = driver.find_element(By.XPATH, "//h2[starts-with(., 'Near-duplicates')]").text
+        assert heading == f"Near-duplicates (group of 2; this image: a copy of {truth['ids'][50]}, which is kept)", heading
+        assert shown("#dups") == [truth["ids"][50]]
         assert console_errors(driver) == []
     finally:
         driver.quit()
