@@ -158,6 +158,7 @@ def test_ids_that_need_escaping(explorer):
     assert [d["id"] for d in pair["duplicates"]] == [truth["ids"][51]] and pair["group_size"] == 2
     copy = client.get("/api/image", params={"id": truth["ids"][51]}).json()
     assert pair["duplicate_of"] is None and copy["duplicate_of"] == truth["ids"][50]  # which to keep, which to remove
+    assert pair["group_chosen"] and copy["group_chosen"]
     patches = pq.read_table(out / f"patches/top-{bench_app.LAYER}.parquet").to_pandas()
     some = patches.id.iloc[0]
     units = client.get("/api/image", params={"id": some}).json()["units"]

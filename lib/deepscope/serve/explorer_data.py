@@ -415,6 +415,9 @@ class Tables:
             direct = dict(self._sql("SELECT CASE WHEN a = ? THEN b ELSE a END, min(distance) FROM dups "
                                     "WHERE a = ? OR b = ? GROUP BY 1", [image_id] * 3))
             me["duplicates"] = [{"id": m, "distance": direct.get(m)} for (m,) in members]
+            # was an image kept in this group (not without thumbnails: no sizes to choose by)?
+            me["group_chosen"] = bool(self._sql("SELECT 1 FROM images WHERE \"group\" = ? AND duplicate_of IS NOT NULL "
+                                                "LIMIT 1", [me["group"]]))
         me["saliency"] = self.saliency_methods if self.saliency_methods else []
         units = self._arrow("SELECT p.layer, p.channel AS unit, p.rank, p.score, c.concept, c.iou FROM patches p "
                             "LEFT JOIN concepts c ON c.layer = p.layer AND c.unit = p.channel AND c.rank = 1 "

@@ -144,7 +144,8 @@ async function image(p) {
   if (d.duplicates.length) {
     const g = el('div', {class: 'grid', id: 'dups'});
     for (const n of d.duplicates) g.append(tile(n.id, 'duplicate ' + fmt(n.distance)));
-    const verdict = d.duplicate_of ? `a copy of ${d.duplicate_of}, which is kept` : 'the one kept';
+    const verdict = d.duplicate_of ? `a copy of ${d.duplicate_of}, which is kept`
+      : d.group_chosen ? 'kept' : 'none chosen (no thumbnails: no sizes)';
     parts.push(el('h2', {}, `Near-duplicates (group of ${d.group_size}; this image: ${verdict})`), g);
   }
   if (d.units.length) {
