@@ -369,14 +369,10 @@ def copies_to_remove(n: int, a: np.ndarray, b: np.ndarray, pixels: np.ndarray | 
     partners = np.concatenate([b, a])[np.argsort(ends, kind="stable")]
     start = np.concatenate([[0], np.cumsum(degree)])
     copy_of = np.full(n, -1, np.int64)
-    kept = np.zeros(n, bool)
-    for i in order.tolist():
-        if copy_of[i] >= 0:
-            continue
-        kept[i] = True
-        mine = partners[start[i]:start[i + 1]]
-        mine = mine[~kept[mine] & (copy_of[mine] < 0)]
-        copy_of[mine] = i
+    for i in order.tolist():  # a partner kept before i would have made i its copy: i's partners are unplaced or copies
+        if copy_of[i] < 0:
+            mine = partners[start[i]:start[i + 1]]
+            copy_of[mine[copy_of[mine] < 0]] = i
     return copy_of
 
 
