@@ -44,13 +44,17 @@ DETAIL_ENERGY = 0.25  # a cell has detail when its band-pass' mean square (grey 
 DETAIL_BAND = 2.5  # the band-pass: from the coarser thumbnail's pixel to this many times it
 COARSE_EXPLAINED, COARSE_DIFFERING = 0.4, 0.4  # at half the comparison's scale, a try this far off is not compared at full scale
 COARSE_FRAMES_DIFFERING = 0.2  # a try laid by its frames must agree nearly everywhere (max_differing / 5): its copies 0.04 at most
+# the finest details (_fine), compared when both thumbnails have them (their pixel at most FINE_PIXEL working pixels:
+# 205 px and more): on a FINE_GRID x FINE_GRID grid, the cells where both have strong detail (band-pass mean square over
+# FINE_ENERGY grey levels^2, energies within FINE_RATIO of each other: not an overlay's nor a blur's), FINE_CELLS at least
+FINE_PIXEL, FINE_GRID, FINE_ENERGY, FINE_RATIO, FINE_CELLS, FINE_SIGMA = 1.25, 8, 8.0, 4.0, 6, 0.7
 # the pixel evidence of a try whose pixels were not compared (too little overlap, or an implausible transform)
 NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
-                "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0}
+                "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0, "fine": float("nan")}
 REFINE_SLIDE = 4  # half-size pixels: the most the pixels' refinement (ECC) may move a keypoint transform's corner
 PLAUSIBLE_MARGIN = 0.1  # the least margin (of overlap, of scale; in radians of rotation) of _plausible
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
-            "explained", "detail", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio",
+            "explained", "detail", "fine", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio",
             "failed")
 
 
@@ -59,6 +63,7 @@ class VerifySettings:
     min_inliers: int = 4  # matches that agree with one transform (RANSAC's consensus: the pixels decide)
     min_explained: float = 0.75  # share of b's variation that a's colour curves explain where they agree
     min_detail: float = 0.15  # the fine details' correlation (_detail), where both pictures have detail
+    min_fine: float = 0.65  # the finest details' correlation (_fine: the words of a page), where both thumbnails have them
     max_differing: float = 0.25  # share of the overlap's cells that differ after the colour curves
     max_overlay: float = 0.20  # the cells that differ fit a band this narrow (share of a side): one overlay
     max_colour_shift: float = 0.30  # of a channel's mean (share of 255): a recoloured look-alike shifts more
@@ -276,7 +281,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = REFINE_SLIDE) -> di
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
     return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "detail": detail, "differing": float(differs.sum() / counted.sum()),
-            "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m,
+            "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m, "use": use,
             "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
 
 
@@ -323,6 +328,47 @@ def _detail(ga: np.ndarray, gb: np.ndarray, use: np.ndarray, pixel: float) -> fl
     if textured.sum() < 3:
         return float("nan")
     return float(np.median((ab / np.maximum(np.sqrt(aa * bb), 1e-6))[textured]))
+
+
+def _fine(a: dict, b: dict, m: np.ndarray, use: np.ndarray) -> float:
+    """Do the finest details coincide: the words of a page, the figures of a table?  Pages of one template
+    (a form filled in twice, two invoices of one system) agree at the comparison's scale, which blurs
+    their words away, and differ here.  b is aligned onto a at the working scale (ECC from m, the
+    half-size transform, over the pixels that agree: not a caption's), both grey images are band-passed
+    at about the thumbnail's own pixel, and correlated in each cell of a FINE_GRID grid where both have
+    strong detail -> the lower quartile over those cells; NaN when a thumbnail is too coarse (the
+    band would be finer than its pixel) or fewer than FINE_CELLS cells have such detail."""
+    pixel = 2 * max(a["pixel"], b["pixel"])  # the coarser thumbnail's pixel, in working pixels
+    if pixel > FINE_PIXEL:
+        return float("nan")
+    ga, gb = a["grey"].astype(np.float32), b["grey"].astype(np.float32)
+    h, w = ga.shape
+    m = np.array(m, np.float64)
+    m[:, 2] *= 2
+    mask = cv2.resize(use.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    try:  # a pixel's misalignment decorrelates this band: refined here, the overlay's pixels left out
+        _, warp = cv2.findTransformECC(ga, gb, cv2.invertAffineTransform(m).astype(np.float32), cv2.MOTION_AFFINE,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), mask, 3)
+        m = cv2.invertAffineTransform(warp)
+    except cv2.error:
+        pass
+    wb = cv2.warpAffine(gb, m, (w, h), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.ones(gb.shape, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST)
+    u = (cv2.erode(inside, np.ones((5, 5), np.uint8)) & mask).astype(np.float32)
+    s1 = max(FINE_SIGMA, FINE_SIGMA * pixel)
+    da = (cv2.GaussianBlur(ga, (0, 0), s1) - cv2.GaussianBlur(ga, (0, 0), 2 * s1)) * u
+    db = (cv2.GaussianBlur(wb, (0, 0), s1) - cv2.GaussianBlur(wb, (0, 0), 2 * s1)) * u
+    g = FINE_GRID
+    hh, ww = h // g * g, w // g * g
+
+    def cells(x):
+        return x[:hh, :ww].reshape(g, hh // g, g, ww // g).sum((1, 3))
+    ab, aa, bb, n = cells(da * db), cells(da * da), cells(db * db), cells(u)
+    strong = ((n > hh * ww / g ** 2 / 4) & (np.sqrt(aa * bb) > FINE_ENERGY * np.maximum(n, 1))
+              & (np.maximum(aa, bb) <= FINE_RATIO * np.minimum(aa, bb)))
+    if strong.sum() < FINE_CELLS:
+        return float("nan")
+    return float(np.quantile((ab / np.maximum(np.sqrt(aa * bb), 1e-6))[strong], 0.25))
 
 
 def _frame(ga: np.ndarray, gb: np.ndarray, flip: bool) -> np.ndarray:
@@ -384,9 +430,10 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             px = _coarse(a, b, m, refine=how == "frames")
             if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= (COARSE_DIFFERING if how == "keypoints" else COARSE_FRAMES_DIFFERING):
                 px = _compare(a, b, m, slide=REFINE_SLIDE)
-        scale, rotation = _similarity(px.pop("m"), flip)
+        refined, use = px.pop("m"), px.pop("use", None)
+        scale, rotation = _similarity(refined, flip)
         ev = {"inliers": inl, "inlier_ratio": ratio, "flip": flip, "scale": scale, "rotation": rotation,
-              "spread": spread, **px}
+              "spread": spread, "fine": float("nan"), **px}
         # the geometry only has to be plausible (chance matches do not align two pictures): the aligned
         # pixels decide. A copy's differences are global (a colour curve absorbs them) or one overlay.
         # aligned from the frames (no matches to check it): the picture must agree closely
@@ -399,6 +446,9 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
                  "overlap": ev["overlap"] >= s.min_overlap, "explained": ev["explained"] >= needed,
                  "differing": ev["differing"] <= allowed, "overlay": ev["overlay"] <= overlay,
                  "colour_shift": ev["colour_shift"] <= s.max_colour_shift, "detail": not ev["detail"] < s.min_detail}
+        if all(tests.values()):  # the finest details last: only a pair that passes everything else (few) pays for them
+            ev["fine"] = _fine(a, b, refined, use)
+            tests["fine"] = not ev["fine"] < s.min_fine
         ev["same"] = all(tests.values())
         # why not, in words: the tests failed (the pixels' when they were compared), by which try
         failed = [k for k, ok in tests.items() if not ok and (compared or k in ("rotation", "scale", "overlap"))]

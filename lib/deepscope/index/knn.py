@@ -626,6 +626,7 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "overlap": evidence("overlap", pa.float32()),
         "aligned_correlation": evidence("aligned_correlation", pa.float32()),
         "explained": evidence("explained", pa.float32()), "detail": evidence("detail", pa.float32()),
+        "fine": evidence("fine", pa.float32()),
         "differing": evidence("differing", pa.float32()), "regions": evidence("regions", pa.int32()),
         "overlay": evidence("overlay", pa.float32()), "colour_shift": evidence("colour_shift", pa.float32()),
         "accepted": pa.array(accepted),
@@ -669,7 +670,7 @@ def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
 
 
 def verify_settings(cfg) -> dict:
-    return {"min_inliers": cfg.min_inliers, "min_explained": cfg.min_explained, "min_detail": cfg.min_detail, "max_differing": cfg.max_differing,
+    return {"min_inliers": cfg.min_inliers, "min_explained": cfg.min_explained, "min_detail": cfg.min_detail, "min_fine": cfg.min_fine, "max_differing": cfg.max_differing,
             "max_overlay": cfg.max_overlay}
 
 
