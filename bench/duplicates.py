@@ -1,6 +1,6 @@
 """Near-duplicates, side by side with the tools people use, on data the detector was not tuned on.
 
-Five sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
+Six sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
 and look-alike pairs that are NOT copies:
   shapes    io/demo_data.random_scene (the settings of algos/verify.py were chosen on this one)
   textured  smooth coloured fields with grain, polygons, rings, striped boxes and letters, in varied
@@ -15,6 +15,10 @@ and look-alike pairs that are NOT copies:
             conifers and houses (held out: written on 4 December 2026 after every setting was chosen,
             run once); look-alikes: the camera panned by 35-50% of the view, the same place at another
             moment (other sky, sun and clouds), the same layout in other colours
+  forms     invoices, order forms and receipts: a logo, labelled fields, a table of line items, a totals
+            box (written on 6 December 2026 so that a setting for text is chosen on pages other than the
+            held-out documents: `fine` was chosen here); look-alikes: one form filled in with other
+            values, the same form from another company's system, two pages of one statement
 Each set runs through deepscope (features + pixels + thumbs + index + knn, lite0 with its ImageNet
 weights) and, on the same folder, imagededup's PHash / DHash / AHash / WHash, fastdup and cleanvision
 (from a separate virtualenv, --tools-python: their pins would downgrade numpy, OpenCV and Pillow in
@@ -805,7 +809,7 @@ def main():
             sys.exit(f"duplicates.py: error: unknown set {kind!r}; sets: {', '.join(SEEDS)}")
         data = root / kind
         truth = make_set(data, kind, a.distinct, a.per_edit, a.lookalikes, SEEDS[kind])
-        note = {"shapes": " (settings chosen here)", "documents": " (held out)",
+        note = {"shapes": " (settings chosen here)", "forms": " (settings chosen here: fine)", "documents": " (held out)",
                 "landscapes": " (held out)"}.get(kind, " (looked at while settings were chosen)")
         print(f"\n## {kind}{note}: {truth['images']} images, "
               f"{len(truth['pairs'])} planted copies, {len(truth['looks'])} look-alike pairs")
