@@ -1156,3 +1156,42 @@ def test_the_finest_details_tell_one_template_filled_in_twice_from_copies():
         small = encoded(page.resize((page.width // 2, page.height // 2), Image.Resampling.LANCZOS), quality=90)
         ev = V.verify_pair(prepared(page), prepared(small))
         assert ev["same"] and np.isnan(ev["fine"]), ev
+
+
+def test_pages_of_one_template_from_a_job_file(tmp_path):
+    """End to end: six invoices of one template (three row counts and logo colours, each filled in twice)
+    and a JPEG of one of them.  The copy is the only duplicate; the pairs of one template that fail only `fine` are counted in the summary and named in
+    the report; with `min_fine = -1` those pairs are called duplicates."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from deepscope import job as jobmod
+    from deepscope.runner import run, run_stage
+
+    data = tmp_path / "pages"
+    data.mkdir()
+    for layout in range(3):
+        for filled in (1, 2):
+            form_page(values_seed=100 * filled + layout, layout_seed=layout).save(data / f"form{layout}_{filled}.png")
+    form_page(values_seed=100, layout_seed=0).save(data / "form0_1_copy.jpg", quality=80)
+    out = tmp_path / "out"
+    run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
+                         "run": {"batch_size": 8, "executor": "local"}, "features": {}, "pixels": {}, "thumbs": {},
+                         "index": {"spaces": ["features", "pixels"]}, "knn": {"k": 3}}))
+    dups = {(r["a"], r["b"]) for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
+    assert dups == {("form0_1.png", "form0_1_copy.jpg")}, dups
+    cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
+    told = {(r["a"], r["b"]) for r in cand if (r["rejected_by"] or "").endswith(": fine")}
+    print(f"\n{len(told)} of {len(cand)} candidate pairs told apart by fine alone")
+    assert len(told) >= 3, told  # pages of one template (every page here: one invoice form, other values)
+    v = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]["verification"]
+    assert v["fine_only"] == len(told)
+    assert f"{len(told)} pairs that passed every other test were told apart" in (out / "report/index.html").read_text()
+    m = json.loads((out / "manifest.json").read_text())
+    m["stages"].pop("knn")
+    m["summary"].pop("knn")
+    (out / "manifest.json").write_text(json.dumps(m))
+    run_stage(str(out), "knn", {"k": 3, "min_fine": -1})
+    off = {(r["a"], r["b"]) for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
+    assert off == dups | told, off

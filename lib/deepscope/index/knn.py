@@ -517,7 +517,9 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
                         "min_sketch": cfg.min_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
                         "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs),
-                        "best_sketch": cfg.verify_best_sketch if s_graph is not None else None, "best_sketch_pairs": int(best_sketch)}
+                        "best_sketch": cfg.verify_best_sketch if s_graph is not None else None, "best_sketch_pairs": int(best_sketch),
+                        # pairs that passed every other test, told apart by their finest details (pages of one template)
+                        "fine_only": int(sum(f.endswith(": fine") for f in ev["failed"]))}
     ok = ev["same"]
     dup = cand[ok]
     group_of = K.components(n, a[dup], b[dup])

@@ -71,8 +71,11 @@ class Knn(Stage):
         return (f"Candidates: each image's {v['top']} nearest by {evidence}{more}, and images with equal pixel hashes "
                 f"({v['pairs']} pairs){first}verified on the thumbnails (ORB keypoints matched, directly and "
                 f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared) in "
-                f"{v['seconds']} s ({v['ms_per_image']} ms an image). Every pair looked at is in "
-                f"<code>knn/candidates.parquet</code>.")
+                f"{v['seconds']} s ({v['ms_per_image']} ms an image)."
+                + (f" {v['fine_only']} pairs that passed every other test were told apart by their finest details "
+                   f"(the words of pages of one template: <code>rejected_by</code> ends with <code>fine</code>)."
+                   if v.get("fine_only") else "")
+                + " Every pair looked at is in <code>knn/candidates.parquet</code>.")
 
     @staticmethod
     def _tiers(d: dict) -> str:
