@@ -1195,3 +1195,24 @@ def test_pages_of_one_template_from_a_job_file(tmp_path):
     run_stage(str(out), "knn", {"k": 3, "min_fine": -1})
     off = {(r["a"], r["b"]) for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
     assert off == dups | told, off
+
+
+def test_the_finest_details_are_compared_on_pages_only():
+    """A page is at least half one flat light colour (the paper); a photograph is not, and on it `fine` is
+    not measured (two resamplings decorrelate its finest texture).  By hand: a white canvas with a small
+    drawing is a page; noise is not; a dark background is not paper."""
+    from deepscope.algos import verify as V
+
+    rng = np.random.default_rng(0)
+    page = np.full((200, 150, 3), 245, np.uint8)
+    page[20:60, 10:140] = rng.integers(0, 255, (40, 130, 3), dtype=np.uint8)  # 17% of the page drawn on
+    assert abs(V.prepare(page)["paper"] - (1 - 40 * 130 / (200 * 150))) < 0.02
+    assert V.prepare(rng.integers(0, 255, (200, 150, 3), dtype=np.uint8))["paper"] < 0.2
+    assert V.prepare(np.full((200, 150, 3), 20, np.uint8))["paper"] == 0.0  # dark: not paper
+    from skimage import data
+
+    photo = V.prepare(np.ascontiguousarray(data.chelsea()[:256, :256]))  # fine enough for the band, not a page
+    assert 2 * photo["pixel"] <= V.FINE_PIXEL and photo["paper"] < V.PAGE_PAPER
+    assert np.isnan(V._fine(photo, photo, np.eye(2, 3), np.ones(photo["half"].shape[:2], bool)))
+    pg = V.prepare(np.asarray(form_page(1).convert("RGB")))
+    assert V._fine(pg, pg, np.eye(2, 3), np.ones(pg["half"].shape[:2], bool)) > 0.99  # a page against itself

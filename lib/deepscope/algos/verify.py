@@ -48,6 +48,10 @@ COARSE_FRAMES_DIFFERING = 0.2  # a try laid by its frames must agree nearly ever
 # 205 px and more): on a FINE_GRID x FINE_GRID grid, the cells where both have strong detail (band-pass mean square over
 # FINE_ENERGY grey levels^2, energies within FINE_RATIO of each other: not an overlay's nor a blur's), FINE_CELLS at least
 FINE_PIXEL, FINE_GRID, FINE_ENERGY, FINE_RATIO, FINE_CELLS, FINE_SIGMA = 1.25, 8, 8.0, 4.0, 6, 0.7
+# ... and only on pages: at least PAGE_PAPER of each picture one flat light colour, the paper (within PAPER_LEVELS
+# grey levels of its most common level, PAPER_LIGHT or lighter). On photographs that band is texture and noise that
+# two resamplings decorrelate (overlapping crops of one photo: 0.5), on a page it is the strokes of the words
+PAGE_PAPER, PAPER_LEVELS, PAPER_LIGHT = 0.5, 8, 160
 # the pixel evidence of a try whose pixels were not compared (too little overlap, or an implausible transform)
 NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
                 "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0, "fine": float("nan")}
@@ -89,6 +93,9 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     quarter = cv2.resize(half, (max(1, half.shape[1] // 2), max(1, half.shape[0] // 2)), interpolation=cv2.INTER_AREA)
     out["coarse"] = {"half": quarter.astype(np.float32), "pixel": f / 4}  # the cheap first look (_coarse)
     out["pixel"] = f / 2  # the thumbnail's pixel, in comparison pixels (an enlarged small image has no finer detail)
+    grey_levels = np.bincount(out["grey"].ravel(), minlength=256)
+    mode = int(np.argmax(grey_levels))  # the paper, on a page: its share of the picture (_fine compares pages only)
+    out["paper"] = float(grey_levels[max(0, mode - PAPER_LEVELS):mode + PAPER_LEVELS + 1].sum() / out["grey"].size) if mode >= PAPER_LIGHT else 0.0
     layout = cv2.resize(quarter.mean(-1), (8, 8), interpolation=cv2.INTER_AREA)
     out["layout"] = layout - layout.mean()  # 8 x 8 grey, mean removed: which way to lay the frames (_orientations)
     return out  # the keypoints are found on demand (_direct): pairs whose layouts differ never need them
@@ -336,10 +343,10 @@ def _fine(a: dict, b: dict, m: np.ndarray, use: np.ndarray) -> float:
     their words away, and differ here.  b is aligned onto a at the working scale (ECC from m, the
     half-size transform, over the pixels that agree: not a caption's), both grey images are band-passed
     at about the thumbnail's own pixel, and correlated in each cell of a FINE_GRID grid where both have
-    strong detail -> the lower quartile over those cells; NaN when a thumbnail is too coarse (the
-    band would be finer than its pixel) or fewer than FINE_CELLS cells have such detail."""
+    strong detail -> the lower quartile over those cells; NaN when either is not a page (PAGE_PAPER), a
+    thumbnail is too coarse (the band would be finer than its pixel) or fewer than FINE_CELLS cells have such detail."""
     pixel = 2 * max(a["pixel"], b["pixel"])  # the coarser thumbnail's pixel, in working pixels
-    if pixel > FINE_PIXEL:
+    if pixel > FINE_PIXEL or min(a.get("paper", 0.0), b.get("paper", 0.0)) < PAGE_PAPER:
         return float("nan")
     ga, gb = a["grey"].astype(np.float32), b["grey"].astype(np.float32)
     h, w = ga.shape
