@@ -1216,3 +1216,42 @@ def test_the_finest_details_are_compared_on_pages_only():
     assert np.isnan(V._fine(photo, photo, np.eye(2, 3), np.ones(photo["half"].shape[:2], bool)))
     pg = V.prepare(np.asarray(form_page(1).convert("RGB")))
     assert V._fine(pg, pg, np.eye(2, 3), np.ones(pg["half"].shape[:2], bool)) > 0.99  # a page against itself
+    # the demo's kind of copy: two overlapping crops of one photo, each resized and re-encoded on its own (their
+    # finest band decorrelates: compared, `fine` was about 0.5 and split the demo's groups)
+    import io
+
+    from PIL import Image
+
+    src = Image.fromarray(data.chelsea())
+
+    def crop(frac, x0, y0):
+        buf = io.BytesIO()
+        img = src.crop((x0, y0, x0 + int(451 * frac), y0 + int(300 * frac)))
+        img.thumbnail((320, 320))
+        img.save(buf, "JPEG", quality=90)
+        return V.prepare(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    ev = V.verify_pair(crop(0.95, 5, 5), crop(0.85, 30, 20))
+    assert ev["same"] and np.isnan(ev["fine"]), ev
+
+
+def test_the_finest_details_read_a_mirrored_transform_at_the_working_scale(monkeypatch):
+    """The accepted transform is found between the half-size images; `_fine` compares at the working scale,
+    where half-size pixel i is working pixels 2i and 2i + 1: a mirror's shift is one working pixel more than
+    twice its own.  By hand: a photo against its exact mirror image, with ECC switched off (so the converted
+    transform alone lays them), agrees at the finest scale; one pixel off, it does not."""
+    import cv2
+    from skimage import data
+
+    from deepscope.algos import verify as V
+
+    monkeypatch.setattr(V, "PAGE_PAPER", 0.0)  # a photo, compared as if it were a page
+    monkeypatch.setattr(V.cv2, "findTransformECC", lambda *a, **k: (_ for _ in ()).throw(cv2.error("off")))
+    rgb = np.ascontiguousarray(data.chelsea()[:256, :256])
+    a, b = V.prepare(rgb), V.prepare(np.ascontiguousarray(rgb[:, ::-1]))
+    wh = a["half"].shape[1]
+    mirror = np.array([[-1.0, 0, wh - 1], [0, 1, 0]])  # b -> a between the half-size images: x -> W - 1 - x
+    use = np.ones(a["half"].shape[:2], bool)
+    assert V._fine(a, b, mirror, use) > 0.99
+    off = mirror.copy()
+    off[0, 2] += 0.5  # half a half-size pixel: one working pixel
+    assert V._fine(a, b, off, use) < 0.9

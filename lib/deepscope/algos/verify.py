@@ -351,7 +351,8 @@ def _fine(a: dict, b: dict, m: np.ndarray, use: np.ndarray) -> float:
     ga, gb = a["grey"].astype(np.float32), b["grey"].astype(np.float32)
     h, w = ga.shape
     m = np.array(m, np.float64)
-    m[:, 2] *= 2
+    # half-size pixel i is working pixels 2i and 2i + 1 (its centre at 2i + 0.5): x = 2 x' + 0.5 either side
+    m[:, 2] = 2 * m[:, 2] + 0.5 * (1 - m[:, :2].sum(1))  # (a mirror's shift is one working pixel more than twice its own)
     mask = cv2.resize(use.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
     try:  # a pixel's misalignment decorrelates this band: refined here, the overlay's pixels left out
         _, warp = cv2.findTransformECC(ga, gb, cv2.invertAffineTransform(m).astype(np.float32), cv2.MOTION_AFFINE,
