@@ -149,7 +149,7 @@ KNN_DUPLICATES = pa.schema([
     pa.field("explained", pa.float32()),  # share of b's grey variation a's colour curves explain (residuals clipped)
     pa.field("detail", pa.float32()),  # median over a 3 x 3 grid of the fine details' correlation; null: too little detail
     # the finest details' (a page's words) correlation, lower quartile over an 8 x 8 grid, measured on pairs that pass
-    # every other test; null: not measured (another test failed, a thumbnail too coarse, too little such detail)
+    # every other test; null: not measured (another test failed, not both pages, a thumbnail too coarse, too little detail)
     pa.field("fine", pa.float32()),
     pa.field("differing", pa.float32()),  # share of the overlap's cells that differ once b's colours are fitted to a's
     pa.field("regions", pa.int32()),  # separated groups of differing cells (a moved object leaves two)
