@@ -582,8 +582,9 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     one_overlay = (c["overlay"].fillna(1) <= 0.2 + 1e-6) & (c["regions"].fillna(0) == 1)  # frames: but one overlay, plain band
     differing = c["differing"].fillna(1) <= np.where(frames & ~one_overlay, 0.25 / 5, 0.25)
     colour = c["colour_shift"].fillna(1) <= 0.3
-    detail = c["detail"].isna() | (c["detail"] >= 0.15)  # no detail to compare: no evidence against
-    fine = c["fine"].isna() | (c["fine"] >= 0.65) if "fine" in c else True  # measured only when all else passes
+    limits = V.VerifySettings()  # the verification's own limits, not copies of them
+    detail = c["detail"].isna() | (c["detail"] >= limits.min_detail)  # no detail to compare: no evidence against
+    fine = c["fine"].isna() | (c["fine"] >= limits.min_fine) if "fine" in c else True  # measured only when all else passes
     exact = c["tier"].eq("exact")
     ways = {
         "combined distance <= the density valley's threshold (the old decision)": c["distance"] <= threshold,

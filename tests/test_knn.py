@@ -1183,7 +1183,6 @@ def test_pages_of_one_template_from_a_job_file(tmp_path):
     assert dups == {("form0_1.png", "form0_1_copy.jpg")}, dups
     cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
     told = {(r["a"], r["b"]) for r in cand if (r["rejected_by"] or "").endswith(": fine")}
-    print(f"\n{len(told)} of {len(cand)} candidate pairs told apart by fine alone")
     assert len(told) >= 3, told  # pages of one template (every page here: one invoice form, other values)
     v = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]["verification"]
     assert v["fine_only"] == len(told)
