@@ -585,19 +585,23 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     limits = V.VerifySettings()  # the verification's own limits, not copies of them
     detail = c["detail"].isna() | (c["detail"] >= limits.min_detail)  # no detail to compare: no evidence against
     fine = c["fine"].isna() | (c["fine"] >= limits.min_fine) if "fine" in c else True  # measured only when all else passes
+    # measured only when all else passes and the matches fit one overlay's band (a caption both may carry)
+    outside = c["detail_outside"].isna() | (c["detail_outside"] >= limits.min_detail) if "detail_outside" in c else True
     exact = c["tier"].eq("exact")
     ways = {
         "combined distance <= the density valley's threshold (the old decision)": c["distance"] <= threshold,
         "verification (default: geometry + aligned pixels)": c["accepted"],
         "every test, recomputed from the evidence (as the verification: the rows below are faithful)":
-            (plausible & corr & differing & overlay & colour & detail & fine) | exact,
+            (plausible & corr & differing & overlay & colour & detail & fine & outside) | exact,
         "verification, mutual nearest pairs only": c["accepted"] & c["mutual"],
         "geometry alone (inliers >= 8, ratio >= 0.15)": geo | exact,
-        "aligned pixels without the overlay test (one narrow band)": (plausible & corr & differing & colour & detail & fine) | exact,
-        "aligned pixels without the differing share": (plausible & corr & overlay & colour & detail & fine) | exact,
-        "aligned pixels without the colour shift cap": (plausible & corr & differing & overlay & detail & fine) | exact,
-        "aligned pixels without the fine details (detail)": (plausible & corr & differing & overlay & colour & fine) | exact,
-        "aligned pixels without the finest details (fine: a page's words)": (plausible & corr & differing & overlay & colour & detail) | exact,
+        "aligned pixels without the overlay test (one narrow band)": (plausible & corr & differing & colour & detail & fine & outside) | exact,
+        "aligned pixels without the differing share": (plausible & corr & overlay & colour & detail & fine & outside) | exact,
+        "aligned pixels without the colour shift cap": (plausible & corr & differing & overlay & detail & fine & outside) | exact,
+        "aligned pixels without the fine details (detail)": (plausible & corr & differing & overlay & colour & fine & outside) | exact,
+        "aligned pixels without the details outside a band of matches (outside_overlay: a shared caption)":
+            (plausible & corr & differing & overlay & colour & detail & fine) | exact,
+        "aligned pixels without the finest details (fine: a page's words)": (plausible & corr & differing & overlay & colour & detail & outside) | exact,
         "verification and the old threshold": c["accepted"] & (c["distance"] <= threshold),
     }
     rows = []

@@ -1254,3 +1254,71 @@ def test_the_finest_details_read_a_mirrored_transform_at_the_working_scale(monke
     off = mirror.copy()
     off[0, 2] += 0.5  # half a half-size pixel: one working pixel
     assert V._fine(a, b, off, use) < 0.9
+
+
+def test_detail_outside_a_band_of_matches_is_detail_without_its_cells():
+    """By hand: matches along one thin band (a caption's line) -> `_detail` over the agreeing pixels less the
+    band's hull widened by a keypoint's reach; matches spread wider than an overlay's band -> NaN (the
+    picture itself matched: nothing to leave out)."""
+    import cv2
+
+    from deepscope.algos import verify as V
+
+    rng = np.random.default_rng(0)
+    a = V.prepare(rng.integers(0, 256, (200, 200, 3), np.uint8))
+    greys = (cv2.GaussianBlur(rng.normal(128, 30, (128, 128)).astype(np.float32), (0, 0), 1),
+             cv2.GaussianBlur(rng.normal(128, 30, (128, 128)).astype(np.float32), (0, 0), 1))
+    use = np.ones((128, 128), bool)
+    line = np.array([[20, 120], [230, 120], [230, 136], [20, 136], [120, 128]], np.float32)  # working pixels (256 side)
+    hull = np.zeros((128, 128), np.uint8)
+    hull[60 - V.KEYPOINT_REACH // 2:68 + V.KEYPOINT_REACH // 2 + 1, 10 - V.KEYPOINT_REACH // 2:115 + V.KEYPOINT_REACH // 2 + 1] = 1
+    expected = V._detail(*greys, use & ~hull.astype(bool), a["pixel"])
+    assert V._outside_band(a, a, greys, use, line, band=0.2) == pytest.approx(expected, abs=1e-6)
+    spread = np.array([[20, 20], [230, 20], [230, 230], [20, 230]], np.float32)
+    assert np.isnan(V._outside_band(a, a, greys, use, spread, band=0.2))
+    assert np.isnan(V._outside_band(a, a, greys, use, line, band=0.05))  # 16 px of 256 is wider than 5%: not a band
+
+
+def test_one_caption_on_two_different_photos_is_not_a_copy(monkeypatch):
+    """Stock photos under one watermark, frames of a channel under its logo: their matches fit the caption's
+    band.  Hand-known truth: tiles of different photos (bench/duplicates.py's `photos` tiles), each flipped,
+    cropped, resized, lightened and captioned with the same line at the same place, are different pictures;
+    of 300 random pairs, the earlier tests let 4 through (the details they compare are mostly the caption's).
+    The pairs (71, 99) and (60, 21) pass every test but `outside_overlay`, and are copies without it; a
+    captioned tile and its JPEG (a copy that carries the caption) stays a copy."""
+    import importlib.util
+    import io
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+
+    from deepscope.algos import verify as V
+
+    spec = importlib.util.spec_from_file_location("bench_duplicates", Path(__file__).resolve().parents[1] / "bench" / "duplicates.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiles = bench.photo_tiles(120)
+
+    def captioned(img):
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((6, 4, 114, 112)).resize((76, 76), Image.Resampling.LANCZOS)
+        img = ImageEnhance.Brightness(img).enhance(1.2)
+        ImageDraw.Draw(img).text((4, 34), "(c) deepscope 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=10),
+                                 stroke_width=2, stroke_fill=(0, 0, 0))
+        return encoded(img, "WEBP", quality=80)
+
+    def encoded(img, fmt, **kw):
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kw)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    for i, j in ((71, 99), (60, 21)):
+        a, b = captioned(tiles[i]), captioned(tiles[j])
+        ev = V.verify_pair(prepared(a), prepared(b))
+        assert not ev["same"] and ev["failed"] == "keypoints: outside_overlay", ev
+        assert ev["detail"] >= V.VerifySettings().min_detail > ev["detail_outside"], ev  # the whole's details pass: the caption's
+        copy = V.verify_pair(prepared(a), prepared(encoded(a, "JPEG", quality=85)))
+        assert copy["same"] and not copy["detail_outside"] < V.VerifySettings().min_detail, copy
+    with monkeypatch.context() as m:
+        m.setattr(V, "_outside_band", lambda *args: float("nan"))
+        for i, j in ((71, 99), (60, 21)):
+            assert V.verify_pair(prepared(captioned(tiles[i])), prepared(captioned(tiles[j])))["same"]

@@ -56,11 +56,13 @@ FINE_PIXEL, FINE_GRID, FINE_ENERGY, FINE_RATIO, FINE_CELLS, FINE_SIGMA = 1.25, 8
 PAGE_PAPER, PAPER_LEVELS, PAPER_LIGHT = 0.5, 8, 160
 # the pixel evidence of a try whose pixels were not compared (too little overlap, or an implausible transform)
 NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
-                "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0, "fine": float("nan")}
+                "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0, "fine": float("nan"),
+                "detail_outside": float("nan")}
+KEYPOINT_REACH = 14  # working pixels: how far around its centre a keypoint sees (ORB's patch, mid-pyramid; _outside_band)
 REFINE_SLIDE = 4  # half-size pixels: the most the pixels' refinement (ECC) may move a keypoint transform's corner
 PLAUSIBLE_MARGIN = 0.1  # the least margin (of overlap, of scale; in radians of rotation) of _plausible
 EVIDENCE = ("same", "inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap", "aligned_correlation",
-            "explained", "detail", "fine", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio",
+            "explained", "detail", "detail_outside", "fine", "differing", "regions", "overlay", "colour_shift", "brightness_shift", "contrast_ratio",
             "failed")
 
 
@@ -285,12 +287,12 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = REFINE_SLIDE) -> di
     ga, gb = ca[ok].mean(1), cb[ok].mean(1)
     use = np.zeros((h, w), bool)
     use[inside] = ok
-    detail = _detail(fa.mean(-1), fb.mean(-1), use, max(a["pixel"], b["pixel"]))
+    detail = _detail(fa.mean(-1), fb.mean(-1), use, _pixel(a, b))
     colour_shift = float(np.abs(cb[ok].mean(0) - ca[ok].mean(0)).max()) / 255  # a recoloured look-alike fits a curve too
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
     return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "detail": detail, "differing": float(differs.sum() / counted.sum()),
-            "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m, "use": use,
+            "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m, "use": use, "greys": (fa.mean(-1), fb.mean(-1)),
             "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
 
 
@@ -339,6 +341,30 @@ def _detail(ga: np.ndarray, gb: np.ndarray, use: np.ndarray, pixel: float) -> fl
     return float(np.median((ab / np.maximum(np.sqrt(aa * bb), 1e-6))[textured]))
 
 
+def _pixel(a: dict, b: dict) -> float:
+    """The coarser thumbnail's pixel in the images' comparison pixels (half size; a quarter for _coarse's): the finest detail both show."""
+    return max(a["pixel"], b["pixel"])
+
+
+def _outside_band(a: dict, b: dict, greys: tuple, use: np.ndarray, inliers: np.ndarray, band: float) -> float:
+    """Do the pictures agree beyond their matches, when the matches fit one overlay's band?  Two different
+    pictures under one caption or watermark (stock photos, a channel's logo, a copyright line) match on it
+    alone: the inliers (a's working pixels) then fit a band no wider than an overlay (`band`, a share of a's
+    longest side).  -> _detail outside the inliers' hull widened by a keypoint's patch; NaN when the inliers
+    spread wider than a band (the picture itself matched) or nothing outside has detail."""
+    if len(inliers) < 3 or greys is None:
+        return float("nan")
+    (_, (w, h), _) = cv2.minAreaRect(inliers.astype(np.float32))
+    if min(w, h) > band * max(a["grey"].shape):
+        return float("nan")
+    scale = use.shape[1] / a["grey"].shape[1]  # working pixels -> the comparison's (half size, or a quarter: _coarse)
+    hull = np.zeros(use.shape, np.uint8)
+    cv2.fillConvexPoly(hull, np.round(cv2.convexHull(inliers.astype(np.float32)) * scale).astype(np.int32), 1)
+    reach = 2 * round(KEYPOINT_REACH * scale) + 1  # a kernel this wide: the reach either side
+    hull = cv2.dilate(hull, np.ones((reach, reach), np.uint8)).astype(bool)
+    return _detail(*greys, use & ~hull, 2 * scale * _pixel(a, b))
+
+
 def _fine(a: dict, b: dict, m: np.ndarray, use: np.ndarray) -> float:
     """Do the finest details coincide: the words of a page, the figures of a table?  Pages of one template
     (a form filled in twice, two invoices of one system) agree at the comparison's scale, which blurs
@@ -347,7 +373,7 @@ def _fine(a: dict, b: dict, m: np.ndarray, use: np.ndarray) -> float:
     at about the thumbnail's own pixel, and correlated in each cell of a FINE_GRID grid where both have
     strong detail -> the lower quartile over those cells; NaN when either is not a page (PAGE_PAPER), a
     thumbnail is too coarse (the band would be finer than its pixel) or fewer than FINE_CELLS cells have such detail."""
-    pixel = 2 * max(a["pixel"], b["pixel"])  # the coarser thumbnail's pixel, in working pixels
+    pixel = 2 * _pixel(a, b)  # the coarser thumbnail's pixel, in working pixels
     if pixel > FINE_PIXEL or min(a.get("paper", 0.0), b.get("paper", 0.0)) < PAGE_PAPER:
         return float("nan")
     ga, gb = a["grey"].astype(np.float32), b["grey"].astype(np.float32)
@@ -405,7 +431,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in _orientations(direct, mirrored, flat)]
     for how, flip in tries:
         if how == "frames":
-            m, inl, ratio, spread = _frame(a["grey"], b["grey"], flip), 0, 0.0, 0.0
+            m, inl, ratio, spread, inliers = _frame(a["grey"], b["grey"], flip), 0, 0.0, 0.0, np.zeros((0, 2), np.float32)
             (ha, wa), (hb, wb) = a["grey"].shape, b["grey"].shape
             if abs(np.log((wa / ha) / (wb / hb))) > 0.2:  # another shape than a crop of 15% a side gives
                 continue
@@ -425,7 +451,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             # edits: 9-14 matches, layouts 0.45 and more)
             if inl < KEYPOINTS_FEW and not flat and (mirrored if flip else direct) < KEYPOINTS_LAYOUT:
                 continue
-            spread = _spread(pa[mt[mask, 0]], a["grey"].shape)
+            inliers = pa[mt[mask, 0]]  # in a's working pixels
+            spread = _spread(inliers, a["grey"].shape)
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
@@ -440,10 +467,10 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
             px = _coarse(a, b, m, refine=how == "frames")
             if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= (COARSE_DIFFERING if how == "keypoints" else COARSE_FRAMES_DIFFERING):
                 px = _compare(a, b, m, slide=REFINE_SLIDE)
-        refined, use = px.pop("m"), px.pop("use", None)
+        refined, use, greys = px.pop("m"), px.pop("use", None), px.pop("greys", None)
         scale, rotation = _similarity(refined, flip)
         ev = {"inliers": inl, "inlier_ratio": ratio, "flip": flip, "scale": scale, "rotation": rotation,
-              "spread": spread, "fine": float("nan"), **px}
+              "spread": spread, "fine": float("nan"), "detail_outside": float("nan"), **px}
         # the geometry only has to be plausible (chance matches do not align two pictures): the aligned
         # pixels decide. A copy's differences are global (a colour curve absorbs them) or one overlay.
         # aligned from the frames (no matches to check it): the picture must agree closely
@@ -456,7 +483,11 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
                  "overlap": ev["overlap"] >= s.min_overlap, "explained": ev["explained"] >= needed,
                  "differing": ev["differing"] <= allowed, "overlay": ev["overlay"] <= overlay,
                  "colour_shift": ev["colour_shift"] <= s.max_colour_shift, "detail": not ev["detail"] < s.min_detail}
-        if all(tests.values()):  # the finest details last: only a pair that passes everything else (few) pays for them
+        if all(tests.values()):  # the last tests: only a pair that passes everything else (few) pays for them
+            # matches that fit one overlay's band may be a caption or watermark both carry: the rest must agree too
+            ev["detail_outside"] = _outside_band(a, b, greys, use, inliers, overlay)
+            tests["outside_overlay"] = not ev["detail_outside"] < s.min_detail
+        if all(tests.values()):
             ev["fine"] = _fine(a, b, refined, use)
             tests["fine"] = not ev["fine"] < s.min_fine
         ev["same"] = all(tests.values())

@@ -519,7 +519,9 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
                         "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs),
                         "best_sketch": cfg.verify_best_sketch if s_graph is not None else None, "best_sketch_pairs": int(best_sketch),
                         # pairs that passed every other test, told apart by their finest details (pages of one template)
-                        "fine_only": int(sum(f.endswith(": fine") for f in ev["failed"]))}
+                        "fine_only": int(sum(f.endswith(": fine") for f in ev["failed"])),
+                        # ... and pairs whose matches fit one overlay's band and whose details disagree beyond it
+                        "shared_overlay_only": int(sum(f.endswith(": outside_overlay") for f in ev["failed"]))}
     ok = ev["same"]
     dup = cand[ok]
     group_of = K.components(n, a[dup], b[dup])
@@ -628,6 +630,7 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "overlap": evidence("overlap", pa.float32()),
         "aligned_correlation": evidence("aligned_correlation", pa.float32()),
         "explained": evidence("explained", pa.float32()), "detail": evidence("detail", pa.float32()),
+        "detail_outside": evidence("detail_outside", pa.float32()),
         "fine": evidence("fine", pa.float32()),
         "differing": evidence("differing", pa.float32()), "regions": evidence("regions", pa.int32()),
         "overlay": evidence("overlay", pa.float32()), "colour_shift": evidence("colour_shift", pa.float32()),

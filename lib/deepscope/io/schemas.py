@@ -148,6 +148,9 @@ KNN_DUPLICATES = pa.schema([
     pa.field("aligned_correlation", pa.float32()),  # of the aligned, blurred grey images over the cells that agree
     pa.field("explained", pa.float32()),  # share of b's grey variation a's colour curves explain (residuals clipped)
     pa.field("detail", pa.float32()),  # median over a 3 x 3 grid of the fine details' correlation; null: too little detail
+    # detail outside the inliers' band, on pairs that pass every other test whose matches fit one overlay's band (a caption
+    # or watermark both may carry); null: not measured (the matches spread wider, no keypoint match, too little detail)
+    pa.field("detail_outside", pa.float32()),
     # the finest details' (a page's words) correlation, lower quartile over an 8 x 8 grid, measured on pairs that pass
     # every other test; null: not measured (another test failed, not both pages, a thumbnail too coarse, too little detail)
     pa.field("fine", pa.float32()),

@@ -75,6 +75,9 @@ class Knn(Stage):
                 + (f" {v['fine_only']} pairs that passed every other test were told apart by their finest details "
                    f"(the words of pages of one template: <code>rejected_by</code> ends with <code>fine</code>)."
                    if v.get("fine_only") else "")
+                + (f" {v['shared_overlay_only']} pairs matched only on what could be one caption or watermark that both carry "
+                   f"(their matches fit one overlay's band) and their details disagree beyond it (<code>rejected_by</code> "
+                   f"ends with <code>outside_overlay</code>)." if v.get("shared_overlay_only") else "")
                 + " Every pair looked at is in <code>knn/candidates.parquet</code>.")
 
     @staticmethod
