@@ -713,9 +713,11 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
     prepared once, every pair verified (algos/verify.py) -> evidence arrays (V.EVIDENCE).
     pairs: {"a", "b": image rows, "sources": [(gathered file, row group)]}; settings: VerifySettings' fields."""
     import cv2
+    import faiss
 
     from deepscope.io.location import Location
 
+    faiss.omp_set_num_threads(1)  # one task, one CPU (the keypoints' matching): parallelism comes from the tasks
     loc = Location(out_url)
     s = V.VerifySettings(**settings)
     data, images = {}, {}
