@@ -1131,7 +1131,8 @@ def test_the_finest_details_tell_one_template_filled_in_twice_from_copies():
     """Hand-known truth: one form filled in with other values is another document; its re-encoded or
     lightened copy is the same one.  At the comparison's scale the words blur away and every other test
     passes both; the finest details' correlation (`fine`, at the thumbnail's own pixel) separates them.
-    A copy too small to show the words (a 50% resize) gives no such evidence (NaN): it is not held against it."""
+    A copy shrunk to 50% (128 px) is still compared; one too small to show the words (40%, 102 px) gives no
+    such evidence (NaN): it is not held against it."""
     import io
 
     from PIL import Image, ImageEnhance
@@ -1153,8 +1154,11 @@ def test_the_finest_details_tell_one_template_filled_in_twice_from_copies():
         assert not ev["same"] and ev["fine"] < V.VerifySettings().min_fine and ev["failed"].endswith(": fine"), ev
         off = V.verify_pair(prepared(page), prepared(other), V.VerifySettings(min_fine=-1))
         assert off["same"], off  # every other test passes them: without `fine`, one document
-        small = encoded(page.resize((page.width // 2, page.height // 2), Image.Resampling.LANCZOS), quality=90)
-        ev = V.verify_pair(prepared(page), prepared(small))
+        half = encoded(page.resize((page.width // 2, page.height // 2), Image.Resampling.LANCZOS), quality=90)
+        ev = V.verify_pair(prepared(page), prepared(half))  # 128 px: half the working side, compared
+        assert ev["same"] and ev["fine"] > 0.9, ev
+        small = encoded(page.resize((page.width * 2 // 5, page.height * 2 // 5), Image.Resampling.LANCZOS), quality=90)
+        ev = V.verify_pair(prepared(page), prepared(small))  # 102 px: too coarse for the band, no evidence
         assert ev["same"] and np.isnan(ev["fine"]), ev
 
 
