@@ -1326,3 +1326,48 @@ def test_one_caption_on_two_different_photos_is_not_a_copy(monkeypatch):
         m.setattr(V, "_outside_band", lambda *args: float("nan"))
         for i, j in ((71, 99), (60, 21)):
             assert V.verify_pair(prepared(captioned(tiles[i])), prepared(captioned(tiles[j])))["same"]
+
+
+def test_pictures_under_one_caption_from_a_job_file(tmp_path):
+    """End to end: four different photo tiles under one caption (the pairs of
+    test_one_caption_on_two_different_photos_is_not_a_copy) and a JPEG of one of them.  The copy is the only
+    duplicate; the pairs rejected by `outside_overlay` alone are counted in the summary and named in the report."""
+    import importlib.util
+    import io
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+
+    from deepscope import job as jobmod
+    from deepscope.runner import run
+
+    spec = importlib.util.spec_from_file_location("bench_duplicates", Path(__file__).resolve().parents[1] / "bench" / "duplicates.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiles = bench.photo_tiles(120)
+    data = tmp_path / "marked"
+    data.mkdir()
+    for i in (71, 99, 60, 21):
+        img = tiles[i].transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((6, 4, 114, 112)).resize((76, 76), Image.Resampling.LANCZOS)
+        img = ImageEnhance.Brightness(img).enhance(1.2)
+        ImageDraw.Draw(img).text((4, 34), "(c) deepscope 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=10),
+                                 stroke_width=2, stroke_fill=(0, 0, 0))
+        buf = io.BytesIO()
+        img.save(buf, "WEBP", quality=80)
+        Image.open(io.BytesIO(buf.getvalue())).convert("RGB").save(data / f"tile{i}.png")
+    Image.open(data / "tile71.png").save(data / "tile71_copy.jpg", quality=85)
+    out = tmp_path / "out"
+    run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
+                         "run": {"batch_size": 8, "executor": "local"}, "features": {}, "pixels": {}, "thumbs": {},
+                         "index": {"spaces": ["features", "pixels"]}, "knn": {"k": 4}}))
+    dups = {(r["a"], r["b"]) for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
+    assert dups == {("tile71.png", "tile71_copy.jpg")}, dups
+    cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
+    told = {frozenset((r["a"], r["b"])) for r in cand if (r["rejected_by"] or "").endswith(": outside_overlay")}
+    # tile 99 against tile 71 and its copy: every test but this one passes them (60 and 21, in this order, fail `detail`)
+    assert told == {frozenset(("tile71.png", "tile99.png")), frozenset(("tile71_copy.jpg", "tile99.png"))}, cand
+    v = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]["verification"]
+    assert v["shared_overlay_only"] == len(told)
+    assert f"{len(told)} pairs matched only on what could be one caption or watermark" in (out / "report/index.html").read_text()

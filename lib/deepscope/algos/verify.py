@@ -19,9 +19,11 @@ correlate that way round, and a keypoint try with few matches likewise (most can
 different pictures, which do not); a try made is first compared at half the scale, a quarter of the
 work: most are far off there and go no further.  A pair that passes every test, when both are pages whose
 thumbnails show their words, is compared once more at the working scale: the words must coincide (_fine),
-or it is one template filled in twice.
+or it is one template filled in twice; and when its matches fit one overlay's band, a caption or watermark
+that both may carry, its details must agree beyond that band too (_outside_band).
 
-Pure numpy / OpenCV (and FAISS's binary search for the matching): arrays in, arrays out; index/knn.py reads the thumbnails and writes the table.
+Pure numpy / OpenCV (and FAISS's binary search for the matching): arrays in, arrays out; index/knn.py
+reads the thumbnails and writes the table.
 """
 from __future__ import annotations
 
@@ -356,7 +358,7 @@ def _outside_band(a: dict, b: dict, greys: tuple, use: np.ndarray, inliers: np.n
     """Do the pictures agree beyond their matches, when the matches fit one overlay's band?  Two different
     pictures under one caption or watermark (stock photos, a channel's logo, a copyright line) match on it
     alone: the inliers (a's working pixels) then fit a band no wider than an overlay (`band`, a share of a's
-    longest side).  -> _detail outside the inliers' hull widened by a keypoint's patch; NaN when the inliers
+    longest side).  -> _detail outside the inliers' hull widened by a keypoint's reach; NaN when the inliers
     spread wider than a band (the picture itself matched) or nothing outside has detail."""
     if len(inliers) < 3 or greys is None:
         return float("nan")
