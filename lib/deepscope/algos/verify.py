@@ -76,7 +76,7 @@ class VerifySettings:
     min_inliers: int = 4  # matches that agree with one transform (RANSAC's consensus: the pixels decide)
     min_explained: float = 0.75  # share of b's variation that a's colour curves explain where they agree
     min_detail: float = 0.15  # the fine details' correlation (_detail), where both pictures have detail
-    min_fine: float = 0.65  # the finest details' correlation (_fine: the words of a page), where both thumbnails have them
+    min_fine: float = 0.9  # the finest details' correlation (_fine: the words of a page), where both thumbnails have them
     max_differing: float = 0.25  # share of the overlap's cells that differ after the colour curves
     max_overlay: float = 0.20  # the cells that differ fit a band this narrow (share of a side): one overlay
     max_colour_shift: float = 0.30  # of a channel's mean (share of 255): a recoloured look-alike shifts more
@@ -391,10 +391,10 @@ def _fine(a: dict, b: dict, m: np.ndarray, use: np.ndarray) -> float:
     m[:, 2] = 2 * m[:, 2] + 0.5 * (1 - m[:, :2].sum(1))  # (a mirror's shift is one working pixel more than twice its own)
     mask = cv2.resize(use.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
     try:  # a pixel's misalignment decorrelates this band: refined here, the overlay's pixels left out
-        _, warp = cv2.findTransformECC(ga, gb, cv2.invertAffineTransform(m).astype(np.float32), cv2.MOTION_AFFINE,
-                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), mask, 3)
-        m = cv2.invertAffineTransform(warp)
-    except cv2.error:
+        # ECC's warp maps its template's pixels (b's) to its input's (a's), whose mask says which count: m itself
+        _, m = cv2.findTransformECC(gb, ga, m.astype(np.float32), cv2.MOTION_AFFINE,
+                                    (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), mask, 3)
+    except cv2.error:  # did not converge: the comparison's transform stays
         pass
     wb = cv2.warpAffine(gb, m, (w, h), flags=cv2.INTER_LINEAR)
     inside = cv2.warpAffine(np.ones(gb.shape, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST)

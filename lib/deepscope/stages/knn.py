@@ -32,7 +32,7 @@ class KnnConfig(StageConfig):
     min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
     min_explained: float = Field(0.75, ge=-1, le=1)  # share of one thumbnail's variation the other's colour curves explain
     min_detail: float = Field(0.15, ge=-1, le=1)  # correlation of the thumbnails' fine details where both have some (and beyond a caption both carry)
-    min_fine: float = Field(0.65, ge=-1, le=1)  # the finest details' (a page's words), where both thumbnails have them (-1: off)
+    min_fine: float = Field(0.9, ge=-1, le=1)  # the finest details' (a page's words), where both thumbnails have them (-1: off)
     max_differing: float = Field(0.25, gt=0, le=1)  # share of the overlap's cells that differ after a colour fit
     max_overlay: float = Field(0.2, gt=0, le=1)  # the differing cells fit a band this narrow (one caption or logo)
     flag_below: float = Field(0.5, gt=0, le=1)  # flag a label held by less than this share of neighbours
