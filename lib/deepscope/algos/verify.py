@@ -76,7 +76,7 @@ class VerifySettings:
     min_inliers: int = 4  # matches that agree with one transform (RANSAC's consensus: the pixels decide)
     min_explained: float = 0.75  # share of b's variation that a's colour curves explain where they agree
     min_detail: float = 0.15  # the fine details' correlation (_detail), where both pictures have detail
-    min_fine: float = 0.9  # the finest details' correlation (_fine: the words of a page), where both thumbnails have them
+    min_fine: float = 0.9  # the finest details' correlation (_fine: a page's words; forms: copies >= 0.956, other pages <= 0.86)
     max_differing: float = 0.25  # share of the overlap's cells that differ after the colour curves
     max_overlay: float = 0.20  # the cells that differ fit a band this narrow (share of a side): one overlay
     max_colour_shift: float = 0.30  # of a channel's mean (share of 255): a recoloured look-alike shifts more
