@@ -1170,8 +1170,7 @@ def test_pages_of_one_template_from_a_job_file(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from deepscope import job as jobmod
-    from deepscope.runner import run, run_stage
+    from deepscope.runner import run_stage
 
     data = tmp_path / "pages"
     data.mkdir()
@@ -1180,12 +1179,8 @@ def test_pages_of_one_template_from_a_job_file(tmp_path):
             form_page(values_seed=100 * filled + layout, layout_seed=layout).save(data / f"form{layout}_{filled}.png")
     form_page(values_seed=100, layout_seed=0).save(data / "form0_1_copy.jpg", quality=80)
     out = tmp_path / "out"
-    run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
-                         "run": {"batch_size": 8, "executor": "local"}, "features": {}, "pixels": {}, "thumbs": {},
-                         "index": {"spaces": ["features", "pixels"]}, "knn": {"k": 3}}))
-    dups = {(r["a"], r["b"]) for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
+    dups, cand = knn_job(data, out, k=3)
     assert dups == {("form0_1.png", "form0_1_copy.jpg")}, dups
-    cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
     told = {(r["a"], r["b"]) for r in cand if (r["rejected_by"] or "").endswith(": fine")}
     assert len(told) >= 3, told  # pages of one template (every page here: one invoice form, other values)
     v = json.loads((out / "manifest.json").read_text())["summary"]["knn"]["duplicates"]["verification"]
@@ -1283,6 +1278,54 @@ def test_detail_outside_a_band_of_matches_is_detail_without_its_cells():
     assert np.isnan(V._outside_band(a, a, greys, use, line, band=0.05))  # 16 px of 256 is wider than 5%: not a band
 
 
+def encoded(img, fmt, **kw):
+    """img saved as fmt and read back (its compression's losses), RGB."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def captioned_tiles(*which):
+    """bench/duplicates.py's photo tiles (120 px, scikit-image's photos) `which`, each flipped, cropped,
+    shrunk to 76 px, lightened and captioned with the same line at the same place, as WebP (its `combo`)."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+
+    spec = importlib.util.spec_from_file_location("bench_duplicates", Path(__file__).resolve().parents[1] / "bench" / "duplicates.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiles = bench.photo_tiles(120)
+    out = {}
+    for i in which:
+        img = tiles[i].transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((6, 4, 114, 112)).resize((76, 76), Image.Resampling.LANCZOS)
+        img = ImageEnhance.Brightness(img).enhance(1.2)
+        ImageDraw.Draw(img).text((4, 34), "(c) deepscope 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=10),
+                                 stroke_width=2, stroke_fill=(0, 0, 0))
+        out[i] = encoded(img, "WEBP", quality=80)
+    return out
+
+
+def knn_job(data, out, k: int) -> tuple[set, list]:
+    """features, pixels, thumbs, both indexes and knn on the folder `data`, from a job file's dict ->
+    (the duplicate pairs (a, b), the candidate rows)."""
+    import pyarrow.parquet as pq
+
+    from deepscope import job as jobmod
+    from deepscope.runner import run
+
+    run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
+                         "run": {"batch_size": 8, "executor": "local"}, "features": {}, "pixels": {}, "thumbs": {},
+                         "index": {"spaces": ["features", "pixels"]}, "knn": {"k": k}}))
+    dups = {(r["a"], r["b"]) for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
+    return dups, pq.read_table(out / "knn/candidates.parquet").to_pylist()
+
+
 def test_one_caption_on_two_different_photos_is_not_a_copy(monkeypatch):
     """Stock photos under one watermark, frames of a channel under its logo: their matches fit the caption's
     band.  Hand-known truth: tiles of different photos (bench/duplicates.py's `photos` tiles), each flipped,
@@ -1290,33 +1333,11 @@ def test_one_caption_on_two_different_photos_is_not_a_copy(monkeypatch):
     of 300 random pairs, the earlier tests let 4 through (the details they compare are mostly the caption's).
     The pairs (71, 99) and (60, 21) pass every test but `outside_overlay`, and are copies without it; a
     captioned tile and its JPEG (a copy that carries the caption) stays a copy."""
-    import importlib.util
-    import io
-    from pathlib import Path
-
-    from PIL import Image, ImageDraw, ImageEnhance, ImageFont
-
     from deepscope.algos import verify as V
 
-    spec = importlib.util.spec_from_file_location("bench_duplicates", Path(__file__).resolve().parents[1] / "bench" / "duplicates.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    tiles = bench.photo_tiles(120)
-
-    def captioned(img):
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((6, 4, 114, 112)).resize((76, 76), Image.Resampling.LANCZOS)
-        img = ImageEnhance.Brightness(img).enhance(1.2)
-        ImageDraw.Draw(img).text((4, 34), "(c) deepscope 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=10),
-                                 stroke_width=2, stroke_fill=(0, 0, 0))
-        return encoded(img, "WEBP", quality=80)
-
-    def encoded(img, fmt, **kw):
-        buf = io.BytesIO()
-        img.save(buf, fmt, **kw)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
+    tiles = captioned_tiles(71, 99, 60, 21)
     for i, j in ((71, 99), (60, 21)):
-        a, b = captioned(tiles[i]), captioned(tiles[j])
+        a, b = tiles[i], tiles[j]
         ev = V.verify_pair(prepared(a), prepared(b))
         assert not ev["same"] and ev["failed"] == "keypoints: outside_overlay", ev
         assert ev["detail"] >= V.VerifySettings().min_detail > ev["detail_outside"], ev  # the whole's details pass: the caption's
@@ -1325,46 +1346,24 @@ def test_one_caption_on_two_different_photos_is_not_a_copy(monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(V, "_outside_band", lambda *args: float("nan"))
         for i, j in ((71, 99), (60, 21)):
-            assert V.verify_pair(prepared(captioned(tiles[i])), prepared(captioned(tiles[j])))["same"]
+            assert V.verify_pair(prepared(tiles[i]), prepared(tiles[j]))["same"]
 
 
 def test_pictures_under_one_caption_from_a_job_file(tmp_path):
     """End to end: four different photo tiles under one caption (the pairs of
     test_one_caption_on_two_different_photos_is_not_a_copy) and a JPEG of one of them.  The copy is the only
     duplicate; the pairs rejected by `outside_overlay` alone are counted in the summary and named in the report."""
-    import importlib.util
-    import io
     import json
-    from pathlib import Path
 
-    import pyarrow.parquet as pq
-    from PIL import Image, ImageDraw, ImageEnhance, ImageFont
-
-    from deepscope import job as jobmod
-    from deepscope.runner import run
-
-    spec = importlib.util.spec_from_file_location("bench_duplicates", Path(__file__).resolve().parents[1] / "bench" / "duplicates.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    tiles = bench.photo_tiles(120)
     data = tmp_path / "marked"
     data.mkdir()
-    for i in (71, 99, 60, 21):
-        img = tiles[i].transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((6, 4, 114, 112)).resize((76, 76), Image.Resampling.LANCZOS)
-        img = ImageEnhance.Brightness(img).enhance(1.2)
-        ImageDraw.Draw(img).text((4, 34), "(c) deepscope 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=10),
-                                 stroke_width=2, stroke_fill=(0, 0, 0))
-        buf = io.BytesIO()
-        img.save(buf, "WEBP", quality=80)
-        Image.open(io.BytesIO(buf.getvalue())).convert("RGB").save(data / f"tile{i}.png")
-    Image.open(data / "tile71.png").save(data / "tile71_copy.jpg", quality=85)
+    tiles = captioned_tiles(71, 99, 60, 21)
+    for i, img in tiles.items():
+        img.save(data / f"tile{i}.png")
+    tiles[71].save(data / "tile71_copy.jpg", quality=85)
     out = tmp_path / "out"
-    run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
-                         "run": {"batch_size": 8, "executor": "local"}, "features": {}, "pixels": {}, "thumbs": {},
-                         "index": {"spaces": ["features", "pixels"]}, "knn": {"k": 4}}))
-    dups = {(r["a"], r["b"]) for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
+    dups, cand = knn_job(data, out, k=4)
     assert dups == {("tile71.png", "tile71_copy.jpg")}, dups
-    cand = pq.read_table(out / "knn/candidates.parquet").to_pylist()
     told = {frozenset((r["a"], r["b"])) for r in cand if (r["rejected_by"] or "").endswith(": outside_overlay")}
     # tile 99 against tile 71 and its copy: every test but this one passes them (60 and 21, in this order, fail `detail`)
     assert told == {frozenset(("tile71.png", "tile99.png")), frozenset(("tile71_copy.jpg", "tile99.png"))}, cand
