@@ -569,20 +569,22 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     from deepscope.algos import verify as V
 
     c = pq.read_table(out / "knn/candidates.parquet").to_pandas()
+    limits = V.VerifySettings()  # the verification's own limits, not copies of them
     geo = (c["inliers"].fillna(0) >= 8) & (c["inlier_ratio"].fillna(0) >= 0.15)
-    plausible = (c["rotation"].abs().fillna(99) <= 20) & c["scale"].between(0.5, 2.0) & (c["overlap"].fillna(0) >= 0.65)
+    plausible = ((c["rotation"].abs().fillna(99) <= limits.max_rotation) & c["scale"].between(*limits.scale_range)
+                 & (c["overlap"].fillna(0) >= limits.min_overlap))
     frames = c["inliers"].fillna(0) == 0  # laid by their frames: they must agree almost everywhere
-    corr = c["explained"].fillna(0) >= np.where(frames, V.FRAMES_EXPLAINED, 0.75)
+    corr = c["explained"].fillna(0) >= np.where(frames, max(limits.min_explained, V.FRAMES_EXPLAINED), limits.min_explained)
     side = {}  # each thumbnail's longest side: the overlay's band widens to a line of text on small pictures
     for f in sorted((out / "thumbs").rglob("*.parquet")):
         t = pq.read_table(f, columns=["id", "width", "height"]).to_pandas()
         side.update(zip(t["id"], np.minimum(np.maximum(t["width"], t["height"]), 256)))
     small = np.minimum(c["a"].map(side).fillna(256), c["b"].map(side).fillna(256))
-    overlay = c["overlay"].fillna(1) <= np.maximum(0.2, V.TEXT_LINE / small + 1 / V.CELLS) + 1e-6  # float32 evidence
-    one_overlay = (c["overlay"].fillna(1) <= 0.2 + 1e-6) & (c["regions"].fillna(0) == 1)  # frames: but one overlay, plain band
-    differing = c["differing"].fillna(1) <= np.where(frames & ~one_overlay, 0.25 / 5, 0.25)
-    colour = c["colour_shift"].fillna(1) <= 0.3
-    limits = V.VerifySettings()  # the verification's own limits, not copies of them
+    overlay = c["overlay"].fillna(1) <= np.maximum(limits.max_overlay, V.TEXT_LINE / small + 1 / V.CELLS) + 1e-6  # float32 evidence
+    # frames: but one overlay, in the plain band
+    one_overlay = (c["overlay"].fillna(1) <= limits.max_overlay + 1e-6) & (c["regions"].fillna(0) == 1)
+    differing = c["differing"].fillna(1) <= np.where(frames & ~one_overlay, limits.max_differing / 5, limits.max_differing)
+    colour = c["colour_shift"].fillna(1) <= limits.max_colour_shift
     detail = c["detail"].isna() | (c["detail"] >= limits.min_detail)  # no detail to compare: no evidence against
     fine = c["fine"].isna() | (c["fine"] >= limits.min_fine) if "fine" in c else True  # measured only when all else passes
     # measured only when all else passes and the matches fit one overlay's band (a caption both may carry)

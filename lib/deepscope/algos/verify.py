@@ -50,14 +50,14 @@ DETAIL_BAND = 2.5  # the band-pass: from the coarser thumbnail's pixel to this m
 COARSE_EXPLAINED, COARSE_DIFFERING = 0.4, 0.4  # at half the comparison's scale, a try this far off is not compared at full scale
 COARSE_FRAMES_DIFFERING = 0.2  # a try laid by its frames must agree nearly everywhere (max_differing / 5): its copies 0.04 at most
 # the finest details (_fine), compared when both thumbnails have them (their pixel at most FINE_PIXEL working pixels:
-# 128 px and more, half the working side; on the forms tuning set a 50% copy's `fine` is 0.86-0.96, its template's
-# other pages' -0.12-0.87): on a FINE_GRID x FINE_GRID grid, the cells where both have strong detail (band-pass mean
+# 128 px and more, half the working side: on the forms tuning set its 50% copies, once compared, no longer join
+# their template's other pages): on a FINE_GRID x FINE_GRID grid, the cells where both have strong detail (band-pass mean
 # square over FINE_ENERGY grey levels^2, energies within FINE_RATIO of each other: not an overlay's nor a blur's),
 # FINE_CELLS at least
 FINE_PIXEL, FINE_GRID, FINE_ENERGY, FINE_RATIO, FINE_CELLS, FINE_SIGMA = 2.0, 8, 8.0, 4.0, 6, 0.7
 # ... and only on pages: at least PAGE_PAPER of each picture one flat light colour, the paper (within PAPER_LEVELS
 # grey levels of its most common level, PAPER_LIGHT or lighter), where min_fine was chosen: on photographs that band
-# is texture and noise that two resamplings decorrelate (4 of the demo's 461 pairs, 2 of 59 captioned photos under it)
+# is texture and noise that two resamplings decorrelate (4 of the demo's 461 pairs, 2 of 59 captioned photos under 0.65)
 PAGE_PAPER, PAPER_LEVELS, PAPER_LIGHT = 0.5, 8, 160
 # the pixel evidence of a try whose pixels were not compared (too little overlap, or an implausible transform)
 NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
