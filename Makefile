@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-# what the tests need besides (pytest, moto, import-linter, build, selenium for the browser test)
+# what the tests need besides (pytest and pytest-xdist, moto, import-linter, build, selenium for the browser test)
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test,browser]'
 	touch $(TEST_STAMP)
@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/deepscope run jobs/demo.toml
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -x --durations=10
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=10
 
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
