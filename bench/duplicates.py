@@ -1,7 +1,8 @@
 """Near-duplicates, side by side with the tools people use, on data the detector was not tuned on.
 
-Six sets of distinct images, each with planted copies (one copy per chosen original, 13 edit kinds)
-and look-alike pairs that are NOT copies:
+Seven sets of distinct images with planted copies (on the six generated ones one copy per chosen
+original, 13 edit kinds; on skimage every photo with 8 edits made by OpenCV) and look-alike pairs that
+are NOT copies:
   shapes    io/demo_data.random_scene (the settings of algos/verify.py were chosen on this one)
   textured  smooth coloured fields with grain, polygons, rings, striped boxes and letters, in varied
             aspect ratios; its look-alikes: two frames of one scene (objects moved), one object on two
@@ -19,6 +20,11 @@ and look-alike pairs that are NOT copies:
             box (written on 6 December 2026 so that a setting for text is chosen on pages other than the
             held-out documents: `fine` was chosen here); look-alikes: one form filled in with other
             values, the same form from another company's system, two pages of one statement
+  skimage   whole photos (scikit-image's bundled pictures, colour and grey, 256 to 1,024 px a side), every one
+            copied with every edit of CV_EDITS, written with OpenCV rather than Pillow, other parameters
+            (JPEG 60, 60% size, a 10% crop, gamma 0.8, 4 degrees, a yellow caption in a Hershey font, all at
+            once as WebP); look-alikes: the two views of scikit-image's stereo pair (held out: written on
+            6 December 2026 after every setting was chosen, run as it came)
 Each set runs through deepscope (features + pixels + thumbs + index + knn, lite0 with its ImageNet
 weights) and, on the same folder, imagededup's PHash / DHash / AHash / WHash, fastdup and cleanvision
 (from a separate virtualenv, --tools-python: their pins would downgrade numpy, OpenCV and Pillow in
@@ -468,6 +474,92 @@ def photo_lookalikes(rng, n: int) -> list[tuple[str, Image.Image, Image.Image]]:
     return out
 
 
+WHOLE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel",
+                "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina",
+                "rocket", "text", "checkerboard", "cell")  # those scikit-image ships (the others it downloads)
+
+
+def whole_photo(name: str) -> np.ndarray:
+    """A scikit-image picture as it is: (h, w) grey or (h, w, 3) RGB uint8 (an alpha channel dropped)."""
+    from skimage import data
+
+    x = getattr(data, name)()
+    if x.dtype != np.uint8:
+        x = x.astype(np.float64)
+        x = (255 * (x - x.min()) / max(float(np.ptp(x)), 1e-9)).astype(np.uint8)
+    return x[..., :3] if x.ndim == 3 else x
+
+
+def _cv(x: np.ndarray, ext: str, *params) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(x, cv2.COLOR_RGB2BGR) if x.ndim == 3 else x, list(params))
+    return buf.tobytes()
+
+
+def _cv_resize(x, f):
+    import cv2
+
+    return cv2.resize(x, (max(8, int(x.shape[1] * f)), max(8, int(x.shape[0] * f))), interpolation=cv2.INTER_AREA)
+
+
+def _cv_rotate(x, degrees):
+    import cv2
+
+    h, w = x.shape[:2]
+    return cv2.warpAffine(x, cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def _cv_caption(x):
+    import cv2
+
+    x, s = x.copy(), x.shape[0] / 500
+    cv2.putText(x, "SAMPLE 2026", (int(x.shape[1] * 0.45), int(x.shape[0] * 0.92)), cv2.FONT_HERSHEY_DUPLEX, 1.2 * s,
+                (255, 220, 0) if x.ndim == 3 else 230, max(1, int(3 * s)), cv2.LINE_AA)
+    return x
+
+
+def _cv_crop(x, f):
+    return x[int(x.shape[0] * f):, int(x.shape[1] * f):]
+
+
+CV_EDITS = {  # the skimage set's edits, made with OpenCV: name -> (h, w[, 3]) uint8 -> (file bytes, extension)
+    "cv_jpeg60": lambda x: (_cv(x, ".jpg", 1, 60), "jpg"),  # 1: cv2.IMWRITE_JPEG_QUALITY
+    "cv_small60": lambda x: (_cv(_cv_resize(x, 0.6), ".png"), "png"),
+    "cv_crop10": lambda x: (_cv(_cv_crop(x, 0.1), ".jpg", 1, 90), "jpg"),
+    "cv_gamma": lambda x: (_cv((255 * (x / 255.0) ** 0.8).astype(np.uint8), ".jpg", 1, 90), "jpg"),
+    "cv_rotate4": lambda x: (_cv(_cv_rotate(x, 4), ".jpg", 1, 90), "jpg"),
+    "cv_flip": lambda x: (_cv(np.ascontiguousarray(x[:, ::-1]), ".jpg", 1, 90), "jpg"),
+    "cv_caption": lambda x: (_cv(_cv_caption(x), ".jpg", 1, 90), "jpg"),
+    "cv_all": lambda x: (_cv(_cv_caption(_cv_resize(_cv_crop(np.ascontiguousarray(x[:, ::-1]), 0.08), 0.8)), ".webp", 64, 70), "webp"),  # 64: WEBP_QUALITY
+}
+
+
+def make_skimage_set(root: Path) -> dict:
+    """The whole photos, each copied with every CV_EDITS edit: a photo and its copies are one group, so every
+    pair in it is a true pair (an original and a copy: that edit; two copies: "two copies")."""
+    from skimage import data
+
+    pairs = {}
+    for i, name in enumerate(WHOLE_PHOTOS):
+        x = whole_photo(name)
+        family = [f"skimage_{i:05d}.png"]
+        (root / family[0]).write_bytes(_cv(x, ".png"))
+        for edit, make in CV_EDITS.items():
+            blob, ext = make(x)
+            family.append(f"copy_{edit}_{i:05d}.{ext}")
+            (root / family[-1]).write_bytes(blob)
+            pairs[tuple(sorted((family[0], family[-1])))] = edit
+        for j, a in enumerate(family[1:], 1):
+            for b in family[j + 1:]:
+                pairs[tuple(sorted((a, b)))] = "two copies"
+    left, right, _ = data.stereo_motorcycle()
+    (root / "look_views_000_a.png").write_bytes(_cv(left, ".png"))
+    (root / "look_views_000_b.png").write_bytes(_cv(right, ".png"))
+    return {"pairs": pairs, "looks": {("look_views_000_a.png", "look_views_000_b.png"): "views"},
+            "images": len(list(root.iterdir()))}
+
+
 # ---------------------------------------------------------------------------- a set on disk
 
 
@@ -475,6 +567,8 @@ def make_set(root: Path, kind: str, distinct: int, per_edit: int, lookalikes: in
     """Writes root/<files>; -> {"pairs": {(a, b): edit}, "looks": {(a, b): kind}}."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
+    if kind == "skimage":
+        return make_skimage_set(root)
     if kind == "photos":
         tiles = photo_tiles()
         rng.shuffle(tiles)
@@ -782,7 +876,7 @@ def load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
 
 
-SEEDS = {"shapes": 10, "textured": 11, "photos": 12, "documents": 13, "landscapes": 14, "forms": 15}  # a set is the same whichever others run
+SEEDS = {"shapes": 10, "textured": 11, "photos": 12, "documents": 13, "landscapes": 14, "forms": 15, "skimage": 16}  # a set is the same whichever others run
 
 
 def main():
@@ -817,9 +911,9 @@ def main():
         data = root / kind
         truth = make_set(data, kind, a.distinct, a.per_edit, a.lookalikes, SEEDS[kind])
         note = {"shapes": " (settings chosen here)", "forms": " (settings chosen here: fine)", "documents": " (held out)",
-                "landscapes": " (held out)"}.get(kind, " (looked at while settings were chosen)")
+                "landscapes": " (held out)", "skimage": " (held out: whole photos, edits by OpenCV)"}.get(kind, " (looked at while settings were chosen)")
         print(f"\n## {kind}{note}: {truth['images']} images, "
-              f"{len(truth['pairs'])} planted copies, {len(truth['looks'])} look-alike pairs")
+              f"{len(truth['pairs'])} true pairs, {len(truth['looks'])} look-alike pairs")
         rows = []
         l0 = load()
         ds = run_deepscope(data, root / f"out-{kind}", knn or None)
