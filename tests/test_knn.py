@@ -1289,18 +1289,23 @@ def encoded(img, fmt, **kw):
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def captioned_tiles(*which):
-    """bench/duplicates.py's photo tiles (120 px, scikit-image's photos) `which`, each flipped, cropped,
-    shrunk to 76 px, lightened and captioned with the same line at the same place, as WebP (its `combo`)."""
+def bench_duplicates():
+    """bench/duplicates.py as a module (its generators and edits)."""
     import importlib.util
     from pathlib import Path
-
-    from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
     spec = importlib.util.spec_from_file_location("bench_duplicates", Path(__file__).resolve().parents[1] / "bench" / "duplicates.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    tiles = bench.photo_tiles(120)
+    return bench
+
+
+def captioned_tiles(*which):
+    """bench/duplicates.py's photo tiles (120 px, scikit-image's photos) `which`, each flipped, cropped,
+    shrunk to 76 px, lightened and captioned with the same line at the same place, as WebP (its `combo`)."""
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+
+    tiles = bench_duplicates().photo_tiles(120)
     out = {}
     for i in which:
         img = tiles[i].transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((6, 4, 114, 112)).resize((76, 76), Image.Resampling.LANCZOS)
@@ -1390,3 +1395,45 @@ def test_the_finest_details_realign_pictures_of_another_shape(monkeypatch):
     assert V._fine(a, b, m, use) > 0.99
     monkeypatch.setattr(V.cv2, "findTransformECC", lambda *args, **kw: (_ for _ in ()).throw(cv2.error("off")))
     assert V._fine(a, b, m, use) < 0.5
+
+
+def test_whole_photos_and_their_opencv_copies_from_a_job_file(tmp_path):
+    """End to end on real photos, edits made by another library than the benchmark's generated sets: four of
+    scikit-image's photos (two grey, two colour, 191 to 512 px), each copied by bench/duplicates.py's CV_EDITS
+    (OpenCV: JPEG 60, 60% size, a 10% crop, gamma 0.8, 4 degrees, a flip, a Hershey-font caption, all at once
+    as WebP), and the two views of the stereo pair (a look-alike).  The groups are exactly the four families."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    bench = bench_duplicates()
+    data = tmp_path / "data"
+    data.mkdir()
+    family = {}
+    for name in ("camera", "coffee", "page", "astronaut"):
+        x = bench.whole_photo(name)
+        (data / f"{name}.png").write_bytes(bench._cv(x, ".png"))
+        family[f"{name}.png"] = name
+        for edit, make in bench.CV_EDITS.items():
+            blob, ext = make(x)
+            (data / f"{name}--{edit}.{ext}").write_bytes(blob)
+            family[f"{name}--{edit}.{ext}"] = name
+    from skimage import data as sk
+
+    left, right, _ = sk.stereo_motorcycle()
+    for side, x in (("left", left), ("right", right)):
+        (data / f"motorcycle_{side}.png").write_bytes(bench._cv(x, ".png"))
+    knn_job(data, tmp_path / "out", k=10)
+    images = pq.read_table(tmp_path / "out/knn/images.parquet").to_pylist()
+    found = {}
+    for r in images:
+        if r["group"] is not None:
+            found.setdefault(r["group"], set()).add(r["id"])
+    truth = {}
+    for f, name in family.items():
+        truth.setdefault(name, set()).add(f)
+    assert sorted(map(sorted, found.values())) == sorted(map(sorted, truth.values()))  # the stereo views in none
+    of = {r["id"]: r["duplicate_of"] for r in images}
+    pixels = {f: Image.open(data / f).size[0] * Image.open(data / f).size[1] for f in family}
+    copies = {f: d for f, d in of.items() if d is not None}
+    assert all(family[f] == family[d] and pixels[d] >= pixels[f] for f, d in copies.items())  # a copy names a larger or equal image of its photo
+    assert {family[d] for d in copies.values()} == set(truth) and len(copies) >= 3 * len(truth)
