@@ -356,9 +356,11 @@ def copies_to_remove(n: int, a: np.ndarray, b: np.ndarray, pixels: np.ndarray | 
     """Which images of the duplicate pairs (a[i], b[i]) to keep: greedily, the image with the most pixels
     (the uncropped, unshrunk one), then the most duplicate pairs (an original pairs with each of its
     copies; two copies of different edits may not), then the largest file (the least compressed), then
-    the first row, is kept and its partners become its copies -> (n,) the kept image each copy
-    duplicates, -1 for every kept or unpaired image.  A copy pairs directly with the image it names and
-    never has more pixels (a chain A-B-C of equal sizes keeps B; one whose middle is smaller keeps two)."""
+    the first row, is kept and its partners become its copies; an image reached unplaced that pairs with
+    a copy at least as large is a copy of that copy's kept image (a photo's edits pair with each other,
+    not each with the original) -> (n,) the kept image each copy duplicates, -1 for every kept or
+    unpaired image.  A copy never has more pixels than the image it names, and pairs with it directly
+    or through such a copy (a chain A-B-C of equal sizes keeps B; one whose middle is smaller keeps two)."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     degree = np.bincount(a, minlength=n) + np.bincount(b, minlength=n)
     size = np.zeros(n) if pixels is None else np.asarray(pixels, np.float64)
@@ -368,11 +370,17 @@ def copies_to_remove(n: int, a: np.ndarray, b: np.ndarray, pixels: np.ndarray | 
     ends = np.concatenate([a, b])
     partners = np.concatenate([b, a])[np.argsort(ends, kind="stable")]
     start = np.concatenate([[0], np.cumsum(degree)])
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(len(order))
     copy_of = np.full(n, -1, np.int64)
     for i in order.tolist():  # a partner kept before i would have made i its copy: i's partners are unplaced or copies
         if copy_of[i] < 0:
             mine = partners[start[i]:start[i + 1]]
-            copy_of[mine[copy_of[mine] < 0]] = i
+            via = mine[(copy_of[mine] >= 0) & (size[mine] >= size[i])]
+            if len(via):  # the largest such copy, then the first placed
+                copy_of[i] = copy_of[via[np.lexsort((rank[via], -size[via]))[0]]]
+            else:
+                copy_of[mine[copy_of[mine] < 0]] = i
     return copy_of
 
 
