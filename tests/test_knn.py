@@ -83,21 +83,27 @@ def test_copies_to_remove_by_hand_and_on_random_graphs():
     assert K.copies_to_remove(9, [0, 0, 0, 4, 5], [1, 2, 3, 5, 6]).tolist() == [-1, 0, 0, 0, 5, -1, 5, -1, -1]
     # a shrunk copy and copies of it (edits that pair with each other, not with the original): all its copies
     assert K.copies_to_remove(4, [0, 1, 2], [1, 2, 3], pixels=[9, 1, 1, 1]).tolist() == [-1, 0, 0, 0]
+    # ... while enough of it is still shown by the kept image: the overlaps' product (0.9 x 0.9), not a chain of
+    # crops drifting across a picture (0.8 x 0.8 under the least overlap of a pair, 0.65)
+    assert K.copies_to_remove(3, [0, 1], [1, 2], pixels=[9, 4, 4], overlap=[0.9, 0.9]).tolist() == [-1, 0, 0]
+    assert K.copies_to_remove(3, [0, 1], [1, 2], pixels=[9, 4, 4], overlap=[0.8, 0.8]).tolist() == [-1, 0, -1]
     # ... but a copy larger than the copy it pairs with may hold more of the picture: kept
     assert K.copies_to_remove(4, [0, 1, 2], [1, 2, 3], pixels=[9, 1, 4, 1]).tolist() == [-1, 0, -1, 2]
     assert K.copies_to_remove(3, [0, 1], [1, 2], pixels=[4, 9, 4]).tolist() == [1, -1, 1]
     # a photo's edits: the original (most pixels) pairs with two of them, the third (smallest) only with those
     assert K.copies_to_remove(4, [0, 0, 1, 2], [1, 2, 3, 3], pixels=[9, 9, 9, 4], file_bytes=[5, 1, 2, 1]).tolist() == [-1, 0, 0, 0]
     assert K.copies_to_remove(2, [0], [1], pixels=[4, 9]).tolist() == [1, -1]
-    assert K.copies_to_remove(3, [0, 0], [1, 2], pixels=[4, 4, 4], file_bytes=[1, 2, 3]).tolist() == [-1, 0, 0]  # the hub
+    assert K.copies_to_remove(3, [0, 0], [1, 2], pixels=[4, 4, 4], file_bytes=[1, 2, 3]).tolist() == [2, 2, -1]  # the largest file, the hub through it
+    assert K.copies_to_remove(3, [0, 0], [1, 2], pixels=[4, 4, 4], file_bytes=[3, 3, 3]).tolist() == [-1, 0, 0]  # one size: the hub
     assert K.copies_to_remove(2, [0], [1], pixels=[4, 4], file_bytes=[1, 2]).tolist() == [1, -1]
     rng = np.random.default_rng(0)
-    for _ in range(50):
+    for trial in range(50):
         n = int(rng.integers(2, 40))
         a, b = rng.integers(0, n, (2, int(rng.integers(1, 3 * n))))
         a, b = a[a != b], b[a != b]
         pixels = rng.integers(1, 4, n)
-        copy_of = K.copies_to_remove(n, a, b, pixels)
+        overlap = rng.uniform(0.65, 1.0, len(a)) if trial % 2 else None  # None: every pair shows all of both
+        copy_of = K.copies_to_remove(n, a, b, pixels, overlap=overlap)
         edges = set(zip(a.tolist(), b.tolist())) | set(zip(b.tolist(), a.tolist()))
         kept = copy_of < 0
         for i in np.nonzero(~kept)[0]:  # each copy names a kept image at least as large, paired directly or through a copy of it at least as large
@@ -105,7 +111,8 @@ def test_copies_to_remove_by_hand_and_on_random_graphs():
             assert kept[j] and pixels[j] >= pixels[i]
             assert (i, j) in edges or any((i, p) in edges and copy_of[p] == j and pixels[p] >= pixels[i] for p in range(n))
         assert not any(kept[i] and kept[j] for i, j in edges)  # no pair of kept images: nothing left to remove
-        for i in np.nonzero(kept & np.isin(np.arange(n), np.concatenate([a, b])))[0]:  # a kept image pairs with no copy at least as large but its own
+        for i in np.nonzero(kept & np.isin(np.arange(n), np.concatenate([a, b])))[0] if overlap is None else []:
+            # a kept image pairs with no copy at least as large but its own (with overlaps: unless too little is shown)
             assert not any((i, p) in edges and not kept[p] and pixels[p] >= pixels[i] and copy_of[p] != i for p in range(n))
 
 
@@ -1410,7 +1417,8 @@ def test_whole_photos_and_their_opencv_copies_from_a_job_file(tmp_path):
     scikit-image's photos (two grey, two colour, 191 to 512 px), each copied by bench/duplicates.py's CV_EDITS
     (OpenCV: JPEG 60, 60% size, a 10% crop, gamma 0.8, 4 degrees, a flip, a Hershey-font caption, all at once
     as WebP), and the two views of the stereo pair (a look-alike).  The groups are exactly the four families,
-    and each keeps one image (before copies of copies were named, 2 to 3 a family: the WebP copy among them)."""
+    and each keeps one image, the photo (before copies of copies were named, 2 to 3 a family, the WebP copy among
+    them; before the largest file came before the most pairs, a flipped or JPEG copy instead of the photo)."""
     import pyarrow.parquet as pq
     from PIL import Image
 
@@ -1445,5 +1453,6 @@ def test_whole_photos_and_their_opencv_copies_from_a_job_file(tmp_path):
     pixels = {f: Image.open(data / f).size[0] * Image.open(data / f).size[1] for f in family}
     copies = {f: d for f, d in of.items() if d is not None}
     assert all(family[f] == family[d] and pixels[d] >= pixels[f] for f, d in copies.items())  # a copy names a larger or equal image of its photo
-    # one image kept per photo: the edits that pair only with other edits are copies too (through a copy at least as large)
-    assert sorted(family[d] for d in set(copies.values())) == sorted(truth) and len(copies) == len(family) - len(truth)
+    # one image kept per photo, the photo itself (the most pixels, then the largest file: its JPEG copies of one
+    # size are smaller); the edits that pair only with other edits are copies too (through a copy at least as large)
+    assert set(copies.values()) == {f"{n}.png" for n in truth} and len(copies) == len(family) - len(truth)

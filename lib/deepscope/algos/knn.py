@@ -352,35 +352,43 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def copies_to_remove(n: int, a: np.ndarray, b: np.ndarray, pixels: np.ndarray | None = None,
-                     file_bytes: np.ndarray | None = None) -> np.ndarray:
+                     file_bytes: np.ndarray | None = None, overlap: np.ndarray | None = None,
+                     min_cover: float = 0.65) -> np.ndarray:
     """Which images of the duplicate pairs (a[i], b[i]) to keep: greedily, the image with the most pixels
-    (the uncropped, unshrunk one), then the most duplicate pairs (an original pairs with each of its
-    copies; two copies of different edits may not), then the largest file (the least compressed), then
-    the first row, is kept and its partners become its copies; an image reached unplaced that pairs with
-    a copy at least as large is a copy of that copy's kept image (a photo's edits pair with each other,
-    not each with the original) -> (n,) the kept image each copy duplicates, -1 for every kept or
-    unpaired image.  A copy never has more pixels than the image it names, and pairs with it directly
-    or through such a copy (a chain A-B-C of equal sizes keeps B; one whose middle is smaller keeps two)."""
+    (the uncropped, unshrunk one), then the largest file (the least compressed: of a photo and its JPEG
+    copies of one size, the photo), then the most duplicate pairs, then the first row, is kept and its
+    partners become its copies; an image reached unplaced that pairs with a copy at least as large is a
+    copy of that copy's kept image (a photo's edits pair with each other, not each with the original)
+    when enough of it is still shown there: the product of the pairs' overlaps (overlap[i]: the smaller
+    share of either image the other covers; None: 1) along the way, at least min_cover (a direct pair's
+    least overlap), so that a chain of crops drifting across a picture is not removed through its middle
+    -> (n,) the kept image each copy duplicates, -1 for every kept or unpaired image.  A copy never has
+    more pixels than the image it names, and pairs with it directly or through such copies (a chain
+    A-B-C of equal sizes keeps B; one whose middle is smaller keeps two)."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     degree = np.bincount(a, minlength=n) + np.bincount(b, minlength=n)
     size = np.zeros(n) if pixels is None else np.asarray(pixels, np.float64)
     nbytes = np.zeros(n) if file_bytes is None else np.asarray(file_bytes, np.float64)
+    ov = np.ones(len(a)) if overlap is None else np.nan_to_num(np.asarray(overlap, np.float64), nan=0.0)
     paired = np.nonzero(degree)[0]
-    order = paired[np.lexsort((paired, -nbytes[paired], -degree[paired], -size[paired]))]
+    order = paired[np.lexsort((paired, -degree[paired], -nbytes[paired], -size[paired]))]
     ends = np.concatenate([a, b])
-    partners = np.concatenate([b, a])[np.argsort(ends, kind="stable")]
+    by_end = np.argsort(ends, kind="stable")
+    partners, partner_ov = np.concatenate([b, a])[by_end], np.concatenate([ov, ov])[by_end]
     start = np.concatenate([[0], np.cumsum(degree)])
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(len(order))
     copy_of = np.full(n, -1, np.int64)
+    cover = np.ones(n)  # the share of a copy that its kept image still shows (the overlaps' product on the way)
     for i in order.tolist():  # a partner kept before i would have made i its copy: i's partners are unplaced or copies
         if copy_of[i] < 0:
-            mine = partners[start[i]:start[i + 1]]
-            via = mine[(copy_of[mine] >= 0) & (size[mine] >= size[i])]
-            if len(via):  # the largest such copy, then the first placed
-                copy_of[i] = copy_of[via[np.lexsort((rank[via], -size[via]))[0]]]
+            mine, mine_ov = partners[start[i]:start[i + 1]], partner_ov[start[i]:start[i + 1]]
+            reach = cover[mine] * mine_ov
+            via = np.nonzero((copy_of[mine] >= 0) & (size[mine] >= size[i]) & (reach >= min_cover))[0]
+            if len(via):  # the most shown, then the largest copy
+                j = via[np.lexsort((-size[mine[via]], -reach[via]))[0]]
+                copy_of[i], cover[i] = copy_of[mine[j]], reach[j]
             else:
-                copy_of[mine[copy_of[mine] < 0]] = i
+                new = copy_of[mine] < 0
+                copy_of[mine[new]], cover[mine[new]] = i, mine_ov[new]
     return copy_of
 
 

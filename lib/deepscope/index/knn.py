@@ -527,10 +527,11 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     group_of = K.components(n, a[dup], b[dup])
     sizes = np.bincount(group_of, minlength=n)[group_of]
     in_group = sizes > 1
-    # which to keep: the most pixels, then the most pairs; every other member is a verified copy of a kept one.
+    # which to keep: the most pixels, then the largest file, then the most pairs; every other member is a verified copy of a kept one.
     # Without thumbnails no size is known: none is chosen
-    copy_of = (K.copies_to_remove(n, a[dup], b[dup], thumbs["pixels"], thumbs["file_bytes"]) if thumbs is not None
-               else np.full(n, -1, np.int64))
+    copy_of = (K.copies_to_remove(n, a[dup], b[dup], thumbs["pixels"], thumbs["file_bytes"],
+                                  np.where(same_hash[ok], 1.0, ev["overlap"][ok]), V.VerifySettings().min_overlap)
+               if thumbs is not None else np.full(n, -1, np.int64))
 
     uniq = K.uniqueness(dist_f)
     lab = K.label_disagreement(labels, rows_f, flag_below=cfg.flag_below)

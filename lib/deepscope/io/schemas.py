@@ -117,7 +117,7 @@ KNN_IMAGES = pa.schema([
     pa.field("group", pa.string()),  # near-duplicate group (the id of its first member), null: none
     pa.field("group_size", pa.int32(), nullable=False),  # 1: no duplicate
     # the kept image this one is a verified copy of (safe to remove); null: keep it (the group's image with
-    # the most pixels, then the most duplicate pairs, then the largest file; and any image with no kept partner)
+    # the most pixels, then the largest file, then the most duplicate pairs; and any image with no kept partner nor copy at least as large)
     pa.field("duplicate_of", pa.string()),
     pa.field("majority_label", pa.string()),  # the neighbours' most common label
     pa.field("majority_share", pa.float32(), nullable=False),

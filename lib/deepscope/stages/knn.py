@@ -95,7 +95,7 @@ class Knn(Stage):
         if d.get("copies") is None:
             return ""
         return (f"<p>{d['copies']} of the {d['images']} images are copies of an image kept in their group (the one "
-                f"with the most pixels, then the most duplicate pairs, then the largest file): each copy's <code>duplicate_of</code> in "
+                f"with the most pixels, then the largest file, then the most duplicate pairs): each copy's <code>duplicate_of</code> in "
                 f"<code>knn/images.parquet</code> names the kept image it duplicates (verified against it, or against a copy "
                 f"of it at least as large), so the copies can be removed and every picture stays, at its largest size.</p>")
 
