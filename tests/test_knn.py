@@ -1331,9 +1331,9 @@ def captioned_tiles(*which):
     return out
 
 
-def knn_job(data, out, k: int) -> tuple[set, list]:
-    """features, pixels, thumbs, both indexes and knn on the folder `data`, from a job file's dict ->
-    (the duplicate pairs (a, b), the candidate rows)."""
+def knn_job(data, out, k: int, **knn) -> tuple[set, list]:
+    """features, pixels, thumbs, both indexes and knn (k, and any other [knn] setting) on the folder `data`,
+    from a job file's dict -> (the duplicate pairs (a, b), the candidate rows)."""
     import pyarrow.parquet as pq
 
     from deepscope import job as jobmod
@@ -1341,7 +1341,7 @@ def knn_job(data, out, k: int) -> tuple[set, list]:
 
     run(jobmod.validate({"out": str(out), "dataset": {"source": str(data)}, "model": {"name": "lite0"},
                          "run": {"batch_size": 8, "executor": "local"}, "features": {}, "pixels": {}, "thumbs": {},
-                         "index": {"spaces": ["features", "pixels"]}, "knn": {"k": k}}))
+                         "index": {"spaces": ["features", "pixels"]}, "knn": {"k": k, **knn}}))
     dups = {(r["a"], r["b"]) for r in pq.read_table(out / "knn/duplicates.parquet").to_pylist()}
     return dups, pq.read_table(out / "knn/candidates.parquet").to_pylist()
 
@@ -1456,3 +1456,40 @@ def test_whole_photos_and_their_opencv_copies_from_a_job_file(tmp_path):
     # one image kept per photo, the photo itself (the most pixels, then the largest file: its JPEG copies of one
     # size are smaller); the edits that pair only with other edits are copies too (through a copy at least as large)
     assert set(copies.values()) == {f"{n}.png" for n in truth} and len(copies) == len(family) - len(truth)
+
+
+def test_a_pair_is_laid_by_its_frames_only_when_its_sketches_agree(tmp_path):
+    """A smooth photo tile (11 ORB keypoints: bench/duplicates.py's tile 114 of the photos set) and its JPEG
+    at quality 50 are a copy only by their frames (no keypoint transform).  verify_pair with frames=False tries
+    the keypoints alone and rejects it; from a job file, the knn stage lays a pair by its frames when its
+    sketches agree at min_frames_sketch or more (this pair: 0.86), so 1.0 loses the copy and the default (0.4) finds it."""
+    import io
+
+    from PIL import Image
+
+    from deepscope.algos import verify as V
+
+    tiles = bench_duplicates().photo_tiles(120)
+    np.random.default_rng(12).shuffle(tiles)  # the photos set's order
+    tile, others = tiles[114], [tiles[i] for i in range(0, 200, 20)]
+    buf = io.BytesIO()
+    tile.save(buf, "JPEG", quality=50)
+    copy = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    a, b = V.prepare(np.asarray(tile.convert("RGB"))), V.prepare(np.asarray(copy))
+    ev = V.verify_pair(a, b)
+    assert ev["same"] and ev["inliers"] == 0, ev
+    ev = V.verify_pair(a, b, frames=False)
+    assert not ev["same"] and ev["failed"].startswith("no transform"), ev
+    data = tmp_path / "data"
+    data.mkdir()
+    tile.save(data / "tile.png")
+    (data / "tile_copy.jpg").write_bytes(buf.getvalue())
+    for i, t in enumerate(others):
+        t.save(data / f"other_{i:02d}.png")
+    found = {}
+    for limit in (None, 1.0):
+        dups, cands = knn_job(data, tmp_path / f"out-{limit}", k=5, **({} if limit is None else {"min_frames_sketch": limit}))
+        pair = [r for r in cands if {r["a"], r["b"]} == {"tile.png", "tile_copy.jpg"}]
+        assert len(pair) == 1 and 0.4 < pair[0]["sketch"] < 1.0, pair
+        found[limit] = (("tile.png", "tile_copy.jpg") in dups or ("tile_copy.jpg", "tile.png") in dups, pair[0]["rejected_by"])
+    assert found[None] == (True, None) and found[1.0][0] is False and found[1.0][1].startswith("no transform"), found

@@ -422,8 +422,9 @@ def _frame(ga: np.ndarray, gb: np.ndarray, flip: bool) -> np.ndarray:
     return np.array([[-sx, 0, wa - 1], [0, sy, 0]] if flip else [[sx, 0, 0], [0, sy, 0]], np.float64)
 
 
-def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -> dict:
-    """Two prepared images -> the decision `same` and its evidence (EVIDENCE's keys):
+def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), frames: bool = True) -> dict:
+    """Two prepared images -> the decision `same` and its evidence (EVIDENCE's keys) (frames: False, the keypoint
+    tries only: the caller knows the pair's fine detail disagrees, which a pair laid by its frames cannot):
     inliers, inlier_ratio, flip, scale, rotation (of the transform b -> a, refined on the pixels),
     spread (of the inliers), overlap (the smaller share of either covered by the other), then the aligned
     pixels: aligned_correlation, explained, differing, regions, overlay, colour_shift, brightness_shift,
@@ -436,7 +437,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings()) -
     # one overlay's band: a share of the side, or a line of text on a small picture (and a cell's rounding)
     overlay = max(s.max_overlay, TEXT_LINE / min(a["side"], b["side"]) + 1 / CELLS)
     textured = min(len(_direct(a)[0]), len(_direct(b)[0])) >= s.min_keypoints
-    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in _orientations(direct, mirrored, flat)]
+    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in (_orientations(direct, mirrored, flat) if frames else [])]
     for how, flip in tries:
         if how == "frames":
             m, inl, ratio, spread, inliers = _frame(a["grey"], b["grey"], flip), 0, 0.0, 0.0, np.zeros((0, 2), np.float32)

@@ -509,12 +509,15 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         if sketches is not None:
             log(f"knn: {int(screened.sum())} of {len(cand)} candidate pairs set aside at a first look (their pixel "
                 f"sketches agree under {cfg.min_sketch})")
-        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened)
+        # a pair laid by its frames (no keypoint transform) must agree nearly everywhere: its fine detail too. Under
+        # min_frames_sketch only its keypoints are tried (the lowest such copy on the tuning sets: 0.43; NaN: no detail, tried)
+        frames = ~(sketch < cfg.min_frames_sketch)
+        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened, frames=frames)
         seconds = time.time() - t0 + t_graph_sketch  # the graph's sketches count as the first look's
         ev["same"] |= same_hash
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
         verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "screened": int(screened.sum()),
-                        "min_sketch": cfg.min_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
+                        "min_sketch": cfg.min_sketch, "min_frames_sketch": cfg.min_frames_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
                         "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs),
                         "best_sketch": cfg.verify_best_sketch if s_graph is not None else None, "best_sketch_pairs": int(best_sketch),
@@ -712,7 +715,8 @@ def gather_thumbs(out_url: str, rel: str, parts: list[tuple[str, np.ndarray, np.
 def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.ndarray]:
     """One independent task: its thumbnails read from the row groups gathered for it, each image
     prepared once, every pair verified (algos/verify.py) -> evidence arrays (V.EVIDENCE).
-    pairs: {"a", "b": image rows, "sources": [(gathered file, row group)]}; settings: VerifySettings' fields."""
+    pairs: {"a", "b": image rows, "frames": may each be laid by its frames, "sources": [(gathered file, row group)]};
+    settings: VerifySettings' fields."""
     import cv2
     import faiss
 
@@ -732,7 +736,8 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
             images[i] = V.prepare(cv2.cvtColor(cv2.imdecode(thumb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), s)
         return images[i]
 
-    rows = [V.verify_pair(image(int(i)), image(int(j)), s) for i, j in zip(pairs["a"], pairs["b"])]
+    frames = pairs.get("frames", np.ones(len(pairs["a"]), bool))
+    rows = [V.verify_pair(image(int(i)), image(int(j)), s, frames=bool(f)) for i, j, f in zip(pairs["a"], pairs["b"], frames)]
     return V.evidence_arrays(rows)
 
 
@@ -764,13 +769,15 @@ def _gather_calls(store, thumbs: dict, a: np.ndarray, b: np.ndarray, chunks: lis
 
 
 def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor,
-                      skip: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                      skip: np.ndarray | None = None, frames: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every candidate pair verified, in independent chunks of pairs, as tasks on the command's executor,
     after the thumbnails each chunk needs are gathered from the thumbs parts (a shuffle: the pairs join
     images from anywhere in the dataset); pairs without both thumbnails, and those in skip, are left
-    unverified (not accepted, unless their hashes agree)."""
+    unverified (not accepted, unless their hashes agree); frames: per pair, may it be laid by its frames
+    (None: every pair may)."""
     n = len(a)
     out = V.no_evidence(n)
+    frames = np.ones(n, bool) if frames is None else np.asarray(frames, bool)
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
     if skip is not None:
         have &= ~skip
@@ -794,7 +801,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
         parts = sum(len(c[2]) for c in calls)
         log(f"knn: gathered the thumbnails of {len(chunks)} verification task{'s' * (len(chunks) > 1)} from {parts} "
             f"thumbs part{'s' * (parts > 1)} ({time.time() - t0:.0f} s)")
-        calls = [(store.url, {"a": a[idx], "b": b[idx], "sources": sources[c]}) for c, idx in enumerate(chunks)]
+        calls = [(store.url, {"a": a[idx], "b": b[idx], "frames": frames[idx], "sources": sources[c]}) for c, idx in enumerate(chunks)]
         done = 0
         for c, res in executor.map(verify_chunk, calls, shared={"settings": verify_settings(cfg)}):
             for k, v in res.items():

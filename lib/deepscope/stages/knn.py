@@ -27,6 +27,7 @@ class KnnConfig(StageConfig):
     verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
     verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
     min_sketch: float = Field(0.3, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
+    min_frames_sketch: float = Field(0.4, ge=-1, le=1)  # ... and not laid by their frames under this (keypoints only; -1: all are)
     verify_nearest: bool = True  # also each image's nearest in each graph (copies under one common caption; most set aside at the first look)
     verify_best_sketch: float = Field(0.5, ge=0, le=2)  # also each image's graph edge whose sketches agree best, from this agreement (over 1: none)
     min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
@@ -70,7 +71,9 @@ class Knn(Stage):
             ", its nearest by pixel signature (as it is or mirrored)" if v.get("signature_pairs") else "")
         return (f"Candidates: each image's {v['top']} nearest by {evidence}{more}, and images with equal pixel hashes "
                 f"({v['pairs']} pairs){first}verified on the thumbnails (ORB keypoints matched, directly and "
-                f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared) in "
+                f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared"
+                + (f"; without such a transform a pair is laid by its frames when its sketches agree at {v['min_frames_sketch']} or more"
+                   if v.get("min_frames_sketch") is not None else "") + ") in "
                 f"{v['seconds']} s ({v['ms_per_image']} ms an image)."
                 + (f" {v['fine_only']} pairs that passed every other test were told apart by their finest details "
                    f"(the words of pages of one template: <code>rejected_by</code> ends with <code>fine</code>)."
