@@ -20,7 +20,7 @@ are NOT copies:
             box (written on 6 December 2026 so that a setting for text is chosen on pages other than the
             held-out documents: `fine` was chosen here); look-alikes: one form filled in with other
             values, the same form from another company's system, two pages of one statement
-  skimage   whole photos (scikit-image's bundled pictures, colour and grey, 256 to 1,024 px a side), every one
+  skimage   whole photos (scikit-image's bundled pictures, colour and grey, 191 to 1,024 px a side), every one
             copied with every edit of CV_EDITS, written with OpenCV rather than Pillow, other parameters
             (JPEG 60, 60% size, a 10% crop, gamma 0.8, 4 degrees, a yellow caption in a Hershey font, all at
             once as WebP); look-alikes: the two views of scikit-image's stereo pair (held out: written on
@@ -490,10 +490,12 @@ def whole_photo(name: str) -> np.ndarray:
     return x[..., :3] if x.ndim == 3 else x
 
 
-def _cv(x: np.ndarray, ext: str, *params) -> bytes:
+def _cv(x: np.ndarray, ext: str, quality: int | None = None) -> bytes:
+    """x (grey or RGB) encoded by OpenCV as ext (".png", ".jpg", ".webp"), at quality for the lossy two."""
     import cv2
 
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(x, cv2.COLOR_RGB2BGR) if x.ndim == 3 else x, list(params))
+    params = [] if quality is None else [cv2.IMWRITE_WEBP_QUALITY if ext == ".webp" else cv2.IMWRITE_JPEG_QUALITY, quality]
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(x, cv2.COLOR_RGB2BGR) if x.ndim == 3 else x, params)
     return buf.tobytes()
 
 
@@ -524,14 +526,14 @@ def _cv_crop(x, f):
 
 
 CV_EDITS = {  # the skimage set's edits, made with OpenCV: name -> (h, w[, 3]) uint8 -> (file bytes, extension)
-    "cv_jpeg60": lambda x: (_cv(x, ".jpg", 1, 60), "jpg"),  # 1: cv2.IMWRITE_JPEG_QUALITY
+    "cv_jpeg60": lambda x: (_cv(x, ".jpg", 60), "jpg"),
     "cv_small60": lambda x: (_cv(_cv_resize(x, 0.6), ".png"), "png"),
-    "cv_crop10": lambda x: (_cv(_cv_crop(x, 0.1), ".jpg", 1, 90), "jpg"),
-    "cv_gamma": lambda x: (_cv((255 * (x / 255.0) ** 0.8).astype(np.uint8), ".jpg", 1, 90), "jpg"),
-    "cv_rotate4": lambda x: (_cv(_cv_rotate(x, 4), ".jpg", 1, 90), "jpg"),
-    "cv_flip": lambda x: (_cv(np.ascontiguousarray(x[:, ::-1]), ".jpg", 1, 90), "jpg"),
-    "cv_caption": lambda x: (_cv(_cv_caption(x), ".jpg", 1, 90), "jpg"),
-    "cv_all": lambda x: (_cv(_cv_caption(_cv_resize(_cv_crop(np.ascontiguousarray(x[:, ::-1]), 0.08), 0.8)), ".webp", 64, 70), "webp"),  # 64: WEBP_QUALITY
+    "cv_crop10": lambda x: (_cv(_cv_crop(x, 0.1), ".jpg", 90), "jpg"),
+    "cv_gamma": lambda x: (_cv((255 * (x / 255.0) ** 0.8).astype(np.uint8), ".jpg", 90), "jpg"),
+    "cv_rotate4": lambda x: (_cv(_cv_rotate(x, 4), ".jpg", 90), "jpg"),
+    "cv_flip": lambda x: (_cv(np.ascontiguousarray(x[:, ::-1]), ".jpg", 90), "jpg"),
+    "cv_caption": lambda x: (_cv(_cv_caption(x), ".jpg", 90), "jpg"),
+    "cv_all": lambda x: (_cv(_cv_caption(_cv_resize(_cv_crop(np.ascontiguousarray(x[:, ::-1]), 0.08), 0.8)), ".webp", 70), "webp"),
 }
 
 

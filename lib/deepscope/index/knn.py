@@ -736,8 +736,7 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
             images[i] = V.prepare(cv2.cvtColor(cv2.imdecode(thumb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), s)
         return images[i]
 
-    frames = pairs.get("frames", np.ones(len(pairs["a"]), bool))
-    rows = [V.verify_pair(image(int(i)), image(int(j)), s, frames=bool(f)) for i, j, f in zip(pairs["a"], pairs["b"], frames)]
+    rows = [V.verify_pair(image(int(i)), image(int(j)), s, frames=bool(f)) for i, j, f in zip(pairs["a"], pairs["b"], pairs["frames"])]
     return V.evidence_arrays(rows)
 
 
