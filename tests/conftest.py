@@ -20,7 +20,9 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        # address="local": a new cluster, never one that `ray start` left on this machine
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        # address="local": a new cluster, never one that `ray start` left on this machine; its processes' logs
+        # are not forwarded to the tests' stderr, as io/cluster.py's driver does not forward them to a command's
+        # (a GCS line arriving while a test reads a command's one error line made it two)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
