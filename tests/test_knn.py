@@ -879,6 +879,29 @@ def test_a_line_of_text_on_a_small_picture_is_one_overlay(monkeypatch):
     assert not V.verify_pair(prepared(small), prepared(captioned))["same"]
 
 
+def test_a_caption_across_a_wide_picture_is_one_overlay_along_its_height():
+    """Across a wide picture (240 x 80: five rows of sixteen cells) a caption is a line of text of the
+    picture's height: straddling two rows (0.4 of them, half the width across) it is one overlay along that
+    side, which the longest side's allowance (0.2, the narrower box side) refused before; a patch three rows
+    tall and as wide is not one overlay, either way round."""
+    from PIL import ImageDraw, ImageFont
+
+    from deepscope.algos import verify as V
+
+    for seed in (0, 1):
+        wide = scene(seed, (240, 80))
+        captioned = wide.copy()
+        ImageDraw.Draw(captioned).text((6, 36), "(c) deepscope 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=14),
+                                       stroke_width=2, stroke_fill=(0, 0, 0))
+        ev = V.verify_pair(prepared(wide), prepared(captioned))
+        assert ev["same"] and ev["bands"][0] == 0.4 and ev["overlay"] > V.VerifySettings().max_overlay, ev
+        patched = wide.copy()
+        ImageDraw.Draw(patched).rectangle((60, 18, 130, 62), fill=(20, 200, 40))
+        for a, b in ((wide, patched), (patched, wide)):
+            ev = V.verify_pair(prepared(a), prepared(b))
+            assert not ev["same"] and ev["failed"] == "keypoints: overlay" and ev["bands"][0] == 0.6, ev
+
+
 def smooth(seed: int, size: int = 160):
     """A smooth picture (gradients and one slow wave per channel): too few keypoints, laid by its frames."""
     from PIL import Image

@@ -60,7 +60,7 @@ FINE_PIXEL, FINE_GRID, FINE_ENERGY, FINE_RATIO, FINE_CELLS, FINE_SIGMA = 2.0, 8,
 # is texture and noise that two resamplings decorrelate (4 of the demo's 461 pairs, 2 of 59 captioned photos under 0.65)
 PAGE_PAPER, PAPER_LEVELS, PAPER_LIGHT = 0.5, 8, 160
 # the pixel evidence of a try whose pixels were not compared (too little overlap, or an implausible transform)
-NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0,
+NOT_COMPARED = {"aligned_correlation": 0.0, "explained": 0.0, "differing": 1.0, "regions": 0, "overlay": 1.0, "bands": (1.0, 1.0),
                 "colour_shift": 1.0, "detail": float("nan"), "brightness_shift": 0.0, "contrast_ratio": 1.0, "fine": float("nan"),
                 "detail_outside": float("nan")}
 KEYPOINT_REACH = 14  # working pixels: how far around its centre a keypoint sees (ORB's patch, mid-pyramid; _outside_band)
@@ -97,7 +97,7 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     colour = cv2.resize(np.ascontiguousarray(rgb), (max(1, round(w * f)), max(1, round(h * f))),
                         interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
     half = cv2.resize(colour, (max(1, colour.shape[1] // 2), max(1, colour.shape[0] // 2)), interpolation=cv2.INTER_AREA)
-    out = {"colour": colour, "grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings, "side": max(h, w),
+    out = {"colour": colour, "grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings, "side": max(h, w), "size": (h, w),
            "half": half.astype(np.float32)}  # the pixel comparison's scale (it blurs finer detail away anyway)
     quarter = cv2.resize(half, (max(1, half.shape[1] // 2), max(1, half.shape[0] // 2)), interpolation=cv2.INTER_AREA)
     out["coarse"] = {"half": quarter.astype(np.float32), "pixel": f / 4}  # the cheap first look (_coarse)
@@ -281,6 +281,8 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = REFINE_SLIDE) -> di
         first = min(first, _differing_cells(*_far(fb, fa, inside), inside, n_in, counted, cell), key=lambda d: (d[1], d[0].sum()))
     differs, overlay, far, explained = first
     regions = cv2.connectedComponents(differs.astype(np.uint8), connectivity=8)[0] - 1
+    ys, xs = np.nonzero(differs)  # the box's height and width, each a share of the grid's side (overlay: the narrower)
+    bands = ((np.ptp(ys) + 1) / differs.shape[0], (np.ptp(xs) + 1) / differs.shape[1]) if len(ys) else (0.0, 0.0)
     # agreeing pixels: those of cells that do not differ (and the ragged edge's)
     ok_px = np.ones((h, w), bool)
     hc, wc = differs.shape
@@ -291,7 +293,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = REFINE_SLIDE) -> di
     ok = ok_px[inside] & ~cv2.dilate(far_px, np.ones((7, 7), np.uint8)).astype(bool)[inside]
     if ok.sum() < 32:
         return {**none, "explained": explained, "differing": float(differs.sum() / counted.sum()), "regions": int(regions),
-                "overlay": overlay}
+                "overlay": overlay, "bands": bands}
     ga, gb = ca[ok].mean(1), cb[ok].mean(1)
     use = np.zeros((h, w), bool)
     use[inside] = ok
@@ -300,7 +302,7 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = REFINE_SLIDE) -> di
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
     return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "detail": detail, "differing": float(differs.sum() / counted.sum()),
-            "regions": int(regions), "overlay": overlay, "colour_shift": colour_shift, "m": m, "use": use, "greys": (fa.mean(-1), fb.mean(-1)),
+            "regions": int(regions), "overlay": overlay, "bands": bands, "colour_shift": colour_shift, "m": m, "use": use, "greys": (fa.mean(-1), fb.mean(-1)),
             "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
 
 
@@ -436,6 +438,10 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
     direct, mirrored, flat = _layouts(a, b)
     # one overlay's band: a share of the side, or a line of text on a small picture (and a cell's rounding)
     overlay = max(s.max_overlay, TEXT_LINE / min(a["side"], b["side"]) + 1 / CELLS)
+    # ... along each side of a's grid of cells: across a wide picture a caption is a line of text of its
+    # height, and a band that straddles one cell more is a larger share of the fewer cells along that side
+    grid = np.array(a["half"].shape[:2]) // max(4, max(a["half"].shape[:2]) // CELLS)
+    bands = [max(s.max_overlay, TEXT_LINE / min(a["size"][i], b["size"][i]) + 1 / max(grid[i], 1)) for i in (0, 1)]
     textured = min(len(_direct(a)[0]), len(_direct(b)[0])) >= s.min_keypoints
     tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in (_orientations(direct, mirrored, flat) if frames else [])]
     for how, flip in tries:
@@ -490,7 +496,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
         allowed = s.max_differing if how == "keypoints" or one_overlay else s.max_differing / 5
         tests = {"rotation": abs(rotation) <= s.max_rotation, "scale": s.scale_range[0] <= scale <= s.scale_range[1],
                  "overlap": ev["overlap"] >= s.min_overlap, "explained": ev["explained"] >= needed,
-                 "differing": ev["differing"] <= allowed, "overlay": ev["overlay"] <= overlay,
+                 "differing": ev["differing"] <= allowed, "overlay": ev["bands"][0] <= bands[0] or ev["bands"][1] <= bands[1],
                  "colour_shift": ev["colour_shift"] <= s.max_colour_shift, "detail": not ev["detail"] < s.min_detail}
         if all(tests.values()):  # the last tests: only a pair that passes everything else (few) pays for them
             # matches that fit one overlay's band may be a caption or watermark both carry: the rest must agree too
