@@ -37,6 +37,9 @@ def add_commands(sub) -> None:
     q.add_argument("--nprobe", type=int, help="IVF lists to visit (default: the tuned value)")
     q.add_argument("--ef-search", type=int, help="HNSW search breadth (default: the tuned value)")
     q.add_argument("--out", dest="result", help="RESULT.parquet for --batch")
+    q.add_argument("--copies", action="store_true",
+                   help="with --image or --id: which of the k nearest in every indexed space are copies of it, verified on "
+                        "the thumbnails as `deepscope knn` verifies pairs (needs a [thumbs] stage)")
     q.set_defaults(fn="deepscope.commands.space:cmd_query")
 
     s = sub.add_parser("serve", help="HTTP neighbour search over OUT's indexes (FastAPI + uvicorn)")
@@ -110,6 +113,8 @@ def cmd_query(a):
     store = Store(a.out)
     if not store.manifest.get("spec"):
         raise UserError(f"{a.out} is not a deepscope output folder (no manifest.json with a job)")
+    if a.copies:
+        return _copies(a, store)
     searcher = Searcher(store, a.space)
     if a.batch:
         return _batch(a, searcher)
@@ -144,6 +149,54 @@ def cmd_query(a):
     print(f"# {len(hits)} nearest in {a.space} space ({searcher.info['kind']}"
           f"{', ' + ', '.join(f'{k}={v}' for k, v in setting.items()) if setting else ''}); grid: {store.path(rel)}",
           file=sys.stderr)
+
+
+def _copies(a, store):
+    """deepscope query OUT --image FILE --copies (or --id ID): the candidates, copies first, one line each."""
+    from deepscope.index import copies as C
+    from deepscope.index.figures import grid, thumbnail
+    from deepscope.index.knn import indexed_spaces
+    from deepscope.index.search import Searcher
+    from deepscope.stages.knn import KnnConfig
+
+    if a.batch or a.result:
+        raise UserError("--copies goes with --image FILE or --id ID (one query)")
+    spaces = indexed_spaces(store)
+    if not spaces:
+        raise UserError(f"{a.out} has no index: run `deepscope index {a.out}` first")
+    C.thumb_spec(store)  # no thumbnails: one line before any model is loaded
+    searchers = {s: Searcher(store, s) for s in spaces}
+    if a.image:
+        from deepscope.index.encode import Encoder
+        from deepscope.io.decode import DecodeError
+        from deepscope.job import load_spec
+
+        try:
+            data = Path(a.image).read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read {a.image}: {e.strerror}") from None
+        try:
+            query = C.query_of_file(store, data, Encoder(a.out, load_spec(a.out).model), spaces)
+        except DecodeError as e:
+            raise UserError(f"{a.image}: {e}") from None
+        name = Path(a.image).name
+    else:
+        query, name = C.query_of_id(store, a.id, searchers), a.id
+    knn = store.stage_config("knn") or {}  # the knn stage's settings when it ran: its decision for these pairs
+    cfg = KnnConfig(**{k: v for k, v in knn.items() if k in KnnConfig.model_fields})
+    rows, summary, thumbs = C.find_copies(store, searchers, query, a.k, cfg)
+    print("copy\ttier\tid\tpath\twhy")
+    for r in rows:
+        print(f"{'yes' if r['copy'] else 'no'}\t{r['tier'] or ''}\t{r['id']}\t{r['path']}\t{r['why']}")
+    shown = rows[:QUERY_GRID_MAX]
+    tiles = [(thumbnail(query.thumb, 96), "query")] + [
+        (thumbnail(thumbs[r["id"]], 96) if r["id"] in thumbs else thumbnail(r["path"], 96), r["tier"] if r["copy"] else "not a copy")
+        for r in shown]
+    rel = f"queries/{_slug(name)}-copies.png"
+    store.write_file(rel, grid([tiles], 96, framed=[[True] + [r["copy"] for r in shown]]))
+    print(f"# {summary['copies']} cop{'y' if summary['copies'] == 1 else 'ies'} among {summary['candidates']} candidates "
+          f"(the {a.k} nearest in {' and '.join(spaces)}), verified on thumbnails in {summary['seconds']:.2f} s; "
+          f"grid: {store.path(rel)}", file=sys.stderr)
 
 
 def _batch(a, searcher):

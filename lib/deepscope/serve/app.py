@@ -2,6 +2,8 @@
 
   POST /neighbors      multipart (an `image` upload) or JSON ({"id": ...} or {"vector": [...]}),
                        with k (<= 1000), space (features | pixels), nprobe / ef_search -> JSON
+  POST /copies         the same query (an upload or an id, not a vector): which of its k nearest in every
+                       space are copies of it, verified on the thumbnails as `deepscope knn` verifies pairs
   GET  /images/{id}    an image of the dataset, by id: only paths in the index's id mapping
   GET  /duplicates/{id} what the k-NN graph says about an image (deepscope knn): its near-duplicate
                        group, nearest image, uniqueness, its label against its neighbours' labels
@@ -137,6 +139,36 @@ class Engine:
                                "image": "/images/" + quote(h.id)} for r, h in enumerate(hits)]}
 
 
+    def copies(self, q: NeighborsQuery, image: bytes | None) -> dict:
+        """POST /copies: the candidates, copies first, with their tier and evidence (index/copies.py)."""
+        import math
+
+        from deepscope.index import copies as C
+        from deepscope.stages.knn import KnnConfig
+
+        if q.vector is not None:
+            raise HTTPException(422, "copies are checked on pictures: upload an 'image' or give an 'id'")
+        try:
+            query = (C.query_of_file(self.store, image, self.encoder, list(self.searchers)) if image is not None
+                     else C.query_of_id(self.store, q.id, self.searchers))
+            knn = self.store.stage_config("knn") or {}  # the knn stage's settings when it ran: its decision
+            cfg = KnnConfig(**{k: v for k, v in knn.items() if k in KnnConfig.model_fields})
+            rows, summary, _ = C.find_copies(self.store, self.searchers, query, q.k, cfg)
+        except UnknownId as e:
+            raise HTTPException(404, str(e)) from None
+        except DecodeError as e:
+            too_big = "decompression bomb" in str(e) or "larger than limit" in str(e)
+            raise HTTPException(413 if too_big else 400, f"bad image: {e}") from None
+        except UserError as e:
+            raise HTTPException(422, str(e)) from None
+
+        def plain(v):  # numpy scalars -> Python; NaN (not measured) -> null
+            v = v.item() if hasattr(v, "item") else v
+            return None if isinstance(v, float) and math.isnan(v) else v
+        return {"query": {"image": "upload"} if image is not None else {"id": q.id}, "k": q.k, **summary,
+                "results": [{**{k: plain(v) for k, v in r.items()}, "image": "/images/" + quote(r["id"])} for r in rows]}
+
+
 class Graph:
     """The k-NN stage's per-image table, duplicate pairs and feature graph (deepscope knn), if any."""
 
@@ -258,6 +290,11 @@ def create_app(out: str, limits: Limits = Limits(), searcher=Searcher) -> FastAP
     async def neighbors(request: Request):
         q, image = await neighbors_query(request, limits)
         return await run_in_threadpool(engine.answer, q, image)
+
+    @app.post("/copies")
+    async def copies(request: Request):
+        q, image = await neighbors_query(request, limits)
+        return await run_in_threadpool(engine.copies, q, image)
 
     @app.get("/images/{image_id:path}")
     async def image(image_id: str):

@@ -1,0 +1,123 @@
+"""Is an image a copy of images in an output folder?  A new image (a file, an upload) or one of the
+folder's own: its nearest images in each indexed space are the candidates, and each candidate's thumbnail
+is checked against the query's, made as the thumbs stage made the folder's, by the knn stage's own first
+look (the pixel sketches) and verification (algos/verify.py).  One image, in-process, no Ray: the answer
+`deepscope knn` would give for these pairs, without running it (or for an image that is not in the folder).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from deepscope.algos import knn as K
+from deepscope.algos import verify as V
+from deepscope.errors import UserError
+from deepscope.index import knn as IK
+from deepscope.io.decode import ThumbSpec, decode, pixel_hash, thumbnail_bytes
+
+
+@dataclass
+class Query:
+    vectors: dict[str, np.ndarray]  # space -> (dim,) float32, as the folder's stages computed theirs
+    thumb: bytes  # encoded as the folder's thumbnails are
+    digest: str  # hash of the decoded pixels ("" unknown): equal for an exact copy
+    id: str | None = None  # one of the folder's images: never its own candidate
+
+
+def thumb_spec(store) -> ThumbSpec:
+    """How the folder's thumbnails were made; one clear line when it has none."""
+    cfg = store.stage_config("thumbs")
+    if not cfg or not store.parts("thumbs"):
+        raise UserError(f"{store.root} has no thumbnails to check copies on: add a [thumbs] stage to its job and run it again")
+    d = ThumbSpec()
+    return ThumbSpec(int(cfg.get("size", d.size)), int(cfg.get("quality", d.quality)), str(cfg.get("format", d.format)).upper())
+
+
+def query_of_file(store, data: bytes, encoder, spaces: list[str]) -> Query:
+    """An image file's bytes -> its vectors (the encoder: the folder's model and transform), its thumbnail
+    and pixel hash from the image decoded as the features pass decoded the folder's (the same draft scale)."""
+    img, _, _ = decode(data, encoder.limits, draft_size=encoder.transform.resize)
+    return Query({s: encoder.encode(data, s) for s in spaces}, thumbnail_bytes(img, thumb_spec(store)), pixel_hash(img))
+
+
+def query_of_id(store, image_id: str, searchers: dict) -> Query:
+    """One of the folder's images -> its stored vectors, thumbnail and pixel hash."""
+    vectors = {s: sr.vectors_of([image_id])[0] for s, sr in searchers.items()}
+    thumb_spec(store)  # no thumbnails: one line
+    t = IK._thumb_rows(store, np.array([image_id], object))
+    if t is None or not t["file"][0]:
+        raise UserError(f"{image_id} has no thumbnail in {store.root}: it failed to decode, or the thumbs stage did not reach it")
+    return Query(vectors, IK._thumb_bytes(store, t, [0])[0], str(t["hash"][0]), image_id)
+
+
+def _prepared(thumb: bytes, settings: V.VerifySettings) -> dict:
+    bgr = cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_COLOR)  # as the knn stage's tasks decode them
+    return V.prepare(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), settings)
+
+
+def _sketches(query: Query, searchers: dict, ids: list[str]) -> np.ndarray:
+    """The first look's agreement of the query's pixel sketch with each candidate's (NaN without a pixels index)."""
+    if "pixels" not in searchers or not ids:
+        return np.full(len(ids), np.nan, np.float32)
+    x = np.vstack([query.vectors["pixels"][None], searchers["pixels"].vectors_of(ids)])
+    size = int(round((x.shape[1] / 3) ** 0.5))
+    sketches = K.pixel_sketch(np.clip(x, 0, 255).astype(np.uint8), size)
+    return K.sketch_agreement(sketches, np.zeros(len(ids), np.int64), np.arange(1, len(ids) + 1))
+
+
+def describe(ev: dict) -> str:
+    """A copy's evidence in words: how the query maps onto the image."""
+    words = (["mirrored"] if ev["flip"] else []) + [f"scale {ev['scale']:.2f}"]
+    if abs(ev["rotation"]) >= 0.5:
+        words.append(f"turned {ev['rotation']:.1f} deg")
+    words += [f"overlap {ev['overlap']:.2f}", f"{ev['inliers']} matches" if ev["inliers"] else "laid by its frames"]
+    if ev["differing"] > 0:
+        words.append(f"{ev['differing']:.0%} of the cells differ (overlay {ev['overlay']:.2f})")
+    return ", ".join(words)
+
+
+def find_copies(store, searchers: dict, query: Query, k: int, cfg) -> tuple[list[dict], dict, dict[str, bytes]]:
+    """The query against its k nearest images in each space (the query itself left out): for each candidate
+    {id, path, label, <space>_rank, <space>_distance, sketch, copy, tier, why, and the evidence (V.EVIDENCE)},
+    copies first, then by their best rank; {candidates, copies, seconds}; and the candidates' thumbnails by id.
+    cfg: the knn stage's settings (min_sketch, min_frames_sketch, the verification's limits): the stage's decision."""
+    t0 = time.perf_counter()
+    found: dict[str, dict] = {}
+    for space, sr in searchers.items():
+        for rank, h in enumerate((h for h in sr.search(query.vectors[space], k + (query.id is not None))[0] if h.id != query.id), 1):
+            if rank > k:
+                break
+            row = found.setdefault(h.id, {"id": h.id, "path": h.path, "label": h.label})
+            row[f"{space}_rank"], row[f"{space}_distance"] = rank, h.distance
+    rows = list(found.values())
+    ids = [r["id"] for r in rows]
+    thumbs = IK._thumb_rows(store, np.array(ids, object)) if ids else None
+    pictures = IK._thumb_bytes(store, thumbs, list(range(len(ids)))) if thumbs is not None else {}
+    sketch = _sketches(query, searchers, ids)
+    settings = V.VerifySettings(**IK.verify_settings(cfg))
+    q = _prepared(query.thumb, settings)
+    order = (searchers.get("features") or next(iter(searchers.values()))).row_of  # the knn stage's rows: its pairs list the lower first
+    for n, row in enumerate(rows):
+        exact = bool(query.digest) and thumbs is not None and thumbs["hash"][n] == query.digest
+        ev = {key: v[0] for key, v in V.no_evidence(1).items()}  # a pair not verified: no evidence
+        if exact:
+            why = "the same decoded pixels"
+        elif n not in pictures:
+            why = "no thumbnail of this image"
+        elif sketch[n] < cfg.min_sketch:  # the stage's first look: NaN (no detail to compare) is verified
+            why = f"first look: the pixel sketches agree under {cfg.min_sketch}"
+        else:  # the query laid on the image, or for two of the folder's images the stage's order (the lower row first)
+            image = _prepared(pictures[n], settings)
+            pair = (q, image) if query.id is not None and order[query.id] < order[row["id"]] else (image, q)
+            ev = V.verify_pair(*pair, settings, frames=not sketch[n] < cfg.min_frames_sketch)
+            why = describe(ev) if ev["same"] else ev["failed"]
+        same = exact or bool(ev["same"])
+        row.update({"sketch": float(sketch[n]), "copy": same, "tier": V.tier(exact, ev) if same else None, "why": why,
+                    **{key: ev[key] for key in V.EVIDENCE if key not in ("same", "failed")}})
+    best = lambda r: min(r.get(f"{s}_rank", np.inf) for s in searchers)
+    rows.sort(key=lambda r: (not r["copy"], best(r)))
+    summary = {"candidates": len(rows), "copies": sum(r["copy"] for r in rows), "seconds": round(time.perf_counter() - t0, 3)}
+    return rows, summary, {ids[n]: b for n, b in pictures.items()}

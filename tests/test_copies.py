@@ -1,0 +1,121 @@
+"""Is an image a copy of a folder's images: `deepscope query OUT --image FILE --copies` (and --id, and the
+service's POST /copies).  The decision for a pair is the knn stage's: checked against the stage's own
+decisions on a job's folder, and on new images whose answer is known (an edited copy, an exact copy, a
+picture the folder does not hold)."""
+import shutil
+
+import pytest
+from test_knn import bench_duplicates, knn_job
+
+from deepscope.cli import main
+
+PHOTOS = ("camera", "coffee", "astronaut", "chelsea", "page", "rocket")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Six of scikit-image's photos as PNG, two of them with copies in the folder (coffee flipped, astronaut as
+    JPEG 60), through features, pixels, thumbs, both indexes and knn from a job's dict."""
+    bench = bench_duplicates()
+    tmp = tmp_path_factory.mktemp("copies")
+    data = tmp / "data"
+    data.mkdir()
+    for name in PHOTOS:
+        (data / f"{name}.png").write_bytes(bench._cv(bench.whole_photo(name), ".png"))
+    (data / "coffee--flip.jpg").write_bytes(bench.CV_EDITS["cv_flip"](bench.whole_photo("coffee"))[0])
+    (data / "astronaut--jpeg60.jpg").write_bytes(bench.CV_EDITS["cv_jpeg60"](bench.whole_photo("astronaut"))[0])
+    knn_job(data, tmp / "out", k=5)
+    return bench, data, tmp / "out"
+
+
+def lines(capsys, *argv):
+    code = main(list(map(str, argv)))
+    cap = capsys.readouterr()
+    return code, [line.split("\t") for line in cap.out.strip().splitlines()[1:]], cap.err.strip().splitlines()
+
+
+def test_new_images_edited_copy_exact_copy_and_another_picture(folder, capsys, tmp_path):
+    """A new copy of the camera man (flipped, cropped 8%, 80%, captioned, WebP 70: the combined edit) is a copy
+    of camera.png alone, mirrored; a file with chelsea's pixels is its exact copy; a photo the folder does not
+    hold (the moon) is a copy of nothing.  Each answer: one line a candidate, copies first, and a picture."""
+    bench, data, out = folder
+    (tmp_path / "camera-edited.webp").write_bytes(bench.CV_EDITS["cv_all"](bench.whole_photo("camera"))[0])
+    shutil.copy(data / "chelsea.png", tmp_path / "chelsea-again.png")
+    (tmp_path / "moon.png").write_bytes(bench._cv(bench.whole_photo("moon"), ".png"))
+
+    code, rows, err = lines(capsys, "query", out, "--image", tmp_path / "camera-edited.webp", "--copies", "--k", "4")
+    assert code == 0 and [r[2] for r in rows if r[0] == "yes"] == ["camera.png"], rows
+    assert rows[0][1] == "edited" and rows[0][4].startswith("mirrored"), rows[0]
+    assert len(rows) >= 4 and all(r[0] == "no" and r[4] for r in rows[1:])  # every other candidate says why not
+    assert len(err) == 1 and err[0].startswith("# 1 copy among") and (out / "queries/camera-edited.webp-copies.png").stat().st_size > 0
+
+    code, rows, _ = lines(capsys, "query", out, "--image", tmp_path / "chelsea-again.png", "--copies")
+    assert code == 0 and [(r[2], r[1]) for r in rows if r[0] == "yes"] == [("chelsea.png", "exact")], rows
+
+    code, rows, err = lines(capsys, "query", out, "--image", tmp_path / "moon.png", "--copies")
+    assert code == 0 and rows and all(r[0] == "no" for r in rows) and err[0].startswith("# 0 copies among"), rows
+
+
+def test_copies_of_the_folders_images_are_the_knn_stages_decisions(folder):
+    """For each image of the folder (--id), every candidate that the knn stage also decided on gets the
+    stage's decision (the same first look, order and tests), and its copies in the folder are found."""
+    import pyarrow.parquet as pq
+
+    from deepscope.index import copies as C
+    from deepscope.index.knn import indexed_spaces
+    from deepscope.index.search import Searcher
+    from deepscope.io.store import Store
+    from deepscope.stages.knn import KnnConfig
+
+    _, _, out = folder
+    store = Store(str(out))
+    searchers = {s: Searcher(store, s) for s in indexed_spaces(store)}
+    stage = {frozenset((r["a"], r["b"])): r["accepted"] for r in pq.read_table(out / "knn/candidates.parquet").to_pylist()}
+    compared = []
+    for image_id in searchers["features"].ids:
+        rows, summary, _ = C.find_copies(store, searchers, C.query_of_id(store, image_id, searchers), 5, KnnConfig())
+        assert image_id not in {r["id"] for r in rows} and summary["copies"] == sum(r["copy"] for r in rows)
+        for r in rows:
+            pair = frozenset((image_id, r["id"]))
+            if pair in stage:
+                compared.append((stage[pair], r["copy"]))
+    assert len(compared) >= 20 and all(s == q for s, q in compared), compared
+    assert {True, False} <= {s for s, _ in compared}
+    coffee = C.find_copies(store, searchers, C.query_of_id(store, "coffee--flip.jpg", searchers), 5, KnnConfig())[0]
+    assert [r["id"] for r in coffee if r["copy"]] == ["coffee.png"] and coffee[0]["flip"]
+
+
+def test_post_copies(folder, tmp_path):
+    """The service answers the same query: an upload or an id; a vector or an unknown id is one clear 4xx."""
+    from fastapi.testclient import TestClient
+
+    from deepscope.serve.app import create_app
+
+    bench, _, out = folder
+    client = TestClient(create_app(str(out)))
+    upload = bench.CV_EDITS["cv_all"](bench.whole_photo("camera"))[0]
+    r = client.post("/copies", files={"image": ("camera.webp", upload, "image/webp")}, data={"k": "4"})
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert j["copies"] == 1 and j["results"][0]["id"] == "camera.png" and j["results"][0]["tier"] == "edited"
+    assert j["results"][0]["flip"] is True and j["results"][0]["image"] == "/images/camera.png"
+    r = client.post("/copies", json={"id": "astronaut--jpeg60.jpg", "k": 5})
+    assert r.status_code == 200 and [x["id"] for x in r.json()["results"] if x["copy"]] == ["astronaut.png"], r.text
+    assert client.post("/copies", json={"vector": [0.0] * 4}).status_code == 422
+    assert client.post("/copies", json={"id": "no-such.png"}).status_code == 404
+
+
+def test_a_folder_without_thumbnails_is_one_error_line(folder, capsys, tmp_path):
+    """Copies are checked on the thumbnails: without a thumbs stage, one line and exit 2 (no model loaded)."""
+    import json
+
+    _, data, out = folder
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    manifest["stages"].pop("thumbs")
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = lines(capsys, "query", bare, "--image", data / "camera.png", "--copies")
+    assert code == 2 and len(err) == 1 and "[thumbs]" in err[0], err
+    code, _, err = lines(capsys, "query", out, "--batch", data / "x.parquet", "--copies")
+    assert code == 2 and len(err) == 1 and "--copies goes with" in err[0], err
