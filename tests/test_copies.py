@@ -56,6 +56,37 @@ def test_new_images_edited_copy_exact_copy_and_another_picture(folder, capsys, t
     assert code == 0 and rows and all(r[0] == "no" for r in rows) and err[0].startswith("# 0 copies among"), rows
 
 
+def test_a_folder_of_new_images_into_parquet(folder, capsys, tmp_path):
+    """--images DIR --out RESULT.parquet: each new image's candidates (schemas.COPIES), the same answers as one
+    query at a time; a truncated file is one row with its error and the rest completes; one summary line."""
+    import pyarrow.parquet as pq
+
+    from deepscope.io import schemas
+
+    bench, data, out = folder
+    new = tmp_path / "new"
+    (new / "sub").mkdir(parents=True)
+    (new / "camera-edited.webp").write_bytes(bench.CV_EDITS["cv_all"](bench.whole_photo("camera"))[0])
+    shutil.copy(data / "chelsea.png", new / "sub" / "chelsea-again.png")
+    (new / "moon.png").write_bytes(bench._cv(bench.whole_photo("moon"), ".png"))
+    (new / "broken.jpg").write_bytes((data / "astronaut--jpeg60.jpg").read_bytes()[:600])
+    (new / "notes.txt").write_text("not an image")
+    code = main(["query", str(out), "--images", str(new), "--copies", "--k", "4", "--out", str(tmp_path / "copies.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and err[-1].startswith("copies: 4 images, 2 with a copy in") and "1 unreadable" in err[-1], err
+    t = pq.read_table(tmp_path / "copies.parquet")
+    assert t.schema.equals(schemas.COPIES)
+    rows = t.to_pylist()
+    copies = sorted((r["query"], r["id"], r["tier"]) for r in rows if r["copy"])
+    assert copies == [("camera-edited.webp", "camera.png", "edited"), ("sub/chelsea-again.png", "chelsea.png", "exact")], copies
+    broken = [r for r in rows if r["query"] == "broken.jpg"]
+    assert len(broken) == 1 and broken[0]["error"] and broken[0]["id"] is None, broken
+    assert {r["query"] for r in rows} == {"camera-edited.webp", "sub/chelsea-again.png", "moon.png", "broken.jpg"}
+    # the same candidates and answers as the one-image query
+    code, one, _ = lines(capsys, "query", out, "--image", new / "camera-edited.webp", "--copies", "--k", "4")
+    assert [(r[2], r[0] == "yes") for r in one] == [(r["id"], r["copy"]) for r in rows if r["query"] == "camera-edited.webp"]
+
+
 def test_copies_of_the_folders_images_are_the_knn_stages_decisions(folder):
     """For each image of the folder (--id), every candidate that the knn stage also decided on gets the
     stage's decision (the same first look, order and tests), and its copies in the folder are found."""
@@ -71,9 +102,10 @@ def test_copies_of_the_folders_images_are_the_knn_stages_decisions(folder):
     store = Store(str(out))
     searchers = {s: Searcher(store, s) for s in indexed_spaces(store)}
     stage = {frozenset((r["a"], r["b"])): r["accepted"] for r in pq.read_table(out / "knn/candidates.parquet").to_pylist()}
+    thumbs = C.Thumbs(store)
     compared = []
     for image_id in searchers["features"].ids:
-        rows, summary, _ = C.find_copies(store, searchers, C.query_of_id(store, image_id, searchers), 5, KnnConfig())
+        rows, summary, _ = C.find_copies(searchers, thumbs, C.query_of_id(store, image_id, searchers, thumbs), 5, KnnConfig())
         assert image_id not in {r["id"] for r in rows} and summary["copies"] == sum(r["copy"] for r in rows)
         for r in rows:
             pair = frozenset((image_id, r["id"]))
@@ -81,7 +113,7 @@ def test_copies_of_the_folders_images_are_the_knn_stages_decisions(folder):
                 compared.append((stage[pair], r["copy"]))
     assert len(compared) >= 20 and all(s == q for s, q in compared), compared
     assert {True, False} <= {s for s, _ in compared}
-    coffee = C.find_copies(store, searchers, C.query_of_id(store, "coffee--flip.jpg", searchers), 5, KnnConfig())[0]
+    coffee = C.find_copies(searchers, thumbs, C.query_of_id(store, "coffee--flip.jpg", searchers, thumbs), 5, KnnConfig())[0]
     assert [r["id"] for r in coffee if r["copy"]] == ["coffee.png"] and coffee[0]["flip"]
 
 
@@ -119,3 +151,7 @@ def test_a_folder_without_thumbnails_is_one_error_line(folder, capsys, tmp_path)
     assert code == 2 and len(err) == 1 and "[thumbs]" in err[0], err
     code, _, err = lines(capsys, "query", out, "--batch", data / "x.parquet", "--copies")
     assert code == 2 and len(err) == 1 and "--copies goes with" in err[0], err
+    code, _, err = lines(capsys, "query", out, "--images", data, "--copies")
+    assert code == 2 and len(err) == 1 and "--images needs --out" in err[0], err
+    code, _, err = lines(capsys, "query", out, "--images", data)
+    assert code == 2 and len(err) == 1 and "--images goes with --copies" in err[0], err

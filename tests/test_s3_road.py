@@ -111,6 +111,10 @@ def test_post_commands_read_only_outputs_after_the_dataset_is_gone(s3_demo):
         assert "ray" not in p.stderr.lower(), p.stderr  # the local executor: no Ray started
     p = cli("query", out, "--id", rows[0]["id"], "--k", "3", env=env)
     assert p.returncode == 0 and rows[0]["id"] in p.stdout, p.stderr
+    # is it a copy of others: on the thumbnails in S3, the grid written there
+    p = cli("query", out, "--id", rows[0]["id"], "--k", "3", "--copies", env=env)
+    assert p.returncode == 0 and p.stdout.startswith("copy\ttier\tid") and "candidates" in p.stderr, p.stderr
+    assert fs.glob("deepscope/runs/demo/queries/*-copies.png"), p.stderr
     p = cli("info", out, env=env)
     assert p.returncode == 0 and "made by deepscope knn" in p.stdout and "made by deepscope run" in p.stdout, p.stdout
     # a stage that needs the images says which dataset it cannot reach, in one line

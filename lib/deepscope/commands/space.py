@@ -32,14 +32,15 @@ def add_commands(sub) -> None:
     what.add_argument("--image", help="an image file")
     what.add_argument("--id", help="the id of an indexed image")
     what.add_argument("--batch", help="a Parquet file with an 'id' column and/or a 'vector' column")
+    what.add_argument("--images", help="with --copies: a folder of new image files, each checked (into --out RESULT.parquet)")
     q.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
     q.add_argument("--space", choices=["features", "pixels"], default="features")
     q.add_argument("--nprobe", type=int, help="IVF lists to visit (default: the tuned value)")
     q.add_argument("--ef-search", type=int, help="HNSW search breadth (default: the tuned value)")
-    q.add_argument("--out", dest="result", help="RESULT.parquet for --batch")
+    q.add_argument("--out", dest="result", help="RESULT.parquet for --batch or --images")
     q.add_argument("--copies", action="store_true",
-                   help="with --image or --id: which of the k nearest in every indexed space are copies of it, verified on "
-                        "the thumbnails as `deepscope knn` verifies pairs (needs a [thumbs] stage)")
+                   help="with --image, --id or --images: which of the k nearest in every indexed space are copies of it, verified "
+                        "on the thumbnails as `deepscope knn` verifies pairs (needs a [thumbs] stage)")
     q.set_defaults(fn="deepscope.commands.space:cmd_query")
 
     s = sub.add_parser("serve", help="HTTP neighbour search over OUT's indexes (FastAPI + uvicorn)")
@@ -115,6 +116,8 @@ def cmd_query(a):
         raise UserError(f"{a.out} is not a deepscope output folder (no manifest.json with a job)")
     if a.copies:
         return _copies(a, store)
+    if a.images:
+        raise UserError("--images goes with --copies (a folder of new images, each checked for copies in OUT)")
     searcher = Searcher(store, a.space)
     if a.batch:
         return _batch(a, searcher)
@@ -159,13 +162,22 @@ def _copies(a, store):
     from deepscope.index.search import Searcher
     from deepscope.stages.knn import KnnConfig
 
-    if a.batch or a.result:
-        raise UserError("--copies goes with --image FILE or --id ID (one query)")
+    if a.batch:
+        raise UserError("--copies goes with --image FILE, --id ID or --images DIR (a Parquet batch holds vectors, not pictures)")
+    if a.images and not a.result:
+        raise UserError("--images needs --out RESULT.parquet")
+    if a.result and not a.images:
+        raise UserError("--out RESULT.parquet goes with --images DIR")
+    files = _image_files(a.images) if a.images else None
     spaces = indexed_spaces(store)
     if not spaces:
         raise UserError(f"{a.out} has no index: run `deepscope index {a.out}` first")
-    C.thumb_spec(store)  # no thumbnails: one line before any model is loaded
+    thumbs = C.Thumbs(store)  # no thumbnails: one line before any model is loaded
     searchers = {s: Searcher(store, s) for s in spaces}
+    knn = store.stage_config("knn") or {}  # the knn stage's settings when it ran: its decision for these pairs
+    cfg = KnnConfig(**{k: v for k, v in knn.items() if k in KnnConfig.model_fields})
+    if files is not None:
+        return _copies_of_files(a, store, searchers, thumbs, files, cfg)
     if a.image:
         from deepscope.index.encode import Encoder
         from deepscope.io.decode import DecodeError
@@ -181,22 +193,54 @@ def _copies(a, store):
             raise UserError(f"{a.image}: {e}") from None
         name = Path(a.image).name
     else:
-        query, name = C.query_of_id(store, a.id, searchers), a.id
-    knn = store.stage_config("knn") or {}  # the knn stage's settings when it ran: its decision for these pairs
-    cfg = KnnConfig(**{k: v for k, v in knn.items() if k in KnnConfig.model_fields})
-    rows, summary, thumbs = C.find_copies(store, searchers, query, a.k, cfg)
+        query, name = C.query_of_id(store, a.id, searchers, thumbs), a.id
+    rows, summary, pictures = C.find_copies(searchers, thumbs, query, a.k, cfg)
     print("copy\ttier\tid\tpath\twhy")
     for r in rows:
         print(f"{'yes' if r['copy'] else 'no'}\t{r['tier'] or ''}\t{r['id']}\t{r['path']}\t{r['why']}")
     shown = rows[:QUERY_GRID_MAX]
     tiles = [(thumbnail(query.thumb, 96), "query")] + [
-        (thumbnail(thumbs[r["id"]], 96) if r["id"] in thumbs else thumbnail(r["path"], 96), r["tier"] if r["copy"] else "not a copy")
+        (thumbnail(pictures[r["id"]], 96) if r["id"] in pictures else thumbnail(r["path"], 96), r["tier"] if r["copy"] else "not a copy")
         for r in shown]
     rel = f"queries/{_slug(name)}-copies.png"
     store.write_file(rel, grid([tiles], 96, framed=[[True] + [r["copy"] for r in shown]]))
     print(f"# {summary['copies']} cop{'y' if summary['copies'] == 1 else 'ies'} among {summary['candidates']} candidates "
           f"(the {a.k} nearest in {' and '.join(spaces)}), verified on thumbnails in {summary['seconds']:.2f} s; "
           f"grid: {store.path(rel)}", file=sys.stderr)
+
+
+def _image_files(folder: str) -> list[tuple[str, str]]:
+    """The image files under a folder, local or in an object store, as (name under the folder, path), in the
+    order a dataset folder is read (io/sources.py: FolderSource)."""
+    from deepscope.io.sources import FolderSource
+
+    try:
+        files = [(name, path) for name, path, _ in FolderSource(folder).walk()]
+    except UserError:
+        raise UserError(f"--images: not a folder: {folder}") from None
+    if not files:
+        raise UserError(f"--images: no image files under {folder}")
+    return files
+
+
+def _copies_of_files(a, store, searchers, thumbs, files, cfg):
+    """deepscope query OUT --images DIR --copies --out RESULT.parquet."""
+    import pyarrow as pa
+
+    from deepscope.index import copies as C
+    from deepscope.index.encode import Encoder
+    from deepscope.io import schemas
+    from deepscope.io.location import write_single_file
+    from deepscope.io.store import table_bytes
+    from deepscope.job import load_spec
+
+    encoder = Encoder(a.out, load_spec(a.out).model)
+    log = lambda line: print(line, file=sys.stderr, flush=True)
+    rows, s = C.copies_of_files(store, searchers, thumbs, encoder, files, a.k, cfg, log)
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schemas.COPIES}
+    write_single_file(a.result, table_bytes(pa.table(cols, schema=schemas.COPIES)))
+    print(f"copies: {s['images']} images, {s['with_copies']} with a copy in {a.out} ({s['pairs']} pairs), {s['failed']} unreadable, "
+          f"in {s['seconds']:.1f} s ({s['images'] / max(s['seconds'], 1e-9):.1f} images/s) -> {a.result}", file=sys.stderr)
 
 
 def _batch(a, searcher):

@@ -6,6 +6,7 @@ look (the pixel sketches) and verification (algos/verify.py).  One image, in-pro
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -36,6 +37,27 @@ def thumb_spec(store) -> ThumbSpec:
     return ThumbSpec(int(cfg.get("size", d.size)), int(cfg.get("quality", d.quality)), str(cfg.get("format", d.format)).upper())
 
 
+class Thumbs:
+    """The folder's thumbnails by id, read for many queries: where each one is and its pixel hash (the parts'
+    id and hash columns, read once), and the pictures of the most recently used parts."""
+
+    def __init__(self, store, keep_parts: int = 8):
+        thumb_spec(store)  # no thumbnails: one line
+        self.where: dict[str, tuple[str, int, str]] = {}
+        for _, entry in sorted(store.parts("thumbs").items()):
+            t = store.loc.read_table(entry["file"], columns=["id", "pixel_hash"])
+            for r, (i, h) in enumerate(zip(t.column("id").to_pylist(), t.column("pixel_hash").to_pylist())):
+                self.where[i] = (entry["file"], r, h or "")
+        self._part = functools.lru_cache(keep_parts)(lambda f: store.loc.read_table(f, columns=["thumb"]).column("thumb"))
+
+    def hash(self, image_id: str) -> str:
+        return self.where.get(image_id, ("", -1, ""))[2]
+
+    def picture(self, image_id: str) -> bytes | None:
+        w = self.where.get(image_id)
+        return None if w is None else self._part(w[0])[w[1]].as_py()
+
+
 def query_of_file(store, data: bytes, encoder, spaces: list[str]) -> Query:
     """An image file's bytes -> its vectors (the encoder: the folder's model and transform), its thumbnail
     and pixel hash from the image decoded as the features pass decoded the folder's (the same draft scale)."""
@@ -43,14 +65,13 @@ def query_of_file(store, data: bytes, encoder, spaces: list[str]) -> Query:
     return Query({s: encoder.encode(data, s) for s in spaces}, thumbnail_bytes(img, thumb_spec(store)), pixel_hash(img))
 
 
-def query_of_id(store, image_id: str, searchers: dict) -> Query:
+def query_of_id(store, image_id: str, searchers: dict, thumbs: Thumbs) -> Query:
     """One of the folder's images -> its stored vectors, thumbnail and pixel hash."""
     vectors = {s: sr.vectors_of([image_id])[0] for s, sr in searchers.items()}
-    thumb_spec(store)  # no thumbnails: one line
-    t = IK._thumb_rows(store, np.array([image_id], object))
-    if t is None or not t["file"][0]:
+    picture = thumbs.picture(image_id)
+    if picture is None:
         raise UserError(f"{image_id} has no thumbnail in {store.root}: it failed to decode, or the thumbs stage did not reach it")
-    return Query(vectors, IK._thumb_bytes(store, t, [0])[0], str(t["hash"][0]), image_id)
+    return Query(vectors, picture, thumbs.hash(image_id), image_id)
 
 
 def _prepared(thumb: bytes, settings: V.VerifySettings) -> dict:
@@ -79,7 +100,7 @@ def describe(ev: dict) -> str:
     return ", ".join(words)
 
 
-def find_copies(store, searchers: dict, query: Query, k: int, cfg) -> tuple[list[dict], dict, dict[str, bytes]]:
+def find_copies(searchers: dict, thumbs: Thumbs, query: Query, k: int, cfg) -> tuple[list[dict], dict, dict[str, bytes]]:
     """The query against its k nearest images in each space (the query itself left out): for each candidate
     {id, path, label, <space>_rank, <space>_distance, sketch, copy, tier, why, and the evidence (V.EVIDENCE)},
     copies first, then by their best rank; {candidates, copies, seconds}; and the candidates' thumbnails by id.
@@ -94,14 +115,13 @@ def find_copies(store, searchers: dict, query: Query, k: int, cfg) -> tuple[list
             row[f"{space}_rank"], row[f"{space}_distance"] = rank, h.distance
     rows = list(found.values())
     ids = [r["id"] for r in rows]
-    thumbs = IK._thumb_rows(store, np.array(ids, object)) if ids else None
-    pictures = IK._thumb_bytes(store, thumbs, list(range(len(ids)))) if thumbs is not None else {}
+    pictures = {n: p for n, p in enumerate(map(thumbs.picture, ids)) if p is not None}
     sketch = _sketches(query, searchers, ids)
     settings = V.VerifySettings(**IK.verify_settings(cfg))
     q = _prepared(query.thumb, settings)
     order = (searchers.get("features") or next(iter(searchers.values()))).row_of  # the knn stage's rows: its pairs list the lower first
     for n, row in enumerate(rows):
-        exact = bool(query.digest) and thumbs is not None and thumbs["hash"][n] == query.digest
+        exact = bool(query.digest) and thumbs.hash(row["id"]) == query.digest
         ev = {key: v[0] for key, v in V.no_evidence(1).items()}  # a pair not verified: no evidence
         if exact:
             why = "the same decoded pixels"
@@ -121,3 +141,30 @@ def find_copies(store, searchers: dict, query: Query, k: int, cfg) -> tuple[list
     rows.sort(key=lambda r: (not r["copy"], best(r)))
     summary = {"candidates": len(rows), "copies": sum(r["copy"] for r in rows), "seconds": round(time.perf_counter() - t0, 3)}
     return rows, summary, {ids[n]: b for n, b in pictures.items()}
+
+
+def copies_of_files(store, searchers: dict, thumbs: Thumbs, encoder, files: list[tuple[str, str]], k: int, cfg,
+                    log=lambda line: None) -> tuple[list[dict], dict]:
+    """Many new images, (name, path) each -> one row per (query, candidate) as find_copies gives them, with the
+    query's name and an `error` (a file that cannot be read or decoded: one row, no candidate); and
+    {images, with_copies, pairs, failed, seconds}.  The encoder, searchers and thumbnail map are shared."""
+    from deepscope.io.decode import DecodeError
+    from deepscope.io.sources import read_bytes
+
+    t0, last, out = time.time(), time.time(), []
+    with_copies = failed = pairs = 0
+    for n, (name, path) in enumerate(files, 1):
+        try:
+            rows, summary, _ = find_copies(searchers, thumbs, query_of_file(store, read_bytes(path, encoder.limits.max_bytes), encoder,
+                                                                           list(searchers)), k, cfg)
+            out += [{"query": name, "error": None, **r} for r in rows]
+            with_copies += summary["copies"] > 0
+            pairs += summary["copies"]
+        except (DecodeError, OSError) as e:  # one bad file is one row, and the rest goes on
+            out.append({"query": name, "error": str(e) or type(e).__name__})
+            failed += 1
+        if time.time() - last > 10:
+            last = time.time()
+            log(f"copies: {n} of {len(files)} images checked ({n / (last - t0):.1f} images/s)")
+    return out, {"images": len(files), "with_copies": with_copies, "pairs": pairs, "failed": failed,
+                 "seconds": round(time.time() - t0, 2)}

@@ -95,6 +95,27 @@ NEIGHBOURS = pa.schema([
     pa.field("distance", pa.float32(), nullable=False),
 ])
 
+# deepscope query OUT --images DIR --copies --out RESULT.parquet: each new image against its candidates in OUT (its
+# k nearest in every indexed space), copies first; a file that cannot be read is one row with its error and no id.
+COPIES = pa.schema([
+    pa.field("query", pa.string(), nullable=False),  # the new image's path under DIR
+    pa.field("error", pa.string()),  # why it could not be checked (then every other field is null)
+    pa.field("id", pa.string()),  # a candidate in OUT
+    pa.field("path", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("copy", pa.bool_()),  # verified on the thumbnails as the knn stage verifies a pair
+    pa.field("tier", pa.string()),  # exact, near-identical, edited (null: not a copy)
+    pa.field("why", pa.string()),  # the evidence in words (a copy) or the test that failed, or the first look
+    pa.field("features_rank", pa.int32()),  # its rank among the query's nearest in that space (null: not among them)
+    pa.field("features_distance", pa.float32()),
+    pa.field("pixels_rank", pa.int32()),
+    pa.field("pixels_distance", pa.float32()),
+    pa.field("sketch", pa.float32()),  # the first look's agreement of the two pixel sketches
+    pa.field("inliers", pa.int32()), pa.field("flip", pa.bool_()), pa.field("scale", pa.float32()),
+    pa.field("rotation", pa.float32()), pa.field("overlap", pa.float32()), pa.field("differing", pa.float32()),
+    pa.field("overlay", pa.float32()),  # as in knn/duplicates.parquet
+])
+
 # knn/<space>/part-*.parquet: every image's k nearest neighbours (itself left out), nearest first.
 KNN_GRAPH = pa.schema([
     pa.field("id", pa.string(), nullable=False),

@@ -19,6 +19,7 @@ shared index is never modified.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
@@ -112,6 +113,7 @@ class Engine:
         for s in reversed(list(self.searchers.values())):  # the first space's mapping wins
             self.paths.update(zip(s.ids, s.paths))
         self.graph = Graph.load(self.store)
+        self._thumbs, self._lock = None, threading.Lock()  # POST /copies' thumbnail map (index/copies.py: Thumbs)
 
     def answer(self, q: NeighborsQuery, image: bytes | None) -> dict:
         s = self.searchers.get(q.space)
@@ -149,11 +151,14 @@ class Engine:
         if q.vector is not None:
             raise HTTPException(422, "copies are checked on pictures: upload an 'image' or give an 'id'")
         try:
+            with self._lock:  # the thumbnails' map: read once, on the first request that needs it
+                if self._thumbs is None:
+                    self._thumbs = C.Thumbs(self.store)
             query = (C.query_of_file(self.store, image, self.encoder, list(self.searchers)) if image is not None
-                     else C.query_of_id(self.store, q.id, self.searchers))
+                     else C.query_of_id(self.store, q.id, self.searchers, self._thumbs))
             knn = self.store.stage_config("knn") or {}  # the knn stage's settings when it ran: its decision
             cfg = KnnConfig(**{k: v for k, v in knn.items() if k in KnnConfig.model_fields})
-            rows, summary, _ = C.find_copies(self.store, self.searchers, query, q.k, cfg)
+            rows, summary, _ = C.find_copies(self.searchers, self._thumbs, query, q.k, cfg)
         except UnknownId as e:
             raise HTTPException(404, str(e)) from None
         except DecodeError as e:
