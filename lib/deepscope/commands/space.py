@@ -128,10 +128,7 @@ def cmd_query(a):
         from deepscope.io.decode import DecodeError
         from deepscope.job import load_spec
 
-        try:
-            data = Path(a.image).read_bytes()
-        except OSError as e:
-            raise UserError(f"cannot read {a.image}: {e.strerror}") from None
+        data = _read_image(a.image)
         try:
             vector = Encoder(a.out, load_spec(a.out).model).encode(data, a.space)
         except DecodeError as e:
@@ -174,8 +171,7 @@ def _copies(a, store):
         raise UserError(f"{a.out} has no index: run `deepscope index {a.out}` first")
     thumbs = C.Thumbs(store)  # no thumbnails: one line before any model is loaded
     searchers = {s: Searcher(store, s) for s in spaces}
-    knn = store.stage_config("knn") or {}  # the knn stage's settings when it ran: its decision for these pairs
-    cfg = KnnConfig(**{k: v for k, v in knn.items() if k in KnnConfig.model_fields})
+    cfg = KnnConfig.of(store)  # the settings the knn stage ran with: its decision for these pairs
     if files is not None:
         return _copies_of_files(a, store, searchers, thumbs, files, cfg)
     if a.image:
@@ -183,10 +179,7 @@ def _copies(a, store):
         from deepscope.io.decode import DecodeError
         from deepscope.job import load_spec
 
-        try:
-            data = Path(a.image).read_bytes()
-        except OSError as e:
-            raise UserError(f"cannot read {a.image}: {e.strerror}") from None
+        data = _read_image(a.image)
         try:
             query = C.query_of_file(store, data, Encoder(a.out, load_spec(a.out).model), spaces)
         except DecodeError as e:
@@ -207,6 +200,13 @@ def _copies(a, store):
     print(f"# {summary['copies']} cop{'y' if summary['copies'] == 1 else 'ies'} among {summary['candidates']} candidates "
           f"(the {a.k} nearest in {' and '.join(spaces)}), verified on thumbnails in {summary['seconds']:.2f} s; "
           f"grid: {store.path(rel)}", file=sys.stderr)
+
+
+def _read_image(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _image_files(folder: str) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ shared index is never modified.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -93,6 +94,21 @@ class _BodyLimit:
         await response(scope, receive, send)
 
 
+@contextlib.contextmanager
+def _as_http_errors():
+    """A query's errors as HTTP answers: an unknown id 404, an image too large 413, one that does not decode 400,
+    any other bad request 422."""
+    try:
+        yield
+    except UnknownId as e:
+        raise HTTPException(404, str(e)) from None
+    except DecodeError as e:
+        too_big = "decompression bomb" in str(e) or "larger than limit" in str(e)
+        raise HTTPException(413 if too_big else 400, f"bad image: {e}") from None
+    except UserError as e:
+        raise HTTPException(422, str(e)) from None
+
+
 class Engine:
     """The folder's searchers and encoder, shared by every request (read-only after start-up)."""
 
@@ -119,7 +135,7 @@ class Engine:
         s = self.searchers.get(q.space)
         if s is None:
             raise HTTPException(404, f"this folder has no {q.space} index (spaces: {', '.join(self.searchers)})")
-        try:
+        with _as_http_errors():
             if image is not None:
                 vector, query = self.encoder.encode(image, q.space), {"image": "upload"}
             elif q.id is not None:
@@ -128,13 +144,6 @@ class Engine:
                 vector, query = q.vector, {"vector": len(q.vector)}
             setting = s.setting(q.nprobe, q.ef_search)
             hits = s.search(vector, q.k, q.nprobe, q.ef_search)[0]
-        except UnknownId as e:
-            raise HTTPException(404, str(e)) from None
-        except DecodeError as e:
-            too_big = "decompression bomb" in str(e) or "larger than limit" in str(e)
-            raise HTTPException(413 if too_big else 400, f"bad image: {e}") from None
-        except UserError as e:
-            raise HTTPException(422, str(e)) from None
         return {"space": q.space, "query": query, "k": q.k, "index": s.info["kind"], "metric": s.metric,
                 "search": setting,
                 "neighbors": [{"rank": r + 1, "id": h.id, "label": h.label, "distance": h.distance,
@@ -150,22 +159,13 @@ class Engine:
 
         if q.vector is not None:
             raise HTTPException(422, "copies are checked on pictures: upload an 'image' or give an 'id'")
-        try:
+        with _as_http_errors():
             with self._lock:  # the thumbnails' map: read once, on the first request that needs it
                 if self._thumbs is None:
                     self._thumbs = C.Thumbs(self.store)
             query = (C.query_of_file(self.store, image, self.encoder, list(self.searchers)) if image is not None
                      else C.query_of_id(self.store, q.id, self.searchers, self._thumbs))
-            knn = self.store.stage_config("knn") or {}  # the knn stage's settings when it ran: its decision
-            cfg = KnnConfig(**{k: v for k, v in knn.items() if k in KnnConfig.model_fields})
-            rows, summary, _ = C.find_copies(self.searchers, self._thumbs, query, q.k, cfg)
-        except UnknownId as e:
-            raise HTTPException(404, str(e)) from None
-        except DecodeError as e:
-            too_big = "decompression bomb" in str(e) or "larger than limit" in str(e)
-            raise HTTPException(413 if too_big else 400, f"bad image: {e}") from None
-        except UserError as e:
-            raise HTTPException(422, str(e)) from None
+            rows, summary, _ = C.find_copies(self.searchers, self._thumbs, query, q.k, KnnConfig.of(self.store))
 
         def plain(v):  # numpy scalars -> Python; NaN (not measured) -> null
             v = v.item() if hasattr(v, "item") else v

@@ -40,6 +40,13 @@ class KnnConfig(StageConfig):
     show: int = Field(12, ge=1, le=100)  # groups and images shown in the report
     seed: int = 0
 
+    @classmethod
+    def of(cls, store) -> "KnnConfig":
+        """The settings the folder's knn stage last ran with (keys of older versions dropped), else the defaults:
+        a copy query outside the stage decides a pair as the stage did."""
+        ran = store.stage_config("knn") or {}
+        return cls(**{k: v for k, v in ran.items() if k in cls.model_fields})
+
 
 class Knn(Stage):
     name = "knn"
