@@ -102,7 +102,7 @@ def test_copies_of_the_folders_images_are_the_knn_stages_decisions(folder):
     store = Store(str(out))
     searchers = {s: Searcher(store, s) for s in indexed_spaces(store)}
     stage = {frozenset((r["a"], r["b"])): r["accepted"] for r in pq.read_table(out / "knn/candidates.parquet").to_pylist()}
-    thumbs = C.Thumbs(store)
+    thumbs = C.Thumbs(store, searchers["features"].ids)
     compared = []
     for image_id in searchers["features"].ids:
         rows, summary, _ = C.find_copies(searchers, thumbs, C.query_of_id(store, image_id, searchers, thumbs), 5, KnnConfig())

@@ -169,8 +169,9 @@ def _copies(a, store):
     spaces = indexed_spaces(store)
     if not spaces:
         raise UserError(f"{a.out} has no index: run `deepscope index {a.out}` first")
-    thumbs = C.Thumbs(store)  # no thumbnails: one line before any model is loaded
+    C.thumb_spec(store)  # no thumbnails: one line before any model is loaded
     searchers = {s: Searcher(store, s) for s in spaces}
+    thumbs = C.Thumbs(store, searchers[spaces[0]].ids)
     cfg = KnnConfig.of(store)  # the settings the knn stage ran with: its decision for these pairs
     if files is not None:
         return _copies_of_files(a, store, searchers, thumbs, files, cfg)

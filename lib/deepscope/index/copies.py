@@ -38,24 +38,27 @@ def thumb_spec(store) -> ThumbSpec:
 
 
 class Thumbs:
-    """The folder's thumbnails by id, read for many queries: where each one is and its pixel hash (the parts'
-    id and hash columns, read once), and the pictures of the most recently used parts."""
+    """The folder's thumbnails by id, read for many queries: where each one is and its pixel hash (the knn
+    stage's map of the thumbs parts, index/knn.py: _thumb_rows, read once), and the recently used parts' pictures."""
 
-    def __init__(self, store, keep_parts: int = 8):
+    def __init__(self, store, ids: list[str], keep_parts: int = 8):
+        """ids: the index's (every candidate is one of them)."""
         thumb_spec(store)  # no thumbnails: one line
-        self.where: dict[str, tuple[str, int, str]] = {}
-        for _, entry in sorted(store.parts("thumbs").items()):
-            t = store.loc.read_table(entry["file"], columns=["id", "pixel_hash"])
-            for r, (i, h) in enumerate(zip(t.column("id").to_pylist(), t.column("pixel_hash").to_pylist())):
-                self.where[i] = (entry["file"], r, h or "")
+        self.at = {i: n for n, i in enumerate(ids)}
+        self.rows = IK._thumb_rows(store, np.array(ids, object))  # None: no image of the index has one
         self._part = functools.lru_cache(keep_parts)(lambda f: store.loc.read_table(f, columns=["thumb"]).column("thumb"))
 
+    def _where(self, image_id: str) -> int | None:
+        n = self.at.get(image_id)
+        return None if n is None or self.rows is None or not self.rows["file"][n] else n
+
     def hash(self, image_id: str) -> str:
-        return self.where.get(image_id, ("", -1, ""))[2]
+        n = self._where(image_id)
+        return "" if n is None else str(self.rows["hash"][n])
 
     def picture(self, image_id: str) -> bytes | None:
-        w = self.where.get(image_id)
-        return None if w is None else self._part(w[0])[w[1]].as_py()
+        n = self._where(image_id)
+        return None if n is None else self._part(self.rows["file"][n])[int(self.rows["row"][n])].as_py()
 
 
 def query_of_file(store, data: bytes, encoder, spaces: list[str]) -> Query:

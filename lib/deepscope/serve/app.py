@@ -162,7 +162,7 @@ class Engine:
         with _as_http_errors():
             with self._lock:  # the thumbnails' map: read once, on the first request that needs it
                 if self._thumbs is None:
-                    self._thumbs = C.Thumbs(self.store)
+                    self._thumbs = C.Thumbs(self.store, next(iter(self.searchers.values())).ids)
             query = (C.query_of_file(self.store, image, self.encoder, list(self.searchers)) if image is not None
                      else C.query_of_id(self.store, q.id, self.searchers, self._thumbs))
             rows, summary, _ = C.find_copies(self.searchers, self._thumbs, query, q.k, KnnConfig.of(self.store))
