@@ -192,10 +192,9 @@ def _copies(a, store):
     print("copy\ttier\tid\tpath\twhy")
     for r in rows:
         print(f"{'yes' if r['copy'] else 'no'}\t{r['tier'] or ''}\t{r['id']}\t{r['path']}\t{r['why']}")
-    shown = rows[:QUERY_GRID_MAX]
+    shown = [r for r in rows if r["id"] in pictures][:QUERY_GRID_MAX]  # from the thumbnails: the dataset may be gone
     tiles = [(thumbnail(query.thumb, 96), "query")] + [
-        (thumbnail(pictures[r["id"]], 96) if r["id"] in pictures else thumbnail(r["path"], 96), r["tier"] if r["copy"] else "not a copy")
-        for r in shown]
+        (thumbnail(pictures[r["id"]], 96), r["tier"] if r["copy"] else "not a copy") for r in shown]
     rel = f"queries/{_slug(name)}-copies.png"
     store.write_file(rel, grid([tiles], 96, framed=[[True] + [r["copy"] for r in shown]]))
     print(f"# {summary['copies']} cop{'y' if summary['copies'] == 1 else 'ies'} among {summary['candidates']} candidates "
