@@ -155,3 +155,90 @@ def test_a_folder_without_thumbnails_is_one_error_line(folder, capsys, tmp_path)
     assert code == 2 and len(err) == 1 and "--images needs --out" in err[0], err
     code, _, err = lines(capsys, "query", out, "--images", data)
     assert code == 2 and len(err) == 1 and "--images goes with --copies" in err[0], err
+
+
+def same_answer(j):  # a copies answer without its timing
+    return [(r["id"], r["copy"], r["tier"], r["why"]) for r in j["results"]], j["copies"], j["candidates"]
+
+
+def test_the_explorer_answers_copies_as_the_service_does(folder):
+    """POST /api/copies (the explorer) is the service's POST /copies: the same candidates, decisions and reasons."""
+    from fastapi.testclient import TestClient
+
+    from deepscope.serve.app import create_app
+    from deepscope.serve.explorer import create_explorer
+
+    bench, _, out = folder
+    service, explorer = TestClient(create_app(str(out))), TestClient(create_explorer(str(out)))
+    upload = bench.CV_EDITS["cv_all"](bench.whole_photo("camera"))[0]
+    answers = []
+    for client, path in ((service, "/copies"), (explorer, "/api/copies")):
+        up = client.post(path, files={"image": ("camera.webp", upload, "image/webp")}, data={"k": "4"})
+        by_id = client.post(path, json={"id": "coffee--flip.jpg", "k": 5})
+        assert up.status_code == 200 and by_id.status_code == 200, (up.text, by_id.text)
+        answers.append((same_answer(up.json()), same_answer(by_id.json())))
+        assert client.post(path, json={"vector": [0.0] * 4}).status_code == 422
+    assert answers[0] == answers[1]
+    (up_rows, up_copies, _), (id_rows, _, _) = answers[1]
+    assert up_copies == 1 and up_rows[0][:3] == ("camera.png", True, "edited")
+    assert [r[0] for r in id_rows if r[1]] == ["coffee.png"]
+
+
+def test_copies_in_the_explorer_and_the_service_page_in_chromium(folder):
+    """A user's path: an image's page, `copies of this`, the copies framed with their reasons (the same as the
+    API's); an upload with `copies of it` on the explorer's search view and on the service's page."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from test_app import serve
+    from test_knn import chromium, console_errors
+
+    from deepscope.serve.app import create_app
+    from deepscope.serve.explorer import create_explorer
+
+    bench, _, out = folder
+    upload = out.parent / "camera-copy.webp"
+    upload.write_bytes(bench.CV_EDITS["cv_all"](bench.whole_photo("camera"))[0])
+    servers = [serve(create_explorer(str(out))), serve(create_app(str(out)))]
+    (_, _, port), (_, _, service_port) = servers
+    driver = chromium()
+
+    def figures(where):  # (id, class, caption), read in one script
+        return driver.execute_script(f"return [...document.querySelectorAll('{where} figure')].map(f => "
+                                     "[f.dataset.id || f.querySelector('img').title, f.className, f.querySelector('figcaption').textContent])")
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(f"http://127.0.0.1:{port}/?view=image&id=coffee--flip.jpg")
+        wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "image")
+        driver.find_element(By.ID, "copies-of").click()
+        wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "search" and figures("#results"))
+        assert "copies=1" in driver.current_url
+        want = httpx.post(f"http://127.0.0.1:{port}/api/copies", json={"id": "coffee--flip.jpg", "k": 5}, timeout=60).json()
+        shown = figures("#results")
+        assert [f[0] for f in shown] == [r["id"] for r in want["results"]]
+        assert [f[1] for f in shown] == ["tile copy" if r["copy"] else "tile other" for r in want["results"]]
+        assert shown[0][0] == "coffee.png" and shown[0][2] == f"copy, edited: {want['results'][0]['why']}"
+        assert all(f[2].startswith("not a copy: ") for f in shown[1:])
+        assert driver.find_element(By.ID, "said").text.startswith(f"1 of {want['candidates']} candidates are copies")
+        # an upload from the search view
+        driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(upload))
+        Select(driver.find_element(By.CSS_SELECTOR, "#upload select[name=what]")).select_by_value("copies")
+        driver.find_element(By.CSS_SELECTOR, "#upload button").click()
+        wait.until(lambda d: figures("#results")[:1] and figures("#results")[0][0] == "camera.png")
+        assert figures("#results")[0][1] == "tile copy" and sum(f[1] == "tile copy" for f in figures("#results")) == 1
+        assert console_errors(driver) == []
+        # the service's own page
+        driver.get(f"http://127.0.0.1:{service_port}/")
+        driver.find_element(By.NAME, "image").send_keys(str(upload))
+        Select(driver.find_element(By.NAME, "what")).select_by_value("copies")
+        driver.find_element(By.CSS_SELECTOR, "#f button").click()
+        wait.until(lambda d: figures("#out"))
+        shown = figures("#out")
+        assert shown[0][:2] == ["camera.png", "copy"] and [f[1] for f in shown].count("copy") == 1
+        assert "1 of" in driver.find_element(By.ID, "about").text
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()
+        for srv, thread, _ in servers:
+            srv.should_exit = True
+            thread.join(10)

@@ -129,7 +129,7 @@ class Engine:
         for s in reversed(list(self.searchers.values())):  # the first space's mapping wins
             self.paths.update(zip(s.ids, s.paths))
         self.graph = Graph.load(self.store)
-        self._thumbs, self._lock = None, threading.Lock()  # POST /copies' thumbnail map (index/copies.py: Thumbs)
+        self._thumbs, self._thumbs_lock = None, threading.Lock()  # POST /copies' thumbnail map (index/copies.py: Thumbs)
 
     def answer(self, q: NeighborsQuery, image: bytes | None) -> dict:
         s = self.searchers.get(q.space)
@@ -160,7 +160,7 @@ class Engine:
         if q.vector is not None:
             raise HTTPException(422, "copies are checked on pictures: upload an 'image' or give an 'id'")
         with _as_http_errors():
-            with self._lock:  # the thumbnails' map: read once, on the first request that needs it
+            with self._thumbs_lock:  # the thumbnails' map: read once, on the first request that needs it
                 if self._thumbs is None:
                     self._thumbs = C.Thumbs(self.store, next(iter(self.searchers.values())).ids)
             query = (C.query_of_file(self.store, image, self.encoder, list(self.searchers)) if image is not None
@@ -337,10 +337,14 @@ PAGE = """<!doctype html><meta charset=utf-8><title>deepscope: nearest neighbour
 <link rel="icon" href="data:,">
 <style>body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px}#out figure,#dups figure{display:inline-block;
 margin:4px;text-align:center;font-size:12px}#out img,#dups img{width:128px;height:128px;object-fit:cover;cursor:pointer}
-#err{color:#b00}#about{margin:.5em 0}</style>
+#err{color:#b00}#about{margin:.5em 0}#out figure.copy img{outline:3px solid #1a7f37}#out figure.other{opacity:.6}
+#out figcaption{max-width:128px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}</style>
 <h1>Nearest neighbours</h1>
 <form id=f><input type=file name=image accept="image/*" required> k <input name=k type=number value=10 min=1
-max=1000 style="width:5em"> space <select name=space>{options}</select> <button>search</button></form>
+max=1000 style="width:5em"> space <select name=space>{options}</select> <select name=what
+title="copies: the k nearest in every space, each verified on the thumbnails"
+onchange="f.space.disabled = this.value === 'copies'"><option value=neighbors>nearest
+neighbours</option><option value=copies>copies of it</option></select> <button>search</button></form>
 <p>Click a result to search with it. <span id=err></span></p><div id=about></div><div id=dups></div><div id=out></div>
 <script>
 const KNN = {knn};
@@ -349,13 +353,20 @@ const about = document.getElementById('about'), dups = document.getElementById('
 function figure(n, caption) {
   const fig = document.createElement('figure'), img = document.createElement('img'), cap = document.createElement('figcaption');
   img.src = n.image; img.title = n.id; img.onclick = () => byId(n.id);
-  cap.textContent = caption; fig.append(img, cap); return fig;
+  cap.textContent = caption; cap.title = caption; fig.append(img, cap); return fig;
 }
 async function show(resp) {
   const body = await resp.json();
   out.textContent = ''; err.textContent = resp.ok ? '' : body.detail;
   for (const n of body.neighbors || []) {
     out.append(figure(n, n.rank + ': ' + n.distance.toPrecision(3) + (n.label ? ' ' + n.label : '')));
+  }
+  if (body.results) {  // POST /copies: copies first, framed; the others say why not
+    about.textContent = body.copies + ' of ' + body.candidates + ' candidates are copies (verified in ' + body.seconds + ' s)';
+    for (const r of body.results) {
+      const fig = figure(r, r.copy ? 'copy, ' + r.tier + ': ' + r.why : 'not a copy: ' + r.why);
+      fig.className = r.copy ? 'copy' : 'other'; out.append(fig);
+    }
   }
 }
 async function duplicates(id) {
@@ -371,11 +382,12 @@ async function duplicates(id) {
   for (const n of d.duplicates) dups.append(figure(n, 'duplicate' + (n.distance == null ? '' : ' ' + n.distance.toPrecision(2))));
 }
 function byId(id) {
-  const fd = new FormData(f);
-  fetch('/neighbors', {method: 'POST', headers: {'content-type': 'application/json'},
-    body: JSON.stringify({id: id, k: +fd.get('k'), space: fd.get('space')})}).then(show);
-  duplicates(id);
+  const fd = new FormData(f), what = fd.get('what');
+  fetch('/' + what, {method: 'POST', headers: {'content-type': 'application/json'},
+    body: JSON.stringify({id: id, k: +fd.get('k'), space: fd.get('space') || undefined})}).then(show);
+  if (what === 'neighbors') duplicates(id); else dups.textContent = '';
 }
 f.onsubmit = e => { e.preventDefault(); about.textContent = ''; dups.textContent = '';
-  fetch('/neighbors', {method: 'POST', body: new FormData(f)}).then(show); };
+  const fd = new FormData(f), what = fd.get('what'); fd.delete('what');
+  fetch('/' + what, {method: 'POST', body: fd}).then(show); };
 </script>"""

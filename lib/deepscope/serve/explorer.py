@@ -9,6 +9,7 @@
   GET  /api/thumb|original|saliency|adversarial|patch|picture   pictures
   POST /api/neighbors            search by upload, id or vector (the `serve` API, index loaded on first use;
                                  with `--ray`, its shards are Ray Serve replicas: serve/cluster.py)
+  POST /api/copies               the same query (upload or id): which of its nearest are copies of it (`serve`'s /copies)
 
 Every answer is computed from the folder's tables (serve/explorer_data.py), never from a path a
 client sends: ids are looked up, and the files served are the ones the tables name.
@@ -52,6 +53,7 @@ class LazySearch(Engine):
                 from deepscope.job import load_spec
 
                 store = Store(self.out)
+                self.store, self._thumbs, self._thumbs_lock = store, None, threading.Lock()  # for copies (Engine.copies)
                 spaces = ((store.summary("index") or {}).get("spaces") or {})
                 if not spaces:
                     raise HTTPException(404, f"this folder has no index: run `deepscope index {self.out}` first")
@@ -215,5 +217,11 @@ def create_explorer(out: str, limits: Limits = Limits(), workdir: str | None = N
         q, image = await neighbors_query(request, limits)  # the service's own parsing and limits
         await run_in_threadpool(search.ensure)
         return await run_in_threadpool(search.answer, q, image)
+
+    @app.post("/api/copies")
+    async def copies(request: Request):
+        q, image = await neighbors_query(request, limits)
+        await run_in_threadpool(search.ensure)
+        return await run_in_threadpool(search.copies, q, image)
 
     return app

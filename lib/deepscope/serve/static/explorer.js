@@ -126,10 +126,12 @@ async function image(p) {
     kv.append(el('tr', {}, el('td', {}, k), el('td', {}, fmt(v))));
   }
   const more = el('button', {id: 'more', onclick: () => go({view: 'search', id})}, 'more like this');
+  const copiesOf = INFO.thumbs && INFO.index_spaces.length ?
+    el('button', {id: 'copies-of', onclick: () => go({view: 'search', id, copies: '1'})}, 'copies of this') : null;
   const parts = [el('h2', {id: 'title'}, id),
     el('div', {class: 'image-head'}, el('img', {class: 'big', alt: id, src: d.error ? NO_PICTURE : '/api/original?id=' + enc(id),
                                               onerror: e => { if (!e.target.src.includes('/api/thumb')) e.target.src = thumbUrl(id); }}),
-        el('div', {}, more, kv))];
+        el('div', {}, more, ' ', copiesOf, kv))];
   const maps = el('div', {class: 'maps'});
   for (const m of d.saliency) maps.append(el('figure', {}, el('img', {src: `/api/saliency?id=${enc(id)}&method=${enc(m)}`}),
                                           el('figcaption', {}, 'saliency: ' + m)));
@@ -337,22 +339,52 @@ async function mapView(p) {
 }
 
 // -- search ---------------------------------------------------------------------------------
+// Neighbours of an upload or an id, or its copies (each candidate verified on the thumbnails as `deepscope knn` does).
 async function search(p) {
-  const spaces = INFO.index_spaces;
+  const spaces = INFO.index_spaces, copies = p.get('copies') === '1';
+  const kind = () => el('select', {name: 'what', title: 'copies: the k nearest in every space, each verified on the thumbnails',
+      onchange: e => { const sp = e.target.form.querySelector('[name=space]'); if (sp) sp.disabled = e.target.value === 'copies'; }},
+    el('option', {value: 'neighbors'}, 'nearest neighbours'),
+    el('option', {value: 'copies', selected: copies || null, disabled: INFO.thumbs ? null : true}, 'copies of it'));
   const form = el('form', {id: 'upload'}, el('input', {type: 'file', name: 'image', accept: 'image/*', required: true}),
-    ' k ', el('input', {name: 'k', type: 'number', value: p.get('k') || 20, min: 1, max: 1000, style: 'width:5em'}),
-    ' space ', el('select', {name: 'space'}, ...spaces.map(s => el('option', {}, s))), ' ', el('button', {}, 'search by upload'));
-  const byId = el('form', {id: 'byid'}, 'or by id ', el('input', {name: 'id', value: p.get('id') || '', size: 40}), ' ',
+    ' k ', el('input', {name: 'k', type: 'number', value: p.get('k') || (copies ? 5 : 20), min: 1, max: 1000, style: 'width:5em'}),
+    ' space ', el('select', {name: 'space', disabled: copies || null}, ...spaces.map(s => el('option', {}, s))), ' ', kind(), ' ',
+    el('button', {}, 'search by upload'));
+  const byId = el('form', {id: 'byid'}, 'or by id ', el('input', {name: 'id', value: p.get('id') || '', size: 40}), ' ', kind(), ' ',
                   el('button', {}, 'search'));
-  const out = el('div', {class: 'grid', id: 'results'});
+  const out = el('div', {class: 'grid', id: 'results'}), said = el('p', {id: 'said'});
   main.replaceChildren(spaces.length ? form : el('p', {}, 'This folder has no index: run `deepscope index OUT` to search it.'),
-                       spaces.length ? byId : '', el('h2', {}, 'Results'), out);
-  const show = body => { out.replaceChildren(...body.neighbors.map(n => tile(n.id, `${n.rank}: ${fmt(n.distance)} ${n.label || ''}`))); };
-  form.onsubmit = async e => { e.preventDefault(); show(await api('/api/neighbors', {method: 'POST', body: new FormData(form)})); };
-  byId.onsubmit = e => { e.preventDefault(); const q = params(); q.set('view', 'search'); q.set('id', new FormData(byId).get('id')); go(q); };
+                       spaces.length ? byId : '', el('h2', {}, 'Results'), said, out);
+  const show = body => {
+    said.textContent = '';
+    out.replaceChildren(...body.neighbors.map(n => tile(n.id, `${n.rank}: ${fmt(n.distance)} ${n.label || ''}`)));
+  };
+  const showCopies = body => {  // copies first, framed; every other candidate says why it is not one
+    said.textContent = `${body.copies} of ${body.candidates} candidates are copies (verified in ${body.seconds} s)`;
+    out.replaceChildren(...body.results.map(r => {
+      const t = tile(r.id, r.copy ? `copy, ${r.tier}: ${r.why}` : `not a copy: ${r.why}`, r.copy ? 'copy' : 'other');
+      t.title = `${r.id}\n${t.querySelector('figcaption').textContent}`;
+      return t;
+    }));
+  };
+  form.onsubmit = async e => {
+    e.preventDefault();
+    const fd = new FormData(form), what = fd.get('what');
+    fd.delete('what');
+    const body = await api('/api/' + what, {method: 'POST', body: fd});
+    (what === 'copies' ? showCopies : show)(body);
+  };
+  byId.onsubmit = e => {
+    e.preventDefault(); const fd = new FormData(byId), q = params();
+    q.set('view', 'search'); q.set('id', fd.get('id'));
+    if (fd.get('what') === 'copies') q.set('copies', '1'); else q.delete('copies');
+    go(q);
+  };
   if (p.get('id') && spaces.length) {
-    show(await api('/api/neighbors', {method: 'POST', headers: {'content-type': 'application/json'},
-      body: JSON.stringify({id: p.get('id'), k: +(p.get('k') || 20), space: p.get('space') || spaces[0]})}));
+    const what = copies ? 'copies' : 'neighbors';
+    const body = await api('/api/' + what, {method: 'POST', headers: {'content-type': 'application/json'},
+      body: JSON.stringify({id: p.get('id'), k: +(p.get('k') || (copies ? 5 : 20)), space: p.get('space') || spaces[0]})});
+    (copies ? showCopies : show)(body);
   }
 }
 
