@@ -242,3 +242,32 @@ def test_copies_in_the_explorer_and_the_service_page_in_chromium(folder):
         for srv, thread, _ in servers:
             srv.should_exit = True
             thread.join(10)
+
+
+def test_the_thumbnails_map_by_hand(tmp_path):
+    """index/knn.py: _thumb_rows on two parts (the first written before `file_bytes` existed), an id written
+    again by a later part (the later row wins), an id without a thumbnail, and the index's own order."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepscope.index.knn import _thumb_rows
+
+    first, second = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    pq.write_table(pa.table({"id": ["x", "y", "z"], "pixel_hash": ["hx", None, "hz"], "width": [10, 20, 30], "height": [1, 2, 3]}), first)
+    pq.write_table(pa.table({"id": ["w", "y"], "pixel_hash": ["hw", "hy2"], "width": [4, 5], "height": [6, 7],
+                             "file_bytes": pa.array([None, 900], pa.int64())}), second)
+
+    class Store:
+        class loc:
+            read_table = staticmethod(lambda f, columns=None: pq.read_table(f, columns=columns))
+
+        def parts(self, stage):
+            return {"part-2": {"file": second}, "part-1": {"file": first}} if stage == "thumbs" else {}
+
+    got = _thumb_rows(Store(), np.array(["y", "missing", "z", "w", "x"], object))
+    want = {"file": [second, "", first, second, first], "row": [1, -1, 2, 0, 0], "hash": ["hy2", "", "hz", "hw", "hx"],
+            "pixels": [35, 0, 90, 24, 10], "file_bytes": [900, 0, 0, 0, 0]}
+    assert {k: list(v) for k, v in got.items()} == want
+    assert got["row"].dtype == got["pixels"].dtype == got["file_bytes"].dtype == np.int64
+    assert _thumb_rows(Store(), np.array(["missing"], object)) is None
