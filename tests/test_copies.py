@@ -271,3 +271,33 @@ def test_the_thumbnails_map_by_hand(tmp_path):
     assert {k: list(v) for k, v in got.items()} == want
     assert got["row"].dtype == got["pixels"].dtype == got["file_bytes"].dtype == np.int64
     assert _thumb_rows(Store(), np.array(["missing"], object)) is None
+
+
+def test_the_query_mirrored_is_searched_too(folder):
+    """With a pixels index, the k nearest of the query's mirror image in the pixels space are candidates too
+    (`mirrored_rank`): exactly the k nearest by a direct computation over the folder's pixel vectors; a
+    flipped copy's original is the first of them."""
+    import numpy as np
+
+    from deepscope.index import copies as C
+    from deepscope.index.knn import indexed_spaces
+    from deepscope.index.search import Searcher
+    from deepscope.io.store import Store
+    from deepscope.stages.knn import KnnConfig
+
+    _, _, out = folder
+    store = Store(str(out))
+    searchers = {s: Searcher(store, s) for s in indexed_spaces(store)}
+    thumbs = C.Thumbs(store, searchers["features"].ids)
+    query = C.query_of_id(store, "coffee--flip.jpg", searchers, thumbs)
+    rows = C.find_copies(searchers, thumbs, query, 3, KnnConfig())[0]
+    ids = [i for i in searchers["pixels"].ids if i != "coffee--flip.jpg"]
+    x = searchers["pixels"].vectors_of(ids).astype(np.float64)
+    m = C.mirrored(query.vectors["pixels"]).astype(np.float64)
+    assert searchers["pixels"].metric == "l2"
+    want = [ids[n] for n in np.argsort(((x - m) ** 2).sum(1), kind="stable")[:3]]
+    got = sorted((r["mirrored_rank"], r["id"]) for r in rows if r.get("mirrored_rank"))
+    assert [i for _, i in got] == want and [r for r, _ in got] == [1, 2, 3]
+    assert want[0] == "coffee.png"
+    flipped = m.reshape(3, 32, 32)[:, :, ::-1].reshape(-1)
+    assert np.array_equal(flipped, query.vectors["pixels"])  # the mirror of the mirror

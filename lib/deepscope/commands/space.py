@@ -39,7 +39,8 @@ def add_commands(sub) -> None:
     q.add_argument("--ef-search", type=int, help="HNSW search breadth (default: the tuned value)")
     q.add_argument("--out", dest="result", help="RESULT.parquet for --batch or --images")
     q.add_argument("--copies", action="store_true",
-                   help="with --image, --id or --images: which of the k nearest in every indexed space are copies of it, verified "
+                   help="with --image, --id or --images: which of the k nearest in every indexed space (and of its mirror image in "
+                        "pixels) are copies of it, verified "
                         "on the thumbnails as `deepscope knn` verifies pairs (needs a [thumbs] stage)")
     q.set_defaults(fn="deepscope.commands.space:cmd_query")
 
@@ -197,8 +198,10 @@ def _copies(a, store):
         (thumbnail(pictures[r["id"]], 96), r["tier"] if r["copy"] else "not a copy") for r in shown]
     rel = f"queries/{_slug(name)}-copies.png"
     store.write_file(rel, grid([tiles], 96, framed=[[True] + [r["copy"] for r in shown]]))
+    where = list(spaces) + (["pixels mirrored"] if "pixels" in spaces else [])
+    where = where[0] if len(where) == 1 else ", ".join(where[:-1]) + " and " + where[-1]
     print(f"# {summary['copies']} cop{'y' if summary['copies'] == 1 else 'ies'} among {summary['candidates']} candidates "
-          f"(the {a.k} nearest in {' and '.join(spaces)}), verified on thumbnails in {summary['seconds']:.2f} s; "
+          f"(the {a.k} nearest in {where}), verified on thumbnails in {summary['seconds']:.2f} s; "
           f"grid: {store.path(rel)}", file=sys.stderr)
 
 

@@ -103,15 +103,28 @@ def describe(ev: dict) -> str:
     return ", ".join(words)
 
 
+MIRRORED = "mirrored"  # the candidates' ranks among the nearest of the query mirrored, in the pixels space
+
+
+def mirrored(pixels: np.ndarray) -> np.ndarray:
+    """A tiny image's vector (3 * size * size, CHW: the pixels stage) -> its mirror image's."""
+    size = int(round((pixels.shape[-1] / 3) ** 0.5))
+    return np.ascontiguousarray(pixels.reshape(3, size, size)[:, :, ::-1]).reshape(-1)
+
+
 def find_copies(searchers: dict, thumbs: Thumbs, query: Query, k: int, cfg) -> tuple[list[dict], dict, dict[str, bytes]]:
-    """The query against its k nearest images in each space (the query itself left out): for each candidate
-    {id, path, label, <space>_rank, <space>_distance, sketch, copy, tier, why, and the evidence (V.EVIDENCE)},
+    """The query against its k nearest images in each space and, with a pixels index, the k nearest of its
+    mirror image there (the query itself left out): for each candidate {id, path, label, <space>_rank,
+    <space>_distance (space: each index's, and `mirrored`), sketch, copy, tier, why, and the evidence (V.EVIDENCE)},
     copies first, then by their best rank; {candidates, copies, seconds}; and the candidates' thumbnails by id.
     cfg: the knn stage's settings (min_sketch, min_frames_sketch, the verification's limits): the stage's decision."""
     t0 = time.perf_counter()
     found: dict[str, dict] = {}
-    for space, sr in searchers.items():
-        for rank, h in enumerate((h for h in sr.search(query.vectors[space], k + (query.id is not None))[0] if h.id != query.id), 1):
+    searches = [(space, sr, query.vectors[space]) for space, sr in searchers.items()]
+    if "pixels" in searchers:  # and the query's mirror image: a flipped copy's tiny picture is near its original's mirrored
+        searches.append((MIRRORED, searchers["pixels"], mirrored(query.vectors["pixels"])))
+    for space, sr, vector in searches:
+        for rank, h in enumerate((h for h in sr.search(vector, k + (query.id is not None))[0] if h.id != query.id), 1):
             if rank > k:
                 break
             row = found.setdefault(h.id, {"id": h.id, "path": h.path, "label": h.label})
@@ -140,7 +153,7 @@ def find_copies(searchers: dict, thumbs: Thumbs, query: Query, k: int, cfg) -> t
         same = exact or bool(ev["same"])
         row.update({"sketch": float(sketch[n]), "copy": same, "tier": V.tier(exact, ev) if same else None, "why": why,
                     **{key: ev[key] for key in V.EVIDENCE if key not in ("same", "failed")}})
-    best = lambda r: min(r.get(f"{s}_rank", np.inf) for s in searchers)
+    best = lambda r: min(r.get(f"{s}_rank", np.inf) for s, _, _ in searches)
     rows.sort(key=lambda r: (not r["copy"], best(r)))
     summary = {"candidates": len(rows), "copies": sum(r["copy"] for r in rows), "seconds": round(time.perf_counter() - t0, 3)}
     return rows, summary, {ids[n]: b for n, b in pictures.items()}

@@ -110,6 +110,8 @@ COPIES = pa.schema([
     pa.field("features_distance", pa.float32()),
     pa.field("pixels_rank", pa.int32()),
     pa.field("pixels_distance", pa.float32()),
+    pa.field("mirrored_rank", pa.int32()),  # its rank among the nearest of the query's mirror image, in the pixels space
+    pa.field("mirrored_distance", pa.float32()),
     pa.field("sketch", pa.float32()),  # the first look's agreement of the two pixel sketches
     pa.field("inliers", pa.int32()), pa.field("flip", pa.bool_()), pa.field("scale", pa.float32()),
     pa.field("rotation", pa.float32()), pa.field("overlap", pa.float32()), pa.field("differing", pa.float32()),
