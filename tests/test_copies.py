@@ -301,3 +301,26 @@ def test_the_query_mirrored_is_searched_too(folder):
     assert want[0] == "coffee.png"
     flipped = m.reshape(3, 32, 32)[:, :, ::-1].reshape(-1)
     assert np.array_equal(flipped, query.vectors["pixels"])  # the mirror of the mirror
+
+
+def test_verification_in_many_tasks_decides_as_in_one(folder, tmp_path, capsys):
+    """The knn stage's pairs (every candidate verified: min_sketch -1) cut into tasks of 3, ordered for locality
+    (K.local_order), give every candidate the same evidence as one task: the decisions do not depend on how the
+    pairs are ordered and cut."""
+    import pyarrow.parquet as pq
+
+    from deepscope.runner import run_stage
+
+    _, _, out = folder
+    tables, logs = [], []
+    for chunk in (3, 2000):
+        copy = tmp_path / f"chunk{chunk}"
+        shutil.copytree(out, copy)
+        (copy / "knn/candidates.parquet").unlink()
+        run_stage(str(copy), "knn", {"k": 5, "min_sketch": -1, "verify_chunk": chunk})
+        logs.append([line for line in capsys.readouterr().err.splitlines() if "thumbnails to prepare" in line])
+        tables.append(pq.read_table(copy / "knn/candidates.parquet").to_pandas().sort_values(["a", "b"]).reset_index(drop=True))
+    many, one = tables
+    assert many.verified.sum() >= 12 and many.accepted.sum() >= 2  # tasks of 3: several; copies among the pairs
+    assert many.equals(one)
+    assert "in 1 verification task:" in logs[1][0] and "verification tasks:" in logs[0][0], logs

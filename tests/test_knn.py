@@ -978,6 +978,28 @@ def test_edges_of_finds_each_listed_pair_as_a_set_lookup_does():
     assert got.tolist() == want and 0 < len(want) < 500
 
 
+def test_pairs_ordered_for_locality_prepare_each_image_fewer_times():
+    """K.local_order: 3,000 images along a line, each paired with its next two, their rows shuffled (as a
+    dataset's neighbours lie anywhere in it): sorted by row, chunks of 100 pairs hold nearly every image
+    twice or more; in the local order each image's pairs are neighbours, and nearly every image is prepared
+    once.  The order is a permutation of the pairs."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    row = rng.permutation(n)  # the line's i-th image is row[i]
+    i = np.r_[np.arange(n - 1), np.arange(n - 2)]
+    j = np.r_[np.arange(1, n), np.arange(2, n)]
+    a, b = np.minimum(row[i], row[j]), np.maximum(row[i], row[j])  # the stage lists the lower row first
+
+    def preparations(order, size=100):
+        return sum(len(np.unique(np.r_[a[order[s:s + size]], b[order[s:s + size]]])) for s in range(0, len(order), size)) / n
+
+    order = K.local_order(a, b)
+    assert sorted(order.tolist()) == list(range(len(a)))
+    by_row = preparations(np.lexsort((b, a)))
+    local = preparations(order)
+    assert by_row > 2.0 and local < 1.05, (by_row, local)
+
+
 def test_verification_tasks_keep_every_core_busy():
     """2,295 pairs on 2 cores: four tasks of at most 574 pairs (not one of 2,000 and one of 295, which
     leaves a core idle for most of the time), every pair in exactly one; 300 pairs: two tasks of 200

@@ -784,11 +784,14 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     todo = np.nonzero(have)[0]
     if not len(todo):
         return out
-    todo = todo[np.lexsort((b[todo], a[todo]))]  # an image's pairs in one chunk: it is prepared once
     # at most verify_chunk pairs a task, and two tasks per core when there are pairs enough (200 a task):
     # one 2000-pair chunk and a small one would leave a core idle
     size = max(1, min(cfg.verify_chunk, max(MIN_VERIFY_CHUNK, -(-len(todo) // (2 * executor.cpus)))))
+    todo = todo[K.local_order(a[todo], b[todo])] if len(todo) > size else todo[np.lexsort((b[todo], a[todo]))]
     chunks = [todo[s:s + size] for s in range(0, len(todo), size)]
+    prepared = sum(len(np.unique(np.r_[a[c], b[c]])) for c in chunks)
+    log(f"knn: {len(todo)} pairs in {len(chunks)} verification task{'s' * (len(chunks) > 1)}: {prepared} thumbnails to prepare, "
+        f"{prepared / len(np.unique(np.r_[a[todo], b[todo]])):.2f} an image")
     t0 = time.time()
     store.loc.rm_folder(GATHER)  # an interrupted run's
     sources = [[] for _ in chunks]
