@@ -847,6 +847,7 @@ def test_coarse_first_look_changes_no_decision(monkeypatch):
     monkeypatch.setattr(V, "COARSE_EXPLAINED", -np.inf)
     monkeypatch.setattr(V, "COARSE_DIFFERING", np.inf)
     monkeypatch.setattr(V, "COARSE_FRAMES_DIFFERING", np.inf)
+    monkeypatch.setattr(V, "COARSE_FRAMES_CLOSE", np.inf)  # every frames try compared at full scale too
     monkeypatch.setattr(V, "PLAUSIBLE_MARGIN", np.inf)  # every keypoint transform's pixels compared
     without = [V.verify_pair(prepared(a), prepared(b)) for a, b in pairs]
     assert [e["same"] for e in with_look] == [e["same"] for e in without] == [True] * 3 + [False] * 11
@@ -933,6 +934,38 @@ def test_a_caption_on_a_smooth_picture_laid_by_its_frames_is_one_overlay():
         assert V.VerifySettings().max_differing / 5 < one["differing"] and one["overlay"] <= V.VerifySettings().max_overlay
         two = V.verify_pair(prepared(picture), prepared(caption(caption(picture, 10, "(c) deep"), 130, "2026", x=100)))
         assert not two["same"] and two["failed"].startswith("frames") and "differing" in two["failed"], two
+
+
+def test_a_frames_try_far_off_at_half_scale_is_decided_there(monkeypatch):
+    """A try laid by its frames whose cells differ at half the scale in more than 5% and not in one band
+    (COARSE_FRAMES_CLOSE, COARSE_FRAMES_BAND) is decided on that first look: two captions apart, or another
+    smooth picture, skip the full comparison, with the same decision as when every frames try is compared in
+    full; one caption (a copy) is still compared in full and accepted."""
+    from PIL import ImageDraw, ImageFont
+
+    from deepscope.algos import verify as V
+
+    def caption(img, y, text="(c) deepscope 2026", x=8):
+        img = img.copy()
+        ImageDraw.Draw(img).text((x, y), text, fill=(255, 255, 255), font=ImageFont.load_default(size=16),
+                                 stroke_width=2, stroke_fill=(0, 0, 0))
+        return img
+    pairs = []
+    for seed in (0, 2):
+        picture = smooth(seed)
+        pairs += [(picture, caption(picture, 70)), (picture, caption(caption(picture, 10, "(c) deep"), 130, "2026", x=100)),
+                  (picture, smooth(seed + 1))]
+    full = []
+    compare = V._compare
+    monkeypatch.setattr(V, "_compare", lambda a, b, m, slide=V.REFINE_SLIDE: full.append(slide == V.REFINE_SLIDE) or compare(a, b, m, slide))
+    runs = []
+    for close in (V.COARSE_FRAMES_CLOSE, np.inf):
+        monkeypatch.setattr(V, "COARSE_FRAMES_CLOSE", close)
+        full.clear()
+        runs.append(([V.verify_pair(prepared(a), prepared(b))["same"] for a, b in pairs], sum(full)))
+    (gated, n_gated), (every, n_every) = runs
+    assert gated == every == [True, False, False] * 2
+    assert n_gated < n_every and n_gated >= 2  # the two copies are still compared in full
 
 
 def test_overlap_of_two_outlines_is_the_share_of_pixels_covered():

@@ -49,6 +49,9 @@ DETAIL_ENERGY = 0.25  # a cell has detail when its band-pass' mean square (grey 
 DETAIL_BAND = 2.5  # the band-pass: from the coarser thumbnail's pixel to this many times it
 COARSE_EXPLAINED, COARSE_DIFFERING = 0.4, 0.4  # at half the comparison's scale, a try this far off is not compared at full scale
 COARSE_FRAMES_DIFFERING = 0.2  # a try laid by its frames must agree nearly everywhere (max_differing / 5): its copies 0.04 at most
+# ... or differ in one overlay (regions 1, in the plain band): a frames try differing in more than COARSE_FRAMES_CLOSE of
+# its cells at half the scale, and not in one band at most COARSE_FRAMES_BAND wide there, is not compared at full scale
+COARSE_FRAMES_CLOSE, COARSE_FRAMES_BAND = 0.05, 0.3
 # the finest details (_fine), compared when both thumbnails have them (their pixel at most FINE_PIXEL working pixels:
 # 128 px and more, half the working side: on the forms tuning set its 50% copies, once compared, no longer join
 # their template's other pages): on a FINE_GRID x FINE_GRID grid, the cells where both have strong detail (band-pass mean
@@ -480,7 +483,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
             # a first look at half the scale (a quarter of the work): a try already far off there (the share
             # explained or differing beyond limits far looser than the decision's) is decided on it, as most are
             px = _coarse(a, b, m, refine=how == "frames")
-            if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= (COARSE_DIFFERING if how == "keypoints" else COARSE_FRAMES_DIFFERING):
+            close = how == "keypoints" or px["differing"] <= COARSE_FRAMES_CLOSE or (px["regions"] == 1 and px["overlay"] <= COARSE_FRAMES_BAND)
+            if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= (COARSE_DIFFERING if how == "keypoints" else COARSE_FRAMES_DIFFERING) and close:
                 px = _compare(a, b, m, slide=REFINE_SLIDE)
         refined, use, greys = px.pop("m"), px.pop("use", None), px.pop("greys", None)
         scale, rotation = _similarity(refined, flip)
