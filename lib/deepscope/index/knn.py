@@ -789,13 +789,13 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     size = max(1, min(cfg.verify_chunk, max(MIN_VERIFY_CHUNK, -(-len(todo) // (2 * executor.cpus)))))
     todo = todo[K.local_order(a[todo], b[todo])] if len(todo) > size else todo[np.lexsort((b[todo], a[todo]))]
     chunks = [todo[s:s + size] for s in range(0, len(todo), size)]
-    prepared = sum(len(np.unique(np.r_[a[c], b[c]])) for c in chunks)
-    log(f"knn: {len(todo)} pairs in {len(chunks)} verification task{'s' * (len(chunks) > 1)}: {prepared} thumbnails to prepare, "
-        f"{prepared / len(np.unique(np.r_[a[todo], b[todo]])):.2f} an image")
     t0 = time.time()
     store.loc.rm_folder(GATHER)  # an interrupted run's
     sources = [[] for _ in chunks]
     calls = _gather_calls(store, thumbs, a, b, chunks)
+    prepared = sum(len(part[3]) for _, _, parts in calls for part in parts)  # (task, image) once each: what the tasks prepare
+    log(f"knn: {len(todo)} pairs in {len(chunks)} verification task{'s' * (len(chunks) > 1)}: {prepared} thumbnails to prepare, "
+        f"{prepared / len(np.unique(np.r_[a[todo], b[todo]])):.2f} an image")
     try:
         for g, groups in executor.map(gather_thumbs, calls):
             for task, group in groups.items():
