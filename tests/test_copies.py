@@ -8,6 +8,7 @@ import pytest
 from test_knn import bench_duplicates, knn_job
 
 from deepscope.cli import main
+from deepscope.io.store import Store
 
 PHOTOS = ("camera", "coffee", "astronaut", "chelsea", "page", "rocket")
 
@@ -317,6 +318,7 @@ def test_verification_in_many_tasks_decides_as_in_one(folder, tmp_path, capsys):
         copy = tmp_path / f"chunk{chunk}"
         shutil.copytree(out, copy)
         (copy / "knn/candidates.parquet").unlink()
+        Store(copy).drop_parts_except("knn/verified", set())  # the fixture's run's evidence: every pair verified here
         run_stage(str(copy), "knn", {"k": 5, "min_sketch": -1, "verify_chunk": chunk})
         logs.append([line for line in capsys.readouterr().err.splitlines() if "thumbnails to prepare" in line])
         tables.append(pq.read_table(copy / "knn/candidates.parquet").to_pandas().sort_values(["a", "b"]).reset_index(drop=True))
@@ -324,3 +326,39 @@ def test_verification_in_many_tasks_decides_as_in_one(folder, tmp_path, capsys):
     assert many.verified.sum() >= 12 and many.accepted.sum() >= 2  # tasks of 3: several; copies among the pairs
     assert many.equals(one)
     assert "in 1 verification task:" in logs[1][0] and "verification tasks:" in logs[0][0], logs
+
+
+def test_an_interrupted_verification_resumes_from_the_finished_tasks(folder, tmp_path, capsys):
+    """The verification commits each task's evidence (knn/verified) as it finishes: a stage stopped after some
+    tasks verifies only the other pairs when run again, and decides every pair as an uninterrupted run does;
+    another verification setting verifies every pair again."""
+    import pyarrow.parquet as pq
+
+    from deepscope.index.knn import VERIFIED
+    from deepscope.runner import run_stage
+
+    _, _, out = folder
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    Store(copy).drop_parts_except(VERIFIED, set())
+    settings = {"k": 5, "min_sketch": -1, "verify_chunk": 3}
+
+    def again(**more):
+        Store(copy).update_summary("knn", None)  # as a stage stopped midway leaves it
+        run_stage(str(copy), "knn", {**settings, **more})
+        log = capsys.readouterr().err
+        return log, pq.read_table(copy / "knn/candidates.parquet").to_pandas().sort_values(["a", "b"]).reset_index(drop=True)
+
+    _, whole = again()
+    store = Store(copy)
+    parts = sorted(store.parts(VERIFIED))
+    assert len(parts) >= 4 and sum(e["rows"] for e in store.parts(VERIFIED).values()) == whole.verified.sum()
+    kept = set(parts[::2])  # as if the other tasks had not finished
+    store.drop_parts_except(VERIFIED, kept)
+    done = sum(e["rows"] for e in store.parts(VERIFIED).values())
+    log, resumed = again()
+    assert f"knn: {done} pairs verified by an earlier run of these settings (knn/verified), {whole.verified.sum() - done} to verify" in log
+    assert resumed.equals(whole)
+    log, stricter = again(min_explained=1.0)  # another setting: nothing reused, and the decisions change
+    assert "by an earlier run" not in log
+    assert stricter.accepted.sum() < whole.accepted.sum()

@@ -512,7 +512,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         # a pair laid by its frames (no keypoint transform) must agree nearly everywhere: its fine detail too. Under
         # min_frames_sketch only its keypoints are tried (the lowest such copy on the tuning sets: 0.43; NaN: no detail, tried)
         frames = ~(sketch < cfg.min_frames_sketch)
-        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened, frames=frames)
+        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened, frames=frames, ids=ids)
         seconds = time.time() - t0 + t_graph_sketch  # the graph's sketches count as the first look's
         ev["same"] |= same_hash
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
@@ -767,13 +767,58 @@ def _gather_calls(store, thumbs: dict, a: np.ndarray, b: np.ndarray, chunks: lis
     return calls
 
 
+VERIFIED = "knn/verified"  # each finished verification task's evidence, pair by pair: an interrupted stage resumes from it
+
+
+def _verified_key(cfg) -> dict:
+    """What fixes a pair's evidence besides the pair: the settings, the verification's code and OpenCV's
+    (its keypoints); another of any and every pair is verified again."""
+    import inspect
+
+    import cv2
+
+    return {"settings": verify_settings(cfg), "code": sha256(inspect.getsource(V).encode())[:16], "opencv": cv2.__version__}
+
+
+def _pairs_table(ids: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.ndarray, frames: np.ndarray) -> pa.Table:
+    """The key of each pair's evidence: both images' ids and pixel hashes (another picture under the same id
+    is verified again), and whether it may be laid by its frames."""
+    return pa.table({"a": pa.array(ids[a].tolist(), pa.string()), "b": pa.array(ids[b].tolist(), pa.string()),
+                     "a_hash": pa.array(hashes[a].tolist(), pa.string()), "b_hash": pa.array(hashes[b].tolist(), pa.string()),
+                     "frames": pa.array(frames, pa.bool_())})
+
+
+def _resume(store, cfg, keys: pa.Table) -> tuple[np.ndarray, dict]:
+    """The pairs (rows of keys) an earlier run of these settings verified already, and their evidence."""
+    key = _verified_key(cfg)
+    if store.stage_config(VERIFIED) != key:
+        store.drop_parts_except(VERIFIED, set())  # other settings or code: every pair is verified again
+        store.open_stage(VERIFIED, key, replace=True)
+    if not store.parts(VERIFIED):
+        return np.zeros(0, np.int64), {}
+    done = store.read(VERIFIED).join(keys.append_column("i", pa.array(np.arange(keys.num_rows))), list(keys.column_names),
+                                     join_type="inner")
+    rows = done.column("i").to_numpy()
+    return rows, {k: done.column(k).to_numpy(zero_copy_only=False).astype(V.EVIDENCE_TYPES.get(k, np.float32)) for k in V.EVIDENCE}
+
+
+def _verified_table(keys: pa.Table, evidence: dict[str, np.ndarray]) -> pa.Table:
+    schema = schemas.KNN_VERIFIED
+    cols = {**{f: keys.column(f) for f in keys.column_names},
+            **{k: pa.array(evidence[k].tolist() if k == "failed" else evidence[k], schema.field(k).type) for k in V.EVIDENCE}}
+    return pa.table(cols, schema=schema)
+
+
 def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor,
-                      skip: np.ndarray | None = None, frames: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                      skip: np.ndarray | None = None, frames: np.ndarray | None = None,
+                      ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every candidate pair verified, in independent chunks of pairs, as tasks on the command's executor,
     after the thumbnails each chunk needs are gathered from the thumbs parts (a shuffle: the pairs join
     images from anywhere in the dataset); pairs without both thumbnails, and those in skip, are left
     unverified (not accepted, unless their hashes agree); frames: per pair, may it be laid by its frames
-    (None: every pair may)."""
+    (None: every pair may).  ids: the images' ids (rows -> id): each finished task's evidence is then
+    committed as a part of knn/verified, and a rerun (an interrupted stage, a changed threshold)
+    verifies only the pairs no earlier run of these settings did."""
     n = len(a)
     out = V.no_evidence(n)
     frames = np.ones(n, bool) if frames is None else np.asarray(frames, bool)
@@ -784,10 +829,25 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     todo = np.nonzero(have)[0]
     if not len(todo):
         return out
+    keys = None
+    if ids is not None:
+        keys = _pairs_table(ids, thumbs["hash"], a[todo], b[todo], frames[todo])
+        found, evidence = _resume(store, cfg, keys)
+        if len(found):
+            for k, v in evidence.items():
+                out[k][todo[found]] = v
+            left = np.ones(len(todo), bool)
+            left[found] = False
+            todo, keys = todo[left], keys.filter(pa.array(left))
+            log(f"knn: {int((~left).sum())} pairs verified by an earlier run of these settings (knn/verified), {len(todo)} to verify")
+            if not len(todo):
+                return out
     # at most verify_chunk pairs a task, and two tasks per core when there are pairs enough (200 a task):
     # one 2000-pair chunk and a small one would leave a core idle
     size = max(1, min(cfg.verify_chunk, max(MIN_VERIFY_CHUNK, -(-len(todo) // (2 * executor.cpus)))))
-    todo = todo[K.local_order(a[todo], b[todo])] if len(todo) > size else todo[np.lexsort((b[todo], a[todo]))]
+    order = K.local_order(a[todo], b[todo]) if len(todo) > size else np.lexsort((b[todo], a[todo]))
+    todo = todo[order]
+    keys = keys.take(pa.array(order)) if keys is not None else None
     chunks = [todo[s:s + size] for s in range(0, len(todo), size)]
     t0 = time.time()
     store.loc.rm_folder(GATHER)  # an interrupted run's
@@ -808,6 +868,10 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
         for c, res in executor.map(verify_chunk, calls, shared={"settings": verify_settings(cfg)}):
             for k, v in res.items():
                 out[k][chunks[c]] = v
+            if keys is not None:  # committed as it finishes: a rerun starts from here
+                mine = keys.slice(c * size, len(chunks[c]))
+                name = sha256("\n".join(mine.column("a").to_pylist() + mine.column("b").to_pylist()).encode())[:20]
+                store.write_part(VERIFIED, f"v-{name}", _verified_table(mine, res))
             done += len(chunks[c])
             log(f"knn: verified {done} of {len(todo)} candidate pairs on thumbnails ({time.time() - t0:.0f} s)")
     finally:

@@ -191,6 +191,18 @@ KNN_CANDIDATES = pa.schema([f.with_nullable(True) if f.name in ("group", "tier")
                               # verification's try that got furthest and the tests it failed, e.g. "keypoints: overlap, explained"
                               pa.field("rejected_by", pa.string())])
 
+# knn/verified/*.parquet: the evidence of every pair a verification task decided, committed as each task finishes
+# (an interrupted knn stage resumes from it; the settings and the code that made it are the stage entry's config).
+KNN_VERIFIED = pa.schema(
+    [pa.field(f, pa.string(), nullable=False) for f in ("a", "b", "a_hash", "b_hash")]  # ids, and their pixel hashes
+    + [pa.field("frames", pa.bool_(), nullable=False),  # the pair could be laid by its frames (its sketches agree enough)
+       pa.field("same", pa.bool_(), nullable=False)]  # the decision
+    + [f for f in KNN_DUPLICATES if f.name in ("inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap",
+                                               "aligned_correlation", "explained", "detail", "detail_outside", "fine",
+                                               "differing", "regions", "overlay", "colour_shift")]
+    + [pa.field("brightness_shift", pa.float32()), pa.field("contrast_ratio", pa.float32()),  # of the colour fit
+       pa.field("failed", pa.string(), nullable=False)])  # the tests the furthest try failed ("" when same)
+
 # thumbs/*.parquet: a small encoded picture of every WHOLE image (not the model's crop) and a hash of
 # its decoded pixels, made in the decode task (the explorer's gallery and duplicate verification read these).
 THUMBS = pa.schema([
