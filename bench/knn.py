@@ -4,10 +4,14 @@ graph search of deepscope.index.knn, Ray tasks), against exact blocked search.
 
     .venv/bin/python bench/knn.py                          # 1,000,000 x 1280
     .venv/bin/python bench/knn.py --n 100000 --shards 1
+    .venv/bin/python bench/knn.py --space pixels --n 250000   # 32 x 32 x 3 tiny images, the index's defaults
 
 Vectors: a power-law spectrum (the i-th of 1280 directions has scale i^-0.75) in a random rotation,
 1,000 weak clusters (centre spread 0.5 of the within-cluster spread, in the 64 leading directions),
 then ReLU-like non-negativity (the penultimate layer of a CNN is non-negative).
+`--space pixels`: the [pixels] stage's 32 x 32 RGB vectors (3,072 uint8) of generated pictures with the
+spectrum of tiny natural pictures (amplitude 1/f^1.3, measured 1.1-1.5 on the photos; random phases, a luminance field and two weaker colour ones),
+indexed with the index stage's defaults (auto kind under memory_mb 4096, as a job would; --kind forces).
 Recall@10 of the graph: on a 1,000-image sample against exact blocked search over all n vectors,
 the same search the stage records.  The exact search of all n images is that sample's time
 scaled by n / 1,000 (the blocked search is linear in the queries); running it whole would take
@@ -56,13 +60,40 @@ class Space:
         return np.maximum(x + self.shift, 0, out=x)
 
 
-def make_folder(root: Path, n: int, part_rows: int = 10_000) -> None:
+def tiny_pictures(n: int, rng, side: int = 32) -> np.ndarray:
+    """n generated pictures as the [pixels] stage writes them: (n, 3 * side * side) uint8, CHW."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(side), np.fft.rfftfreq(side), indexing="ij")
+    amp = np.maximum(np.hypot(fy, fx), 1 / side) ** -1.3  # as the demo's and skimage's tiny pictures: ~ 1/f^1.1-1.5
+    amp[0, 0] = 0
+    out = np.empty((n, 3, side, side), np.uint8)
+    mix = np.array([[1, 1, 1], [0.5, 0, -0.5], [0.25, -0.5, 0.25]], np.float32)  # luminance, two colour axes
+    for s in range(0, n, 4096):
+        m = min(4096, n - s)
+        phase = rng.uniform(0, 2 * np.pi, (m, 3, side, side // 2 + 1))
+        fields = np.fft.irfft2(amp * np.exp(1j * phase) * np.array([1, 0.35, 0.2])[None, :, None, None], s=(side, side))
+        fields /= fields[:, :1].std(axis=(2, 3), keepdims=True) + 1e-9
+        rgb = np.einsum("mc...,cr->mr...", fields.astype(np.float32), mix) * 40 + rng.uniform(60, 190, (m, 1, 1, 1))
+        out[s:s + m] = np.clip(rgb, 0, 255).astype(np.uint8)
+    return out.reshape(n, -1)
+
+
+def make_folder(root: Path, n: int, part_rows: int = 10_000, space_name: str = "features") -> None:
     from deepscope.io.store import Store
     from deepscope.stages.features import Features, FeaturesConfig
+    from deepscope.stages.pixels import Pixels, PixelsConfig
 
     space, rng = Space(0), np.random.default_rng(1)
     store = Store(root)
     store.open({"dataset": "bench-knn"})
+    if space_name == "pixels":
+        store.open_stage("pixels", {"size": 32})
+        writer = Pixels(PixelsConfig(), None)
+        for p, start in enumerate(range(0, n, part_rows)):
+            ids = [f"v{i:07d}" for i in range(start, min(n, start + part_rows))]
+            store.write_part("pixels", f"part-{p:05d}", writer.part_table(
+                {"id": ids, "path": [f"/bench/{i}.jpg" for i in ids], "label": [""] * len(ids),
+                 "pixels": tiny_pictures(len(ids), rng)}))
+        return
     store.open_stage("features", {"layer": "penultimate", "dtype": "float32"})
     writer = Features(FeaturesConfig(), None)
     for p, start in enumerate(range(0, n, part_rows)):
@@ -120,6 +151,8 @@ def main():
     ap.add_argument("--sample", type=int, default=1000)
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--space", choices=("features", "pixels"), default="features")
+    ap.add_argument("--kind", default=None, help="pixels: force an index kind (default: the index stage's auto)")
     a = ap.parse_args()
 
     import faiss
@@ -131,9 +164,9 @@ def main():
     root = Path(tmp) / "out"
     print(f"# {load()}", flush=True)
     t0 = time.time()
-    make_folder(root, a.n)
+    make_folder(root, a.n, space_name=a.space)
     gen_s = time.time() - t0
-    print(f"# {a.n:,} vectors x {D} written as features parts in {gen_s:.0f} s  [{load()}]", flush=True)
+    print(f"# {a.n:,} vectors x {D if a.space == 'features' else 3072} written as {a.space} parts in {gen_s:.0f} s  [{load()}]", flush=True)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     try:
         measure(a, root, mem, gen_s)
@@ -146,6 +179,7 @@ def main():
 
 
 def measure(a, root, mem, gen_s):
+    from deepscope.executor import make_executor
     from deepscope.index.build import build_space
     from deepscope.index.knn import graph_space
     from deepscope.io.store import Store
@@ -153,11 +187,16 @@ def measure(a, root, mem, gen_s):
     from deepscope.stages.knn import KnnConfig
 
     store = Store(root)
+    executor = make_executor()  # Ray, started by main(): the shards' and the blocks' tasks
     kind = "flat" if a.n <= 20_000 else "ivf_flat"
     t0 = time.time()
-    info = build_space(store, "features", IndexConfig(kind=kind, shards=a.shards, nlist=a.nlist, train_max=max(
-        100_000, 40 * a.nlist), target_recall=a.target_recall, tune_queries=500), lambda m: print("#", m, flush=True))
-    store.update_summary("index", {"spaces": {"features": info}})
+    if a.space == "pixels":  # the index stage's defaults, as a job at this size gets them
+        cfg = IndexConfig(spaces=["pixels"], target_recall=a.target_recall, **({"kind": a.kind} if a.kind else {}))
+    else:
+        cfg = IndexConfig(kind=kind, shards=a.shards, nlist=a.nlist, train_max=max(100_000, 40 * a.nlist),
+                          target_recall=a.target_recall, tune_queries=500)
+    info = build_space(store, a.space, cfg, lambda m: print("#", m, flush=True), executor)
+    store.update_summary("index", {"spaces": {a.space: info}})
     build_s = time.time() - t0
     print(f"# index built in {build_s:.0f} s: {info['factory']} x {info['shards']} shards, {info['search']}, "
           f"recall@10 at build {info['recall_at_10']}  [{load()}]", flush=True)
@@ -165,18 +204,18 @@ def measure(a, root, mem, gen_s):
     print("# peak memory so far, build (MB, name RSS PSS USS): "
           + "; ".join(f"{name} {rss:.0f} {pss:.0f} {uss:.0f}" for name, rss, pss, uss in mem.top(6)), flush=True)
     t0 = time.time()
-    rec = graph_space(store, "features", a.k, KnnConfig(k=a.k, block_rows=a.block_rows, sample=a.sample),
-                      lambda m: print("#", m, flush=True))
+    rec = graph_space(store, a.space, a.k, KnnConfig(k=a.k, block_rows=a.block_rows, sample=a.sample),
+                      lambda m: print("#", m, flush=True), executor)
     graph_s = time.time() - t0
     after = load()
     mem.stop.set()
     mem.thread.join()
     exact_sample_s = rec["recall_s"]
     exact_all_s = exact_sample_s * a.n / rec["recall_sample"]
-    print(f"\n## k-NN graph of {a.n:,} x {D} (k = {a.k}) on {os.cpu_count()} CPUs\n")
+    print(f"\n## k-NN graph of {a.n:,} x {D if a.space == 'features' else 3072} {a.space} (k = {a.k}) on {os.cpu_count()} CPUs\n")
     print(f"load average: {after}\n")
     print("| step | seconds | notes |\n|---|---:|---|")
-    print(f"| generate + write features | {gen_s:.0f} | {a.n // 10_000} parts of 10,000 |")
+    print(f"| generate + write {a.space} | {gen_s:.0f} | {a.n // 10_000} parts of 10,000 |")
     print(f"| build index | {build_s:.0f} | `{info['factory']}` x {info['shards']} shards, train {info['train_s']} s, "
           f"add {info['add_s']} s, tune {info['tune_s']} s -> {info['search']} |")
     print(f"| graph: sharded search (Ray tasks) | {rec['search_s']:.0f} | blocks of {a.block_rows:,} x {info['shards']} shards |")
