@@ -60,6 +60,13 @@ def test_choice_rule():
     assert sharded.shards > 1 and sharded.shard_bytes <= 1024 * 2**20
     assert choose(10_000, 1280, kind="hnsw").kind == "hnsw"  # forced
     assert choose(10_000, 1280, kind="ivf_flat", shards=3).shards == 3
+    # a million tiny pictures (3,072 bytes each): 12 GB as floats, 3 GB as the bytes they are
+    assert choose(1_000_000, 3072).kind == "ivf_pq"
+    pixels = choose(1_000_000, 3072, whole_bytes=True)
+    assert pixels.kind == "ivf_sq8" and pixels.factory.endswith("SQ8_direct") and pixels.shard_bytes <= 4096 * 2**20
+    assert choose(250_000, 3072, whole_bytes=True).kind == "ivf_flat"  # floats fit: BLAS list by list for the graph
+    with pytest.raises(UserError, match="pixel space"):
+        choose(250_000, 1280, kind="ivf_sq8")  # floats would be cut to bytes
 
 
 def test_recall_meets_recorded_figure(tmp_path):
@@ -249,3 +256,32 @@ def test_index_errors(tmp_path, capsys):
         build_space(store, "pixels", IndexConfig(), quiet, LOCAL)
     with pytest.raises(UserError, match="no pixels index"):
         Searcher(store, "pixels")
+
+
+def test_pixel_bytes_kept_as_they_are_give_exact_distances(tmp_path):
+    """Pixels (uint8) over the budget for floats: the rule keeps their bytes (IVF, SQ8_direct), and searching
+    every list answers exactly as brute force does, distances included (no quantisation)."""
+    from deepscope.stages.pixels import Pixels, PixelsConfig
+
+    rng = np.random.default_rng(3)
+    n, size = 3000, 8
+    centres = rng.integers(0, 256, (20, 3 * size * size))
+    x = np.clip(centres[rng.integers(0, 20, n)] + rng.integers(-30, 31, (n, 3 * size * size)), 0, 255).astype(np.uint8)
+    store = Store(tmp_path / "out")
+    store.open({"dataset": "synthetic"})
+    store.open_stage("pixels", {"size": size})
+    writer = Pixels(PixelsConfig(size=size), None)
+    ids = [f"v{i:05d}" for i in range(n)]
+    store.write_part("pixels", "part-00000", writer.part_table(
+        {"id": ids, "path": [f"/data/{i}.jpg" for i in ids], "label": [""] * n, "pixels": x}))
+    # 3,000 x 192 floats: 2.3 MB; as bytes 0.6 MB (and the lists' centroids)
+    info = build_space(store, "pixels", IndexConfig(spaces=["pixels"], flat_max=100, memory_mb=2, nlist=16, tune_queries=100),
+                       quiet, LOCAL)
+    assert info["kind"] == "ivf_sq8" and info["recall_at_10"] >= 0.9
+    s = Searcher(store, "pixels", info)
+    q = x[:50].astype(np.float32)
+    got = s.search(q, 10, nprobe=16)
+    d2 = ((q[:, None, :] - x[None].astype(np.float32)) ** 2).sum(-1)
+    want = np.sort(d2, axis=1)[:, :10]
+    np.testing.assert_allclose([[h.distance ** 2 for h in hits] for hits in got], want, rtol=1e-5)
+    assert [h.row for h in got[7]][0] == 7

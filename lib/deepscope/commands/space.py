@@ -8,7 +8,7 @@ from pathlib import Path
 
 from deepscope.errors import UserError
 
-KINDS = ("flat", "ivf_flat", "ivf_pq", "opq_ivf_pq", "hnsw")  # = deepscope.index.build.KINDS (a test says so), without FAISS
+KINDS = ("flat", "ivf_flat", "ivf_sq8", "ivf_pq", "opq_ivf_pq", "hnsw")  # = deepscope.index.build.KINDS (a test says so), without FAISS
 QUERY_GRID_MAX = 20  # neighbours shown in a query's PNG (all of them are printed)
 
 

@@ -30,7 +30,7 @@ from deepscope.io.location import Location
 from deepscope.io.store import sha256
 
 SPACES = {"features": ("features", "feature"), "pixels": ("pixels", "pixels")}  # space -> (stage, column)
-KINDS = ("flat", "ivf_flat", "ivf_pq", "opq_ivf_pq", "hnsw")
+KINDS = ("flat", "ivf_flat", "ivf_sq8", "ivf_pq", "opq_ivf_pq", "hnsw")
 K = 10  # recall@K is what the tuning reaches for
 HNSW_M = 32  # graph degree: FAISS's usual value, a good speed/recall trade-off
 HNSW_MAX_DIM = 128  # above this, IVF scans beat graph walks on build time at the same recall
@@ -57,6 +57,8 @@ def estimate_bytes(kind: str, n: int, d: int, nlist: int = 0, m: int = 0) -> int
         return n * (d * 4 + 2 * HNSW_M * 4 + 8)  # level 0 holds 2M links; upper levels are small
     if kind == "ivf_flat":
         return n * (d * 4 + 8) + nlist * d * 4
+    if kind == "ivf_sq8":  # a byte a dimension
+        return n * (d + 8) + nlist * d * 4
     # codes and ids, centroids, codebooks, and FAISS's precomputed distance tables (nlist x m x 256)
     pq = n * (m + 8) + nlist * d * 4 + d * 256 * 4 + nlist * m * 256 * 4
     return pq + (d * d * 4 if kind == "opq_ivf_pq" else 0)
@@ -79,19 +81,24 @@ def pq_bytes(d: int, n: int, nlist: int, budget: int) -> int:
 
 def factory(kind: str, d: int, nlist: int, m: int) -> str:
     return {"flat": "IDMap,Flat", "hnsw": f"IDMap,HNSW{HNSW_M}", "ivf_flat": f"IVF{nlist},Flat",
+            "ivf_sq8": f"IVF{nlist},SQ8_direct",  # bytes kept as they are: exact for uint8 vectors (pixels)
             "ivf_pq": f"IVF{nlist},PQ{m}x8", "opq_ivf_pq": f"OPQ{m},IVF{nlist},PQ{m}x8"}[kind]
 
 
 def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: int = 20_000,
-           shards: int = 0, nlist: int = 0, train_max: int = 100_000) -> IndexChoice:
+           shards: int = 0, nlist: int = 0, train_max: int = 100_000, whole_bytes: bool = False) -> IndexChoice:
     """The index for n vectors of d dims under a memory budget per shard (machine).
 
     auto: exact (Flat) up to flat_max vectors; above, HNSW for low dimensions and IVF-Flat
-    otherwise while the raw vectors fit the budget; IVF-PQ when they do not (OPQ's rotation
+    otherwise while the raw vectors fit the budget; for vectors of whole bytes (whole_bytes: the
+    pixels' uint8), IVF with the bytes kept as they are (SQ8_direct: the same distances, a quarter of
+    the memory) while those fit; IVF-PQ when they do not (OPQ's rotation
     first when the codes get short: more than 16 dimensions per PQ byte); and when even that
     does not fit, as many shards as needed.  shards=0 chooses the shard count too.
     """
     budget = memory_mb * 2**20
+    if kind == "ivf_sq8" and not whole_bytes:
+        raise UserError("kind ivf_sq8 keeps each value as a byte: it is for the pixel space's uint8 vectors, not features")
 
     def plan_for(count: int, n_shards: int) -> IndexChoice | None:
         nl = min(nlist or default_nlist(count, train_max), count)
@@ -106,6 +113,8 @@ def choose(n: int, d: int, kind: str = "auto", memory_mb: int = 4096, flat_max: 
             k, m, why = "hnsw", 0, f"low dimension ({d} <= {HNSW_MAX_DIM}) and the graph fits {memory_mb} MB"
         elif estimate_bytes("ivf_flat", count, d, nl) <= budget:
             k, m, why = "ivf_flat", 0, f"raw vectors fit {memory_mb} MB"
+        elif whole_bytes and estimate_bytes("ivf_sq8", count, d, nl) <= budget:
+            k, m, why = "ivf_sq8", 0, f"the vectors' bytes fit {memory_mb} MB as they are (exact distances)"
         else:
             m = pq_bytes(d, count, nl, budget)
             if not m:
@@ -285,6 +294,12 @@ def dataset_shape(store, stage: str, column: str) -> tuple[int, int, list[str]]:
     return sum(e["rows"] for e in parts.values()), schema.field(column).type.list_size, sorted(parts)
 
 
+def _value_type(store, stage: str, column: str) -> pa.DataType:
+    """The type of one value of a stage's vector column (float32 features, uint8 pixels)."""
+    parts = {p: e for p, e in store.parts(stage).items() if e["rows"]}
+    return store.read_schema(parts[min(parts)]["file"]).field(column).type.value_type
+
+
 def inputs_digest(store, stage: str) -> str:
     """What the index was built from: the checksums of the stage's parts."""
     return sha256(json.dumps(sorted((p, e["sha256"]) for p, e in store.parts(stage).items())).encode())[:16]
@@ -427,13 +442,16 @@ def build_space(store, space: str, cfg, log, executor) -> dict:
     n, d, _ = dataset_shape(store, stage, column)
     metric = cfg.metric if space == "features" else "l2"  # pixel space is the lecture's L2 on pixels
     cosine = metric == "cosine"
-    plan = choose(n, d, cfg.kind, cfg.memory_mb, cfg.flat_max, min(cfg.shards, n), cfg.nlist, cfg.train_max)
+    plan = choose(n, d, cfg.kind, cfg.memory_mb, cfg.flat_max, min(cfg.shards, n), cfg.nlist, cfg.train_max,
+                  whole_bytes=_value_type(store, stage, column) == pa.uint8())
     log(f"index {space}: {n} vectors of {d} dims -> {plan.kind} ({plan.factory}, {plan.shards} shard"
         f"{'s' if plan.shards > 1 else ''}): {plan.reason}")
 
     parts = parts_with_starts(store, stage)
     sample = _sample(store, parts, column, n, d, plan, cfg, cosine)
     empty = faiss.index_factory(d, plan.factory)
+    if plan.kind == "ivf_sq8":  # the bytes themselves, not their residuals from the list's centre (which are not bytes)
+        faiss.extract_index_ivf(empty).by_residual = False
     t0 = time.time()
     if sample.train is not None:
         empty.train(sample.train)
