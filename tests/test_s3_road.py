@@ -11,6 +11,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from test_commit import s3  # noqa: F401 (the S3 API fixture)
@@ -99,6 +100,8 @@ def test_demo_job_runs_on_s3_with_shards(s3_demo):
     # near-duplicates verified on thumbnails gathered from many parts on S3, and the gathered files deleted
     assert summary["knn"]["duplicates"]["verification"]["verified"] > 0
     assert not fs.glob("deepscope/runs/demo/knn/gather/*")
+    verified = sum(pq.read_metadata(fs.open(f)).num_rows for f in fs.glob("deepscope/runs/demo/knn/verified/*.parquet"))
+    assert verified == summary["knn"]["duplicates"]["verification"]["verified"]  # each task's evidence, kept to resume from
 
 
 def test_post_commands_read_only_outputs_after_the_dataset_is_gone(s3_demo):
