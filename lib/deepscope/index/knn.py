@@ -770,14 +770,15 @@ def _gather_calls(store, thumbs: dict, a: np.ndarray, b: np.ndarray, chunks: lis
 VERIFIED = "knn/verified"  # each finished verification task's evidence, pair by pair: an interrupted stage resumes from it
 
 
-def _verified_key(cfg) -> dict:
-    """What fixes a pair's evidence besides the pair: the settings, the verification's code and OpenCV's
-    (its keypoints); another of any and every pair is verified again."""
+def _verified_key(store, cfg) -> dict:
+    """What fixes a pair's evidence besides the pair: the settings, the thumbnails' (their size and encoding),
+    the verification's code and OpenCV's (its keypoints); another of any and every pair is verified again."""
     import inspect
 
     import cv2
 
-    return {"settings": verify_settings(cfg), "code": sha256(inspect.getsource(V).encode())[:16], "opencv": cv2.__version__}
+    return {"settings": verify_settings(cfg), "thumbs": store.stage_config("thumbs"),
+            "code": sha256(inspect.getsource(V).encode())[:16], "opencv": cv2.__version__}
 
 
 def _pairs_table(ids: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.ndarray, frames: np.ndarray) -> pa.Table:
@@ -790,7 +791,7 @@ def _pairs_table(ids: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.ndarr
 
 def _resume(store, cfg, keys: pa.Table) -> tuple[np.ndarray, dict]:
     """The pairs (rows of keys) an earlier run of these settings verified already, and their evidence."""
-    key = _verified_key(cfg)
+    key = _verified_key(store, cfg)
     if store.stage_config(VERIFIED) != key:
         store.drop_parts_except(VERIFIED, set())  # other settings or code: every pair is verified again
         store.open_stage(VERIFIED, key, replace=True)
@@ -803,6 +804,7 @@ def _resume(store, cfg, keys: pa.Table) -> tuple[np.ndarray, dict]:
 
 
 def _verified_table(keys: pa.Table, evidence: dict[str, np.ndarray]) -> pa.Table:
+    """One task's pairs (their keys) and evidence, as knn/verified holds them."""
     schema = schemas.KNN_VERIFIED
     cols = {**{f: keys.column(f) for f in keys.column_names},
             **{k: pa.array(evidence[k].tolist() if k == "failed" else evidence[k], schema.field(k).type) for k in V.EVIDENCE}}
