@@ -359,6 +359,8 @@ def test_an_interrupted_verification_resumes_from_the_finished_tasks(folder, tmp
     log, resumed = again()
     assert f"knn: {done} pairs verified by an earlier run of these settings (knn/verified), {whole.verified.sum() - done} to verify" in log
     assert resumed.equals(whole)
+    assert Store(copy).summary("knn")["duplicates"]["verification"]["earlier"] == done
+    assert f"{done} of the pairs were verified by an earlier run" in (copy / "report/index.html").read_text()
     log, stricter = again(min_explained=1.0)  # another setting: nothing reused, and the decisions change
     assert "by an earlier run" not in log
     assert stricter.accepted.sum() < whole.accepted.sum()

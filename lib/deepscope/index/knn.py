@@ -517,6 +517,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         ev["same"] |= same_hash
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
         verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "screened": int(screened.sum()),
+                        "earlier": int(ev["earlier"].sum()),  # of the verified: their evidence read from knn/verified
                         "min_sketch": cfg.min_sketch, "min_frames_sketch": cfg.min_frames_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
                         "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs),
@@ -828,6 +829,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
     if skip is not None:
         have &= ~skip
     out["verified"] = have
+    out["earlier"] = np.zeros(n, bool)  # verified by an earlier run of these settings (knn/verified)
     todo = np.nonzero(have)[0]
     if not len(todo):
         return out
@@ -838,6 +840,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
         if len(found):
             for k, v in evidence.items():
                 out[k][todo[found]] = v
+            out["earlier"][todo[found]] = True
             left = np.ones(len(todo), bool)
             left[found] = False
             todo, keys = todo[left], keys.filter(pa.array(left))

@@ -81,7 +81,9 @@ class Knn(Stage):
                 f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared"
                 + (f"; without such a transform a pair is laid by its frames when its sketches agree at {v['min_frames_sketch']} or more"
                    if v.get("min_frames_sketch") is not None else "") + ") in "
-                f"{v['seconds']} s ({v['ms_per_image']} ms an image)."
+                f"{v['seconds']} s ({v['ms_per_image']} ms an image"
+                + (f"; {v['earlier']} of the pairs were verified by an earlier run of these settings, their evidence read "
+                   f"from <code>knn/verified</code>" if v.get("earlier") else "") + ")."
                 + (f" {v['fine_only']} pairs that passed every other test were told apart by their finest details "
                    f"(the words of pages of one template: <code>rejected_by</code> ends with <code>fine</code>)."
                    if v.get("fine_only") else "")
