@@ -875,7 +875,9 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
                 out[k][chunks[c]] = v
             if keys is not None:  # committed as it finishes: a rerun starts from here
                 mine = keys.slice(c * size, len(chunks[c]))
-                name = sha256("\n".join(mine.column("a").to_pylist() + mine.column("b").to_pylist()).encode())[:20]
+                # named by its whole key (frames too): the same pairs under another min_frames_sketch are another part
+                name = sha256("\n".join(mine.column("a").to_pylist() + mine.column("b").to_pylist()).encode()
+                              + np.asarray(mine.column("frames")).tobytes())[:20]
                 store.write_part(VERIFIED, f"v-{name}", _verified_table(mine, res))
             done += len(chunks[c])
             log(f"knn: verified {done} of {len(todo)} candidate pairs on thumbnails ({time.time() - t0:.0f} s)")
