@@ -427,6 +427,43 @@ def _frame(ga: np.ndarray, gb: np.ndarray, flip: bool) -> np.ndarray:
     return np.array([[-sx, 0, wa - 1], [0, sy, 0]] if flip else [[sx, 0, 0], [0, sy, 0]], np.float64)
 
 
+CROP_SHARES = np.linspace(0.85, 1.0, 7)  # of the other's side: a copy cropped by up to 15% of a side covers 85% or more
+# (so a crop's try must cover 72% of each picture: featureless look-alikes, two black silhouettes' edges, align further off)
+CROP_GAIN = 0.08  # of correlation: a crop is laid when it fits this much better than the frames (its copies: 0.096 and more)
+
+
+def _crop_frame(a: dict, b: dict, flip: bool) -> np.ndarray | None:
+    """The transform b -> a (working pixels, b mirrored first if flip) that lays one picture inside the other
+    as a crop of it: the picture scaled to cover 80-100% of the other's side and slid over it on the coarse
+    greys, where it correlates best; None when that fits no better than the frames stretched onto each other
+    (a dark picture with one bright corner correlates about as well a little shifted: the frames are kept)."""
+    ga, gb = a["coarse"]["half"].mean(-1), b["coarse"]["half"].mean(-1)
+    if flip:
+        gb = np.ascontiguousarray(gb[:, ::-1])
+    if ga.std() < 1e-3 or gb.std() < 1e-3:
+        return None
+    stretched = cv2.resize(gb, ga.shape[::-1], interpolation=cv2.INTER_AREA)
+    best, m = float(np.corrcoef(ga.ravel(), stretched.ravel())[0, 1]) + CROP_GAIN, None
+    for inner, outer, swap in ((gb, ga, False), (ga, gb, True)):  # either may be the crop
+        (hi, wi), (ho, wo) = inner.shape, outer.shape
+        fit = min(wo / wi, ho / hi)  # the scale at which inner just fits inside outer
+        for share in CROP_SHARES:
+            w, h = max(4, round(wi * fit * share)), max(4, round(hi * fit * share))
+            if w > wo or h > ho:
+                continue
+            r = cv2.matchTemplate(outer, cv2.resize(inner, (w, h), interpolation=cv2.INTER_AREA), cv2.TM_CCOEFF_NORMED)
+            _, v, _, (x, y) = cv2.minMaxLoc(r)
+            if v > best:
+                inside = np.array([[w / wi, 0, x], [0, h / hi, y], [0, 0, 1]], np.float64)  # inner -> outer
+                best, m = v, (np.linalg.inv(inside) if swap else inside)
+    if m is None:
+        return None
+    m[:2, 2] *= 4  # coarse -> working pixels (the coarse grey is a quarter of the working one)
+    if flip:  # from b's unmirrored coordinates: x -> W - 1 - x first
+        m = m @ np.array([[-1, 0, b["grey"].shape[1] - 1], [0, 1, 0], [0, 0, 1]], np.float64)
+    return m[:2]
+
+
 def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), frames: bool = True) -> dict:
     """Two prepared images -> the decision `same` and its evidence (EVIDENCE's keys) (frames: False, the keypoint
     tries only: the caller knows the pair's fine detail disagrees, which a pair laid by its frames cannot):
@@ -446,13 +483,19 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
     grid = np.array(a["half"].shape[:2]) // max(4, max(a["half"].shape[:2]) // CELLS)
     bands = [max(s.max_overlay, TEXT_LINE / min(a["size"][i], b["size"][i]) + 1 / max(grid[i], 1)) for i in (0, 1)]
     textured = min(len(_direct(a)[0]), len(_direct(b)[0])) >= s.min_keypoints
-    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [("frames", f) for f in (_orientations(direct, mirrored, flat) if frames else [])]
+    # each way round that the frames may be laid, the frames stretched onto each other, then (when that fails)
+    # one picture laid inside the other where it fits best as a crop (a combined copy, cropped and captioned)
+    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [
+        (how, f) for f in (_orientations(direct, mirrored, flat) if frames else []) for how in ("frames", "crop")]
     for how, flip in tries:
-        if how == "frames":
-            m, inl, ratio, spread, inliers = _frame(a["grey"], b["grey"], flip), 0, 0.0, 0.0, np.zeros((0, 2), np.float32)
+        if how in ("frames", "crop"):
             (ha, wa), (hb, wb) = a["grey"].shape, b["grey"].shape
             if abs(np.log((wa / ha) / (wb / hb))) > 0.2:  # another shape than a crop of 15% a side gives
                 continue
+            m = _frame(a["grey"], b["grey"], flip) if how == "frames" else _crop_frame(a, b, flip)
+            if m is None:  # no crop fits better than the frames, tried already
+                continue
+            inl, ratio, spread, inliers = 0, 0.0, 0.0, np.zeros((0, 2), np.float32)
         else:
             pb, db = _mirror(b) if flip else _direct(b)
             pa, da = _direct(a)
@@ -474,7 +517,8 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
             if flip:  # back to b's unmirrored coordinates: x -> W - 1 - x, then m
                 wb = b["grey"].shape[1]
                 m = m @ np.array([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]], np.float64)
-        compared = how == "frames" or _plausible(a["grey"].shape, b["grey"].shape, m, flip, s)
+        laid = how != "keypoints"  # by the frames or as a crop: no matches confirm it, the pixels must agree nearly everywhere
+        compared = laid or _plausible(a["grey"].shape, b["grey"].shape, m, flip, s)
         if not compared:
             # a transform that no refinement on the pixels can bring within the limits of overlap, scale
             # and rotation (most chance matches' are): its pixels are not compared
@@ -482,7 +526,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
         else:
             # a first look at half the scale (a quarter of the work): a try already far off there (the share
             # explained or differing beyond limits far looser than the decision's) is decided on it, as most are
-            px = _coarse(a, b, m, refine=how == "frames")
+            px = _coarse(a, b, m, refine=laid)
             close = how == "keypoints" or px["differing"] <= COARSE_FRAMES_CLOSE or (px["regions"] == 1 and px["overlay"] <= COARSE_FRAMES_BAND)
             if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= (COARSE_DIFFERING if how == "keypoints" else COARSE_FRAMES_DIFFERING) and close:
                 px = _compare(a, b, m, slide=REFINE_SLIDE)
@@ -499,7 +543,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
         one_overlay = ev["regions"] == 1 and ev["overlay"] <= s.max_overlay
         allowed = s.max_differing if how == "keypoints" or one_overlay else s.max_differing / 5
         tests = {"rotation": abs(rotation) <= s.max_rotation, "scale": s.scale_range[0] <= scale <= s.scale_range[1],
-                 "overlap": ev["overlap"] >= s.min_overlap, "explained": ev["explained"] >= needed,
+                 "overlap": ev["overlap"] >= (max(s.min_overlap, CROP_SHARES[0] ** 2) if how == "crop" else s.min_overlap), "explained": ev["explained"] >= needed,
                  "differing": ev["differing"] <= allowed, "overlay": ev["bands"][0] <= bands[0] or ev["bands"][1] <= bands[1],
                  "colour_shift": ev["colour_shift"] <= s.max_colour_shift, "detail": not ev["detail"] < s.min_detail}
         if all(tests.values()):  # the last tests: only a pair that passes everything else (few) pays for them
