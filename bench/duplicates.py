@@ -667,8 +667,11 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     c = pq.read_table(out / "knn/candidates.parquet").to_pandas()
     limits = V.VerifySettings()  # the verification's own limits, not copies of them
     geo = (c["inliers"].fillna(0) >= 8) & (c["inlier_ratio"].fillna(0) >= 0.15)
+    # a try laid as a crop (named in rejected_by; an accepted one covers more anyway) must cover 72% of each picture
+    crop = c["rejected_by"].fillna("").str.startswith("crop")
+    least = np.where(crop, max(limits.min_overlap, V.CROP_SHARES[0] ** 2), limits.min_overlap)
     plausible = ((c["rotation"].abs().fillna(99) <= limits.max_rotation) & c["scale"].between(*limits.scale_range)
-                 & (c["overlap"].fillna(0) >= limits.min_overlap))
+                 & (c["overlap"].fillna(0) >= least))
     frames = c["inliers"].fillna(0) == 0  # laid by their frames: they must agree almost everywhere
     corr = c["explained"].fillna(0) >= np.where(frames, max(limits.min_explained, V.FRAMES_EXPLAINED), limits.min_explained)
     side = {}  # each thumbnail's longest side: the overlay's band widens to a line of text on small pictures
@@ -745,6 +748,12 @@ import json, sys, time, os
 data, which = sys.argv[1], sys.argv[2]
 out = {}
 if which == "imagededup":
+    import types
+    # imagededup.methods imports its CNN module, whose class body fetches MobileNet weights from the internet
+    # (torchvision 0.29); the hashing methods need none, so that module is stood in for
+    stub = types.ModuleType("imagededup.methods.cnn")
+    stub.CNN = None
+    sys.modules["imagededup.methods.cnn"] = stub
     from imagededup.methods import PHash, DHash, AHash, WHash
     for cls in (PHash, DHash, AHash, WHash):
         m = cls(verbose=False)

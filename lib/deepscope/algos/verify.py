@@ -526,7 +526,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
         else:
             # a first look at half the scale (a quarter of the work): a try already far off there (the share
             # explained or differing beyond limits far looser than the decision's) is decided on it, as most are
-            px = _coarse(a, b, m, refine=laid)
+            px = _coarse(a, b, m, refine=how == "frames")  # a crop's place was found on these coarse pictures
             close = how == "keypoints" or px["differing"] <= COARSE_FRAMES_CLOSE or (px["regions"] == 1 and px["overlay"] <= COARSE_FRAMES_BAND)
             if px["explained"] >= COARSE_EXPLAINED and px["differing"] <= (COARSE_DIFFERING if how == "keypoints" else COARSE_FRAMES_DIFFERING) and close:
                 px = _compare(a, b, m, slide=REFINE_SLIDE)
