@@ -434,7 +434,7 @@ CROP_GAIN = 0.08  # of correlation: a crop is laid when it fits this much better
 
 def _crop_frame(a: dict, b: dict, flip: bool) -> np.ndarray | None:
     """The transform b -> a (working pixels, b mirrored first if flip) that lays one picture inside the other
-    as a crop of it: the picture scaled to cover 80-100% of the other's side and slid over it on the coarse
+    as a crop of it: the picture scaled to cover 85-100% of the other's side and slid over it on the coarse
     greys, where it correlates best; None when that fits no better than the frames stretched onto each other
     (a dark picture with one bright corner correlates about as well a little shifted: the frames are kept)."""
     ga, gb = a["coarse"]["half"].mean(-1), b["coarse"]["half"].mean(-1)
