@@ -627,13 +627,36 @@ def test_verification_accepts_edited_copies_and_rejects_lookalikes():
     assert not V.verify_pair(prepared(originals[0]), prepared(recoloured))["same"]
 
 
+def _bench_caption(img):
+    """The benchmark's caption: white with a black stroke, a tenth of the picture's height, low on it."""
+    from PIL import ImageDraw, ImageFont
+
+    ImageDraw.Draw(img).text((int(img.width * 0.05), int(img.height * 0.6)), "(c) deepscope 2026", fill=(255, 255, 255),
+                             font=ImageFont.load_default(size=max(10, img.height // 10)), stroke_width=2, stroke_fill=(0, 0, 0))
+
+
+def _combined(img, left, top, right, bottom, caption=_bench_caption):
+    """A combined copy: flipped, cropped (pixels off each side), 70%, lightened 20%, captioned in place by
+    `caption` (None: not captioned), saved as WebP."""
+    import io
+
+    from PIL import Image, ImageEnhance
+
+    w, h = img.size
+    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((left, top, w - right, h - bottom))
+    img = ImageEnhance.Brightness(img.resize((int(img.width * 0.7), int(img.height * 0.7)), Image.Resampling.LANCZOS)).enhance(1.2)
+    if caption is not None:
+        caption(img)
+    buf = io.BytesIO()
+    img.save(buf, "WEBP", quality=80)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
 def test_combined_edits_accepted_and_moved_objects_rejected():
     """Hand-known truth: a copy flipped, cropped 10%, resized to 70%, lightened 20% (clipping), captioned
     and saved as WebP is the same picture; two frames of one scene whose objects moved are not, though
     their background and the unmoved objects align exactly."""
-    import io
-
-    from PIL import Image, ImageDraw, ImageEnhance
+    from PIL import ImageDraw
 
     from deepscope.algos import verify as V
 
@@ -648,14 +671,9 @@ def test_combined_edits_accepted_and_moved_objects_rejected():
 
     for seed in range(3):
         img = frame(seed, False)
-        w, h = img.size
-        c = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((12, 9, w - 10, h - 8))
-        c = ImageEnhance.Brightness(c.resize((int(c.width * 0.7), int(c.height * 0.7)), Image.Resampling.LANCZOS)).enhance(1.2)
-        ImageDraw.Draw(c).text((8, c.height // 2), "(c) deepscope 2026", fill=(255, 255, 255), stroke_width=1,
-                               stroke_fill=(0, 0, 0))
-        buf = io.BytesIO()
-        c.save(buf, "WEBP", quality=80)
-        ev = V.verify_pair(prepared(img), prepared(Image.open(io.BytesIO(buf.getvalue()))))
+        copy = _combined(img, 12, 9, 10, 8, caption=lambda c: ImageDraw.Draw(c).text(
+            (8, c.height // 2), "(c) deepscope 2026", fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0)))
+        ev = V.verify_pair(prepared(img), prepared(copy))
         assert ev["same"] and ev["flip"] and V.tier(False, ev) == "edited", ev
         assert ev["overlay"] <= 0.2 < ev["differing"] + 0.2  # the caption: one narrow band of cells
         ev = V.verify_pair(prepared(img), prepared(frame(seed, True)))
@@ -1577,23 +1595,6 @@ def test_a_pair_is_laid_by_its_frames_only_when_its_sketches_agree(tmp_path):
     assert found[None] == (True, None) and found[1.0][0] is False and found[1.0][1].startswith("no transform"), found
 
 
-def _combined(img, left, top, right, bottom, caption=True):
-    """The benchmark's combined copy: flipped, cropped (pixels off each side), 70%, lighter, captioned, WebP."""
-    import io
-
-    from PIL import Image, ImageDraw, ImageEnhance, ImageFont
-
-    w, h = img.size
-    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((left, top, w - right, h - bottom))
-    img = ImageEnhance.Brightness(img.resize((int(img.width * 0.7), int(img.height * 0.7)), Image.Resampling.LANCZOS)).enhance(1.2)
-    if caption:
-        ImageDraw.Draw(img).text((int(img.width * 0.05), int(img.height * 0.6)), "(c) deepscope 2026", fill=(255, 255, 255),
-                                 font=ImageFont.load_default(size=max(10, img.height // 10)), stroke_width=2, stroke_fill=(0, 0, 0))
-    buf = io.BytesIO()
-    img.save(buf, "WEBP", quality=80)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
 def test_a_crop_is_laid_where_it_fits_best():
     """_crop_frame lays a flipped, cropped, shrunk copy inside its original where it is: the copy's corners land
     within about a coarse pixel (4 working pixels) of where the crop took them from; the picture against itself
@@ -1603,7 +1604,7 @@ def test_a_crop_is_laid_where_it_fits_best():
 
     pic = random_scene(np.random.default_rng(29), 192)
     left, top, right, bottom = 10, 2, 2, 8
-    copy = _combined(pic, left, top, right, bottom, caption=False)
+    copy = _combined(pic, left, top, right, bottom, caption=None)
     a, b = prepared(pic), prepared(copy)
     m = V._crop_frame(a, b, True)
     fa, fb = V.WORK_SIDE / 192, V.WORK_SIDE / max(copy.size)
