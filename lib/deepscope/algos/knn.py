@@ -175,6 +175,32 @@ def pixel_signature(pixels: np.ndarray, size: int) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
 
 
+RANK_GRID = 16  # the rank signature: the grey tiny image's ranks, area-averaged to 16 x 16
+
+
+def rank_signature(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Tiny images (n, 3 * size * size) (CHW, the pixels stage) -> unit vectors (n, 256): each grey pixel
+    replaced by its rank within its own picture (mid-ranks for ties, so that a flat paper stays flat),
+    area-averaged to 16 x 16, mean removed.  Any rising curve (lightening, contrast, gamma, the clipping a
+    lightening causes) leaves the ranks as they are, where the signature's correlation bends with it."""
+    import cv2
+
+    n, levels = len(pixels), 766  # grey = the sum of the three channels' bytes
+    grey = np.clip(np.rint(pixels.reshape(n, 3, size * size).sum(1, dtype=np.float32)), 0, levels - 1).astype(np.int32)
+    level = (grey + levels * np.arange(n, dtype=np.int32)[:, None]).ravel()  # (picture, grey level) as one index
+    counts = np.bincount(level, minlength=n * levels).reshape(n, levels).astype(np.float32)
+    mid = np.cumsum(counts, 1) - (counts + 1) / 2  # each level's mid-rank in its picture
+    ranks = mid.ravel()[level].reshape(n, size, size)
+    if size % RANK_GRID == 0:
+        f = size // RANK_GRID
+        x = ranks.reshape(n, RANK_GRID, f, RANK_GRID, f).mean((2, 4))
+    else:
+        x = np.stack([cv2.resize(r, (RANK_GRID, RANK_GRID), interpolation=cv2.INTER_AREA) for r in ranks])
+    x = x.reshape(n, -1)
+    x -= x.mean(1, keepdims=True)
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+
+
 def signature_distance(a: np.ndarray, b: np.ndarray, mirrored: bool = False) -> np.ndarray:
     """Row-wise 1 - correlation of signatures (0: the same picture, about 1: unrelated); a flat
     image (no structure) is at 1 from everything.  mirrored: the smaller of the distances to b and to
@@ -473,36 +499,55 @@ def nearest_in_both(first_f: np.ndarray, first_p: np.ndarray) -> tuple[np.ndarra
     return np.concatenate([x for x, _ in out]), np.concatenate([y for _, y in out])
 
 
-def signature_nearest(sig: np.ndarray, flat_max: int = 100_000, nprobe: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's nearest other image by pixel signature, the other taken as it is or mirrored
-    (a flipped, cropped, captioned copy is nearest its original there even when the feature graph
-    and the pixel graph rank it far) -> (a, b) with a < b, one pair per image, repeats removed.
-    Exact inner products up to flat_max images, an IVF index (about 4 sqrt(n) lists) beyond."""
+def signature_nearest(sig: np.ndarray, grid: int = SIGNATURE_GRID, flat_max: int = 100_000, nprobe: int = 16,
+                      codes: str = "sq8", shortlist: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's nearest other image by a signature of (channels x grid x grid) unit vectors, the other
+    taken as it is or mirrored (a flipped, cropped, captioned copy is nearest its original there even when
+    the feature graph and the pixel graph rank it far) -> (a, b) with a < b, one pair per image, repeats
+    removed.  Exact inner products up to flat_max images; beyond, an IVF index (about 4 sqrt(n) lists) of
+    `codes`: "sq8" (a byte a value), "pq4" (4-bit PQ codes scanned in SIMD registers, FAISS's fast scan;
+    for signatures whose copies stand out) or "flat", each image's `shortlist` best by the codes re-ranked
+    exactly (at 200,000 pictures with planted copies: IVF-Flat 35 s, sq8 15 s, the same copies found)."""
     import faiss
 
-    x = np.ascontiguousarray(sig, np.float32)
-    n, d = x.shape
-    if n < 2 or d != 3 * SIGNATURE_GRID ** 2:
+    n, d = sig.shape
+    if n < 2 or d < grid * grid or d % (grid * grid):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    mirrored = np.ascontiguousarray(x.reshape(n, 3, SIGNATURE_GRID, SIGNATURE_GRID)[..., ::-1].reshape(n, d))
+    x = np.ascontiguousarray(sig, np.float32)
+    mirrored = np.ascontiguousarray(x.reshape(n, -1, grid, grid)[..., ::-1].reshape(n, d))
     if n <= flat_max:
-        index = faiss.IndexFlatIP(d)
+        index, shortlist = faiss.IndexFlatIP(d), 2
     else:
         nlist = 1 << int(np.log2(4 * np.sqrt(n)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        quantizer = faiss.IndexFlatIP(d)
+        if codes == "pq4" and d % 4 == 0:
+            index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, d // 4, 4, faiss.METRIC_INNER_PRODUCT)
+        elif codes == "flat":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         index.train(x[np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)])
-        index.nprobe = nprobe
+        index.nprobe, shortlist = nprobe, max(2, shortlist)
     index.add(x)
     best_s, best_j = np.full(n, -np.inf, np.float32), np.full(n, -1, np.int64)
     for q in (x, mirrored):
-        sims, rows = index.search(q, 2)
-        for c in range(2):
-            take = (rows[:, c] >= 0) & (rows[:, c] != np.arange(n)) & (sims[:, c] > best_s)
-            best_s[take], best_j[take] = sims[take, c], rows[take, c]
+        _, rows = index.search(q, shortlist)
+        for s in range(0, n, 16384):  # exact inner products (the codes' are approximate)
+            r = rows[s:s + 16384]
+            sims = np.einsum("nd,nkd->nk", q[s:s + 16384], x[np.maximum(r, 0)])
+            sims[(r < 0) | (r == np.arange(s, s + len(r))[:, None])] = -np.inf
+            c = sims.argmax(1)
+            top, j = sims[np.arange(len(r)), c], r[np.arange(len(r)), c]
+            take = top > best_s[s:s + len(r)]
+            best_s[s:s + len(r)][take], best_j[s:s + len(r)][take] = top[take], j[take]
     i = np.nonzero(best_j >= 0)[0]
     lo, hi = np.minimum(i, best_j[i]), np.maximum(i, best_j[i])
     pairs = np.unique(lo * n + hi)
     return (pairs // n).astype(np.int64), (pairs % n).astype(np.int64)
+
+
+RANK_CODES, RANK_SHORTLIST = "pq4", 4  # the rank signature's search beyond flat_max: its copies stand out (1,000 of
+# 1,000 planted at a million, 12.7x faster than IVF-Flat); the pixel signature's lightened copies do not (414 of 500)
 
 
 def equal_key_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,8 @@ Recall@k of the graph is measured on a sample of images against an exact blocked
 vectors (streamed part by part on the driver) and recorded.
 
 The analysis (`analyse`) holds n x k neighbour rows and distances per space, plus a 192-value
-pixel signature (float16) and a 768-byte sketch per image when there is a pixels stage: ~1.3 GB per
-million images.  Candidate pairs are verified on the thumbnails in tasks, after a shuffle that gathers
+pixel signature (float16), and when pairs are verified a 256-value rank signature (float16) and a
+768-byte sketch per image: ~1.8 GB per million images.  Candidate pairs are verified on the thumbnails in tasks, after a shuffle that gathers
 each task's thumbnails (every thumbs part read once).
 """
 from __future__ import annotations
@@ -309,19 +309,22 @@ def measure_recall(store, space: str, info: dict, k: int, sample: int, seed: int
 
 # ---------------------------------------------------------------------------- what the graph says
 
-def _signatures(store, info: dict, with_sketches: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pixel signatures (n, 192) float16 and, when pairs will be verified, sketches (n, 16, 16, 3) int8
-    in the pixels index's row order, streamed part by part (together ~1.1 GB per million images)."""
+def _signatures(store, info: dict, with_sketches: bool) -> tuple[np.ndarray, dict | None]:
+    """Pixel signatures (n, 192) float16 and, when pairs will be verified, what finds and first looks at
+    them: sketches (n, 16, 16, 3) int8 and rank signatures (n, 256) float16, in the pixels index's row
+    order, streamed part by part (together ~1.6 GB per million images)."""
     from deepscope.index.build import stream_vectors
 
     size = int(round((info["dim"] / 3) ** 0.5))
     out = np.empty((info["rows"], 3 * K.SIGNATURE_GRID ** 2 if size % K.SIGNATURE_GRID == 0 else 3), np.float16)
-    sketches = np.empty((info["rows"], K.SKETCH_SIDE, K.SKETCH_SIDE, 3), np.int8) if with_sketches else None
+    more = {"sketches": np.empty((info["rows"], K.SKETCH_SIDE, K.SKETCH_SIDE, 3), np.int8),
+            "ranks": np.empty((info["rows"], K.RANK_GRID ** 2), np.float16)} if with_sketches else None
     for start, x, _ in stream_vectors(store, "pixels", "pixels", 16384, cosine=False):
         out[start:start + len(x)] = K.pixel_signature(x, size)
         if with_sketches:
-            sketches[start:start + len(x)] = K.pixel_sketch(np.clip(x, 0, 255).astype(np.uint8), size)
-    return out, sketches
+            more["sketches"][start:start + len(x)] = K.pixel_sketch(np.clip(x, 0, 255).astype(np.uint8), size)
+            more["ranks"][start:start + len(x)] = K.rank_signature(x, size)
+    return out, more
 
 
 EXACT_ROWS = 50_000  # vectors read to give pairs found in pixel space only their exact feature distance
@@ -373,7 +376,7 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
     a, b, d_feat = K.undirected_edges(rows_f, dist_f, own)
     graph_edges = len(a)
     exact = np.ones(len(a), bool)
-    sig, sketches, d_pix, gather = None, None, None, np.zeros(0, np.int64)
+    sig, sketches, ranks, d_pix, gather = None, None, None, None, np.zeros(0, np.int64)
     if feat_space == "features" and "pixels" in spaces:
         pinfo = index_info(store, "pixels")
         if _ids_table(store, pinfo).column("id").equals(table.column("id")):
@@ -382,7 +385,8 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
             extra = ~np.isin(pa_ * n + pb, a * n + b)
             pa_, pb = pa_[extra], pb[extra]
             # the sketches serve only the verification's first look: not made for the threshold alone
-            sig, sketches = _signatures(store, pinfo, with_sketches=bool(cfg.verify and store.parts("thumbs")))
+            sig, more = _signatures(store, pinfo, with_sketches=bool(cfg.verify and store.parts("thumbs")))
+            sketches, ranks = (more["sketches"], more["ranks"]) if more else (None, None)
             d_pix_extra = _signature_distances(sig, pa_, pb)
             # their feature distance: exact for the pixel-nearest pairs (their rows' vectors are read, at
             # most EXACT_ROWS of them), else bounded below by the k-th feature neighbour's distance
@@ -465,12 +469,23 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         same_hash = (ha == hb) & (ha != "")
         known = set(zip(a[cand].tolist(), b[cand].tolist()))
         # each image's nearest by pixel signature, as it is or mirrored (a flipped, cropped, captioned
-        # copy ranks far in both graphs but is nearest there)
+        # copy ranks far in both graphs but is nearest there), and by rank signature (a copy lightened
+        # until it clips, whose signature's correlation bends)
+        rank_pairs, t_sig = 0, 0.0
         if sig is not None:
+            t_sig = time.time()
             sa, sb = K.signature_nearest(sig)
             new = np.array([(i, j) not in known for i, j in zip(sa.tolist(), sb.tolist())], bool)
             known.update(zip(sa[new].tolist(), sb[new].tolist()))
             sa, sb = sa[new], sb[new]
+            if ranks is not None:
+                ra, rb = K.signature_nearest(ranks, grid=K.RANK_GRID, codes=K.RANK_CODES, shortlist=K.RANK_SHORTLIST)
+                new = np.array([(i, j) not in known for i, j in zip(ra.tolist(), rb.tolist())], bool)
+                known.update(zip(ra[new].tolist(), rb[new].tolist()))
+                sa, sb, rank_pairs = np.concatenate([sa, ra[new]]), np.concatenate([sb, rb[new]]), int(new.sum())
+            t_sig = time.time() - t_sig
+            log(f"knn: each image's nearest by pixel signature and by rank signature, as it is or mirrored: {len(sa)} more "
+                f"candidate pairs, {rank_pairs} of them by rank ({t_sig:.0f} s)")
             fin = np.isfinite(dist_f[:, -1])
             kth = np.where(fin, dist_f[:, -1], dist_f[fin, -1].max() if fin.any() else 0)
             kth = _cosine_from_l2(np.maximum(kth[sa], kth[sb]), norms, sa, sb) if finfo["metric"] == "l2" else np.maximum(kth[sa], kth[sb])
@@ -520,7 +535,8 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
                         "earlier": int(ev["earlier"].sum()),  # of the verified: their evidence read from knn/verified
                         "min_sketch": cfg.min_sketch, "min_frames_sketch": cfg.min_frames_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
-                        "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs),
+                        "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs), "rank_pairs": rank_pairs,
+                        "signature_seconds": round(t_sig, 2),  # the two signature searches (not in `seconds`)
                         "best_sketch": cfg.verify_best_sketch if s_graph is not None else None, "best_sketch_pairs": int(best_sketch),
                         # pairs that passed every other test, told apart by their finest details (pages of one template)
                         "fine_only": int(sum(f.endswith(": fine") for f in ev["failed"])),

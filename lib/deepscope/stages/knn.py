@@ -75,7 +75,7 @@ class Knn(Stage):
                  f"{v['pairs'] - screened} " if screened else "; each ")
         more = (", its nearest in each graph" if v.get("nearest") else "") + (
             f", its graph edge whose pixel sketches agree best (when at {v['best_sketch']} or more)" if v.get("best_sketch") is not None else "") + (
-            ", its nearest by pixel signature (as it is or mirrored)" if v.get("signature_pairs") else "")
+            ", its nearest by pixel signature and by grey ranks (as it is or mirrored)" if v.get("signature_pairs") else "")
         return (f"Candidates: each image's {v['top']} nearest by {evidence}{more}, and images with equal pixel hashes "
                 f"({v['pairs']} pairs){first}verified on the thumbnails (ORB keypoints matched, directly and "
                 f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared"
