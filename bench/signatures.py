@@ -2,7 +2,8 @@
 a dataset's size: each image's pixel signature, sketch and rank signature (`index/knn.py: _signatures`,
 made chunk by chunk as the pixels parts are streamed), and the two searches for each image's nearest by
 signature and by rank signature, as it is or mirrored (`algos/knn.py: signature_nearest`: exact up to
-100,000 images, an IVF index of codes beyond; `--baseline`: the pixel signature's IVF-Flat search as well).  Pictures: bench/knn.py's generated tiny pictures (1/f^1.3).
+100,000 images, an IVF index of codes beyond; `--baseline`: the pixel signature's IVF-Flat search as
+well).  Pictures: bench/knn.py's generated tiny pictures (1/f^1.3).
 Planted among them: 1,000 copies (mirrored, lightened by 20% and clipped, shifted a pixel), and the share
 of them found (the pair copy-original among the search's); and on a sample, the share of images whose
 nearest is the exact nearest, or as near (the IVF's answers against exact search).

@@ -547,7 +547,7 @@ def signature_nearest(sig: np.ndarray, grid: int = SIGNATURE_GRID, flat_max: int
 
 
 RANK_CODES, RANK_SHORTLIST = "pq4", 4  # the rank signature's search beyond flat_max: its copies stand out (1,000 of
-# 1,000 planted at a million, 12.7x faster than IVF-Flat); the pixel signature's lightened copies do not (414 of 500)
+# 1,000 planted at a million, 13x faster than IVF-Flat); the pixel signature's lightened copies do not (414 of 500)
 
 
 def equal_key_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,8 @@ vectors (streamed part by part on the driver) and recorded.
 
 The analysis (`analyse`) holds n x k neighbour rows and distances per space, plus a 192-value
 pixel signature (float16), and when pairs are verified a 256-value rank signature (float16) and a
-768-byte sketch per image: ~1.8 GB per million images.  Candidate pairs are verified on the thumbnails in tasks, after a shuffle that gathers
-each task's thumbnails (every thumbs part read once).
+768-byte sketch per image: ~1.8 GB per million images.  Candidate pairs are verified on the thumbnails
+in tasks, after a shuffle that gathers each task's thumbnails (every thumbs part read once).
 """
 from __future__ import annotations
 
