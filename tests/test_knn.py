@@ -130,20 +130,24 @@ def test_threshold_falls_in_the_valley():
     assert 0.282 < t < 0.414, (t, how)
 
 
+def tiny32(img):
+    """A picture as the pixels stage's tiny vector: 32 x 32 RGB, box-filtered, CHW, flattened."""
+    from PIL import Image
+
+    return np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BOX)).transpose(2, 0, 1).reshape(-1)
+
+
 def test_pixel_signature_ignores_lightening_and_shifts():
-    from PIL import Image, ImageEnhance
+    from PIL import ImageEnhance
 
     from deepscope.io.demo_data import random_scene
 
     rng = np.random.default_rng(3)
     scenes = [random_scene(rng, 96) for _ in range(40)]
 
-    def tiny(img):
-        return np.asarray(img.resize((32, 32), Image.Resampling.BOX)).transpose(2, 0, 1).reshape(-1)
-
-    s = K.pixel_signature(np.stack([tiny(i) for i in scenes]), 32)
+    s = K.pixel_signature(np.stack([tiny32(i) for i in scenes]), 32)
     moved = [ImageEnhance.Brightness(i.crop((2, 1, 94, 95)).resize((96, 96))).enhance(1.25) for i in scenes]
-    m = K.pixel_signature(np.stack([tiny(i) for i in moved]), 32)
+    m = K.pixel_signature(np.stack([tiny32(i) for i in moved]), 32)
     same = K.signature_distance(s, m)
     other = K.signature_distance(s, np.roll(m, 1, axis=0))
     assert same.max() < 0.15 and np.median(other) > 0.5, (same.max(), np.median(other))
@@ -194,9 +198,6 @@ def test_sketch_tells_edited_copies_from_other_pictures():
     rng = np.random.default_rng(8)
     scenes = [random_scene(rng, 128) for _ in range(30)]
 
-    def tiny(img):
-        return np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BOX)).transpose(2, 0, 1).reshape(-1)
-
     def caption(img):
         img = img.copy()
         ImageDraw.Draw(img).text((8, 100), "deepscope 2026", fill=(255, 255, 255))
@@ -206,7 +207,7 @@ def test_sketch_tells_edited_copies_from_other_pictures():
              lambda i: ImageEnhance.Brightness(i.transpose(Image.Transpose.FLIP_LEFT_RIGHT)).enhance(1.25),
              lambda i: i.rotate(4, resample=Image.Resampling.BILINEAR, expand=False), caption]
     copies = [edits[j % len(edits)](s) for j, s in enumerate(scenes)]
-    sk = K.pixel_sketch(np.stack([tiny(i) for i in scenes + copies]), 32)
+    sk = K.pixel_sketch(np.stack([tiny32(i) for i in scenes + copies]), 32)
     n = len(scenes)
     same = K.sketch_agreement(sk, np.arange(n), np.arange(n) + n)
     other = K.sketch_agreement(sk, np.arange(n), (np.arange(n) + 1) % n + n)
@@ -230,9 +231,9 @@ def test_signature_nearest_finds_mirrored_copies_as_brute_force_does(kind):
 
 def test_signature_nearest_beyond_flat_max_finds_planted_copies_as_exact_search_does():
     """Beyond flat_max the search is an IVF of codes (bytes; for the rank signature 4-bit PQ codes), each
-    image's shortlist re-ranked exactly: 40 pictures among 3,000 planted as copies (mirrored, lightened 20% and clipped), each
-    pixel and rank signature's nearest is its copy, as with exact search (among noise the others' nearest is
-    anyone)."""
+    image's shortlist re-ranked exactly: 40 pictures among 3,000 planted as copies (mirrored, lightened 20%
+    and clipped), each pixel and rank signature's nearest is its copy, as with exact search (among noise
+    the others' nearest is anyone)."""
     rng = np.random.default_rng(4)
     pixels = rng.integers(0, 256, (3000, 3 * 32 * 32)).astype(np.float32)
     src = rng.choice(3000, 40, replace=False)
@@ -274,17 +275,12 @@ def test_rank_signature_finds_combined_copies_the_pixel_signature_misses():
     (flipped, cropped 0-6 px a side, 70%, lightened 20%, captioned, WebP), among all the tiles: the rank
     signature's nearest (as it is or mirrored) is its original for all 48 copies, the pixel signature's for
     27 (lightening clips the bright parts: the correlation bends, the ranks stay)."""
-    from PIL import Image
-
     tiles = bench_duplicates().photo_tiles(120)
     rng = np.random.default_rng(0)
     which = list(range(0, len(tiles), 4))
     copies = [_combined(tiles[i], *(int(v) for v in rng.integers(0, 7, 4))) for i in which]
 
-    def tiny(img):
-        return np.asarray(img.resize((32, 32), Image.Resampling.BOX)).transpose(2, 0, 1).reshape(-1)
-
-    pixels = np.stack([tiny(t) for t in tiles + copies])
+    pixels = np.stack([tiny32(t) for t in tiles + copies])
     truth = {(i, len(tiles) + c) for c, i in enumerate(which)}
     found = {}
     for kind, sig, grid in (("pixel", K.pixel_signature(pixels, 32), K.SIGNATURE_GRID), ("rank", K.rank_signature(pixels, 32), K.RANK_GRID)):
@@ -803,7 +799,7 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
     store = Store(str(out))
     ids = IK._ids_table(store, IK.index_info(store, "pixels")).column("id").to_pylist()
     ranks = IK._signatures(store, IK.index_info(store, "pixels"), with_sketches=True)[1]["ranks"].astype(np.float32)
-    sim = np.maximum(ranks @ ranks.T, ranks.reshape(len(ids), 16, 16)[..., ::-1].reshape(len(ids), -1) @ ranks.T)
+    sim = np.maximum(ranks @ ranks.T, ranks.reshape(len(ids), K.RANK_GRID, K.RANK_GRID)[..., ::-1].reshape(len(ids), -1) @ ranks.T)
     np.fill_diagonal(sim, -np.inf)
     assert {tuple(sorted((ids[i], ids[j]))) for i, j in enumerate(sim.argmax(1).tolist())} <= {
         tuple(sorted((r["a"], r["b"]))) for r in cand}
