@@ -2,8 +2,10 @@
 file, and a worker node dies mid-job."""
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,10 @@ def _free_ports(n: int) -> list[int]:
 
 
 PORT, DASH, WORKER_NM_PORT, *AGENT_PORTS = _free_ports(9)
+# The cluster's own Ray folder: a Jobs API driver connects to the address in its node's
+# `ray_current_cluster` file, which another `ray start` on this machine (another test run, another
+# user) overwrites in the shared /tmp/ray; short, for Ray's socket paths (at most 107 bytes)
+RAY_TMP = None
 
 
 def _env(tmp):
@@ -52,11 +58,14 @@ def _raylet(port):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    global RAY_TMP
     tmp = tmp_path_factory.mktemp("cluster")
+    RAY_TMP = tempfile.mkdtemp(prefix="dsray-", dir="/tmp")
     env = _env(tmp)
     (tmp / "auth_token").write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
     head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={DASH}", "--disable-usage-stats",
+            f"--temp-dir={RAY_TMP}", "--dashboard-host=127.0.0.1", f"--dashboard-port={DASH}",
+            "--disable-usage-stats",
             # the agents' default ports (52365) may be taken by another Ray on this machine
             f"--dashboard-agent-listen-port={AGENT_PORTS[0]}", f"--metrics-export-port={AGENT_PORTS[1]}"]
     token = str(tmp / "auth_token")
@@ -81,7 +90,7 @@ def cluster(tmp_path_factory):
         try:
             subprocess.run(head, env=env, check=True, capture_output=True)
             subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1",
-                            "--num-cpus=2", f"--node-manager-port={WORKER_NM_PORT}",
+                            "--num-cpus=2", f"--temp-dir={RAY_TMP}", f"--node-manager-port={WORKER_NM_PORT}",
                             f"--dashboard-agent-listen-port={AGENT_PORTS[2]}",
                             f"--metrics-export-port={AGENT_PORTS[3]}"], env=env, check=True, capture_output=True)
             break
@@ -92,6 +101,7 @@ def cluster(tmp_path_factory):
             time.sleep(5)
     yield env
     stop()
+    shutil.rmtree(RAY_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +158,8 @@ def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path, where,
     their parts there themselves."""
     if _raylet(WORKER_NM_PORT) is None:  # an earlier case killed the worker node: start another
         subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                        f"--node-manager-port={WORKER_NM_PORT}", f"--dashboard-agent-listen-port={AGENT_PORTS[4]}",
-                        f"--metrics-export-port={AGENT_PORTS[5]}"], env=cluster, check=True, capture_output=True)
+                        f"--temp-dir={RAY_TMP}", f"--node-manager-port={WORKER_NM_PORT}",
+                        f"--dashboard-agent-listen-port={AGENT_PORTS[4]}", f"--metrics-export-port={AGENT_PORTS[5]}"], env=cluster, check=True, capture_output=True)
     env = {**cluster, "DEEPSCOPE_SLOW_BATCH_S": "0.7"}
     out = tmp_path / "out"
     if where == "s3":
