@@ -683,7 +683,7 @@ def evidence_rows(out: Path, truth: dict, looks: dict, threshold: float) -> list
     # frames: but one overlay, in the plain band
     one_overlay = (c["overlay"].fillna(1) <= limits.max_overlay + 1e-6) & (c["regions"].fillna(0) == 1)
     differing = c["differing"].fillna(1) <= np.where(frames & ~one_overlay, limits.max_differing / 5, limits.max_differing)
-    colour = c["colour_shift"].fillna(1) <= limits.max_colour_shift
+    colour = (c["colour_shift"].fillna(1) <= limits.max_colour_shift) & ~(c["colour_order"] > limits.max_colour_order)  # NaN: grey
     detail = c["detail"].isna() | (c["detail"] >= limits.min_detail)  # no detail to compare: no evidence against
     fine = c["fine"].isna() | (c["fine"] >= limits.min_fine) if "fine" in c else True  # measured only when all else passes
     # measured only when all else passes and the matches fit one overlay's band (a caption both may carry)

@@ -689,6 +689,40 @@ def test_verification_accepts_edited_copies_and_rejects_lookalikes():
     assert not V.verify_pair(prepared(originals[0]), prepared(recoloured))["same"]
 
 
+def test_colour_order_is_the_share_of_surely_ordered_channel_pairs_that_flip():
+    from deepscope.algos import verify as V
+
+    ca = np.array([[200, 100, 50], [200, 100, 50], [90, 100, 110], [128, 128, 128]], np.float32)
+    cb = np.array([[100, 200, 50], [220, 110, 60], [60, 100, 140], [100, 200, 150]], np.float32)
+    # sure pairs (8 levels apart in both): pixel 0: RG flips, GB kept, RB kept; pixel 1: all three kept;
+    # pixel 2: RG kept, GB kept, RB kept; pixel 3: grey in a, nothing sure -> 1 flip of 9
+    assert V._colour_order(ca, cb) == 1 / 9
+    assert np.isnan(V._colour_order(np.full((40, 3), 128, np.float32), cb[np.zeros(40, int)]))  # a grey picture: no evidence
+
+
+def test_colour_order_rejects_a_recoloured_lookalike_that_every_other_test_passes():
+    """The same layout and light, other hues (a green ground for a teal one: what the 20,000-scene run's
+    false pairs were): each channel on its own is a rising curve of the original's, so the colour curves
+    explain it all; only which channel is the higher changes.  Lightening, contrast and gamma keep it."""
+    from PIL import Image, ImageEnhance
+
+    from deepscope.algos import verify as V
+
+    for seed in range(3):
+        img = scene(seed)
+        x = np.asarray(img, np.float32)
+        turned = np.stack([x[..., 0] * 0.8 + 20, x[..., 1] * 0.5 + 30, np.minimum(x[..., 2] * 1.3 + 30, 255)], 2)
+        lookalike = Image.fromarray(np.clip(turned, 0, 255).astype(np.uint8))
+        a = prepared(img)
+        assert V.verify_pair(a, prepared(lookalike), V.VerifySettings(max_colour_order=1.0))["same"], seed  # all else passes
+        ev = V.verify_pair(a, prepared(lookalike))
+        assert not ev["same"] and "colour_order" in ev["failed"] and ev["colour_order"] > 0.1, (seed, ev)
+        gamma = Image.fromarray((255 * (x / 255) ** 0.8).astype(np.uint8))
+        for copy in (ImageEnhance.Brightness(img).enhance(1.25), ImageEnhance.Contrast(img).enhance(0.75), gamma):
+            ev = V.verify_pair(a, prepared(copy))
+            assert ev["same"] and ev["colour_order"] < 0.02, (seed, ev)
+
+
 def _bench_caption(img):
     """The benchmark's caption: white with a black stroke, a tenth of the picture's height, low on it."""
     from PIL import ImageDraw, ImageFont

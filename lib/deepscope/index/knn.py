@@ -655,7 +655,7 @@ def _pair_columns(ids, group_of, a, b, cand, dist, d_feat, exact, d_pix, mutual,
         "fine": evidence("fine", pa.float32()),
         "differing": evidence("differing", pa.float32()), "regions": evidence("regions", pa.int32()),
         "overlay": evidence("overlay", pa.float32()), "colour_shift": evidence("colour_shift", pa.float32()),
-        "accepted": pa.array(accepted),
+        "colour_order": evidence("colour_order", pa.float32()), "accepted": pa.array(accepted),
     }
 
 

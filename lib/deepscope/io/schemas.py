@@ -181,6 +181,8 @@ KNN_DUPLICATES = pa.schema([
     pa.field("regions", pa.int32()),  # separated groups of differing cells (a moved object leaves two)
     pa.field("overlay", pa.float32()),  # narrower side of the box around the differing cells (share of a side)
     pa.field("colour_shift", pa.float32()),  # largest change of a channel's mean over the agreeing cells (of 255)
+    # share of the coloured pixels' channel pairs ordered oppositely (a recoloured look-alike); null: too few coloured pixels
+    pa.field("colour_order", pa.float32()),
 ])
 
 # knn/candidates.parquet: every pair the verification looked at (duplicates.parquet's columns; group and tier
@@ -199,7 +201,7 @@ KNN_VERIFIED = pa.schema(
        pa.field("same", pa.bool_(), nullable=False)]  # the decision
     + [f for f in KNN_DUPLICATES if f.name in ("inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap",
                                                "aligned_correlation", "explained", "detail", "detail_outside", "fine",
-                                               "differing", "regions", "overlay", "colour_shift")]
+                                               "differing", "regions", "overlay", "colour_shift", "colour_order")]
     + [pa.field("brightness_shift", pa.float32()), pa.field("contrast_ratio", pa.float32()),  # of the colour fit
        pa.field("failed", pa.string(), nullable=False)])  # the tests the furthest try failed ("" when same)
 
