@@ -34,15 +34,15 @@ def _free_ports(n: int) -> list[int]:
 
 
 PORT, DASH, WORKER_NM_PORT, *AGENT_PORTS = _free_ports(9)
-# The cluster's own Ray folder: a Jobs API driver connects to the address in its node's
-# `ray_current_cluster` file, which another `ray start` on this machine (another test run, another
-# user) overwrites in the shared /tmp/ray; short, for Ray's socket paths (at most 107 bytes)
-RAY_TMP = None
 
 
-def _env(tmp):
+def _env(tmp, ray_tmp):
     token = tmp / "auth_token"
     return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+            # the cluster's own Ray folder (RAY_TMPDIR/ray), not the shared /tmp/ray: a Jobs API driver joins
+            # the address in its node's ray_current_cluster file, which any other `ray start` on this machine
+            # (another test run) overwrites there; short, for Ray's socket paths (at most 107 bytes)
+            "RAY_TMPDIR": ray_tmp,
             "RAY_ADDRESS": f"127.0.0.1:{PORT}",
             # the cluster's `python` (the Jobs API entrypoint) is this venv's, as on a real cluster's image
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
@@ -58,14 +58,12 @@ def _raylet(port):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    global RAY_TMP
     tmp = tmp_path_factory.mktemp("cluster")
-    RAY_TMP = tempfile.mkdtemp(prefix="dsray-", dir="/tmp")
-    env = _env(tmp)
+    ray_tmp = tempfile.mkdtemp(prefix="dsray-", dir="/tmp")
+    env = _env(tmp, ray_tmp)
     (tmp / "auth_token").write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
     head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=2",
-            f"--temp-dir={RAY_TMP}", "--dashboard-host=127.0.0.1", f"--dashboard-port={DASH}",
-            "--disable-usage-stats",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={DASH}", "--disable-usage-stats",
             # the agents' default ports (52365) may be taken by another Ray on this machine
             f"--dashboard-agent-listen-port={AGENT_PORTS[0]}", f"--metrics-export-port={AGENT_PORTS[1]}"]
     token = str(tmp / "auth_token")
@@ -90,7 +88,7 @@ def cluster(tmp_path_factory):
         try:
             subprocess.run(head, env=env, check=True, capture_output=True)
             subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1",
-                            "--num-cpus=2", f"--temp-dir={RAY_TMP}", f"--node-manager-port={WORKER_NM_PORT}",
+                            "--num-cpus=2", f"--node-manager-port={WORKER_NM_PORT}",
                             f"--dashboard-agent-listen-port={AGENT_PORTS[2]}",
                             f"--metrics-export-port={AGENT_PORTS[3]}"], env=env, check=True, capture_output=True)
             break
@@ -101,7 +99,7 @@ def cluster(tmp_path_factory):
             time.sleep(5)
     yield env
     stop()
-    shutil.rmtree(RAY_TMP, ignore_errors=True)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +156,8 @@ def test_worker_node_killed_mid_job(cluster, photos, reference, tmp_path, where,
     their parts there themselves."""
     if _raylet(WORKER_NM_PORT) is None:  # an earlier case killed the worker node: start another
         subprocess.run([RAY, "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                        f"--temp-dir={RAY_TMP}", f"--node-manager-port={WORKER_NM_PORT}",
-                        f"--dashboard-agent-listen-port={AGENT_PORTS[4]}", f"--metrics-export-port={AGENT_PORTS[5]}"], env=cluster, check=True, capture_output=True)
+                        f"--node-manager-port={WORKER_NM_PORT}", f"--dashboard-agent-listen-port={AGENT_PORTS[4]}",
+                        f"--metrics-export-port={AGENT_PORTS[5]}"], env=cluster, check=True, capture_output=True)
     env = {**cluster, "DEEPSCOPE_SLOW_BATCH_S": "0.7"}
     out = tmp_path / "out"
     if where == "s3":
