@@ -42,3 +42,20 @@ def test_out_of_memory_on_one_image_fails_only_that_batch(partition):
     job, rows = partition
     m, got = mapped(job, rows, -1)  # even one image is too many: every good image fails, with the reason
     assert (got["error_stage"] == "model").all() and "out of memory" in got["error"][0]
+
+
+def test_release_memory_gives_the_freed_heap_back():
+    """Between stages the runner hands back what the last one freed (glibc keeps freed small blocks:
+    2.5 GB after the index stage of 100,000 images): 240 MB of 4 KB arrays, all but one in a thousand freed."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    code = ("import numpy as np, psutil; from deepscope.runner import release_memory\n"
+            "rss = lambda: psutil.Process().memory_info().rss / 2**20\n"
+            "arrays = [np.ones(512) for _ in range(60_000)]; kept = arrays[999::1000]; del arrays\n"
+            "before = rss(); release_memory(); print(before, rss())")
+    before, after = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert before - after > 150, (before, after)

@@ -34,6 +34,21 @@ from deepscope.stages import STAGES
 ERRORS = "errors"
 
 
+def release_memory() -> None:
+    """Give the heap that a finished stage freed back to the system.  glibc keeps the pages of large freed
+    temporaries (a stage's arrays, FAISS's training copies) in the process: 2.5 GB after the index stage
+    of 99,989 images, 0.3 GB once trimmed, which every later stage of the job would otherwise add its peak to."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 class JobFailed(Exception):
     """The job ran, but more inputs failed than its error budget allows."""
 
@@ -232,6 +247,7 @@ def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, ex
             for s in members:
                 s.prepare(ctx)  # e.g. thresholds from an earlier phase, shipped to the actors
             stats = image_pass(job, store, loaded, members, pending, executor, t_start)
+            release_memory()
             result.computed = max(result.computed, stats.items)
             first_model_s = first_model_s if first_model_s is not None else stats.first_model_s
             for k, v in stats.timings.items():
@@ -240,12 +256,14 @@ def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, ex
         for s in members:
             if pending or store.summary(s.name) is None:
                 store.update_summary(s.name, s.finish(ctx))
+                release_memory()
                 rendered.add(s.name)
                 changed = True
     for s in stages:
         if not s.pipeline and (changed or store.summary(s.name) is None or s.fingerprint() != store.stage_config(s.name)):
             store.open_stage(s.name, s.fingerprint(), replace=True)
             store.update_summary(s.name, s.finish(ctx))
+            release_memory()
             rendered.add(s.name)
             changed = True
     if not changed:
@@ -331,6 +349,7 @@ def run_post(out: str, stage: str, config: dict, run_overrides: dict | None = No
             store.open_stage(stage, s.fingerprint(), replace=True)
             store.update_summary(stage, None)  # an interrupted run is redone
             store.update_summary(stage, s.finish(ctx))
+            release_memory()
             _remember_spec(store, job)
             write_report(store, report_sections(store, {stage}))
             store.flush()
