@@ -892,8 +892,8 @@ def test_tiers_on_a_tiny_folder(ray_cluster, tmp_path):
 
 
 def test_colour_curve_medians_are_each_bands_median():
-    """The curves' knots come from one histogram, not a sort: each band's median of x and of y equal a
-    direct np.median per band to within half a histogram step (y's made non-decreasing)."""
+    """Each band's median of x and of y, read at its rank among the sorted quantized (band, value) keys,
+    equals a direct np.median per band to within half a quantization step (y's made non-decreasing)."""
     from deepscope.algos import verify as V
 
     rng = np.random.default_rng(3)

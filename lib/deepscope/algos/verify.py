@@ -179,11 +179,9 @@ def _curve(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np
     lo, hi = (starts + (counts - 1) // 2)[keep], (starts + counts // 2)[keep]
     levels = 256 * CURVE_STEPS
 
-    def medians(v):  # each band's middle one or two values, from one histogram of (band, value): no sort
-        at = band * levels + np.clip((v * CURVE_STEPS).astype(np.int32), 0, levels - 1)
-        upto = np.cumsum(np.bincount(at, minlength=bins * levels))
-        pick = lambda i: (np.searchsorted(upto, i, side="right") % levels + 0.5) / CURVE_STEPS
-        return (pick(lo) + pick(hi)) / 2
+    def medians(v):  # each band's middle one or two values: ranks lo and hi of the sorted (band, value) keys
+        at = np.sort(band * levels + np.clip((v * CURVE_STEPS).astype(np.int32), 0, levels - 1))
+        return ((at[lo] % levels + 0.5) / CURVE_STEPS + (at[hi] % levels + 0.5) / CURVE_STEPS) / 2
     return medians(x), np.maximum.accumulate(medians(y))
 
 
@@ -316,16 +314,18 @@ def _compare(a: dict, b: dict, m: np.ndarray, slide: float = REFINE_SLIDE) -> di
     if ok.sum() < 32:
         return {**none, "explained": explained, "differing": float(differs.sum() / counted.sum()), "regions": int(regions),
                 "overlay": overlay, "bands": bands}
-    ga, gb = ca[ok].mean(1), cb[ok].mean(1)
+    ca, cb = ca[ok], cb[ok]
+    ga, gb = ca.mean(1), cb.mean(1)
     use = np.zeros((h, w), bool)
     use[inside] = ok
-    detail = _detail(fa.mean(-1), fb.mean(-1), use, _pixel(a, b))
-    colour_shift = float(np.abs(cb[ok].mean(0) - ca[ok].mean(0)).max()) / 255  # a recoloured look-alike fits a curve too
-    colour_order = _colour_order(ca[ok], cb[ok])
+    greys = (fa.mean(-1), fb.mean(-1))
+    detail = _detail(*greys, use, _pixel(a, b))
+    colour_shift = float(np.abs(cb.mean(0) - ca.mean(0)).max()) / 255  # a recoloured look-alike fits a curve too
+    colour_order = _colour_order(ca, cb)
     sa, sb = float(ga.std()), float(gb.std())
     corr = float(((ga - ga.mean()) * (gb - gb.mean())).mean() / (sa * sb)) if sa > 1 and sb > 1 else float(np.abs(ga - gb).mean() < 4)
     return {"overlap": overlap, "aligned_correlation": corr, "explained": explained, "detail": detail, "differing": float(differs.sum() / counted.sum()),
-            "regions": int(regions), "overlay": overlay, "bands": bands, "colour_shift": colour_shift, "colour_order": colour_order, "m": m, "use": use, "greys": (fa.mean(-1), fb.mean(-1)),
+            "regions": int(regions), "overlay": overlay, "bands": bands, "colour_shift": colour_shift, "colour_order": colour_order, "m": m, "use": use, "greys": greys,
             "brightness_shift": float(gb.mean() - ga.mean()) / 255, "contrast_ratio": sb / max(sa, 1e-3)}
 
 
