@@ -571,29 +571,34 @@ def make_set(root: Path, kind: str, distinct: int, per_edit: int, lookalikes: in
     root.mkdir(parents=True, exist_ok=True)
     if kind == "skimage":
         return make_skimage_set(root)
+    # each image saved as it is made and not kept (100,000 scenes held at once are 11 GB): the copies'
+    # originals are read back from their PNGs (lossless), the random draws in the same order as ever
     if kind == "photos":
         tiles = photo_tiles()
         rng.shuffle(tiles)
-        images = tiles[:distinct]
+        images = iter(tiles[:distinct])
     elif kind == "shapes":
-        images = [shapes(rng) for _ in range(distinct)]
+        images = (shapes(rng) for _ in range(distinct))
     elif kind == "documents":
-        images = [document_render(document_params(rng)) for _ in range(distinct)]
+        images = (document_render(document_params(rng)) for _ in range(distinct))
     elif kind == "landscapes":
-        images = [landscape_render(landscape_params(rng)) for _ in range(distinct)]
+        images = (landscape_render(landscape_params(rng)) for _ in range(distinct))
     elif kind == "forms":
-        images = [form_render(form_params(rng)) for _ in range(distinct)]
+        images = (form_render(form_params(rng)) for _ in range(distinct))
     else:
-        images = [textured_render(textured_params(rng)) for _ in range(distinct)]
+        images = (textured_render(textured_params(rng)) for _ in range(distinct))
     names = []
     for i, img in enumerate(images):
         names.append(f"{kind}_{i:05d}.png")
         img.save(root / names[-1])
-    chosen = rng.choice(len(images), min(len(images), per_edit * len(EDITS)), replace=False)
+    chosen = rng.choice(len(names), min(len(names), per_edit * len(EDITS)), replace=False)
     pairs = {}
     for j, i in enumerate(chosen):
         edit = list(EDITS)[j % len(EDITS)]
-        data, ext = EDITS[edit](images[i], rng)
+        from PIL import Image
+
+        with Image.open(root / names[i]) as original:
+            data, ext = EDITS[edit](original.copy(), rng)  # the picture as made (its mode too), not the file's reader
         name = f"copy_{edit}_{i:05d}.{ext}"
         (root / name).write_bytes(data)
         pairs[tuple(sorted((names[i], name)))] = edit
