@@ -593,10 +593,10 @@ def make_set(root: Path, kind: str, distinct: int, per_edit: int, lookalikes: in
         img.save(root / names[-1])
     chosen = rng.choice(len(names), min(len(names), per_edit * len(EDITS)), replace=False)
     pairs = {}
+    from PIL import Image
+
     for j, i in enumerate(chosen):
         edit = list(EDITS)[j % len(EDITS)]
-        from PIL import Image
-
         with Image.open(root / names[i]) as original:
             data, ext = EDITS[edit](original.copy(), rng)  # the picture as made (its mode too), not the file's reader
         name = f"copy_{edit}_{i:05d}.{ext}"

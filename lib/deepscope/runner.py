@@ -247,7 +247,6 @@ def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, ex
             for s in members:
                 s.prepare(ctx)  # e.g. thresholds from an earlier phase, shipped to the actors
             stats = image_pass(job, store, loaded, members, pending, executor, t_start)
-            release_memory()
             result.computed = max(result.computed, stats.items)
             first_model_s = first_model_s if first_model_s is not None else stats.first_model_s
             for k, v in stats.timings.items():
@@ -256,9 +255,9 @@ def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, ex
         for s in members:
             if pending or store.summary(s.name) is None:
                 store.update_summary(s.name, s.finish(ctx))
-                release_memory()
                 rendered.add(s.name)
                 changed = True
+        release_memory()  # the pass's and its stages' freed heap, before the next phase
     for s in stages:
         if not s.pipeline and (changed or store.summary(s.name) is None or s.fingerprint() != store.stage_config(s.name)):
             store.open_stage(s.name, s.fingerprint(), replace=True)
