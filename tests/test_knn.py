@@ -1702,6 +1702,41 @@ def test_a_pair_is_laid_by_its_frames_only_when_its_sketches_agree(tmp_path):
     assert found[None] == (True, None) and found[1.0][0] is False and found[1.0][1].startswith("no transform"), found
 
 
+def test_close_pairs_with_keypoints_are_laid_by_their_frames_only_where_their_layouts_agree(monkeypatch):
+    """close=True (a pair whose sketches agree only in part): when both pictures have keypoints and the keypoint
+    tries fail, the pair is laid by its frames only if its 8 x 8 layouts correlate at CLOSE_FRAMES_LAYOUT or more.
+    On pairs of different photo tiles (bench/duplicates.py's): under that correlation, both with keypoints, no frames
+    try is made with close=True (the evidence equals frames=False's, to the value) while some are made without it;
+    at or over it, or where a picture has too few keypoints (a smooth tile), close=True changes nothing."""
+    from deepscope.algos import verify as V
+
+    tiles = bench_duplicates().photo_tiles(120)
+    np.random.default_rng(12).shuffle(tiles)
+    images = [V.prepare(np.asarray(t.convert("RGB"))) for t in tiles[:60]]
+    calls = []
+    frame = V._frame
+    monkeypatch.setattr(V, "_frame", lambda *a: calls.append(1) or frame(*a))
+    same = lambda x, y: {k: str(v) for k, v in x.items()} == {k: str(v) for k, v in y.items()}
+    below = over = tried_below = 0
+    for i in range(0, 60, 2):
+        a, b = images[i], images[i + 1]
+        textured = min(len(V._direct(a)[0]), len(V._direct(b)[0])) >= V.VerifySettings().min_keypoints
+        layout = max(V._layouts(a, b)[:2])
+        calls.clear()
+        plain = V.verify_pair(a, b)
+        made = len(calls)
+        calls.clear()
+        close = V.verify_pair(a, b, close=True)
+        if textured and layout < V.CLOSE_FRAMES_LAYOUT:
+            below += 1
+            tried_below += made > 0
+            assert not calls and same(close, V.verify_pair(a, b, frames=False)), (i, layout)
+        else:
+            over += 1
+            assert len(calls) == made and same(close, plain), (i, layout)
+    assert below and over and tried_below, (below, over, tried_below)
+
+
 def test_a_crop_is_laid_where_it_fits_best():
     """_crop_frame lays a flipped, cropped, shrunk copy inside its original where it is: the copy's corners land
     within about a coarse pixel (4 working pixels) of where the crop took them from; the picture against itself

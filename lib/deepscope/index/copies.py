@@ -148,7 +148,8 @@ def find_copies(searchers: dict, thumbs: Thumbs, query: Query, k: int, cfg) -> t
         else:  # the query laid on the image, or for two of the folder's images the stage's order (the lower row first)
             image = _prepared(pictures[n], settings)
             pair = (q, image) if query.id is not None and order[query.id] < order[row["id"]] else (image, q)
-            ev = V.verify_pair(*pair, settings, frames=not sketch[n] < cfg.min_frames_sketch)
+            frames, close = IK.frames_rule(np.float32(sketch[n]), cfg)
+            ev = V.verify_pair(*pair, settings, frames=bool(frames), close=bool(close))
             why = describe(ev) if ev["same"] else ev["failed"]
         same = exact or bool(ev["same"])
         row.update({"sketch": float(sketch[n]), "copy": same, "tier": V.tier(exact, ev) if same else None, "why": why,

@@ -524,16 +524,14 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         if sketches is not None:
             log(f"knn: {int(screened.sum())} of {len(cand)} candidate pairs set aside at a first look (their pixel "
                 f"sketches agree under {cfg.min_sketch})")
-        # a pair laid by its frames (no keypoint transform) must agree nearly everywhere: its fine detail too. Under
-        # min_frames_sketch only its keypoints are tried (the lowest such copy on the tuning sets: 0.43; NaN: no detail, tried)
-        frames = ~(sketch < cfg.min_frames_sketch)
-        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened, frames=frames, ids=ids)
+        frames, close = frames_rule(sketch, cfg)  # how each pair may be laid by its frames, from its sketches
+        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened, frames=frames, close=close, ids=ids)
         seconds = time.time() - t0 + t_graph_sketch  # the graph's sketches count as the first look's
         ev["same"] |= same_hash
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
         verification = {"pairs": int(len(cand)), "verified": int(ev["verified"].sum()), "screened": int(screened.sum()),
                         "earlier": int(ev["earlier"].sum()),  # of the verified: their evidence read from knn/verified
-                        "min_sketch": cfg.min_sketch, "min_frames_sketch": cfg.min_frames_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
+                        "min_sketch": cfg.min_sketch, "min_frames_sketch": cfg.min_frames_sketch, "close_frames_sketch": cfg.close_frames_sketch, "nearest": bool(cfg.verify_nearest), "seconds": round(seconds, 2),
                         "ms_per_image": round(seconds * 1000 / max(n, 1), 3), "top": cfg.verify_top,
                         "exact_pairs_outside_graph": int(keep.sum()), "signature_pairs": int(signature_pairs), "rank_pairs": rank_pairs,
                         "signature_seconds": round(t_sig, 2),  # the two signature searches (not in `seconds`)
@@ -695,6 +693,14 @@ def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
     return out
 
 
+def frames_rule(sketch: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, from its sketches' agreement: may it be laid by its frames, and only where its layouts correlate
+    closely (when both pictures have keypoints) -> (frames, close).  A pair laid by its frames must agree nearly
+    everywhere, its fine detail too: under min_frames_sketch only its keypoints are tried (the lowest such copy on
+    the tuning sets: 0.43), under close_frames_sketch only close layouts (V.verify_pair); NaN (no detail): tried."""
+    return ~(sketch < cfg.min_frames_sketch), sketch < cfg.close_frames_sketch
+
+
 def verify_settings(cfg) -> dict:
     return {"min_inliers": cfg.min_inliers, "min_explained": cfg.min_explained, "min_detail": cfg.min_detail, "min_fine": cfg.min_fine, "max_differing": cfg.max_differing,
             "max_overlay": cfg.max_overlay}
@@ -732,7 +738,7 @@ def gather_thumbs(out_url: str, rel: str, parts: list[tuple[str, np.ndarray, np.
 def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.ndarray]:
     """One independent task: its thumbnails read from the row groups gathered for it, each image
     prepared once, every pair verified (algos/verify.py) -> evidence arrays (V.EVIDENCE).
-    pairs: {"a", "b": image rows, "frames": may each be laid by its frames, "sources": [(gathered file, row group)]};
+    pairs: {"a", "b": image rows, "frames", "close": how each may be laid by its frames (frames_rule), "sources": [(gathered file, row group)]};
     settings: VerifySettings' fields."""
     import cv2
     import faiss
@@ -753,7 +759,8 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
             images[i] = V.prepare(cv2.cvtColor(cv2.imdecode(thumb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), s)
         return images[i]
 
-    rows = [V.verify_pair(image(int(i)), image(int(j)), s, frames=bool(f)) for i, j, f in zip(pairs["a"], pairs["b"], pairs["frames"])]
+    rows = [V.verify_pair(image(int(i)), image(int(j)), s, frames=bool(f), close=bool(c))
+            for i, j, f, c in zip(pairs["a"], pairs["b"], pairs["frames"], pairs["close"])]
     return V.evidence_arrays(rows)
 
 
@@ -798,12 +805,12 @@ def _verified_key(store, cfg) -> dict:
             "code": sha256(inspect.getsource(V).encode())[:16], "opencv": cv2.__version__}
 
 
-def _pairs_table(ids: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.ndarray, frames: np.ndarray) -> pa.Table:
+def _pairs_table(ids: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.ndarray, frames: np.ndarray, close: np.ndarray) -> pa.Table:
     """The key of each pair's evidence: both images' ids and pixel hashes (another picture under the same id
-    is verified again), and whether it may be laid by its frames."""
+    is verified again), and how it may be laid by its frames (frames_rule)."""
     return pa.table({"a": pa.array(ids[a].tolist(), pa.string()), "b": pa.array(ids[b].tolist(), pa.string()),
                      "a_hash": pa.array(hashes[a].tolist(), pa.string()), "b_hash": pa.array(hashes[b].tolist(), pa.string()),
-                     "frames": pa.array(frames, pa.bool_())})
+                     "frames": pa.array(frames, pa.bool_()), "close": pa.array(close, pa.bool_())})
 
 
 def _resume(store, cfg, keys: pa.Table) -> tuple[np.ndarray, dict]:
@@ -829,18 +836,19 @@ def _verified_table(keys: pa.Table, evidence: dict[str, np.ndarray]) -> pa.Table
 
 
 def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor,
-                      skip: np.ndarray | None = None, frames: np.ndarray | None = None,
+                      skip: np.ndarray | None = None, frames: np.ndarray | None = None, close: np.ndarray | None = None,
                       ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every candidate pair verified, in independent chunks of pairs, as tasks on the command's executor,
     after the thumbnails each chunk needs are gathered from the thumbs parts (a shuffle: the pairs join
     images from anywhere in the dataset); pairs without both thumbnails, and those in skip, are left
-    unverified (not accepted, unless their hashes agree); frames: per pair, may it be laid by its frames
-    (None: every pair may).  ids: the images' ids (rows -> id): each finished task's evidence is then
+    unverified (not accepted, unless their hashes agree); frames, close: per pair, how it may be laid by its
+    frames (frames_rule; None: every pair may, anyhow).  ids: the images' ids (rows -> id): each finished task's evidence is then
     committed as a part of knn/verified, and a rerun (an interrupted stage, a changed threshold)
     verifies only the pairs no earlier run of these settings did."""
     n = len(a)
     out = V.no_evidence(n)
     frames = np.ones(n, bool) if frames is None else np.asarray(frames, bool)
+    close = np.zeros(n, bool) if close is None else np.asarray(close, bool)
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
     if skip is not None:
         have &= ~skip
@@ -851,7 +859,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
         return out
     keys = None
     if ids is not None:
-        keys = _pairs_table(ids, thumbs["hash"], a[todo], b[todo], frames[todo])
+        keys = _pairs_table(ids, thumbs["hash"], a[todo], b[todo], frames[todo], close[todo])
         found, evidence = _resume(store, cfg, keys)
         if len(found):
             for k, v in evidence.items():
@@ -884,7 +892,8 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
         parts = sum(len(c[2]) for c in calls)
         log(f"knn: gathered the thumbnails of {len(chunks)} verification task{'s' * (len(chunks) > 1)} from {parts} "
             f"thumbs part{'s' * (parts > 1)} ({time.time() - t0:.0f} s)")
-        calls = [(store.url, {"a": a[idx], "b": b[idx], "frames": frames[idx], "sources": sources[c]}) for c, idx in enumerate(chunks)]
+        calls = [(store.url, {"a": a[idx], "b": b[idx], "frames": frames[idx], "close": close[idx], "sources": sources[c]})
+                 for c, idx in enumerate(chunks)]
         done = 0
         for c, res in executor.map(verify_chunk, calls, shared={"settings": verify_settings(cfg)}):
             for k, v in res.items():
@@ -893,7 +902,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
                 mine = keys.slice(c * size, len(chunks[c]))
                 # named by its whole key (frames too): the same pairs under another min_frames_sketch are another part
                 name = sha256("\n".join(mine.column("a").to_pylist() + mine.column("b").to_pylist()).encode()
-                              + np.asarray(mine.column("frames")).tobytes())[:20]
+                              + np.asarray(mine.column("frames")).tobytes() + np.asarray(mine.column("close")).tobytes())[:20]
                 store.write_part(VERIFIED, f"v-{name}", _verified_table(mine, res))
             done += len(chunks[c])
             log(f"knn: verified {done} of {len(todo)} candidate pairs on thumbnails ({time.time() - t0:.0f} s)")

@@ -198,6 +198,7 @@ KNN_CANDIDATES = pa.schema([f.with_nullable(True) if f.name in ("group", "tier")
 KNN_VERIFIED = pa.schema(
     [pa.field(f, pa.string(), nullable=False) for f in ("a", "b", "a_hash", "b_hash")]  # ids, and their pixel hashes
     + [pa.field("frames", pa.bool_(), nullable=False),  # the pair could be laid by its frames (its sketches agree enough)
+       pa.field("close", pa.bool_(), nullable=False),  # ... only where its layouts correlate closely, if both have keypoints
        pa.field("same", pa.bool_(), nullable=False)]  # the decision
     + [f for f in KNN_DUPLICATES if f.name in ("inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap",
                                                "aligned_correlation", "explained", "detail", "detail_outside", "fine",

@@ -28,6 +28,7 @@ class KnnConfig(StageConfig):
     verify_chunk: int = Field(2000, ge=1)  # pairs one verification task takes
     min_sketch: float = Field(0.3, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
     min_frames_sketch: float = Field(0.4, ge=-1, le=1)  # ... and not laid by their frames under this (keypoints only; -1: all are)
+    close_frames_sketch: float = Field(0.6, ge=-1, le=1)  # ... and under this, if both have keypoints, only when their layouts correlate closely (-1: off)
     verify_nearest: bool = True  # also each image's nearest in each graph (copies under one common caption; most set aside at the first look)
     verify_best_sketch: float = Field(0.5, ge=0, le=2)  # also each image's graph edge whose sketches agree best, from this agreement (over 1: none)
     min_inliers: int = Field(4, ge=3)  # local-feature matches agreeing with one similarity transform
@@ -80,7 +81,9 @@ class Knn(Stage):
                 f"({v['pairs']} pairs){first}verified on the thumbnails (ORB keypoints matched, directly and "
                 f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared"
                 + (f"; without such a transform a pair is laid by its frames when its sketches agree at {v['min_frames_sketch']} or more"
-                   if v.get("min_frames_sketch") is not None else "") + ") in "
+                   if v.get("min_frames_sketch") is not None else "")
+                + (f" (under {v['close_frames_sketch']}, when both pictures have keypoints, only if their layouts correlate closely)"
+                   if v.get("close_frames_sketch", -1) > -1 else "") + ") in "
                 f"{v['seconds']} s ({v['ms_per_image']} ms an image"
                 + (f"; {v['earlier']} of the pairs were verified by an earlier run of these settings, their evidence read "
                    f"from <code>knn/verified</code>" if v.get("earlier") else "") + ")."
