@@ -82,7 +82,7 @@ class Knn(Stage):
                 f"mirrored, a similarity transform fitted by RANSAC, then the aligned pictures compared"
                 + (f"; without such a transform a pair is laid by its frames when its sketches agree at {v['min_frames_sketch']} or more"
                    if v.get("min_frames_sketch") is not None else "")
-                + (f" (under {v['close_frames_sketch']}, when both pictures have keypoints, only if their layouts correlate closely)"
+                + (f", and under {v['close_frames_sketch']}, when both pictures have keypoints, only if their layouts correlate closely"
                    if v.get("close_frames_sketch", -1) > -1 else "") + ") in "
                 f"{v['seconds']} s ({v['ms_per_image']} ms an image"
                 + (f"; {v['earlier']} of the pairs were verified by an earlier run of these settings, their evidence read "
