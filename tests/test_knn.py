@@ -1175,7 +1175,8 @@ def test_pairs_ordered_for_locality_prepare_each_image_fewer_times():
 def test_verification_tasks_keep_every_core_busy():
     """2,295 pairs on 2 cores: four tasks of at most 574 pairs (not one of 2,000 and one of 295, which
     leaves a core idle for most of the time), every pair in exactly one; 300 pairs: two tasks of 200
-    and 100 (a task is worth its start from 200 pairs); 9,000: tasks of verify_chunk (2,000)."""
+    and 100 (a task is worth its start from 200 pairs); 9,000: four tasks again (the default verify_chunk, 20,000, is
+    more), or tasks of verify_chunk when it is set to 2,000."""
     from types import SimpleNamespace
 
     from deepscope.algos import verify as V
@@ -1195,14 +1196,62 @@ def test_verification_tasks_keep_every_core_busy():
             for i, (_, pairs) in enumerate(calls):
                 yield i, {k: np.zeros(len(pairs["a"])) for k in V.EVIDENCE}
 
-    for pairs, sizes in ((2295, [574, 574, 574, 573]), (300, [200, 100]), (9000, [2000] * 4 + [1000])):
+    for pairs, chunk, sizes in ((2295, None, [574, 574, 574, 573]), (300, None, [200, 100]), (9000, None, [2250] * 4),
+                                (9000, 2000, [2000] * 4 + [1000])):
         n = pairs + 1
         thumbs = {"file": np.array(["t.parquet"] * n, object), "row": np.arange(n)}
         tasks = Tasks()
         ev = KN.verify_candidates(SimpleNamespace(url="file:///x", loc=SimpleNamespace(rm_folder=lambda rel: None)), thumbs,
                                   np.arange(pairs), np.arange(1, n),
-                                  KnnConfig(), lambda *_: None, tasks)
+                                  KnnConfig(**({} if chunk is None else {"verify_chunk": chunk})), lambda *_: None, tasks)
         assert tasks.sizes == sizes and sorted(tasks.rows.tolist()) == list(range(pairs)) and ev["verified"].all()
+
+
+def test_a_task_prepares_each_image_once_and_frees_it_after_its_last_pair(tmp_path, monkeypatch):
+    """verify_chunk: images 0-5 in a chain of pairs (0, 1), (1, 2), ... then (0, 5): each image prepared once, and
+    while a pair is verified only the images of pairs still to come (and its own) are held, not every image seen;
+    the evidence the same as verify_pair's on the images prepared apart."""
+    import io
+    import weakref
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from deepscope.algos import verify as V
+    from deepscope.index import knn as KN
+    from deepscope.io.demo_data import random_scene
+
+    rng = np.random.default_rng(4)
+    pictures = [random_scene(rng, 96) for _ in range(6)]
+    pngs = []
+    for p in pictures:
+        buf = io.BytesIO()
+        p.save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    pq.write_table(pa.table({"task": [0] * 6, "image": list(range(6)), "thumb": pngs}), tmp_path / "g.parquet")
+    a, b = np.array([0, 1, 2, 3, 4, 0]), np.array([1, 2, 3, 4, 5, 5])
+
+    class Prepared(dict):  # a dict that a weak reference can follow
+        pass
+
+    refs, held = [], []
+    prepare, verify_pair = V.prepare, V.verify_pair
+
+    def counted(rgb, s):
+        p = Prepared(prepare(rgb, s))
+        refs.append(weakref.ref(p))
+        return p
+    monkeypatch.setattr(V, "prepare", counted)
+    monkeypatch.setattr(V, "verify_pair", lambda *args, **kw: held.append(sum(r() is not None for r in refs)) or verify_pair(*args, **kw))
+    ways = np.ones((6, 2), bool)
+    got = KN.verify_chunk(str(tmp_path), {"a": a, "b": b, "ways": ways, "frames": ways, "close": np.zeros(6, bool),
+                                          "sources": [("g.parquet", 0)]}, settings={})
+    assert len(refs) == 6 and held == [2, 3, 3, 3, 3, 2], held  # image 0 waits for its last pair, (0, 5)
+    monkeypatch.setattr(V, "verify_pair", verify_pair)
+    apart = [prepare(np.asarray(p.convert("RGB")), V.VerifySettings()) for p in pictures]
+    want = V.evidence_arrays([V.verify_pair(apart[i], apart[j]) for i, j in zip(a, b)])
+    assert all(np.array_equal(got[k], want[k], equal_nan=got[k].dtype.kind == "f") for k in V.EVIDENCE)
 
 
 def test_gathered_thumbnails_reach_each_task_and_each_part_is_read_once(tmp_path, monkeypatch):

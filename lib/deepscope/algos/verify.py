@@ -101,14 +101,15 @@ class VerifySettings:
 
 
 def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dict:
-    """One image (h, w, 3) uint8 -> what its pairs need: the working colour and grey images and
-    their 8 x 8 layout (once per image, whatever its pairs; its ORB keypoints, direct and mirrored, on demand)."""
+    """One image (h, w, 3) uint8 -> what its pairs need: the working grey image, the colour one at half and a
+    quarter of the working size, and their 8 x 8 layout (once per image, whatever its pairs; its ORB keypoints,
+    direct and mirrored, on demand; ~0.35 MB)."""
     h, w = rgb.shape[:2]
     f = WORK_SIDE / max(h, w)
     colour = cv2.resize(np.ascontiguousarray(rgb), (max(1, round(w * f)), max(1, round(h * f))),
                         interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
     half = cv2.resize(colour, (max(1, colour.shape[1] // 2), max(1, colour.shape[0] // 2)), interpolation=cv2.INTER_AREA)
-    out = {"colour": colour, "grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings, "side": max(h, w), "size": (h, w),
+    out = {"grey": cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY), "settings": settings, "side": max(h, w), "size": (h, w),
            "half": half.astype(np.float32)}  # the pixel comparison's scale (it blurs finer detail away anyway)
     quarter = cv2.resize(half, (max(1, half.shape[1] // 2), max(1, half.shape[0] // 2)), interpolation=cv2.INTER_AREA)
     out["coarse"] = {"half": quarter.astype(np.float32), "pixel": f / 4}  # the cheap first look (_coarse)

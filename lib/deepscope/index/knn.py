@@ -765,8 +765,16 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
             images[i] = V.prepare(cv2.cvtColor(cv2.imdecode(thumb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), s)
         return images[i]
 
-    rows = [V.verify_pair(image(int(i)), image(int(j)), s, ways=tuple(w), frames=tuple(f), close=bool(c))
-            for i, j, w, f, c in zip(pairs["a"], pairs["b"], pairs["ways"].tolist(), pairs["frames"].tolist(), pairs["close"])]
+    a, b = pairs["a"].tolist(), pairs["b"].tolist()
+    last = {}  # each image's last pair in this task
+    for k, (i, j) in enumerate(zip(a, b)):
+        last[i] = last[j] = k
+    rows = []
+    for k, (i, j, w, f, c) in enumerate(zip(a, b, pairs["ways"].tolist(), pairs["frames"].tolist(), pairs["close"])):
+        rows.append(V.verify_pair(image(i), image(j), s, ways=tuple(w), frames=tuple(f), close=bool(c)))
+        for x in (i, j):  # its last pair in this task (the pairs come in local_order): its ~0.35 MB freed
+            if last[x] == k:
+                images.pop(x, None)
     return V.evidence_arrays(rows)
 
 
