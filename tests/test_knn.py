@@ -167,30 +167,25 @@ def test_sketch_agreement_is_the_best_normalised_correlation_by_a_plain_loop():
     def scaled(t, m):  # bilinear, one channel at a time, as the sketch's templates are made
         return np.stack([np.asarray(Image.fromarray(t[..., c]).resize((m, m), Image.Resampling.BILINEAR)) for c in range(3)], -1)
 
-    def best(x, y):  # -> (as it is, mirrored)
-        out = [-1.0, -1.0]
+    def best(x, y):
+        out = -1.0
         for one, other in ((x, y), (y, x)):
             centre = one[2:14, 2:14]
             for m in (12, 14):
                 t = centre if m == 12 else scaled(centre, m)
                 t = t - t.mean()
-                for way, z in enumerate((other, other[:, ::-1])):
+                for z in (other, other[:, ::-1]):
                     for i in range(17 - m):
                         for j in range(17 - m):
                             w = z[i:i + m, j:j + m] - z[i:i + m, j:j + m].mean()
-                            out[way] = max(out[way], float((w * t).sum() / np.sqrt((w * w).sum() * (t * t).sum())))
+                            out = max(out, float((w * t).sum() / np.sqrt((w * w).sum() * (t * t).sum())))
         return out
 
-    want = np.array([[np.nan] * 2 if 4 in (i, j) else best(sketches[i].astype(np.float32), sketches[j].astype(np.float32))
+    want = np.array([np.nan if 4 in (i, j) else best(sketches[i].astype(np.float32), sketches[j].astype(np.float32))
                      for i, j in zip(a, b)])
-    ways = K.sketch_agreement(sketches, a, b, ways=True)
-    assert np.array_equal(ways.max(1), got, equal_nan=True)  # the best of the two ways, to the bit
-    assert np.isnan(ways).tolist() == np.isnan(want).tolist()
-    fin = ~np.isnan(want)
-    assert np.allclose(ways[fin], want[fin], atol=0.02)  # PIL's bilinear vs OpenCV's, each way
-    assert np.allclose(got[fin[:, 0]], want.max(1)[fin[:, 0]], atol=0.02)
+    assert np.isnan(got).tolist() == np.isnan(want).tolist()
+    assert np.allclose(got[~np.isnan(want)], want[~np.isnan(want)], atol=0.02)  # PIL's bilinear vs OpenCV's
     assert K.sketch_agreement(sketches, a[:0], b[:0]).shape == (0,)  # no pair: nothing to look at
-    assert K.sketch_agreement(sketches, a[:0], b[:0], ways=True).shape == (0, 2)
 
 
 def test_sketch_tells_edited_copies_from_other_pictures():
@@ -217,11 +212,6 @@ def test_sketch_tells_edited_copies_from_other_pictures():
     same = K.sketch_agreement(sk, np.arange(n), np.arange(n) + n)
     other = K.sketch_agreement(sk, np.arange(n), (np.arange(n) + 1) % n + n)
     assert same.min() > 0.6 and np.median(other) < 0.35 and (other < same).all(), (same.min(), np.median(other))
-    # each way apart: the mirrored copies agree mirrored, the others as they are (the way a copy is tried)
-    ways = K.sketch_agreement(sk, np.arange(n), np.arange(n) + n, ways=True)
-    flipped = np.arange(n) % len(edits) == 1
-    assert (ways[flipped, 1] > 0.6).all() and (ways[flipped, 0] < ways[flipped, 1]).all(), ways[flipped]
-    assert (ways[~flipped, 0] > 0.6).all() and (ways[~flipped, 1] < ways[~flipped, 0]).all(), ways[~flipped]
 
 
 @pytest.mark.parametrize("kind", ["pixel", "rank"])
@@ -1244,8 +1234,7 @@ def test_a_task_prepares_each_image_once_and_frees_it_after_its_last_pair(tmp_pa
         return p
     monkeypatch.setattr(V, "prepare", counted)
     monkeypatch.setattr(V, "verify_pair", lambda *args, **kw: held.append(sum(r() is not None for r in refs)) or verify_pair(*args, **kw))
-    ways = np.ones((6, 2), bool)
-    got = KN.verify_chunk(str(tmp_path), {"a": a, "b": b, "ways": ways, "frames": ways, "close": np.zeros(6, bool),
+    got = KN.verify_chunk(str(tmp_path), {"a": a, "b": b, "frames": np.ones(6, bool), "close": np.zeros(6, bool),
                                           "sources": [("g.parquet", 0)]}, settings={})
     assert len(refs) == 6 and held == [2, 3, 3, 3, 3, 2], held  # image 0 waits for its last pair, (0, 5)
     monkeypatch.setattr(V, "verify_pair", verify_pair)
@@ -1837,52 +1826,3 @@ def test_combined_copies_of_smooth_scenes_laid_as_crops(monkeypatch):
             for other in scenes:
                 if other != seed:
                     assert not V.verify_pair(prepared(scenes[other]), prepared(copies[seed]))["same"]
-
-
-def test_frames_rule_per_way():
-    """Which ways a pair is tried (its sketches agree at min_sketch or more that way), which ways it may be laid by its
-    frames (and at min_frames_sketch), and close (under close_frames_sketch both ways); NaN (no detail): every way."""
-    from deepscope.index.knn import frames_rule
-    from deepscope.stages.knn import KnnConfig
-
-    sketch = np.array([[0.25, 0.5], [0.35, 0.2], [np.nan, np.nan], [0.7, 0.1], [0.1, 0.2]], np.float32)
-    ways, frames, close = frames_rule(sketch, KnnConfig(min_sketch=0.3, min_frames_sketch=0.4, close_frames_sketch=0.6))
-    assert ways.tolist() == [[False, True], [True, False], [True, True], [True, False], [False, False]]
-    assert frames.tolist() == [[False, True], [False, False], [True, True], [True, False], [False, False]]
-    assert close.tolist() == [True, True, False, False, True]
-    ways, frames, _ = frames_rule(sketch, KnnConfig(min_sketch=-1, min_frames_sketch=-1))  # every way, laid by frames too
-    assert ways.all() and frames.all()
-
-
-def test_a_way_not_asked_for_is_not_tried(monkeypatch):
-    """ways=(as it is, mirrored): a mirrored copy is found by its mirrored try alone, to the same evidence, and not
-    found when only the direct way is asked for, whose try never looks for the mirror's keypoints; frames per way: a
-    smooth mirrored copy (too few keypoints, laid by its frames) is found only when its mirrored frames may be laid."""
-    from PIL import Image, ImageFilter
-
-    from deepscope.algos import verify as V
-    from deepscope.io.demo_data import random_scene
-
-    rng = np.random.default_rng(31)
-    prepared = lambda img: V.prepare(np.asarray(img.convert("RGB")))
-    mirrors = []
-    monkeypatch.setattr(V, "_mirror", (lambda f: lambda img: mirrors.append(1) or f(img))(V._mirror))
-    found = 0
-    for _ in range(4):
-        scene = random_scene(rng, 160)
-        a, b = prepared(scene), prepared(scene.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((140, 140)))
-        both = V.verify_pair(a, b)
-        if not (both["same"] and both["flip"]):
-            continue
-        found += 1
-        assert {k: str(v) for k, v in V.verify_pair(a, b, ways=(False, True)).items()} == {k: str(v) for k, v in both.items()}
-        mirrors.clear()
-        direct = V.verify_pair(a, b, ways=(True, False))
-        assert not (direct["same"] and direct["flip"]) and not mirrors
-    assert found >= 3, found
-    smooth = Image.fromarray(np.uint8(np.linspace(0, 255, 160)[None, :, None] * np.linspace(0.3, 1, 120)[:, None, None]
-                                      * np.array([1.0, 0.7, 0.4]))).filter(ImageFilter.GaussianBlur(3))
-    a, b = prepared(smooth), prepared(smooth.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-    assert min(len(V._direct(a)[0]), len(V._direct(b)[0])) < V.VerifySettings().min_keypoints  # laid by its frames
-    assert V.verify_pair(a, b)["same"] and V.verify_pair(a, b, frames=(False, True))["same"]
-    assert not V.verify_pair(a, b, frames=(True, False))["same"]

@@ -277,18 +277,17 @@ def _windows(sketch: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return w, np.sqrt(np.maximum((w * w).sum(1) - w.sum(1) ** 2 / w.shape[1], 0))
 
 
-def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 16384, ways: bool = False) -> np.ndarray:
+def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 16384) -> np.ndarray:
     """How well two pictures' sketches agree if one is the other cropped, resized, rotated a little or
     mirrored: the best normalised correlation of the central 3/4 of one sketch, at 1 or 1.17 times its size,
     anywhere in the other (shifts up to 1/8 of a side), as it is or mirrored, both ways round.  A copy
     keeps its fine detail where it is; two different pictures, even of one layout, do not.  A cheap first
-    look, before the thumbnails are compared: -> (m,) float32, NaN where either sketch is empty; ways: each
-    way apart -> (m, 2): as it is, mirrored (a way whose sketches disagree is not worth a try).
+    look, before the thumbnails are compared: -> (m,) float32, NaN where either sketch is empty.
     One matrix product per image and scale: its windows against the templates of every image paired
     with it (templates made for a block of images at a time: 4 KB each)."""
-    out = np.full((len(a), 2), -1.0, np.float32)
+    out = np.full(len(a), -1.0, np.float32)
     if not len(a):
-        return out if ways else out[:, 0]
+        return out
     empty = ~sketches.reshape(len(sketches), -1).any(1)
     at = np.empty(len(a), np.int64)  # each pair's row in its block's templates
     for one, other in ((a, b), (b, a)):  # one's centre looked for in other
@@ -305,12 +304,10 @@ def sketch_agreement(sketches: np.ndarray, a: np.ndarray, b: np.ndarray, block: 
                 best = out[pairs]
                 for t in templates:
                     w, norm = _windows(sketches[other[pairs[0]]], int(round(np.sqrt(t.shape[1] // 3))))
-                    c = (w @ t[at[pairs]].T) / np.maximum(norm, 1e-6)[:, None]
-                    half = len(w) // 2  # the windows as they are, then mirrored (_windows)
-                    best = np.maximum(best, np.stack([c[:half].max(0), c[half:].max(0)], 1))
+                    best = np.maximum(best, ((w @ t[at[pairs]].T) / np.maximum(norm, 1e-6)[:, None]).max(0))
                 out[pairs] = best
     out[empty[a] | empty[b]] = np.nan
-    return out if ways else out.max(1)
+    return out
 
 
 def combine(d_feat: np.ndarray, d_pix: np.ndarray | None, scale_feat: float, scale_pix: float | None) -> np.ndarray:

@@ -114,7 +114,7 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     quarter = cv2.resize(half, (max(1, half.shape[1] // 2), max(1, half.shape[0] // 2)), interpolation=cv2.INTER_AREA)
     out["coarse"] = {"half": quarter.astype(np.float32), "pixel": f / 4}  # the cheap first look (_coarse)
     out["pixel"] = f / 2  # the thumbnail's pixel, in comparison pixels (an enlarged small image has no finer detail)
-    grey_levels = cv2.calcHist([out["grey"]], [0], None, [256], [0, 256]).ravel().astype(np.int64)  # np.bincount's counts, 15x faster
+    grey_levels = cv2.calcHist([out["grey"]], [0], None, [256], [0, 256]).ravel().astype(np.int64)  # np.bincount's counts, without its int64 copy of the image
     mode = int(np.argmax(grey_levels))  # the paper, on a page: its share of the picture (_fine compares pages only)
     out["paper"] = float(grey_levels[max(0, mode - PAPER_LEVELS):mode + PAPER_LEVELS + 1].sum() / out["grey"].size) if mode >= PAPER_LIGHT else 0.0
     layout = cv2.resize(quarter.mean(-1), (8, 8), interpolation=cv2.INTER_AREA)
@@ -489,11 +489,9 @@ def _crop_frame(a: dict, b: dict, flip: bool) -> np.ndarray | None:
     return m[:2]
 
 
-def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), frames: bool | tuple[bool, bool] = True,
-                close: bool = False, ways: tuple[bool, bool] = (True, True)) -> dict:
-    """Two prepared images -> the decision `same` and its evidence (EVIDENCE's keys) (ways: whether b is tried as it
-    is, and mirrored: the caller knows the pair's fine detail disagrees one way; frames: False, or False for a way,
-    the keypoint tries only: the caller knows its fine detail disagrees, which a pair laid by its frames cannot; close:
+def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), frames: bool = True, close: bool = False) -> dict:
+    """Two prepared images -> the decision `same` and its evidence (EVIDENCE's keys) (frames: False, the keypoint
+    tries only: the caller knows the pair's fine detail disagrees, which a pair laid by its frames cannot; close:
     it agrees only in part, and a pair whose pictures both have keypoints is laid by its frames only when its
     layouts correlate at CLOSE_FRAMES_LAYOUT or more, one way or the other):
     inliers, inlier_ratio, flip, scale, rotation (of the transform b -> a, refined on the pixels),
@@ -512,13 +510,12 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
     grid = np.array(a["half"].shape[:2]) // max(4, max(a["half"].shape[:2]) // CELLS)
     bands = [max(s.max_overlay, TEXT_LINE / min(a["size"][i], b["size"][i]) + 1 / max(grid[i], 1)) for i in (0, 1)]
     textured = min(len(_direct(a)[0]), len(_direct(b)[0])) >= s.min_keypoints
-    frames = (frames, frames) if isinstance(frames, (bool, np.bool_)) else tuple(frames)
     # the frames tries are most of the work on look-alikes (at 100,000 generated scenes, 70% of a pair's)
-    laid = not (close and textured and max(direct, mirrored) < CLOSE_FRAMES_LAYOUT)
+    frames = frames and not (close and textured and max(direct, mirrored) < CLOSE_FRAMES_LAYOUT)
     # each way round that the frames may be laid, the frames stretched onto each other, then (when that fails)
     # one picture laid inside the other where it fits best as a crop (a combined copy, cropped and captioned)
-    tries = ([("keypoints", f) for f in (False, True) if ways[f]] if textured else []) + [
-        (how, f) for f in (_orientations(direct, mirrored, flat) if laid else []) if ways[f] and frames[f] for how in ("frames", "crop")]
+    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [
+        (how, f) for f in (_orientations(direct, mirrored, flat) if frames else []) for how in ("frames", "crop")]
     for how, flip in tries:
         if how in ("frames", "crop"):
             (ha, wa), (hb, wb) = a["grey"].shape, b["grey"].shape

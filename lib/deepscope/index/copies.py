@@ -83,14 +83,13 @@ def _prepared(thumb: bytes, settings: V.VerifySettings) -> dict:
 
 
 def _sketches(query: Query, searchers: dict, ids: list[str]) -> np.ndarray:
-    """The first look's agreement of the query's pixel sketch with each candidate's, as it is and mirrored ((m, 2); NaN without
-    a pixels index)."""
+    """The first look's agreement of the query's pixel sketch with each candidate's (NaN without a pixels index)."""
     if "pixels" not in searchers or not ids:
-        return np.full((len(ids), 2), np.nan, np.float32)
+        return np.full(len(ids), np.nan, np.float32)
     x = np.vstack([query.vectors["pixels"][None], searchers["pixels"].vectors_of(ids)])
     size = int(round((x.shape[1] / 3) ** 0.5))
     sketches = K.pixel_sketch(np.clip(x, 0, 255).astype(np.uint8), size)
-    return K.sketch_agreement(sketches, np.zeros(len(ids), np.int64), np.arange(1, len(ids) + 1), ways=True)
+    return K.sketch_agreement(sketches, np.zeros(len(ids), np.int64), np.arange(1, len(ids) + 1))
 
 
 def describe(ev: dict) -> str:
@@ -133,8 +132,7 @@ def find_copies(searchers: dict, thumbs: Thumbs, query: Query, k: int, cfg) -> t
     rows = list(found.values())
     ids = [r["id"] for r in rows]
     pictures = {n: p for n, p in enumerate(map(thumbs.picture, ids)) if p is not None}
-    sketch_ways = _sketches(query, searchers, ids)  # as it is, mirrored
-    sketch = sketch_ways.max(1)
+    sketch = _sketches(query, searchers, ids)
     settings = V.VerifySettings(**IK.verify_settings(cfg))
     q = _prepared(query.thumb, settings)
     order = (searchers.get("features") or next(iter(searchers.values()))).row_of  # the knn stage's rows: its pairs list the lower first
@@ -150,8 +148,8 @@ def find_copies(searchers: dict, thumbs: Thumbs, query: Query, k: int, cfg) -> t
         else:  # the query laid on the image, or for two of the folder's images the stage's order (the lower row first)
             image = _prepared(pictures[n], settings)
             pair = (q, image) if query.id is not None and order[query.id] < order[row["id"]] else (image, q)
-            ways, frames, close = IK.frames_rule(sketch_ways[n], cfg)
-            ev = V.verify_pair(*pair, settings, ways=tuple(ways.tolist()), frames=tuple(frames.tolist()), close=bool(close))
+            frames, close = IK.frames_rule(np.float32(sketch[n]), cfg)
+            ev = V.verify_pair(*pair, settings, frames=bool(frames), close=bool(close))
             why = describe(ev) if ev["same"] else ev["failed"]
         same = exact or bool(ev["same"])
         row.update({"sketch": float(sketch[n]), "copy": same, "tier": V.tier(exact, ev) if same else None, "why": why,

@@ -459,9 +459,9 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         if sketches is not None and cfg.verify_best_sketch <= 1:
             # and each image's graph edge whose fine detail agrees best, when it agrees well: a caption
             # moves both distances (its original ranks low by them) more than the sketches' best agreement
-            s_graph = K.sketch_agreement(sketches, a, b, ways=True)  # every graph edge (~13 us each): reused by the first look
-            best = K.candidate_edges(a, b, -np.nan_to_num(s_graph.max(1), nan=-np.inf), n, 1)
-            best = np.setdiff1d(best[s_graph[best].max(1) >= cfg.verify_best_sketch], cand)
+            s_graph = K.sketch_agreement(sketches, a, b)  # every graph edge (~13 us each): reused by the first look
+            best = K.candidate_edges(a, b, -np.nan_to_num(s_graph, nan=-np.inf), n, 1)
+            best = np.setdiff1d(best[s_graph[best] >= cfg.verify_best_sketch], cand)
             cand, best_sketch = np.union1d(cand, best), len(best)
         t_graph_sketch = time.time() - t0
         hashes = thumbs["hash"]
@@ -514,19 +514,18 @@ def analyse(store, spaces: list[str], cfg, log, executor) -> dict:
         t0 = time.time()
         # a first look at the pixel sketches: a pair whose fine detail agrees nowhere under a small shift,
         # scale or mirror is two different pictures (most candidates), and its thumbnails are not read
-        sketch_ways = np.full((len(cand), 2), np.nan, np.float32)  # as it is, mirrored; without pixels: every pair is verified
+        sketch = np.full(len(cand), np.nan, np.float32)  # without pixels: every pair is verified
         if sketches is not None:
             known = (cand < n_graph) if s_graph is not None else np.zeros(len(cand), bool)
             if known.any():
-                sketch_ways[known] = s_graph[cand[known]]
-            sketch_ways[~known] = K.sketch_agreement(sketches, a[cand[~known]], b[cand[~known]], ways=True)
-        sketch = sketch_ways.max(1)
+                sketch[known] = s_graph[cand[known]]
+            sketch[~known] = K.sketch_agreement(sketches, a[cand[~known]], b[cand[~known]])
         screened = (sketch < cfg.min_sketch) & ~same_hash  # NaN (no detail to compare): verified
         if sketches is not None:
             log(f"knn: {int(screened.sum())} of {len(cand)} candidate pairs set aside at a first look (their pixel "
                 f"sketches agree under {cfg.min_sketch})")
-        ways, frames, close = frames_rule(sketch_ways, cfg)  # which ways each pair is tried, and laid by its frames, from its sketches
-        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened, ways=ways, frames=frames, close=close, ids=ids)
+        frames, close = frames_rule(sketch, cfg)  # how each pair may be laid by its frames, from its sketches
+        ev = verify_candidates(store, thumbs, a[cand], b[cand], cfg, log, executor, skip=screened, frames=frames, close=close, ids=ids)
         seconds = time.time() - t0 + t_graph_sketch  # the graph's sketches count as the first look's
         ev["same"] |= same_hash
         tiers = np.array([V.tier(h, {k: ev[k][i] for k in V.EVIDENCE}) for i, h in enumerate(same_hash)], object)
@@ -694,16 +693,12 @@ def _thumb_bytes(store, thumbs: dict, rows: list[int]) -> dict[int, bytes]:
     return out
 
 
-def frames_rule(sketch: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per pair, from its sketches' agreement each way ((..., 2): as it is, mirrored; sketch_agreement(ways=True)):
-    which ways it is tried (its sketches agree at min_sketch or more that way: every copy of the tuning sets and of
-    the generated scenes does the way it was found), which ways it may be laid by its frames (at min_frames_sketch or
-    more: a pair laid by its frames must agree nearly everywhere, its fine detail too; the lowest such copy on the
-    tuning sets: 0.43), and whether only where its layouts correlate closely (close: under close_frames_sketch both
-    ways, when both pictures have keypoints; V.verify_pair); NaN (no detail to compare): tried -> (ways, frames, close)."""
-    sketch = np.asarray(sketch, np.float32)
-    ways = ~(sketch < cfg.min_sketch)
-    return ways, ways & ~(sketch < cfg.min_frames_sketch), sketch.max(-1) < cfg.close_frames_sketch
+def frames_rule(sketch: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, from its sketches' agreement: may it be laid by its frames, and only where its layouts correlate
+    closely (when both pictures have keypoints) -> (frames, close).  A pair laid by its frames must agree nearly
+    everywhere, its fine detail too: under min_frames_sketch only its keypoints are tried (the lowest such copy on
+    the tuning sets: 0.43), under close_frames_sketch only close layouts (V.verify_pair); NaN (no detail): tried."""
+    return ~(sketch < cfg.min_frames_sketch), sketch < cfg.close_frames_sketch
 
 
 def verify_settings(cfg) -> dict:
@@ -743,8 +738,7 @@ def gather_thumbs(out_url: str, rel: str, parts: list[tuple[str, np.ndarray, np.
 def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.ndarray]:
     """One independent task: its thumbnails read from the row groups gathered for it, each image
     prepared once, every pair verified (algos/verify.py) -> evidence arrays (V.EVIDENCE).
-    pairs: {"a", "b": image rows, "ways", "frames", "close": which ways each is tried and how it may be laid by its frames
-    (frames_rule), "sources": [(gathered file, row group)]};
+    pairs: {"a", "b": image rows, "frames", "close": how each may be laid by its frames (frames_rule), "sources": [(gathered file, row group)]};
     settings: VerifySettings' fields."""
     import cv2
     import faiss
@@ -770,8 +764,8 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
     for k, (i, j) in enumerate(zip(a, b)):
         last[i] = last[j] = k
     rows = []
-    for k, (i, j, w, f, c) in enumerate(zip(a, b, pairs["ways"].tolist(), pairs["frames"].tolist(), pairs["close"])):
-        rows.append(V.verify_pair(image(i), image(j), s, ways=tuple(w), frames=tuple(f), close=bool(c)))
+    for k, (i, j, f, c) in enumerate(zip(a, b, pairs["frames"], pairs["close"])):
+        rows.append(V.verify_pair(image(i), image(j), s, frames=bool(f), close=bool(c)))
         for x in (i, j):  # its last pair in this task (the pairs come in local_order): its ~0.35 MB freed
             if last[x] == k:
                 images.pop(x, None)
@@ -819,14 +813,12 @@ def _verified_key(store, cfg) -> dict:
             "code": sha256(inspect.getsource(V).encode())[:16], "opencv": cv2.__version__}
 
 
-def _pairs_table(ids: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.ndarray, ways: np.ndarray, frames: np.ndarray,
-                 close: np.ndarray) -> pa.Table:
+def _pairs_table(ids: np.ndarray, hashes: np.ndarray, a: np.ndarray, b: np.ndarray, frames: np.ndarray, close: np.ndarray) -> pa.Table:
     """The key of each pair's evidence: both images' ids and pixel hashes (another picture under the same id
-    is verified again), which ways it is tried and how it may be laid by its frames (frames_rule)."""
+    is verified again), and how it may be laid by its frames (frames_rule)."""
     return pa.table({"a": pa.array(ids[a].tolist(), pa.string()), "b": pa.array(ids[b].tolist(), pa.string()),
                      "a_hash": pa.array(hashes[a].tolist(), pa.string()), "b_hash": pa.array(hashes[b].tolist(), pa.string()),
-                     "ways": pa.array(ways[:, 0] + 2 * ways[:, 1], pa.int8()), "frames": pa.array(frames[:, 0] + 2 * frames[:, 1], pa.int8()),
-                     "close": pa.array(close, pa.bool_())})
+                     "frames": pa.array(frames, pa.bool_()), "close": pa.array(close, pa.bool_())})
 
 
 def _resume(store, cfg, keys: pa.Table) -> tuple[np.ndarray, dict]:
@@ -852,19 +844,18 @@ def _verified_table(keys: pa.Table, evidence: dict[str, np.ndarray]) -> pa.Table
 
 
 def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, log, executor,
-                      skip: np.ndarray | None = None, ways: np.ndarray | None = None, frames: np.ndarray | None = None,
-                      close: np.ndarray | None = None, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                      skip: np.ndarray | None = None, frames: np.ndarray | None = None, close: np.ndarray | None = None,
+                      ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every candidate pair verified, in independent chunks of pairs, as tasks on the command's executor,
     after the thumbnails each chunk needs are gathered from the thumbs parts (a shuffle: the pairs join
     images from anywhere in the dataset); pairs without both thumbnails, and those in skip, are left
-    unverified (not accepted, unless their hashes agree); ways, frames (m, 2), close (m,): per pair, which ways it is
-    tried and how it may be laid by its frames (frames_rule; None: every way, anyhow).  ids: the images' ids (rows -> id): each finished task's evidence is then
+    unverified (not accepted, unless their hashes agree); frames, close: per pair, how it may be laid by its
+    frames (frames_rule; None: every pair may, anyhow).  ids: the images' ids (rows -> id): each finished task's evidence is then
     committed as a part of knn/verified, and a rerun (an interrupted stage, a changed threshold)
     verifies only the pairs no earlier run of these settings did."""
     n = len(a)
     out = V.no_evidence(n)
-    ways = np.ones((n, 2), bool) if ways is None else np.asarray(ways, bool)
-    frames = ways if frames is None else np.asarray(frames, bool)
+    frames = np.ones(n, bool) if frames is None else np.asarray(frames, bool)
     close = np.zeros(n, bool) if close is None else np.asarray(close, bool)
     have = (thumbs["file"][a] != "") & (thumbs["file"][b] != "")
     if skip is not None:
@@ -876,7 +867,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
         return out
     keys = None
     if ids is not None:
-        keys = _pairs_table(ids, thumbs["hash"], a[todo], b[todo], ways[todo], frames[todo], close[todo])
+        keys = _pairs_table(ids, thumbs["hash"], a[todo], b[todo], frames[todo], close[todo])
         found, evidence = _resume(store, cfg, keys)
         if len(found):
             for k, v in evidence.items():
@@ -909,7 +900,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
         parts = sum(len(c[2]) for c in calls)
         log(f"knn: gathered the thumbnails of {len(chunks)} verification task{'s' * (len(chunks) > 1)} from {parts} "
             f"thumbs part{'s' * (parts > 1)} ({time.time() - t0:.0f} s)")
-        calls = [(store.url, {"a": a[idx], "b": b[idx], "ways": ways[idx], "frames": frames[idx], "close": close[idx], "sources": sources[c]})
+        calls = [(store.url, {"a": a[idx], "b": b[idx], "frames": frames[idx], "close": close[idx], "sources": sources[c]})
                  for c, idx in enumerate(chunks)]
         done = 0
         for c, res in executor.map(verify_chunk, calls, shared={"settings": verify_settings(cfg)}):
@@ -919,7 +910,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
                 mine = keys.slice(c * size, len(chunks[c]))
                 # named by its whole key (frames too): the same pairs under another min_frames_sketch are another part
                 name = sha256("\n".join(mine.column("a").to_pylist() + mine.column("b").to_pylist()).encode()
-                              + b"".join(np.asarray(mine.column(f)).tobytes() for f in ("ways", "frames", "close")))[:20]
+                              + np.asarray(mine.column("frames")).tobytes() + np.asarray(mine.column("close")).tobytes())[:20]
                 store.write_part(VERIFIED, f"v-{name}", _verified_table(mine, res))
             done += len(chunks[c])
             log(f"knn: verified {done} of {len(todo)} candidate pairs on thumbnails ({time.time() - t0:.0f} s)")

@@ -197,8 +197,7 @@ KNN_CANDIDATES = pa.schema([f.with_nullable(True) if f.name in ("group", "tier")
 # (an interrupted knn stage resumes from it; the settings and the code that made it are the stage entry's config).
 KNN_VERIFIED = pa.schema(
     [pa.field(f, pa.string(), nullable=False) for f in ("a", "b", "a_hash", "b_hash")]  # ids, and their pixel hashes
-    + [pa.field("ways", pa.int8(), nullable=False),  # the ways it was tried: 1 as it is, 2 mirrored, 3 both (its sketches agree enough)
-       pa.field("frames", pa.int8(), nullable=False),  # ... and could be laid by its frames (the same code)
+    + [pa.field("frames", pa.bool_(), nullable=False),  # the pair could be laid by its frames (its sketches agree enough)
        pa.field("close", pa.bool_(), nullable=False),  # ... only where its layouts correlate closely, if both have keypoints
        pa.field("same", pa.bool_(), nullable=False)]  # the decision
     + [f for f in KNN_DUPLICATES if f.name in ("inliers", "inlier_ratio", "flip", "scale", "rotation", "spread", "overlap",

@@ -26,8 +26,8 @@ class KnnConfig(StageConfig):
     verify: bool = True  # check candidate pairs on the thumbnails (a [thumbs] stage); False: the threshold decides
     verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
     verify_chunk: int = Field(20_000, ge=1)  # pairs one verification task takes (at most: two tasks a core when pairs are fewer)
-    min_sketch: float = Field(0.3, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified, nor tried a way that agrees less (-1: all are)
-    min_frames_sketch: float = Field(0.4, ge=-1, le=1)  # ... and not laid by their frames a way that agrees less (keypoints only; -1: all are)
+    min_sketch: float = Field(0.3, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
+    min_frames_sketch: float = Field(0.4, ge=-1, le=1)  # ... and not laid by their frames under this (keypoints only; -1: all are)
     close_frames_sketch: float = Field(0.6, ge=-1, le=1)  # ... and under this, if both have keypoints, only when their layouts correlate closely (-1: off)
     verify_nearest: bool = True  # also each image's nearest in each graph (copies under one common caption; most set aside at the first look)
     verify_best_sketch: float = Field(0.5, ge=0, le=2)  # also each image's graph edge whose sketches agree best, from this agreement (over 1: none)
@@ -73,8 +73,7 @@ class Knn(Stage):
         screened = v.get("screened") or 0
         first = (f"; {screened} of them set aside at a first look, their pixel sketches (fine detail at 16 x 16) "
                  f"agreeing under {v['min_sketch']} at every small shift, scale or mirror, and the other "
-                 f"{v['pairs'] - screened}, each tried only the ways (as it is, mirrored) whose sketches agree at {v['min_sketch']} or more, "
-                 if screened else "; each ")
+                 f"{v['pairs'] - screened} " if screened else "; each ")
         more = (", its nearest in each graph" if v.get("nearest") else "") + (
             f", its graph edge whose pixel sketches agree best (when at {v['best_sketch']} or more)" if v.get("best_sketch") is not None else "") + (
             ", its nearest by pixel signature and by grey ranks (as it is or mirrored)" if v.get("signature_pairs") else "")
