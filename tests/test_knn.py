@@ -1826,3 +1826,25 @@ def test_combined_copies_of_smooth_scenes_laid_as_crops(monkeypatch):
             for other in scenes:
                 if other != seed:
                     assert not V.verify_pair(prepared(scenes[other]), prepared(copies[seed]))["same"]
+
+
+def test_a_deleted_knn_folder_is_computed_again(tmp_path):
+    """The knn stage runs after the passes (not per partition): its folder deleted (or any of its committed parts lost
+    on disk), the rerun says so and computes it again, the same duplicates; untouched, a rerun does nothing."""
+    import shutil
+
+    from deepscope.io.demo_data import random_scene
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(10):
+        random_scene(rng, 96).save(data / f"scene_{i:02d}.png")
+    shutil.copy(data / "scene_00.png", data / "scene_00_copy.png")
+    first, _ = knn_job(data, tmp_path / "out", k=3)
+    assert ("scene_00.png", "scene_00_copy.png") in first
+    stamp = (tmp_path / "out/knn/duplicates.parquet").stat().st_mtime_ns
+    assert knn_job(data, tmp_path / "out", k=3)[0] == first
+    assert (tmp_path / "out/knn/duplicates.parquet").stat().st_mtime_ns == stamp  # nothing to do
+    shutil.rmtree(tmp_path / "out/knn")
+    assert knn_job(data, tmp_path / "out", k=3)[0] == first

@@ -165,7 +165,7 @@ def _run_job(job, t_start, stages, store, executor) -> RunResult:
         # model workers start (on Ray their processes import torch and read the model meanwhile)
         loading = background.submit(load_model, job.model.name, job.model.weights)
         try:
-            parts, n_items, dups, pipeline = _plan(job, store, stages)
+            parts, n_items, dups, pipeline, repaired = _plan(job, store, stages)
         except Exception:
             if loading.exception() is not None:  # a missing weights file is said first, as it comes first
                 raise loading.exception() from None
@@ -179,18 +179,21 @@ def _run_job(job, t_start, stages, store, executor) -> RunResult:
             if s.pipeline:
                 s.check(loaded)  # a bad layer is one line now, not an error row per image
         executor.adopt(loaded)  # local: the model worker copies this one
-        return _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, executor)
+        return _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, executor, repaired)
 
 
 def _plan(job, store, stages):
-    """Demo data, the repair of what is missing on disk, the partitions, the stages opened."""
+    """Demo data, the repair of what is missing on disk (-> repaired: the stages that lost parts), the partitions,
+    the stages opened."""
     if job.dataset.demo and not os.path.exists(job.dataset.source):
         from deepscope.io.demo_data import make_demo_data
         n = make_demo_data(job.dataset.source)
         log(f"demo data: wrote {n} images to {job.dataset.source}")
     store.clean_temporaries()
+    repaired = set()
     for stage, parts in store.check(verify=job.run.verify).items():
         log(f"{job.out}/{stage}: {len(parts)} committed parts missing or damaged on disk: computing them again")
+        repaired.add(stage.split("/")[0])  # knn/features: the knn stage's
     parts, n_items, dups = plan_job(job)
     if n_items == 0:
         raise UserError(f"no images found in {job.dataset.source}")
@@ -201,7 +204,7 @@ def _plan(job, store, stages):
     keep = {p.name for p in parts}
     for name in [s.name for s in pipeline] + [ERRORS]:
         store.drop_parts_except(name, keep | ({"listing"} if name == ERRORS else set()))
-    return parts, n_items, dups, pipeline
+    return parts, n_items, dups, pipeline, repaired
 
 
 def _prefetch(job, store, pipeline, parts, executor) -> None:
@@ -225,7 +228,7 @@ def _pending(store, stages, parts) -> list:
     return [p for p in parts if not all(store.has_part(n, p.name) for n in names)]
 
 
-def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, executor) -> RunResult:
+def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, executor, repaired=frozenset()) -> RunResult:
     _with_metadata(store, job, loaded)
     if dups is not None and len(dups) and not store.has_part(ERRORS, "listing"):
         store.write_part(ERRORS, "listing", pa.table({
@@ -259,7 +262,8 @@ def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, ex
                 changed = True
         release_memory()  # the pass's and its stages' freed heap, before the next phase
     for s in stages:
-        if not s.pipeline and (changed or store.summary(s.name) is None or s.fingerprint() != store.stage_config(s.name)):
+        if not s.pipeline and (changed or s.name in repaired or store.summary(s.name) is None
+                               or s.fingerprint() != store.stage_config(s.name)):
             store.open_stage(s.name, s.fingerprint(), replace=True)
             store.update_summary(s.name, s.finish(ctx))
             release_memory()
