@@ -906,6 +906,44 @@ def test_colour_curve_medians_are_each_bands_median():
     assert np.abs(xs - mx).max() <= 0.5 / V.CURVE_STEPS + 1e-6 and np.abs(ys - my).max() <= 0.5 / V.CURVE_STEPS + 1e-6
 
 
+def test_far_pixels_are_those_of_a_direct_computation():
+    """_far (gathers by flat index, channel maxima and means spelled out) gives the same far pixels and the same
+    share explained, to the bit, as the computation written with boolean masks and numpy's reductions; and
+    _grey is numpy's mean over the channels to the bit."""
+    import cv2
+    from deepscope.algos import verify as V
+
+    def direct(fx, fy, inside):  # the same steps, written plainly
+        cy = fy[inside]
+        tx, ty = fx[inside].T, cy.T
+        keep = slice(None)
+        for _ in range(2):
+            curves = [V._curve(np.ascontiguousarray(tx[c][keep]), np.ascontiguousarray(ty[c][keep])) for c in range(3)]
+            pred = np.stack([np.interp(fx[..., c], *curves[c]).astype(np.float32) for c in range(3)], -1)
+            lo, hi = cv2.erode(pred, V.ALIGN_SLACK), cv2.dilate(pred, V.ALIGN_SLACK)
+            far = np.maximum(lo - fy, fy - hi).max(-1)[inside] > V.DIFFERS
+            if far.mean() >= 0.5 or (~far).sum() < 32 or not far.any():
+                break
+            keep = ~far
+        ok = ~far
+        resid = np.clip((cy[ok] - pred[inside][ok]).mean(1), -V.EXPLAIN_CLIP, V.EXPLAIN_CLIP)
+        var = float(cy[ok].mean(1).var())
+        return far, 1 - float((resid ** 2).mean()) / var
+
+    rng = np.random.default_rng(5)
+    for trial in range(6):
+        h, w = (42, 64) if trial % 2 else (85, 128)
+        x = cv2.GaussianBlur(rng.uniform(0, 255, (h, w, 3)).astype(np.float32), (0, 0), 2.0)
+        y = np.clip(1.1 * x + rng.uniform(-20, 20), 0, 255).astype(np.float32)
+        y[5:15, 10:40] = rng.uniform(0, 255, 3)  # an overlay: far off
+        inside = np.ones((h, w), bool)
+        inside[:, : trial + 1] = inside[-2:] = False
+        far, explained = V._far(x, y, np.flatnonzero(inside))
+        far0, explained0 = direct(x, y, inside)
+        assert far.any() and np.array_equal(far, far0) and explained == explained0
+        assert np.array_equal(V._grey(y), y.mean(-1)) and np.array_equal(V._grey(y[inside]), y[inside].mean(1))
+
+
 def low_contrast(seed, layout_seed=0, size=160):
     """A smooth layout (an orange field darkening to one side) with faint thin lines, as a retina or a
     star field: two of these with one layout and other lines are different pictures."""
