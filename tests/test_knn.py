@@ -1077,6 +1077,32 @@ def smooth(seed: int, size: int = 160):
     return Image.fromarray(np.clip(np.stack(c, 2), 0, 255).astype(np.uint8))
 
 
+def test_a_frames_try_whose_first_look_splits_its_overlay_is_refined_and_looked_at_again(monkeypatch):
+    """A try's first look compares it as it was laid; a frames try that fails it only because its few differing
+    cells are not one band (a caption split in two by a pixel's misalignment) is refined by ECC and looked at
+    again, and the copy is found; one that differs in more cells than COARSE_FRAMES_RETRY is decided on the look."""
+    from PIL import ImageDraw, ImageFont
+
+    from deepscope.algos import verify as V
+
+    picture = smooth(0)
+    copy = picture.copy()
+    ImageDraw.Draw(copy).text((8, 70), "(c) deepscope 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=16),
+                              stroke_width=2, stroke_fill=(0, 0, 0))
+    a, b = prepared(picture), prepared(copy)
+    assert V.verify_pair(a, b)["same"]
+    coarse, looks = V._coarse, []
+    for differing, found in ((0.08, True), (0.15, False)):
+        def split(a, b, m, refine=False, differing=differing):  # as laid, the caption's cells show as two patches
+            looks.append(refine)
+            px = coarse(a, b, m, refine)
+            return px if refine else {**px, "regions": 2, "overlay": 0.5, "differing": differing}
+        monkeypatch.setattr(V, "_coarse", split)
+        looks.clear()
+        ev = V.verify_pair(a, b)
+        assert ev["same"] == found and ev["inliers"] == 0 and (True in looks) == found, (differing, ev, looks)
+
+
 def test_a_caption_on_a_smooth_picture_laid_by_its_frames_is_one_overlay(monkeypatch):
     """Laid by its frames (no keypoints to match), a copy must agree nearly everywhere (5% of the cells)
     or all but one overlay in the plain band: one caption passes (12% of the cells differ, one band),
