@@ -228,7 +228,7 @@ def _pending(store, stages, parts) -> list:
     return [p for p in parts if not all(store.has_part(n, p.name) for n in names)]
 
 
-def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, executor, repaired=frozenset()) -> RunResult:
+def _run(job, t_start, stages, store, parts, n_items, dups, pipeline, loaded, executor, repaired: set) -> RunResult:
     _with_metadata(store, job, loaded)
     if dups is not None and len(dups) and not store.has_part(ERRORS, "listing"):
         store.write_part(ERRORS, "listing", pa.table({
