@@ -1226,11 +1226,44 @@ def test_pairs_ordered_for_locality_prepare_each_image_fewer_times():
     assert by_row > 2.0 and local < 1.05, (by_row, local)
 
 
+def test_pairs_cut_into_tasks_prepare_each_image_fewer_times_than_cut_in_order():
+    """K.pair_tasks: the k-NN pairs of 4,000 points in the plane (each with its 3 nearest, and 5% of the points
+    paired with a point anywhere, as near-duplicate candidates join far parts of a dataset), rows shuffled, cut into
+    8 tasks: each pair in exactly one task, the tasks within 6% of the same size, and each image prepared (held by
+    a task) fewer times than in 8 equal chunks of local_order, counted by brute force over the tasks."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    xy = rng.random((n, 2))
+    _, nearest = cKDTree(xy).query(xy, 4)
+    i = np.r_[np.repeat(np.arange(n), 3), rng.integers(0, n, n // 20)]
+    j = np.r_[nearest[:, 1:].ravel(), rng.integers(0, n, n // 20)]
+    keep = i != j
+    row = rng.permutation(n)
+    a, b = np.unique(np.sort(np.stack([row[i[keep]], row[j[keep]]], 1), 1), axis=0).T
+
+    def preparations(chunks):
+        return sum(len(np.unique(np.r_[a[c], b[c]])) for c in chunks) / len(np.unique(np.r_[a, b]))
+
+    order, starts = K.pair_tasks(a, b, 8)
+    chunks = np.split(order, starts[1:])
+    assert sorted(order.tolist()) == list(range(len(a))) and len(chunks) == 8
+    sizes = np.array([len(c) for c in chunks])
+    assert sizes.max() <= 1.06 * len(a) / 8 and sizes.min() >= 0.94 * len(a) / 8, sizes
+    local = K.local_order(a, b)
+    in_order = preparations(np.array_split(local, 8))
+    cut = preparations(chunks)
+    assert cut < 0.85 * in_order, (cut, in_order)
+    one, _ = K.pair_tasks(a, b, 1)
+    assert np.array_equal(one, local)  # one task: the local order alone
+
+
 def test_verification_tasks_keep_every_core_busy():
-    """2,295 pairs on 2 cores: four tasks of at most 574 pairs (not one of 2,000 and one of 295, which
-    leaves a core idle for most of the time), every pair in exactly one; 300 pairs: two tasks of 200
-    and 100 (a task is worth its start from 200 pairs); 9,000: four tasks again (the default verify_chunk, 20,000, is
-    more), or tasks of verify_chunk when it is set to 2,000."""
+    """2,295 pairs on 2 cores: four tasks of about 574 pairs (not one of 2,000 and one of 295, which
+    leaves a core idle for most of the time), every pair in exactly one; 300 pairs: two tasks of about 150
+    (a task is worth its start from 200 pairs: 300 make two); 9,000: four tasks again (the default verify_chunk,
+    20,000, is more), or five of about 1,800 when verify_chunk is 2,000."""
     from types import SimpleNamespace
 
     from deepscope.algos import verify as V
@@ -1250,15 +1283,17 @@ def test_verification_tasks_keep_every_core_busy():
             for i, (_, pairs) in enumerate(calls):
                 yield i, {k: np.zeros(len(pairs["a"])) for k in V.EVIDENCE}
 
-    for pairs, chunk, sizes in ((2295, None, [574, 574, 574, 573]), (300, None, [200, 100]), (9000, None, [2250] * 4),
-                                (9000, 2000, [2000] * 4 + [1000])):
+    for pairs, chunk, sizes in ((2295, None, [574, 574, 574, 573]), (300, None, [150, 150]), (9000, None, [2250] * 4),
+                                (9000, 2000, [1800] * 5)):
         n = pairs + 1
         thumbs = {"file": np.array(["t.parquet"] * n, object), "row": np.arange(n)}
         tasks = Tasks()
         ev = KN.verify_candidates(SimpleNamespace(url="file:///x", loc=SimpleNamespace(rm_folder=lambda rel: None)), thumbs,
                                   np.arange(pairs), np.arange(1, n),
                                   KnnConfig(**({} if chunk is None else {"verify_chunk": chunk})), lambda *_: None, tasks)
-        assert tasks.sizes == sizes and sorted(tasks.rows.tolist()) == list(range(pairs)) and ev["verified"].all()
+        # the tasks balance pairs within a few percent (K.pair_tasks: a partition of the pair graph)
+        assert len(tasks.sizes) == len(sizes) and np.allclose(sorted(tasks.sizes), sizes, rtol=0.06), (tasks.sizes, sizes)
+        assert sorted(tasks.rows.tolist()) == list(range(pairs)) and ev["verified"].all()
 
 
 def test_a_task_prepares_each_image_once_and_frees_it_after_its_last_pair(tmp_path, monkeypatch):

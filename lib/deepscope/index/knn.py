@@ -766,7 +766,7 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
     rows = []
     for k, (i, j, f, c) in enumerate(zip(a, b, pairs["frames"], pairs["close"])):
         rows.append(V.verify_pair(image(i), image(j), s, frames=bool(f), close=bool(c)))
-        for x in (i, j):  # its last pair in this task (the pairs come in local_order): its ~0.35 MB freed
+        for x in (i, j):  # its last pair in this task (each task's pairs come in local_order): its ~0.35 MB freed
             if last[x] == k:
                 images.pop(x, None)
     return V.evidence_arrays(rows)
@@ -879,13 +879,13 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
             log(f"knn: {int((~left).sum())} pairs verified by an earlier run of these settings (knn/verified), {len(todo)} to verify")
             if not len(todo):
                 return out
-    # at most verify_chunk pairs a task, and two tasks per core when there are pairs enough (200 a task):
+    # about verify_chunk pairs a task at most, and two tasks per core when there are pairs enough (200 a task):
     # one 2000-pair chunk and a small one would leave a core idle
     size = max(1, min(cfg.verify_chunk, max(MIN_VERIFY_CHUNK, -(-len(todo) // (2 * executor.cpus)))))
-    order = K.local_order(a[todo], b[todo]) if len(todo) > size else np.lexsort((b[todo], a[todo]))
+    order, starts = K.pair_tasks(a[todo], b[todo], -(-len(todo) // size))  # an image's pairs in few tasks
     todo = todo[order]
     keys = keys.take(pa.array(order)) if keys is not None else None
-    chunks = [todo[s:s + size] for s in range(0, len(todo), size)]
+    chunks = np.split(todo, starts[1:])
     t0 = time.time()
     store.loc.rm_folder(GATHER)  # an interrupted run's
     sources = [[] for _ in chunks]
@@ -907,7 +907,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
             for k, v in res.items():
                 out[k][chunks[c]] = v
             if keys is not None:  # committed as it finishes: a rerun starts from here
-                mine = keys.slice(c * size, len(chunks[c]))
+                mine = keys.slice(starts[c], len(chunks[c]))
                 # named by its whole key (frames too): the same pairs under another min_frames_sketch are another part
                 name = sha256("\n".join(mine.column("a").to_pylist() + mine.column("b").to_pylist()).encode()
                               + np.asarray(mine.column("frames")).tobytes() + np.asarray(mine.column("close")).tobytes())[:20]

@@ -25,7 +25,7 @@ class KnnConfig(StageConfig):
     min_dip: float = Field(0.5, gt=0, lt=1)  # a valley: density under this share of the peak below it
     verify: bool = True  # check candidate pairs on the thumbnails (a [thumbs] stage); False: the threshold decides
     verify_top: int = Field(2, ge=1, le=100)  # each image's nearest pairs (combined distance) that are verified
-    verify_chunk: int = Field(20_000, ge=1)  # pairs one verification task takes (at most: two tasks a core when pairs are fewer)
+    verify_chunk: int = Field(20_000, ge=1)  # about the pairs one verification task takes (fewer: two tasks a core when pairs are fewer)
     min_sketch: float = Field(0.3, ge=-1, le=1)  # pairs whose pixel sketches agree less are not verified (-1: all are)
     min_frames_sketch: float = Field(0.4, ge=-1, le=1)  # ... and not laid by their frames under this (keypoints only; -1: all are)
     close_frames_sketch: float = Field(0.6, ge=-1, le=1)  # ... and under this, if both have keypoints, only when their layouts correlate closely (-1: off)
