@@ -879,7 +879,7 @@ def verify_candidates(store, thumbs: dict, a: np.ndarray, b: np.ndarray, cfg, lo
             log(f"knn: {int((~left).sum())} pairs verified by an earlier run of these settings (knn/verified), {len(todo)} to verify")
             if not len(todo):
                 return out
-    # about verify_chunk pairs a task at most, and two tasks per core when there are pairs enough (200 a task):
+    # about verify_chunk pairs a task (K.pair_tasks: within 5%), and two tasks per core when there are pairs enough (200 a task):
     # one 2000-pair chunk and a small one would leave a core idle
     size = max(1, min(cfg.verify_chunk, max(MIN_VERIFY_CHUNK, -(-len(todo) // (2 * executor.cpus)))))
     order, starts = K.pair_tasks(a[todo], b[todo], -(-len(todo) // size))  # an image's pairs in few tasks
