@@ -1884,6 +1884,70 @@ def test_close_pairs_with_keypoints_are_laid_by_their_frames_only_where_their_la
     assert below and over and tried_below, (below, over, tried_below)
 
 
+def test_the_mirrors_keypoints_only_where_the_layouts_say_it_may_be_mirrored(monkeypatch):
+    """A pair's mirrored keypoint try (the mirror's detection and matching) is made only when its 8 x 8 layouts correlate
+    mirrored at MIRROR_LAYOUT or more, or better mirrored than as it is once shifted (_shifted_layouts), or a layout is
+    flat. On pairs of different photo tiles (bench/duplicates.py's) and flipped copies of tiles, plain and combined
+    (flipped, cropped by 10%, shrunk, lighter, captioned): where the layouts say neither, the mirror's keypoints are not
+    found; every decision, and the evidence of every accepted pair, is the same with the rule opened; and the rule skips
+    the mirror on some pairs."""
+    from deepscope.algos import verify as V
+
+    bench = bench_duplicates()
+    tiles = bench.photo_tiles(120)
+    np.random.default_rng(7).shuffle(tiles)
+    tiles = [t.convert("RGB") for t in tiles[:88]]
+    pairs = [(tiles[i], tiles[i + 1]) for i in range(0, 80, 2)]
+    pairs += [(t, t.transpose(0)) for t in tiles[80:84]]  # FLIP_LEFT_RIGHT
+    pairs += [(t, _combined(t, 12, 12, 12, 12)) for t in tiles[84:88]]
+    gated, skipped = [], 0
+    for x, y in pairs:
+        a, b = prepared(x), prepared(y)
+        direct, mirrored, flat = V._layouts(a, b)
+        shifted, shifted_mirrored = V._shifted_layouts(a, b)
+        gated.append(V.verify_pair(a, b))
+        if not flat and mirrored < V.MIRROR_LAYOUT and shifted_mirrored < shifted:
+            skipped += 1
+            assert "mirror" not in b and "mirror" not in a
+    monkeypatch.setattr(V, "MIRROR_LAYOUT", -np.inf)
+    opened = [V.verify_pair(prepared(x), prepared(y)) for x, y in pairs]
+    assert [e["same"] for e in gated] == [e["same"] for e in opened]
+    found = [e["same"] for e in gated[40:]]
+    assert found[:4] == [True] * 4 and all(e["flip"] for e in gated[40:] if e["same"]), found
+    assert not any(e["same"] for e in gated[:40])
+    for e, f in zip(gated, opened):
+        if e["same"]:
+            np.testing.assert_equal(e, f)
+    assert skipped >= 5, skipped
+
+
+def test_shifted_layouts_are_the_best_correlation_of_a_centre_over_the_other_by_a_plain_loop():
+    """_shifted_layouts: the central 8 x 8 of one 10 x 10 grey layout slid over the other's (9 places), as it is and
+    mirrored, both ways round, the best normalised correlation (Pearson's, by numpy), on random pictures; and two
+    copies of one scene cropped on opposite sides (one flipped), whose 8 x 8 layouts correlate less where they lie,
+    correlate mirrored once shifted, better than as they are."""
+    from PIL import Image
+
+    from deepscope.algos import verify as V
+
+    rng = np.random.default_rng(3)
+
+    def loop(x, y):
+        return max(float(np.corrcoef(u[1:9, 1:9].ravel(), v[i:i + 8, j:j + 8].ravel())[0, 1])
+                   for u, v in ((y, x), (x, y)) for i in range(3) for j in range(3))
+    for _ in range(5):
+        a, b = (V.prepare(rng.integers(0, 256, (int(rng.integers(60, 200)), int(rng.integers(60, 200)), 3), np.uint8)) for _ in range(2))
+        got = V._shifted_layouts(a, b)
+        want = (loop(a["layout10"][0], b["layout10"][0]), loop(a["layout10"][0], b["layout10"][1]))
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    img = scene(5, (240, 160))
+    left, right = img.crop((0, 0, 216, 160)), img.crop((24, 0, 240, 160)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    a, b = prepared(left), prepared(right)
+    direct, mirrored, _ = V._layouts(a, b)
+    shifted, shifted_mirrored = V._shifted_layouts(a, b)
+    assert shifted_mirrored > max(0.95, mirrored + 0.02, shifted), (direct, mirrored, shifted, shifted_mirrored)
+
+
 def test_a_crop_is_laid_where_it_fits_best():
     """_crop_frame lays a flipped, cropped, shrunk copy inside its original where it is: the copy's corners land
     within about a coarse pixel (4 working pixels) of where the crop took them from; the picture against itself
