@@ -5,8 +5,7 @@ Local features (ORB) are matched between the two images (Lowe's ratio test), and
 transform (scale, rotation, shift) is fitted to the matches by RANSAC: the same picture, cropped,
 resized, lightened or captioned, gives many matches that agree with one transform (inliers); two
 different pictures give few.  The mirrored second image is tried when the direct match fails (a
-flipped copy) and the two 8 x 8 grey layouts correlate mirrored, or better so than as they are (each
-shifted by up to a cell: copies cropped differently).  The transform is refined on the pixels (ECC).  Two frames of one scene, or a scene
+flipped copy).  The transform is refined on the pixels (ECC).  Two frames of one scene, or a scene
 whose objects moved, can still agree on their background: the aligned images are then compared on a
 grid of cells, after each colour channel of one is mapped onto the other's by a rising curve (a
 lightening, a contrast change, clipping) fitted without the pixels that disagree.  A copy's
@@ -50,7 +49,6 @@ FRAMES_LAYOUT = 0.6  # the least 8 x 8 layout correlation of a pair laid by its 
 # agrees (0.62 and more on the tuning sets and the generated scenes, most 0.77 and more); most look-alikes' do not
 CLOSE_FRAMES_LAYOUT = 0.7
 KEYPOINTS_LAYOUT, KEYPOINTS_FEW = 0.2, 20  # a keypoint try with fewer matches than FEW needs this layout correlation
-MIRROR_LAYOUT = KEYPOINTS_LAYOUT  # a pair whose mirrored layouts correlate less, and (shifted) less than as it is, is not tried mirrored by keypoints
 DETAIL_ENERGY = 0.25  # a cell has detail when its band-pass' mean square (grey levels^2) is above this
 DETAIL_BAND = 2.5  # the band-pass: from the coarser thumbnail's pixel to this many times it
 COARSE_EXPLAINED, COARSE_DIFFERING = 0.4, 0.4  # at half the comparison's scale, a try this far off is not compared at full scale
@@ -126,8 +124,6 @@ def prepare(rgb: np.ndarray, settings: VerifySettings = VerifySettings()) -> dic
     out["paper"] = float(grey_levels[max(0, mode - PAPER_LEVELS):mode + PAPER_LEVELS + 1].sum() / out["grey"].size) if mode >= PAPER_LIGHT else 0.0
     layout = cv2.resize(_grey(quarter.astype(np.float64)), (8, 8), interpolation=cv2.INTER_AREA)  # quarter.mean(-1), exactly (sums of bytes)
     out["layout"] = layout - layout.mean()  # 8 x 8 grey, mean removed: which way to lay the frames (_orientations)
-    ten = cv2.resize(_grey(quarter.astype(np.float32)), (10, 10), interpolation=cv2.INTER_AREA)
-    out["layout10"] = (ten, np.ascontiguousarray(ten[:, ::-1]))  # 10 x 10, as it is and mirrored (_shifted_layouts)
     return out  # the keypoints are found on demand (_direct): pairs whose layouts differ never need them
 
 
@@ -389,19 +385,6 @@ def _layouts(a: dict, b: dict) -> tuple[float, float, bool]:
     return float((ta * tb).sum()) / norm, float((ta * tb[:, ::-1]).sum()) / norm, min(na, nb) < np.sqrt(ta.size)
 
 
-def _shifted_layouts(a: dict, b: dict) -> tuple[float, float]:
-    """The correlation of the two grey layouts, b as it is and mirrored, where they agree best under a shift: the
-    central 8 x 8 of one 10 x 10 layout slid over the other's (a cell either way, an eighth of a side: a crop's
-    shift), both ways round.  The 8 x 8 layouts of two copies cropped differently (a flipped, cropped copy and
-    a copy cropped the other way) may not correlate where they lie; shifted, they do."""
-    (ta, ma), (tb, mb) = a["layout10"], b["layout10"]
-
-    def best(x, y):
-        return max(float(cv2.matchTemplate(x, y[1:9, 1:9], cv2.TM_CCOEFF_NORMED).max()),
-                   float(cv2.matchTemplate(y, x[1:9, 1:9], cv2.TM_CCOEFF_NORMED).max()))
-    return best(ta, tb), best(ta, mb)
-
-
 def _orientations(direct: float, mirrored: float, flat: bool) -> list[bool]:
     """Which ways to lay b's frame on a's: as it is, mirrored, or both when neither is clearly nearer
     (a copy's layouts correlate near 1 the right way), and only a way whose layouts correlate at
@@ -565,15 +548,7 @@ def verify_pair(a: dict, b: dict, settings: VerifySettings = VerifySettings(), f
     frames = frames and not (close and textured and max(direct, mirrored) < CLOSE_FRAMES_LAYOUT)
     # each way round that the frames may be laid, the frames stretched onto each other, then (when that fails)
     # one picture laid inside the other where it fits best as a crop (a combined copy, cropped and captioned)
-    # the mirror's keypoints only where the layouts say it may be mirrored: they correlate so (as KEYPOINTS_LAYOUT asks of
-    # a try with few matches), or better so than as it is once either is shifted by a crop's cell (two copies cropped
-    # differently). Most candidate pairs are two different pictures, and the mirror's detection and matching were about
-    # a tenth of the verification's time
-    mirror_kp = bool(flat or mirrored >= MIRROR_LAYOUT)
-    if textured and not mirror_kp:
-        shifted, shifted_mirrored = _shifted_layouts(a, b)
-        mirror_kp = shifted_mirrored >= shifted
-    tries = ([("keypoints", False)] + [("keypoints", True)] * mirror_kp if textured else []) + [
+    tries = ([("keypoints", False), ("keypoints", True)] if textured else []) + [
         (how, f) for f in (_orientations(direct, mirrored, flat) if frames else []) for how in ("frames", "crop")]
     for how, flip in tries:
         if how in ("frames", "crop"):
