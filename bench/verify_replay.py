@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("out", help="a deepscope output folder whose knn stage verified pairs on thumbnails")
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--every", type=int, default=1)
-    ap.add_argument("--lib", default=None, help="import deepscope from this folder instead (another version)")
+    ap.add_argument("--lib", default=None, help="import deepscope from this folder instead (another version, one with index/knn.py's verify_thumbs)")
     a = ap.parse_args()
     if a.lib:
         sys.path.insert(0, a.lib)
@@ -63,22 +63,10 @@ def main() -> None:
         data = KN._thumb_bytes(store, thumbs, list(range(len(ids))))
         pairs = {"a": np.array([row[x] for x in t.column("a").to_pylist()]), "b": np.array([row[x] for x in t.column("b").to_pylist()]),
                  "frames": t.column("frames").to_numpy(), "close": t.column("close").to_numpy()}
-        s, images, last = V.VerifySettings(), {}, {}
-        for k, (i, j) in enumerate(zip(pairs["a"], pairs["b"])):
-            last[i] = last[j] = k
-        detections[0], rows = 0, []
+        detections[0] = 0
         t0 = time.process_time()
-        for k, (i, j, f, c) in enumerate(zip(pairs["a"], pairs["b"], pairs["frames"], pairs["close"])):  # as verify_chunk does
-            for x in (i, j):
-                if x not in images:
-                    thumb = np.frombuffer(data[x], np.uint8)
-                    images[x] = V.prepare(cv2.cvtColor(cv2.imdecode(thumb, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), s)
-            rows.append(V.verify_pair(images[i], images[j], s, frames=bool(f), close=bool(c)))
-            for x in (i, j):
-                if last[x] == k:
-                    images.pop(x, None)
+        ev = KN.verify_thumbs(data, pairs, V.VerifySettings())  # the stage's task, its thumbnails read beforehand
         sec = time.process_time() - t0
-        ev = V.evidence_arrays(rows)
         decided = int((ev["same"] != t.column("same").to_numpy()).sum())
         differs = np.zeros(t.num_rows, bool)
         for key in V.EVIDENCE:

@@ -740,18 +740,25 @@ def verify_chunk(out_url: str, pairs: dict, *, settings: dict) -> dict[str, np.n
     prepared once, every pair verified (algos/verify.py) -> evidence arrays (V.EVIDENCE).
     pairs: {"a", "b": image rows, "frames", "close": how each may be laid by its frames (frames_rule), "sources": [(gathered file, row group)]};
     settings: VerifySettings' fields."""
-    import cv2
     import faiss
 
     from deepscope.io.location import Location
 
     faiss.omp_set_num_threads(1)  # one task, one CPU (the keypoints' matching): parallelism comes from the tasks
     loc = Location(out_url)
-    s = V.VerifySettings(**settings)
-    data, images = {}, {}
+    data = {}
     for rel, group in pairs["sources"]:
         t = loc.read_row_group(rel, group, columns=["image", "thumb"])
         data.update(zip(t.column("image").to_pylist(), t.column("thumb").to_pylist()))
+    return verify_thumbs(data, pairs, V.VerifySettings(**settings))
+
+
+def verify_thumbs(data: dict, pairs: dict, s: V.VerifySettings) -> dict[str, np.ndarray]:
+    """A task's pairs verified in order from their encoded thumbnails (data: {image row: bytes}, consumed), each
+    image decoded and prepared once, at its first pair, and freed after its last -> evidence arrays (V.EVIDENCE)."""
+    import cv2
+
+    images = {}
 
     def image(i):
         if i not in images:
