@@ -12,6 +12,8 @@ then ReLU-like non-negativity (the penultimate layer of a CNN is non-negative).
 `--space pixels`: the [pixels] stage's 32 x 32 RGB vectors (3,072 uint8) of generated pictures with the
 spectrum of tiny natural pictures (amplitude 1/f^1.3, measured 1.1-1.5 on the photos; random phases, a luminance field and two weaker colour ones),
 indexed with the index stage's defaults (auto kind under memory_mb 4096, as a job would; --kind forces).
+An IVF index's list scan is also timed side by side on one core (--scan-rows, the first 8,192 images
+against the first shard): FAISS's own scan (search_preassigned) and the graph task's list by list.
 Recall@10 of the graph: on a 1,000-image sample against exact blocked search over all n vectors,
 the same search the stage records.  The exact search of all n images is that sample's time
 scaled by n / 1,000 (the blocked search is linear in the queries); running it whole would take
@@ -153,7 +155,17 @@ def main():
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--space", choices=("features", "pixels"), default="features")
     ap.add_argument("--kind", default=None, help="pixels: force an index kind (default: the index stage's auto)")
+    ap.add_argument("--scan-rows", type=int, default=8192, help="IVF: the first N images searched both ways on one core "
+                    "(FAISS's scan and the graph's list-by-list one), side by side; 0: not")
+    ap.add_argument("--scan-only", default=None, metavar="OUT", help="only the side-by-side list scan, on a folder "
+                    "whose index is built (e.g. one kept with --keep), --space's index; twice, the order alternated")
     a = ap.parse_args()
+    if a.scan_only:
+        from deepscope.io.store import Store
+
+        for _ in range(2):
+            scan_side_by_side(Store(Path(a.scan_only)), a.space, a.k, a.scan_rows, faiss_first=_ == 0)
+        return
 
     import faiss
     import ray
@@ -200,6 +212,7 @@ def measure(a, root, mem, gen_s):
     build_s = time.time() - t0
     print(f"# index built in {build_s:.0f} s: {info['factory']} x {info['shards']} shards, {info['search']}, "
           f"recall@10 at build {info['recall_at_10']}  [{load()}]", flush=True)
+    scan = scan_side_by_side(store, a.space, a.k, a.scan_rows) if a.scan_rows and info["search"].get("nprobe") else None
     # the build's peaks on their own: a run stopped during the (much longer) graph step still has them
     print("# peak memory so far, build (MB, name RSS PSS USS): "
           + "; ".join(f"{name} {rss:.0f} {pss:.0f} {uss:.0f}" for name, rss, pss, uss in mem.top(6)), flush=True)
@@ -223,6 +236,15 @@ def measure(a, root, mem, gen_s):
           f"recall@{a.k} of the graph: **{rec['recall_at_' + str(a.k)]}** |")
     print(f"| exact blocked search of all {a.n:,} (projected: sample x {a.n // rec['recall_sample']:,}) | "
           f"{exact_all_s:.0f} | {exact_all_s / max(rec['search_s'], 1e-9):.1f}x the graph's search |")
+    if scan:
+        print(f"\nThe first {scan['rows']:,} images' search against the index's shard {scan['shard']}, side by side on one "
+              f"core in this process (the lists each probes found once, nprobe {scan['nprobe']}; load {scan['load']}):\n")
+        print("| list scan | seconds | ms an image | the same k+1 neighbours as FAISS's scan |\n|---|---:|---:|---:|")
+        for name, sec, same in (("FAISS's `search_preassigned` (the graph's until 8 December for this index)", scan["faiss_s"], 1.0),
+                                ("list by list, matrix products (`search_lists`: the graph's now)", scan["lists_s"], scan["same"])):
+            print(f"| {name} | {sec:.1f} | {sec * 1000 / scan['rows']:.2f} | {same:.4f} |")
+        print(f"\nlists / FAISS: {scan['faiss_s'] / scan['lists_s']:.2f}x faster; max relative distance difference "
+              f"{scan['max_rel']:.2g} (float32 rounding)")
     print("\npeak memory per process (MB; RSS counts the object store's shared pages a process maps, PSS a share "
           "of them, USS only its own):\n")
     print("| process | RSS | PSS | USS |\n|---|---:|---:|---:|")
@@ -231,6 +253,51 @@ def measure(a, root, mem, gen_s):
     print(json.dumps({"n": a.n, "graph": rec, "index": {k: info[k] for k in ("factory", "shards", "search", "recall_at_10",
                                                                              "train_s", "add_s", "tune_s", "build_s")},
                       "graph_s": round(graph_s, 1), "peak": mem.top(6), "load": after}), file=sys.stderr)
+
+
+def scan_side_by_side(store, space: str, k: int, rows: int, faiss_first: bool = True) -> dict:
+    """The first `rows` images searched against the first shard both ways, on one core: FAISS's
+    search_preassigned (the baseline) and the graph task's list-by-list scan, with the same probed lists."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    from deepscope.algos.knn import search_lists
+    from deepscope.index.build import load_shard, parts_with_starts
+    from deepscope.index.knn import _list_reader, _read_block, index_info
+
+    info = index_info(store, space)
+    shard = (info["shard_files"][0]["file"], info["shard_files"][0]["sha256"])
+    index = load_shard(store.url, *shard)
+    ivf = faiss.extract_index_ivf(index)
+    files, got = [], 0
+    for rel, entry, _ in parts_with_starts(store, info["stage"]):
+        files.append((entry["file"], entry["sha256"]))
+        got += entry["rows"]
+        if got >= rows:
+            break
+    x = _read_block(store.url, files, info["column"], info["metric"] == "cosine")[:rows]
+    nprobe = info["search"]["nprobe"]
+    faiss.omp_set_num_threads(1)
+    before = load().split("load average: ")[-1]
+    with threadpool_limits(1):
+        dq, iq = ivf.quantizer.search(x, nprobe)
+        ivf.nprobe = nprobe
+        read = _list_reader(ivf)
+        for way in ((0, 1) if faiss_first else (1, 0)):
+            t0 = time.time()
+            if way == 0:
+                d_faiss, i_faiss = ivf.search_preassigned(x, k + 1, iq, dq)
+                faiss_s = time.time() - t0
+            else:
+                d_lists, i_lists = search_lists(x, iq, read, k + 1)
+                lists_s = time.time() - t0
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    rel = np.abs(d_lists - d_faiss) / np.maximum(d_faiss, 1.0)
+    out = {"rows": len(x), "shard": shard[0], "nprobe": nprobe, "faiss_first": faiss_first, "faiss_s": faiss_s, "lists_s": lists_s,
+           "same": float((i_lists == i_faiss).mean()), "max_rel": float(rel.max()),
+           "load": f"{before} -> {load().split('load average: ')[-1]}"}
+    print(f"# scan side by side: {json.dumps(out)}", flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -616,6 +616,35 @@ def test_list_by_list_ivf_search_equals_faiss():
     assert got_d[10][0] == 0 and set(got_i[10][:2]) == {17, 27}
 
 
+
+def test_list_by_list_search_of_pixel_bytes_equals_brute_force():
+    """The pixels' index (IVF, bytes kept as they are) searched list by list answers as brute force over
+    the lists probed; an index whose codes are residuals is not read as vectors."""
+    import faiss
+
+    from deepscope.index.knn import _list_reader
+
+    rng = np.random.default_rng(9)
+    centres = rng.integers(0, 256, (30, 48))
+    x = np.clip(centres[rng.integers(0, 30, 4000)] + rng.integers(-40, 41, (4000, 48)), 0, 255).astype(np.float32)
+    x[11] = x[5]  # a copy: distance exactly 0
+    ivf = faiss.index_factory(48, "IVF16,SQ8_direct")
+    ivf.by_residual = False
+    ivf.train(x)
+    ivf.add_with_ids(x, np.arange(4000, dtype=np.int64) + 3)
+    q = x[:200]
+    dq, iq = ivf.quantizer.search(q, 16)  # every list: the answer is brute force's
+    got_d, got_i = K.search_lists(q, iq, _list_reader(ivf), 7)
+    d2 = ((q[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
+    want_i = np.argsort(d2, axis=1, kind="stable")[:, :7] + 3
+    assert (got_i == want_i).mean() > 0.99
+    np.testing.assert_allclose(got_d, np.take_along_axis(d2, want_i - 3, 1), rtol=1e-5, atol=1e-3)
+    assert got_d[11][0] == 0 and set(got_i[11][:2]) == {8, 14}
+    residual = faiss.index_factory(48, "IVF16,SQ8_direct")
+    residual.train(x)
+    assert residual.by_residual and _list_reader(residual) is None
+
+
 # ---------------------------------------------------------------------------- verification and tiers
 
 def scene(seed: int, size=(200, 160)):
