@@ -261,9 +261,9 @@ def scan_side_by_side(store, space: str, k: int, rows: int, faiss_first: bool = 
     import faiss
     from threadpoolctl import threadpool_limits
 
-    from deepscope.algos.knn import search_lists
+    from deepscope.algos.knn import ivf_lists, search_lists
     from deepscope.index.build import load_shard, parts_with_starts
-    from deepscope.index.knn import _list_reader, _read_block, index_info
+    from deepscope.index.knn import _read_block, index_info
 
     info = index_info(store, space)
     shard = (info["shard_files"][0]["file"], info["shard_files"][0]["sha256"])
@@ -282,7 +282,7 @@ def scan_side_by_side(store, space: str, k: int, rows: int, faiss_first: bool = 
     with threadpool_limits(1):
         dq, iq = ivf.quantizer.search(x, nprobe)
         ivf.nprobe = nprobe
-        read = _list_reader(ivf)
+        read = ivf_lists(ivf)
         for way in ((0, 1) if faiss_first else (1, 0)):
             t0 = time.time()
             if way == 0:

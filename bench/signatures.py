@@ -2,8 +2,8 @@
 a dataset's size: each image's pixel signature, sketch and rank signature (`index/knn.py: _signatures`,
 made chunk by chunk as the pixels parts are streamed), and the two searches for each image's nearest by
 signature and by rank signature, as it is or mirrored (`algos/knn.py: signature_nearest`: exact up to
-100,000 images, an IVF index of codes beyond; `--baseline`: the pixel signature's IVF-Flat search as
-well).  Pictures: bench/knn.py's generated tiny pictures (1/f^1.3).
+100,000 images, an IVF index beyond: the pixel signature's lists scanned as matrix products, side by side
+with its search until 8 December, an IVF of bytes; `--baseline`: FAISS's IVF-Flat search as well).  Pictures: bench/knn.py's generated tiny pictures (1/f^1.3).
 Planted among them: 1,000 copies (mirrored, lightened by 20% and clipped, shifted a pixel), and the share
 of them found (the pair copy-original among the search's); and on a sample, the share of images whose
 nearest is the exact nearest, or as near (the IVF's answers against exact search).
@@ -88,9 +88,11 @@ def main():
     print(f"# made; load {load()}", flush=True)
     rows = []
     truth = {(i, n0 + i) for i in range(planted)}
-    runs = [("signature", sig, K.SIGNATURE_GRID, "sq8", 2), ("rank", ranks, K.RANK_GRID, K.RANK_CODES, K.RANK_SHORTLIST)]
+    runs = [("signature, IVF of bytes (SQ8, until 8 December)", sig, K.SIGNATURE_GRID, "sq8", 2),
+            ("signature, IVF lists scanned as matrix products (now)", sig, K.SIGNATURE_GRID, "lists", 2),
+            ("rank", ranks, K.RANK_GRID, K.RANK_CODES, K.RANK_SHORTLIST)]
     if a.baseline:
-        runs = [("signature, IVF-Flat (before)", sig, K.SIGNATURE_GRID, "flat", 2)] + runs
+        runs = [("signature, IVF-Flat, FAISS's scan", sig, K.SIGNATURE_GRID, "flat", 2)] + runs
     for name, v, grid, codes, shortlist in runs:
         before = load()
         t0 = time.time()

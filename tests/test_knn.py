@@ -239,12 +239,25 @@ def test_signature_nearest_beyond_flat_max_finds_planted_copies_as_exact_search_
     src = rng.choice(3000, 40, replace=False)
     copies = np.clip(pixels[src].reshape(-1, 3, 32, 32)[..., ::-1] * 1.2 + 10, 0, 255).reshape(40, -1)
     truth = {(int(j), 3000 + i) for i, j in enumerate(src)}
-    for sig, grid, codes, shortlist in ((K.pixel_signature(np.concatenate([pixels, copies]), 32), K.SIGNATURE_GRID, "sq8", 2),
+    for sig, grid, codes, shortlist in ((K.pixel_signature(np.concatenate([pixels, copies]), 32), K.SIGNATURE_GRID, "lists", 2),
+                                        (K.pixel_signature(np.concatenate([pixels, copies]), 32), K.SIGNATURE_GRID, "sq8", 2),
                                         (K.rank_signature(np.concatenate([pixels, copies]), 32), K.RANK_GRID, K.RANK_CODES, K.RANK_SHORTLIST)):
         exact = set(zip(*(v.tolist() for v in K.signature_nearest(sig, grid=grid))))
         approx = set(zip(*(v.tolist() for v in K.signature_nearest(sig, grid=grid, flat_max=100, codes=codes, shortlist=shortlist))))
         assert truth <= exact and truth <= approx
 
+
+
+def test_signature_nearest_list_by_list_over_every_list_is_exact_search():
+    """The IVF's lists scanned as matrix products (the pixel signature's search beyond flat_max), every list
+    probed: each image's nearest, as it is or mirrored, is exact search's; probing a few lists finds most."""
+    rng = np.random.default_rng(6)
+    sig = K.pixel_signature(rng.integers(0, 256, (2000, 3 * 32 * 32)).astype(np.float32), 32)
+    exact = set(zip(*(v.tolist() for v in K.signature_nearest(sig))))
+    every = set(zip(*(v.tolist() for v in K.signature_nearest(sig, flat_max=100, nprobe=4096, codes="lists"))))
+    few = set(zip(*(v.tolist() for v in K.signature_nearest(sig, flat_max=100, nprobe=16, codes="lists"))))
+    assert every == exact and len(exact) > 1000
+    assert 0.5 < len(few & exact) / len(exact) < 1
 
 def test_rank_signature_is_the_block_mean_of_each_pictures_mid_ranks():
     """Against a direct computation (scipy's average ranks of the grey sum, 2 x 2 block means, mean removed,
@@ -597,8 +610,6 @@ def test_search_page_and_report_in_chromium(duplicates_run):
 def test_list_by_list_ivf_search_equals_faiss():
     import faiss
 
-    from deepscope.index.knn import _list_reader
-
     rng = np.random.default_rng(8)
     x = clustered(6000, 32, centres=50, seed=8)
     x[10] = x[20]  # a copy: distance exactly 0, not the matrix product's rounding
@@ -610,7 +621,7 @@ def test_list_by_list_ivf_search_equals_faiss():
     iq[0, 3] = -1  # a probe slot without a list
     ivf.nprobe = 4
     want_d, want_i = ivf.search_preassigned(q, 9, iq, dq)
-    got_d, got_i = K.search_lists(q, iq, _list_reader(ivf), 9)
+    got_d, got_i = K.search_lists(q, iq, K.ivf_lists(ivf), 9)
     assert (got_i == want_i).mean() > 0.999
     np.testing.assert_allclose(got_d, want_d, rtol=1e-4, atol=1e-3)
     assert got_d[10][0] == 0 and set(got_i[10][:2]) == {17, 27}
@@ -622,8 +633,6 @@ def test_list_by_list_search_of_pixel_bytes_equals_brute_force():
     the lists probed; an index whose codes are residuals is not read as vectors."""
     import faiss
 
-    from deepscope.index.knn import _list_reader
-
     rng = np.random.default_rng(9)
     centres = rng.integers(0, 256, (30, 48))
     x = np.clip(centres[rng.integers(0, 30, 4000)] + rng.integers(-40, 41, (4000, 48)), 0, 255).astype(np.float32)
@@ -634,7 +643,7 @@ def test_list_by_list_search_of_pixel_bytes_equals_brute_force():
     ivf.add_with_ids(x, np.arange(4000, dtype=np.int64) + 3)
     q = x[:200]
     dq, iq = ivf.quantizer.search(q, 16)  # every list: the answer is brute force's
-    got_d, got_i = K.search_lists(q, iq, _list_reader(ivf), 7)
+    got_d, got_i = K.search_lists(q, iq, K.ivf_lists(ivf), 7)
     d2 = ((q[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
     want_i = np.argsort(d2, axis=1, kind="stable")[:, :7] + 3
     assert (got_i == want_i).mean() > 0.99
@@ -642,7 +651,7 @@ def test_list_by_list_search_of_pixel_bytes_equals_brute_force():
     assert got_d[11][0] == 0 and set(got_i[11][:2]) == {8, 14}
     residual = faiss.index_factory(48, "IVF16,SQ8_direct")
     residual.train(x)
-    assert residual.by_residual and _list_reader(residual) is None
+    assert residual.by_residual and K.ivf_lists(residual) is None
 
 
 # ---------------------------------------------------------------------------- verification and tiers

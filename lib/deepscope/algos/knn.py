@@ -88,12 +88,13 @@ def exact_knn(queries: np.ndarray, data, k: int, metric: str = "l2", block_rows:
     return reported(top.d, metric), top.i
 
 
-def search_lists(x: np.ndarray, assigned: np.ndarray, lists, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_lists(x: np.ndarray, assigned: np.ndarray, lists, k: int,
+                 inner_product: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """An IVF search done list by list: the queries that probe a list are compared with its vectors in
     one matrix product, instead of query by query (the same answer as FAISS's search_preassigned over
     raw vectors, at BLAS speed).  x: (nq, d) queries; assigned: (nq, nprobe) the lists each probes (-1:
-    none); lists(l) -> (vectors (m, d) float32, ids (m,) int64).  -> (squared L2 (nq, k), ids), nearest
-    first, -1 / inf padded."""
+    none); lists(l) -> (vectors (m, d) float32, ids (m,) int64) (ivf_lists).  -> (squared L2, or minus
+    the inner product, (nq, k), ids), nearest first, -1 / inf padded."""
     nq, nprobe = assigned.shape
     dist = np.full((nq, nprobe, k), np.inf, np.float32)
     ids = np.full((nq, nprobe, k), -1, np.int64)
@@ -111,26 +112,65 @@ def search_lists(x: np.ndarray, assigned: np.ndarray, lists, k: int) -> tuple[np
         q, slot = entries // nprobe, entries % nprobe
         xq = x[q]
         d = xq @ vec.T
-        d *= -2
-        d += qn[q][:, None]
-        d += (vec * vec).sum(1, dtype=np.float32)[None, :]
+        if inner_product:
+            d *= -1
+        else:
+            d *= -2
+            d += qn[q][:, None]
+            d += (vec * vec).sum(1, dtype=np.float32)[None, :]
         kk = min(k, len(vid))
-        if len(vid) > kk:
+        if len(vid) > kk and kk <= 2:  # one or two: row minima, much faster than a partition
+            part, sel, r = np.empty((len(q), kk), np.int64), np.empty((len(q), kk), np.float32), np.arange(len(q))
+            for t in range(kk):
+                part[:, t] = d.argmin(1)
+                sel[:, t] = d[r, part[:, t]]
+                d[r, part[:, t]] = np.inf
+        elif len(vid) > kk:
             part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
             sel = np.take_along_axis(d, part, 1)
         else:
             part, sel = np.broadcast_to(np.arange(kk), (len(q), kk)), d
-        # |q|^2 - 2 q.x + |x|^2 loses small distances to cancellation: those few are recomputed directly
-        r, c = np.nonzero(sel < 1e-3 * qn[q][:, None])
-        if len(r):
-            diff = xq[r] - vec[part[r, c]]
-            sel = np.array(sel, np.float32)
-            sel[r, c] = np.einsum("nd,nd->n", diff, diff)
-        dist[q, slot, :kk] = np.maximum(sel, 0)
+        if not inner_product:
+            # |q|^2 - 2 q.x + |x|^2 loses small distances to cancellation: those few are recomputed directly
+            r, c = np.nonzero(sel < 1e-3 * qn[q][:, None])
+            if len(r):
+                diff = xq[r] - vec[part[r, c]]
+                sel = np.array(sel, np.float32)
+                sel[r, c] = np.einsum("nd,nd->n", diff, diff)
+            sel = np.maximum(sel, 0)
+        dist[q, slot, :kk] = sel
         ids[q, slot, :kk] = vid[part]
     top = TopK(nq, k)
     top.add(dist.reshape(nq, -1), ids.reshape(nq, -1))
     return top.d, top.i
+
+
+def ivf_lists(ivf):
+    """l -> (vectors float32, ids) of an IVF index's list l, for the indexes whose lists hold the vectors
+    themselves: IVF-Flat (views of FAISS's arrays; the index stays alive) and IVF-SQ8_direct not by
+    residual (the pixels' bytes, converted list by list: FAISS scans those codes query by query, about
+    4x slower here than the matrix product).  None for other indexes (their codes are not the vectors)."""
+    import faiss
+
+    ivf = faiss.downcast_index(ivf)
+    inv, d = ivf.invlists, ivf.d
+    if isinstance(ivf, faiss.IndexIVFFlat):
+        width, as_vectors = 4, lambda raw, m: raw.view(np.float32).reshape(m, d)
+    elif (isinstance(ivf, faiss.IndexIVFScalarQuantizer) and not ivf.by_residual
+          and ivf.sq.qtype == faiss.ScalarQuantizer.QT_8bit_direct):
+        width, as_vectors = 1, lambda raw, m: raw.reshape(m, d).astype(np.float32)
+    else:
+        return None
+
+    def read(lst: int):
+        m = inv.list_size(lst)
+        if m == 0:
+            return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+        codes = as_vectors(faiss.rev_swig_ptr(inv.get_codes(lst), m * d * width), m)
+        ids = faiss.rev_swig_ptr(inv.get_ids(lst), m).view(np.int64)
+        return codes, ids
+
+    return read
 
 
 def drop_self(dist: np.ndarray, rows: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -549,14 +589,16 @@ def nearest_in_both(first_f: np.ndarray, first_p: np.ndarray) -> tuple[np.ndarra
 
 
 def signature_nearest(sig: np.ndarray, grid: int = SIGNATURE_GRID, flat_max: int = 100_000, nprobe: int = 16,
-                      codes: str = "sq8", shortlist: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                      codes: str = "lists", shortlist: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each image's nearest other image by a signature of (channels x grid x grid) unit vectors, the other
     taken as it is or mirrored (a flipped, cropped, captioned copy is nearest its original there even when
     the feature graph and the pixel graph rank it far) -> (a, b) with a < b, one pair per image, repeats
-    removed.  Exact inner products up to flat_max images; beyond, an IVF index (about 4 sqrt(n) lists) of
-    `codes`: "sq8" (a byte a value), "pq4" (4-bit PQ codes scanned in SIMD registers, FAISS's fast scan;
-    for signatures whose copies stand out) or "flat", each image's `shortlist` best by the codes re-ranked
-    exactly (at 200,000 pictures with planted copies: IVF-Flat 35 s, sq8 15 s, the same copies found)."""
+    removed.  Exact inner products up to flat_max images; beyond, an IVF index (about 4 sqrt(n) lists):
+    "lists" (the vectors, each list scanned for all the queries that probe it in one matrix product:
+    exact over the lists probed), "sq8" (a byte a value), "pq4" (4-bit PQ codes scanned in SIMD registers,
+    FAISS's fast scan; for signatures whose copies stand out) or "flat" (the vectors, FAISS's scan), each
+    image's `shortlist` best by the codes re-ranked exactly (at a million generated pictures with 1,000
+    planted copies, bench/signatures.py: sq8 392 s, lists 99 s, all the copies found by each)."""
     import faiss
 
     n, d = sig.shape
@@ -571,7 +613,7 @@ def signature_nearest(sig: np.ndarray, grid: int = SIGNATURE_GRID, flat_max: int
         quantizer = faiss.IndexFlatIP(d)
         if codes == "pq4" and d % 4 == 0:
             index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, d // 4, 4, faiss.METRIC_INNER_PRODUCT)
-        elif codes == "flat":
+        elif codes in ("flat", "lists"):
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
@@ -580,7 +622,10 @@ def signature_nearest(sig: np.ndarray, grid: int = SIGNATURE_GRID, flat_max: int
     index.add(x)
     best_s, best_j = np.full(n, -np.inf, np.float32), np.full(n, -1, np.int64)
     for q in (x, mirrored):
-        _, rows = index.search(q, shortlist)
+        if codes == "lists" and n > flat_max:
+            rows = search_lists(q, index.quantizer.search(q, nprobe)[1], ivf_lists(index), shortlist, inner_product=True)[1]
+        else:
+            rows = index.search(q, shortlist)[1]
         for s in range(0, n, 16384):  # exact inner products (the codes' are approximate)
             r = rows[s:s + 16384]
             sims = np.einsum("nd,nkd->nk", q[s:s + 16384], x[np.maximum(r, 0)])

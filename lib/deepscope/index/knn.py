@@ -106,40 +106,12 @@ def search_block(url: str, shard: tuple[str, str], files: list[tuple[str, str]],
     if assigned is not None:
         dq, iq = assigned
         ivf = faiss.extract_index_ivf(index)
-        read = _list_reader(ivf)
+        read = K.ivf_lists(ivf)
         if read is not None:  # raw vectors or bytes: list by list, BLAS
             return K.search_lists(x, iq, read, k)
         ivf.nprobe = iq.shape[1]
         return ivf.search_preassigned(x, k, iq, dq)
     return index.search(x, k, params=search_params(index, **setting))
-
-
-def _list_reader(ivf):
-    """l -> (vectors float32, ids) of an IVF index's list l, for the indexes whose lists hold the vectors
-    themselves: IVF-Flat (views of FAISS's arrays; the index stays alive) and IVF-SQ8_direct not by
-    residual (the pixels' bytes, converted list by list: FAISS scans those codes query by query, about
-    6x slower here than the matrix product).  None for other indexes (their codes are not the vectors)."""
-    import faiss
-
-    ivf = faiss.downcast_index(ivf)
-    inv, d = ivf.invlists, ivf.d
-    if isinstance(ivf, faiss.IndexIVFFlat):
-        width, as_vectors = 4, lambda raw, m: raw.view(np.float32).reshape(m, d)
-    elif (isinstance(ivf, faiss.IndexIVFScalarQuantizer) and not ivf.by_residual
-          and ivf.sq.qtype == faiss.ScalarQuantizer.QT_8bit_direct):
-        width, as_vectors = 1, lambda raw, m: raw.reshape(m, d).astype(np.float32)
-    else:
-        return None
-
-    def read(lst: int):
-        m = inv.list_size(lst)
-        if m == 0:
-            return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
-        codes = as_vectors(faiss.rev_swig_ptr(inv.get_codes(lst), m * d * width), m)
-        ids = faiss.rev_swig_ptr(inv.get_ids(lst), m).view(np.int64)
-        return codes, ids
-
-    return read
 
 
 def quantizer_of(url: str, shard: tuple[str, str]) -> bytes | None:
