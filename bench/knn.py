@@ -163,8 +163,8 @@ def main():
     if a.scan_only:
         from deepscope.io.store import Store
 
-        for _ in range(2):
-            scan_side_by_side(Store(Path(a.scan_only)), a.space, a.k, a.scan_rows, faiss_first=_ == 0)
+        for i in range(2):
+            scan_side_by_side(Store(Path(a.scan_only)), a.space, a.k, a.scan_rows, faiss_first=i == 0)
         return
 
     import faiss
@@ -292,9 +292,9 @@ def scan_side_by_side(store, space: str, k: int, rows: int, faiss_first: bool = 
                 d_lists, i_lists = search_lists(x, iq, read, k + 1)
                 lists_s = time.time() - t0
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    rel = np.abs(d_lists - d_faiss) / np.maximum(d_faiss, 1.0)
+    differs = np.abs(d_lists - d_faiss) / np.maximum(d_faiss, 1.0)
     out = {"rows": len(x), "shard": shard[0], "nprobe": nprobe, "faiss_first": faiss_first, "faiss_s": faiss_s, "lists_s": lists_s,
-           "same": float((i_lists == i_faiss).mean()), "max_rel": float(rel.max()),
+           "same": float((i_lists == i_faiss).mean()), "max_rel": float(differs.max()),
            "load": f"{before} -> {load().split('load average: ')[-1]}"}
     print(f"# scan side by side: {json.dumps(out)}", flush=True)
     return out

@@ -357,6 +357,38 @@ def test_sharded_graph_equals_exact_search(ray_cluster, tmp_path, kind, shards):
     assert rec["shards"] == shards and rec["recall_sample"] == 300
 
 
+
+def test_pixel_graph_over_bytes_kept_as_they_are_equals_exact_search(tmp_path):
+    """The pixels' index over its memory budget keeps the bytes (IVF, SQ8_direct); the graph's tasks scan its
+    lists as matrix products: every list probed, the neighbours and distances are exact search's."""
+    from deepscope.index.build import build_space
+    from deepscope.index.knn import graph_space, read_graph
+    from deepscope.io.store import Store
+    from deepscope.stages.index import IndexConfig
+    from deepscope.stages.pixels import Pixels, PixelsConfig
+
+    rng = np.random.default_rng(12)
+    n, size = 2000, 8
+    centres = rng.integers(0, 256, (25, 3 * size * size))
+    x = np.clip(centres[rng.integers(0, 25, n)] + rng.integers(-40, 41, (n, 3 * size * size)), 0, 255).astype(np.uint8)
+    x[50] = x[9]  # an exact copy
+    store = Store(tmp_path / "out")
+    store.open({"dataset": "synthetic"})
+    store.open_stage("pixels", {"size": size})
+    ids = [f"v{i:05d}" for i in range(n)]
+    store.write_part("pixels", "part-00000", Pixels(PixelsConfig(size=size), None).part_table(
+        {"id": ids, "path": [f"/data/{i}.jpg" for i in ids], "label": [""] * n, "pixels": x}))
+    info = build_space(store, "pixels", IndexConfig(spaces=["pixels"], flat_max=100, memory_mb=1, nlist=8,
+                                                    tune_queries=100), quiet, LOCAL)
+    assert info["kind"] == "ivf_sq8"
+    store.update_summary("index", {"spaces": {"pixels": dict(info, search={"nprobe": 8})}})  # every list probed
+    graph_space(store, "pixels", 5, knn_cfg(block_rows=700, sample=100), quiet, LOCAL)
+    rows, dist = read_graph(store, "pixels")
+    d, r = K.exact_knn(x.astype(np.float32), x.astype(np.float32), 5, exclude=np.arange(n))
+    assert (rows == r).mean() > 0.99
+    np.testing.assert_allclose(dist, d, rtol=1e-4, atol=1e-2)
+    assert rows[9][0] == 50 and rows[50][0] == 9 and dist[9][0] == pytest.approx(0, abs=1e-3)
+
 def test_graph_resumes_per_partition_and_refuses_bad_k(ray_cluster, tmp_path):
     import pyarrow.parquet as pq
 
