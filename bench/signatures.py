@@ -9,6 +9,7 @@ of them found (the pair copy-original among the search's); and on a sample, the 
 nearest is the exact nearest, or as near (the IVF's answers against exact search).
 
     .venv/bin/python bench/signatures.py --n 1000000
+    .venv/bin/python bench/signatures.py --n 1000000 --memory   # the pixel signature's search: peak RSS, each way
 """
 from __future__ import annotations
 
@@ -57,7 +58,18 @@ def main():
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--sample", type=int, default=1000)
     ap.add_argument("--baseline", action="store_true", help="the pixel signature's search as it was too (IVF-Flat)")
+    ap.add_argument("--memory", action="store_true", help="only the peak memory of the pixel signature's search, each "
+                    "way (bytes, lists) in its own process, on n random unit signatures")
+    ap.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.memory_of:
+        return memory_of(a.n, a.memory_of)
+    if a.memory:
+        print(f"# peak memory (RSS) of one process searching {a.n:,} random unit signatures; load {load()}")
+        for codes in ("sq8", "lists"):
+            subprocess.run([sys.executable, __file__, "--n", str(a.n), "--memory-of", codes], check=True)
+        print(f"# load {load()}")
+        return
 
     from knn import tiny_pictures
 
@@ -108,6 +120,21 @@ def main():
     for name, d, made, search, pairs, found, agree, before, after in rows:
         print(f"| {name} | {d} | {made:.0f} | {search:.0f} | {pairs:,} | {found} | {agree:.3f} | {before} -> {after} |")
     print(f"| (sketch, for the first look) | 768 B | {t['sketch']:.0f} | - | - | - | - | |")
+
+
+def memory_of(n: int, codes: str) -> None:
+    import resource
+
+    from deepscope.algos import knn as K
+
+    x = np.random.default_rng(0).standard_normal((n, 3 * K.SIGNATURE_GRID ** 2), dtype=np.float32)
+    sig = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    del x
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.time()
+    a, _ = K.signature_nearest(sig, codes=codes)
+    print(f"| {codes} | {time.time() - t0:.0f} s | {len(a):,} pairs | peak RSS before the search {before:,.0f} MB, "
+          f"after {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB |", flush=True)
 
 
 if __name__ == "__main__":

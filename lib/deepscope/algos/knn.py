@@ -622,8 +622,9 @@ def signature_nearest(sig: np.ndarray, grid: int = SIGNATURE_GRID, flat_max: int
     index.add(x)
     best_s, best_j = np.full(n, -np.inf, np.float32), np.full(n, -1, np.int64)
     for q in (x, mirrored):
-        if codes == "lists" and n > flat_max:
-            rows = search_lists(q, index.quantizer.search(q, nprobe)[1], ivf_lists(index), shortlist, inner_product=True)[1]
+        if codes == "lists" and n > flat_max:  # in chunks of queries: what the scan holds stays small
+            rows = np.concatenate([search_lists(c, index.quantizer.search(c, nprobe)[1], ivf_lists(index), shortlist,
+                                                inner_product=True)[1] for c in np.array_split(q, -(-n // (1 << 17)))])
         else:
             rows = index.search(q, shortlist)[1]
         for s in range(0, n, 16384):  # exact inner products (the codes' are approximate)
