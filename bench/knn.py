@@ -163,8 +163,13 @@ def main():
     if a.scan_only:
         from deepscope.io.store import Store
 
-        for i in range(2):
-            scan_side_by_side(Store(Path(a.scan_only)), a.space, a.k, a.scan_rows, faiss_first=i == 0)
+        from deepscope.errors import UserError
+
+        try:
+            for i in range(2):
+                scan_side_by_side(Store(Path(a.scan_only)), a.space, a.k, a.scan_rows, faiss_first=i == 0)
+        except (UserError, KeyError, FileNotFoundError, RuntimeError) as e:
+            sys.exit(f"knn.py: error: {a.scan_only} has no built IVF {a.space} index to scan ({e})")
         return
 
     import faiss

@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--lib", default=None, help="import deepscope from this folder instead (another version, one with index/knn.py's verify_thumbs)")
     a = ap.parse_args()
+    if a.tasks < 1 or a.every < 1:
+        ap.error("--tasks and --every must be at least 1")
     if a.lib:
         sys.path.insert(0, a.lib)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -621,9 +621,10 @@ def signature_nearest(sig: np.ndarray, grid: int = SIGNATURE_GRID, flat_max: int
         index.nprobe, shortlist = nprobe, max(2, shortlist)
     index.add(x)
     best_s, best_j = np.full(n, -np.inf, np.float32), np.full(n, -1, np.int64)
+    lists = ivf_lists(index) if codes == "lists" and n > flat_max else None
     for q in (x, mirrored):
-        if codes == "lists" and n > flat_max:  # in chunks of queries: what the scan holds stays small
-            rows = np.concatenate([search_lists(c, index.quantizer.search(c, nprobe)[1], ivf_lists(index), shortlist,
+        if lists is not None:  # in chunks of queries: what the scan holds stays small
+            rows = np.concatenate([search_lists(c, index.quantizer.search(c, nprobe)[1], lists, shortlist,
                                                 inner_product=True)[1] for c in np.array_split(q, -(-n // (1 << 17)))])
         else:
             rows = index.search(q, shortlist)[1]
